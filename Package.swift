@@ -1,0 +1,65 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Swift 6 language mode (strict concurrency) is the default for tools 6.x; every target opts
+// into the upcoming features that keep public API explicit.
+let swiftSettings: [SwiftSetting] = [
+  .enableUpcomingFeature("ExistentialAny"),
+  .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+  name: "Cohort",
+  products: [
+    .executable(name: "cohort", targets: ["cohort"]),
+    .library(name: "CohortCore", targets: ["CohortCore"]),
+    .library(name: "CohortML", targets: ["CohortML"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+  ],
+  targets: [
+    // System libraries. scripts/setup installs the Debian packages named in `providers`.
+    .systemLibrary(
+      name: "CSodium", path: "Sources/CSodium", pkgConfig: "libsodium",
+      providers: [.apt(["libsodium-dev"])]),
+    .systemLibrary(
+      name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+      providers: [.apt(["libopenblas-dev"])]),
+    .systemLibrary(
+      name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+      providers: [.apt(["zlib1g-dev"])]),
+
+    .target(
+      name: "CohortCore",
+      dependencies: [.product(name: "Yams", package: "Yams")],
+      swiftSettings: swiftSettings),
+    .target(
+      name: "CohortML",
+      dependencies: ["CohortCore", "CBLAS", "CZlib"],
+      swiftSettings: swiftSettings),
+    .target(
+      name: "CohortTesting",
+      dependencies: ["CohortCore", "CohortML"],
+      swiftSettings: swiftSettings),
+    .executableTarget(
+      name: "cohort",
+      dependencies: [
+        "CohortCore", "CohortML", "CBLAS",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: swiftSettings),
+
+    .testTarget(
+      name: "CohortCoreTests",
+      dependencies: ["CohortCore", "CohortTesting"],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortMLTests",
+      dependencies: ["CohortML", "CohortCore", "CohortTesting"],
+      swiftSettings: swiftSettings),
+  ]
+)
