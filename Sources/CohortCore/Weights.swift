@@ -105,7 +105,8 @@ public struct Weights: Sendable, Hashable {
 public enum Vector {
   /// y += a · x
   @inlinable
-  public static func axpy(_ a: Float, _ x: UnsafeBufferPointer<Float>, _ y: UnsafeMutableBufferPointer<Float>) {
+  public static func axpy(_ a: Float, _ x: UnsafeBufferPointer<Float>, _ y: UnsafeMutableBufferPointer<Float>)
+  {
     precondition(x.count == y.count, "axpy of vectors of different lengths")
     for i in 0..<y.count { y[i] += a * x[i] }
   }
