@@ -1,0 +1,429 @@
+import Foundation
+
+/// A simulation scenario: which plan, on which data, divided among devices how, and what the
+/// device population looks like. Loaded from `Simulations/*.yaml`.
+public struct Scenario: Codable, Sendable, Hashable {
+  /// The plan file as resolved from the scenario's directory.
+  public var planPath: String
+  public var plan: Plan
+  public var data: DataSource
+  public var partition: PartitionPlan
+  public var devices: PopulationPlan
+  public var seed: UInt64
+
+  public init(
+    planPath: String, plan: Plan, data: DataSource, partition: PartitionPlan, devices: PopulationPlan,
+    seed: UInt64
+  ) {
+    self.planPath = planPath
+    self.plan = plan
+    self.data = data
+    self.partition = partition
+    self.devices = devices
+    self.seed = seed
+  }
+}
+
+/// Where examples come from. Paths are resolved against the scenario file's directory.
+public enum DataSource: Codable, Sendable, Hashable {
+  /// FedProx Synthetic(α, β) (Li et al. 2018), or its IID variant; one natural client per device.
+  case syntheticFedProx(SyntheticData)
+  /// A CSV file with a header: a label column, numeric feature columns, an optional client column.
+  case csv(CSVData)
+  /// IDX files (MNIST, EMNIST, Fashion-MNIST), gzip accepted.
+  case idx(IDXData)
+  /// LEAF JSON (FEMNIST and kin): users, num_samples, user_data.
+  case leaf(LEAFData)
+
+  public struct SyntheticData: Codable, Sendable, Hashable {
+    public var alpha: Double
+    public var beta: Double
+    public var iid: Bool
+    public var devices: Int
+    public var maxSamplesPerDevice: Int
+    public init(alpha: Double, beta: Double, iid: Bool = false, devices: Int, maxSamplesPerDevice: Int = 1000)
+    {
+      self.alpha = alpha
+      self.beta = beta
+      self.iid = iid
+      self.devices = devices
+      self.maxSamplesPerDevice = maxSamplesPerDevice
+    }
+  }
+
+  public struct CSVData: Codable, Sendable, Hashable {
+    public var path: String
+    public var labelColumn: String
+    public var clientColumn: String?
+    public var test: TestData
+  }
+
+  public struct IDXData: Codable, Sendable, Hashable {
+    public var images: String
+    public var labels: String
+    public var testImages: String?
+    public var testLabels: String?
+    public var testFraction: Double
+  }
+
+  public struct LEAFData: Codable, Sendable, Hashable {
+    public var train: String
+    public var test: TestData
+  }
+
+  /// The held-out test set: a file of the same format, or a fraction split off the training data.
+  public enum TestData: Codable, Sendable, Hashable {
+    case file(String)
+    case fraction(Double)
+  }
+
+  /// Whether examples come with an owner, so `partition: {kind: natural}` is possible.
+  public var hasNaturalClients: Bool {
+    switch self {
+    case .syntheticFedProx, .leaf: return true
+    case .csv(let c): return c.clientColumn != nil
+    case .idx: return false
+    }
+  }
+}
+
+/// How examples are divided among devices.
+public enum PartitionPlan: Codable, Sendable, Hashable {
+  /// By the owner the data names (synthetic device, CSV client column, LEAF user).
+  case natural
+  case iid
+  /// Label skew: each class spread over devices by a Dirichlet(α) draw (Hsu et al. 2019).
+  case dirichlet(alpha: Double)
+  /// Sorted by label and cut into shards, `perClient` shards each (McMahan et al. 2017).
+  case shards(perClient: Int)
+  /// Unequal sizes, labels IID.
+  case quantitySkew(QuantitySkewPlan)
+
+  public enum QuantitySkewPlan: Codable, Sendable, Hashable {
+    case lognormal(sigma: Double)
+    case powerLaw(exponent: Double)
+  }
+}
+
+/// A distribution of a positive device property (speed, bandwidth).
+public enum ProfileDistribution: Codable, Sendable, Hashable {
+  case constant(Double)
+  /// exp(N(log median, sigma²)).
+  case lognormal(median: Double, sigma: Double)
+  case uniform(low: Double, high: Double)
+}
+
+/// The virtual device population of a simulation.
+public struct PopulationPlan: Codable, Sendable, Hashable {
+  public enum Availability: Codable, Sendable, Hashable {
+    case always
+    /// A daily curve: the chance of being available swings by ±amplitude around its mean
+    /// over `period` seconds.
+    case diurnal(amplitude: Double, period: Double)
+  }
+
+  /// Number of devices; nil means one per natural client of the data.
+  public var count: Int?
+  /// Training speed in examples per second.
+  public var compute: ProfileDistribution = .lognormal(median: 100, sigma: 0.5)
+  /// Bandwidths in bytes per second.
+  public var download: ProfileDistribution = .lognormal(median: 2_000_000, sigma: 0.8)
+  public var upload: ProfileDistribution = .lognormal(median: 500_000, sigma: 0.8)
+  public var availability: Availability = .always
+  /// Chance that a selected device drops out of a round.
+  public var dropout: Double = 0
+
+  public init(count: Int? = nil) { self.count = count }
+}
+
+// MARK: - Loading
+
+extension Scenario {
+  public static func load(path: String) throws(ConfigurationError) -> Scenario {
+    let text = try ConfigurationFile.read(path)
+    return try parse(yaml: text, file: path)
+  }
+
+  static let keys = ["plan", "data", "partition", "devices", "seed"]
+
+  /// Whether YAML text looks like a scenario (it names a plan) rather than a plan.
+  public static func looksLikeScenario(yaml: String) -> Bool {
+    yaml.split(separator: "\n").contains { $0.hasPrefix("plan:") }
+  }
+
+  /// Parses a scenario; its `plan` path and data paths are resolved against `file`'s directory.
+  public static func parse(yaml: String, file: String) throws(ConfigurationError) -> Scenario {
+    let log = IssueLog(file: file)
+    let directory = URL(fileURLWithPath: file).deletingLastPathComponent()
+    let scenario = YAMLDocument.root(yaml: yaml, log: log).flatMap { read($0, directory: directory) }
+    guard let scenario, log.issues.isEmpty else { throw ConfigurationError(issues: log.issues) }
+    return scenario
+  }
+
+  static func resolve(_ path: String, in directory: URL) -> String {
+    if path.hasPrefix("/") { return path }
+    return directory.appendingPathComponent(path).standardizedFileURL.path
+  }
+
+  static func read(_ root: YAMLField, directory: URL) -> Scenario? {
+    guard let m = root.mapping(allowed: keys) else { return nil }
+    let log = root.log
+    var planPath: String?
+    let plan = m.required("plan", hint: "the plan file, relative to this file, e.g. plan: ../Plans/x.yaml") {
+      field -> Plan? in
+      guard let relative = field.string() else { return nil }
+      let path = resolve(relative, in: directory)
+      planPath = path
+      do throws(ConfigurationError) {
+        return try Plan.load(path: path)
+      } catch {
+        // The plan's own issues name the plan file; say which scenario key led there.
+        if error.issues.count == 1 && error.issues[0].keyPath.isEmpty {
+          field.fail(error.issues[0].message)
+        } else {
+          log.issues += error.issues
+        }
+        return nil
+      }
+    }
+    let data = m.required(
+      "data", hint: "e.g. data: {kind: synthetic_fedprox, alpha: 1, beta: 1, devices: 100}"
+    ) {
+      DataSource.read($0, directory: directory)
+    }
+    let partition = m.optional("partition", default: .natural) { PartitionPlan.read($0) }
+    let devices = m.optional("devices", default: PopulationPlan()) { PopulationPlan.read($0) }
+    let seed = m.optional("seed", default: 0) { $0.int(0...Int.max) }
+
+    guard let plan, let planPath, let data else { return nil }
+    let scenario = Scenario(
+      planPath: planPath, plan: plan, data: data, partition: partition, devices: devices, seed: UInt64(seed))
+    // Checks across keys only make sense once each key is valid; otherwise defaults standing in
+    // for invalid values would produce misleading follow-on issues.
+    if log.issues.isEmpty { scenario.checkCombinations(m) }
+    return scenario
+  }
+
+  /// Checks that need more than one key: each issue names every key involved.
+  func checkCombinations(_ m: YAMLMapping) {
+    func issue(_ key: String, _ message: String) {
+      let field = m[key]
+      m.owner.log.add(keyPath: key, line: field?.node.mark?.line ?? m.owner.node.mark?.line, message)
+    }
+    if partition == .natural && !data.hasNaturalClients {
+      issue(
+        "partition",
+        "kind natural needs data whose examples name their owner; set data.client_column (csv), "
+          + "or choose partition kind iid, dirichlet, shards or quantity_skew")
+    }
+    if case .syntheticFedProx(let s) = data {
+      if plan.model.inputShape != [60] || plan.model.classes != 10 {
+        issue(
+          "data",
+          "synthetic_fedprox gives 60 features and 10 classes, but the plan's model has input shape "
+            + "\(plan.model.inputShape) and \(plan.model.classes) classes; set model inputs: 60, classes: 10")
+      }
+      if partition == .natural, let count = devices.count, count != s.devices {
+        issue(
+          "devices.count",
+          "with partition kind natural there is one device per synthetic device: devices.count (\(count)) "
+            + "must equal data.devices (\(s.devices)), or be left out")
+      }
+    }
+    if let count = populationSize, plan.server.cohort.goal > count {
+      issue(
+        "devices.count",
+        "the plan's server.cohort.goal (\(plan.server.cohort.goal)) is larger than the population "
+          + "(\(count) devices); lower the goal or add devices")
+    }
+  }
+
+  /// Devices in the population when known before the data is loaded.
+  public var populationSize: Int? {
+    if let count = devices.count { return count }
+    if case .syntheticFedProx(let s) = data { return s.devices }
+    return nil
+  }
+}
+
+extension DataSource {
+  static let kinds = ["synthetic_fedprox", "csv", "idx", "leaf"]
+
+  static func read(_ field: YAMLField, directory: URL) -> DataSource? {
+    let all = [
+      "kind", "alpha", "beta", "iid", "devices", "max_samples", "path", "label_column", "client_column",
+      "test_path", "test_fraction", "images", "labels", "test_images", "test_labels", "train", "test",
+    ]
+    guard let m = field.mapping(allowed: all) else { return nil }
+    guard let kind = m.required("kind", hint: "one of: " + kinds.joined(separator: ", "), { $0.oneOf(kinds) })
+    else { return nil }
+    let keysFor: [String: [String]] = [
+      "synthetic_fedprox": ["kind", "alpha", "beta", "iid", "devices", "max_samples"],
+      "csv": ["kind", "path", "label_column", "client_column", "test_path", "test_fraction"],
+      "idx": ["kind", "images", "labels", "test_images", "test_labels", "test_fraction"],
+      "leaf": ["kind", "train", "test", "test_fraction"],
+    ]
+    let allowed = keysFor[kind] ?? []
+    m.reject(
+      all.filter { !allowed.contains($0) }, because: "kind \(kind) accepts " + allowed.joined(separator: ", ")
+    )
+    func path(_ key: String, hint: String) -> String? {
+      m.required(key, hint: hint) { $0.string() }.map { Scenario.resolve($0, in: directory) }
+    }
+    func optionalPath(_ key: String) -> String? {
+      m.optional(key) { $0.string() }.map { Scenario.resolve($0, in: directory) }
+    }
+    func test(fileKey: String) -> TestData {
+      if let file = optionalPath(fileKey) {
+        if let f = m["test_fraction"] { f.fail("give either \(fileKey) or test_fraction, not both") }
+        return .file(file)
+      }
+      return .fraction(m.optional("test_fraction", default: 0.2) { $0.double(0...0.9, above: true) })
+    }
+    switch kind {
+    case "synthetic_fedprox":
+      let alpha = m.required("alpha", hint: "model heterogeneity α ≥ 0, e.g. alpha: 1") { $0.double(0...100) }
+      let beta = m.required("beta", hint: "data heterogeneity β ≥ 0, e.g. beta: 1") { $0.double(0...100) }
+      let devices = m.required("devices", hint: "how many synthetic devices, e.g. devices: 100") {
+        $0.int(1...100_000_000)
+      }
+      let iid = m.optional("iid", default: false) { $0.bool() }
+      let cap = m.optional("max_samples", default: 1000) { $0.int(51...1_000_000) }
+      guard let alpha, let beta, let devices else { return nil }
+      return .syntheticFedProx(
+        SyntheticData(alpha: alpha, beta: beta, iid: iid, devices: devices, maxSamplesPerDevice: cap))
+    case "csv":
+      guard let p = path("path", hint: "the CSV file, relative to the scenario") else { return nil }
+      return .csv(
+        CSVData(
+          path: p, labelColumn: m.optional("label_column", default: "label") { $0.string() },
+          clientColumn: m.optional("client_column") { $0.string() }, test: test(fileKey: "test_path")))
+    case "idx":
+      let images = path("images", hint: "the IDX image file, e.g. train-images-idx3-ubyte.gz")
+      let labels = path("labels", hint: "the IDX label file, e.g. train-labels-idx1-ubyte.gz")
+      let testImages = optionalPath("test_images")
+      let testLabels = optionalPath("test_labels")
+      if (testImages == nil) != (testLabels == nil) {
+        m.owner.fail("give both test_images and test_labels, or neither")
+      }
+      let fraction = m.optional("test_fraction", default: 0.2) { $0.double(0...0.9, above: true) }
+      guard let images, let labels else { return nil }
+      return .idx(
+        IDXData(
+          images: images, labels: labels, testImages: testImages, testLabels: testLabels,
+          testFraction: fraction))
+    default:
+      guard let train = path("train", hint: "the LEAF training JSON file") else { return nil }
+      return .leaf(LEAFData(train: train, test: test(fileKey: "test")))
+    }
+  }
+}
+
+extension PartitionPlan {
+  static let kinds = ["natural", "iid", "dirichlet", "shards", "quantity_skew"]
+
+  static func read(_ field: YAMLField) -> PartitionPlan? {
+    let all = ["kind", "alpha", "shards_per_client", "distribution", "sigma", "exponent"]
+    guard let m = field.mapping(allowed: all) else { return nil }
+    guard let kind = m.required("kind", hint: "one of: " + kinds.joined(separator: ", "), { $0.oneOf(kinds) })
+    else { return nil }
+    switch kind {
+    case "natural", "iid":
+      m.reject(
+        ["alpha", "shards_per_client", "distribution", "sigma", "exponent"],
+        because: "kind \(kind) has no parameters")
+      return kind == "iid" ? .iid : .natural
+    case "dirichlet":
+      m.reject(
+        ["shards_per_client", "distribution", "sigma", "exponent"], because: "kind dirichlet takes only alpha"
+      )
+      return m.required("alpha", hint: "the concentration α > 0; small is skewed, e.g. alpha: 0.3") {
+        $0.double(0...1e6, above: true)
+      }.map { .dirichlet(alpha: $0) }
+    case "shards":
+      m.reject(
+        ["alpha", "distribution", "sigma", "exponent"], because: "kind shards takes only shards_per_client")
+      return .shards(perClient: m.optional("shards_per_client", default: 2) { $0.int(1...10_000) })
+    default:
+      m.reject(
+        ["alpha", "shards_per_client"], because: "kind quantity_skew takes distribution and sigma or exponent"
+      )
+      let distribution = m.optional("distribution", default: "lognormal") {
+        $0.oneOf(["lognormal", "power_law"])
+      }
+      if distribution == "lognormal" {
+        m.reject(["exponent"], because: "distribution lognormal takes sigma")
+        return .quantitySkew(
+          .lognormal(sigma: m.optional("sigma", default: 1.0) { $0.double(0...10, above: true) }))
+      }
+      m.reject(["sigma"], because: "distribution power_law takes exponent")
+      return .quantitySkew(
+        .powerLaw(exponent: m.optional("exponent", default: 1.5) { $0.double(0...10, above: true) }))
+    }
+  }
+}
+
+extension ProfileDistribution {
+  static func read(_ field: YAMLField) -> ProfileDistribution? {
+    guard let m = field.mapping(allowed: ["kind", "value", "median", "sigma", "low", "high"]) else {
+      return nil
+    }
+    let kind = m.required("kind", hint: "one of: constant, lognormal, uniform") {
+      $0.oneOf(["constant", "lognormal", "uniform"])
+    }
+    let positive = 0...Double.greatestFiniteMagnitude
+    switch kind {
+    case "constant":
+      m.reject(["median", "sigma", "low", "high"], because: "kind constant takes value")
+      return m.required("value", hint: "a positive number") { $0.double(positive, above: true) }.map {
+        .constant($0)
+      }
+    case "lognormal":
+      m.reject(["value", "low", "high"], because: "kind lognormal takes median and sigma")
+      let median = m.required("median", hint: "a positive number") { $0.double(positive, above: true) }
+      let sigma = m.optional("sigma", default: 0.5) { $0.double(0...10) }
+      return median.map { .lognormal(median: $0, sigma: sigma) }
+    case "uniform":
+      m.reject(["value", "median", "sigma"], because: "kind uniform takes low and high")
+      let low = m.required("low", hint: "a positive number") { $0.double(positive, above: true) }
+      let high = m.required("high", hint: "a number above low") { $0.double(positive, above: true) }
+      guard let low, let high else { return nil }
+      guard high >= low else {
+        m["high"]?.fail("must be at least low (\(low))")
+        return nil
+      }
+      return .uniform(low: low, high: high)
+    default:
+      return nil
+    }
+  }
+}
+
+extension PopulationPlan {
+  static func read(_ field: YAMLField) -> PopulationPlan? {
+    guard let m = field.mapping(allowed: ["count", "compute", "network", "availability", "dropout"]) else {
+      return nil
+    }
+    var plan = PopulationPlan()
+    plan.count = m.optional("count") { $0.int(1...100_000_000) }
+    plan.compute = m.optional("compute", default: plan.compute) { ProfileDistribution.read($0) }
+    if let network = m["network"], let n = network.mapping(allowed: ["download", "upload"]) {
+      plan.download = n.optional("download", default: plan.download) { ProfileDistribution.read($0) }
+      plan.upload = n.optional("upload", default: plan.upload) { ProfileDistribution.read($0) }
+    }
+    plan.availability = m.optional("availability", default: plan.availability) { f -> Availability? in
+      guard let a = f.mapping(allowed: ["kind", "amplitude", "period"]) else { return nil }
+      let kind = a.required("kind", hint: "always or diurnal") { $0.oneOf(["always", "diurnal"]) }
+      if kind == "always" {
+        a.reject(["amplitude", "period"], because: "kind always has no parameters")
+        return .always
+      }
+      guard kind == "diurnal" else { return nil }
+      return .diurnal(
+        amplitude: a.optional("amplitude", default: 0.5) { $0.double(0...1) },
+        period: a.optional("period", default: 86400) { $0.duration() })
+    }
+    plan.dropout = m.optional("dropout", default: 0) { $0.double(0...0.99) }
+    return plan
+  }
+}

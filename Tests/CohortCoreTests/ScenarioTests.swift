@@ -1,0 +1,123 @@
+import CohortCore
+import Foundation
+import Testing
+
+/// Writes a plan and a scenario into a fresh temporary directory and loads the scenario.
+func loadScenario(_ scenario: String, plan: String? = nil) throws(ConfigurationError) -> Scenario {
+  let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cohort-\(UUID().uuidString)")
+  try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+  defer { try? FileManager.default.removeItem(at: dir) }
+  let planText =
+    plan
+    ?? "name: p\nmodel: {kind: logistic_regression, inputs: 60, classes: 10}\nserver: {cohort: {goal: 10}}\n"
+  try? planText.write(to: dir.appendingPathComponent("plan.yaml"), atomically: true, encoding: .utf8)
+  let path = dir.appendingPathComponent("scenario.yaml").path
+  try? scenario.write(toFile: path, atomically: true, encoding: .utf8)
+  return try Scenario.load(path: path)
+}
+
+func scenarioIssues(_ scenario: String, plan: String? = nil) -> [ConfigurationIssue] {
+  do {
+    _ = try loadScenario(scenario, plan: plan)
+    return []
+  } catch {
+    return error.issues
+  }
+}
+
+@Suite struct ScenarioTests {
+  @Test func everyShippedScenarioValidates() throws {
+    let dir = repositoryRoot.appendingPathComponent("Simulations")
+    let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".yaml") }
+    #expect(files.count >= 2)
+    for file in files {
+      #expect(throws: Never.self, "\(file)") {
+        try Scenario.load(path: dir.appendingPathComponent(file).path)
+      }
+    }
+  }
+
+  @Test func syntheticScenarioReadsEveryKey() throws {
+    let s = try loadScenario(
+      """
+      plan: plan.yaml
+      data: {kind: synthetic_fedprox, alpha: 0.5, beta: 0.5, devices: 30, iid: false, max_samples: 200}
+      partition: {kind: natural}
+      devices:
+        compute: {kind: uniform, low: 10, high: 20}
+        network: {download: {kind: constant, value: 1e6}, upload: {kind: lognormal, median: 1e5, sigma: 1}}
+        availability: {kind: diurnal, amplitude: 0.3, period: 24h}
+        dropout: 0.1
+      seed: 9
+      """)
+    #expect(s.data == .syntheticFedProx(.init(alpha: 0.5, beta: 0.5, devices: 30, maxSamplesPerDevice: 200)))
+    #expect(s.partition == .natural)
+    #expect(s.devices.compute == .uniform(low: 10, high: 20))
+    #expect(s.devices.download == .constant(1e6))
+    #expect(s.devices.upload == .lognormal(median: 1e5, sigma: 1))
+    #expect(s.devices.availability == .diurnal(amplitude: 0.3, period: 86400))
+    #expect(s.devices.dropout == 0.1 && s.seed == 9 && s.populationSize == 30)
+    #expect(s.planPath.hasSuffix("/plan.yaml"))
+  }
+
+  @Test func partitionKindsAndTheirParameters() throws {
+    let base = "plan: plan.yaml\ndata: {kind: csv, path: d.csv}\ndevices: {count: 10}\n"
+    #expect(
+      try loadScenario(base + "partition: {kind: dirichlet, alpha: 0.1}").partition == .dirichlet(alpha: 0.1))
+    #expect(
+      try loadScenario(base + "partition: {kind: shards, shards_per_client: 3}").partition
+        == .shards(perClient: 3))
+    #expect(
+      try loadScenario(base + "partition: {kind: quantity_skew, distribution: power_law, exponent: 2}")
+        .partition
+        == .quantitySkew(.powerLaw(exponent: 2)))
+    let wrong = scenarioIssues(base + "partition: {kind: dirichlet, shards_per_client: 2}")
+    #expect(Set(wrong.map(\.keyPath)) == ["partition.shards_per_client", "partition.alpha"])
+  }
+
+  @Test func dataPathsResolveAgainstTheScenarioDirectory() throws {
+    let s = try loadScenario("plan: plan.yaml\ndata: {kind: csv, path: sub/d.csv, client_column: user}\n")
+    guard case .csv(let csv) = s.data else {
+      Issue.record("expected csv data")
+      return
+    }
+    #expect(csv.path.hasSuffix("/sub/d.csv") && csv.path.hasPrefix("/"))
+    #expect(csv.clientColumn == "user" && csv.test == .fraction(0.2))
+  }
+
+  @Test func naturalPartitionNeedsOwnersInTheData() {
+    let issues = scenarioIssues(
+      "plan: plan.yaml\ndata: {kind: csv, path: d.csv}\npartition: {kind: natural}\n")
+    #expect(issues.map(\.keyPath) == ["partition"])
+    #expect(issues.first?.message.contains("client_column") == true)
+  }
+
+  @Test func modelMustFitSyntheticData() {
+    let plan =
+      "name: p\nmodel: {kind: logistic_regression, inputs: 64, classes: 10}\nserver: {cohort: {goal: 1}}\n"
+    let issues = scenarioIssues(
+      "plan: plan.yaml\ndata: {kind: synthetic_fedprox, alpha: 1, beta: 1, devices: 5}\n", plan: plan)
+    #expect(issues.map(\.keyPath) == ["data"])
+  }
+
+  @Test func goalLargerThanPopulationIsRejected() {
+    let issues = scenarioIssues(
+      "plan: plan.yaml\ndata: {kind: synthetic_fedprox, alpha: 1, beta: 1, devices: 5}\n")
+    #expect(issues.map(\.keyPath) == ["devices.count"])
+    #expect(issues.first?.message.contains("server.cohort.goal") == true)
+  }
+
+  @Test func planIssuesNameThePlanFile() {
+    let issues = scenarioIssues(
+      "plan: plan.yaml\ndata: {kind: synthetic_fedprox, alpha: 1, beta: 1, devices: 50}\n",
+      plan: "name: p\nmodel: {kind: logistic_regression, inputs: 60, clases: 10}\n")
+    #expect(issues.contains { $0.file.hasSuffix("plan.yaml") && $0.keyPath == "model.clases" })
+  }
+
+  @Test func missingPlanFileIsNamedAtThePlanKey() {
+    let issues = scenarioIssues(
+      "plan: nope.yaml\ndata: {kind: synthetic_fedprox, alpha: 1, beta: 1, devices: 50}\n")
+    #expect(issues.map(\.keyPath) == ["plan"])
+    #expect(issues.first?.message.contains("does not exist") == true)
+  }
+}
