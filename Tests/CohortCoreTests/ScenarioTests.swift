@@ -121,3 +121,28 @@ func scenarioIssues(_ scenario: String, plan: String? = nil) -> [ConfigurationIs
     #expect(issues.first?.message.contains("does not exist") == true)
   }
 }
+
+@Suite struct InlinePlanTests {
+  @Test func planMayBeWrittenInline() throws {
+    let s = try Scenario.parse(
+      yaml: """
+        plan:
+          name: inline
+          model: {kind: logistic_regression, inputs: 60, classes: 10}
+          server: {cohort: {goal: 5}}
+        data: {kind: synthetic_fedprox, alpha: 0, beta: 0, devices: 10}
+        """, file: "/tmp/inline.yaml")
+    #expect(s.plan.name == "inline" && s.planPath == "/tmp/inline.yaml")
+  }
+
+  @Test func inlinePlanIssuesCarryThePlanKeyPath() {
+    do {
+      _ = try Scenario.parse(
+        yaml: "plan: {name: x, model: {kind: mlp, inputs: 3, classes: 2}}\ndata: {kind: csv, path: a.csv}\n",
+        file: "s.yaml")
+      Issue.record("an mlp without hidden layers was accepted")
+    } catch {
+      #expect(error.issues.map(\.keyPath) == ["plan.model.hidden"])
+    }
+  }
+}

@@ -3,7 +3,7 @@ import Foundation
 /// A simulation scenario: which plan, on which data, divided among devices how, and what the
 /// device population looks like. Loaded from `Simulations/*.yaml`.
 public struct Scenario: Codable, Sendable, Hashable {
-  /// The plan file as resolved from the scenario's directory.
+  /// The plan file as resolved from the scenario's directory (the scenario itself for an inline plan).
   public var planPath: String
   public var plan: Plan
   public var data: DataSource
@@ -169,8 +169,13 @@ extension Scenario {
     guard let m = root.mapping(allowed: keys) else { return nil }
     let log = root.log
     var planPath: String?
-    let plan = m.required("plan", hint: "the plan file, relative to this file, e.g. plan: ../Plans/x.yaml") {
-      field -> Plan? in
+    let plan = m.required(
+      "plan", hint: "the plan file relative to this file (plan: ../Plans/x.yaml), or the plan inline"
+    ) { field -> Plan? in
+      if case .mapping = field.node {
+        planPath = log.file
+        return Plan.read(field)
+      }
       guard let relative = field.string() else { return nil }
       let path = resolve(relative, in: directory)
       planPath = path

@@ -1,0 +1,135 @@
+public import CohortCore
+
+/// A scenario's data made concrete: the pooled training examples, the central test set, and
+/// the division of the training examples among devices.
+public struct FederatedData: Sendable {
+  public var train: Dataset
+  public var test: Dataset
+  public var partition: Partition
+
+  public init(train: Dataset, test: Dataset, partition: Partition) {
+    self.train = train
+    self.test = test
+    self.partition = partition
+  }
+
+  /// Loads (or generates) the scenario's data and partitions it. Every draw comes from streams
+  /// derived from the scenario's seed, so the same scenario gives the same data and partition.
+  public static func load(_ scenario: Scenario) throws(CohortError) -> FederatedData {
+    let (train, test) = try examples(scenario)
+    try checkModelFits(scenario.plan.model, train)
+    let partition = try partitionExamples(train, scenario)
+    return FederatedData(train: train, test: test, partition: partition)
+  }
+
+  static func examples(_ scenario: Scenario) throws(CohortError) -> (train: Dataset, test: Dataset) {
+    let seed = scenario.seed
+    func withTest(_ train: Dataset, _ test: DataSource.TestData, load: (String) throws(CohortError) -> Dataset)
+      throws(CohortError) -> (Dataset, Dataset)
+    {
+      switch test {
+      case .file(let path): return (train, try load(path))
+      case .fraction(let f):
+        var rng = RandomStream(seed: seed, purpose: "test-split")
+        return train.split(testFraction: f, rng: &rng)
+      }
+    }
+    switch scenario.data {
+    case .syntheticFedProx(let s):
+      let generator = SyntheticFedProx(
+        .init(alpha: s.alpha, beta: s.beta, iid: s.iid, devices: s.devices, maxSamplesPerDevice: s.maxSamplesPerDevice),
+        seed: seed)
+      return generator.pooled()
+    case .csv(let c):
+      let train = try CSVDataset.load(path: c.path, labelColumn: c.labelColumn, clientColumn: c.clientColumn)
+      return try withTest(train, c.test) { path throws(CohortError) in
+        try CSVDataset.load(path: path, labelColumn: c.labelColumn, clientColumn: c.clientColumn)
+      }
+    case .idx(let i):
+      let train = try IDXDataset.load(images: i.images, labels: i.labels)
+      if let images = i.testImages, let labels = i.testLabels {
+        return (train, try IDXDataset.load(images: images, labels: labels))
+      }
+      return try withTest(train, .fraction(i.testFraction)) { _ throws(CohortError) in train }
+    case .leaf(let l):
+      let train = try LEAFDataset.load(path: l.train)
+      return try withTest(train, l.test) { path throws(CohortError) in try LEAFDataset.load(path: path) }
+    }
+  }
+
+  static func checkModelFits(_ model: ModelPlan, _ data: Dataset) throws(CohortError) {
+    // Vector models take any example flattened; the CNN needs the exact image shape.
+    let fits = model.kind == .cnn ? model.inputShape == data.featureShape : model.inputCount == data.featureCount
+    guard fits else {
+      throw CohortError(
+        .shapeMismatch,
+        "the plan's model takes inputs of shape \(model.inputShape), but the data's examples have shape "
+          + "\(data.featureShape)",
+        fix: model.kind == .cnn
+          ? "set model.input_shape to \(data.featureShape)" : "set model.inputs to \(data.featureCount)")
+    }
+    let dataClasses = data.labelCounts().lastIndex { $0 > 0 }.map { $0 + 1 } ?? 0
+    guard model.classes >= dataClasses else {
+      throw CohortError(
+        .shapeMismatch, "the data has labels up to \(dataClasses - 1) but the model has \(model.classes) classes",
+        fix: "set model.classes to at least \(dataClasses)")
+    }
+  }
+
+  static func partitionExamples(_ data: Dataset, _ scenario: Scenario) throws(CohortError) -> Partition {
+    var rng = RandomStream(seed: scenario.seed, purpose: "partition")
+    if scenario.partition == .natural {
+      let partition = try Partitioner.natural(data)
+      if let count = scenario.devices.count, count != partition.clientCount {
+        throw CohortError(
+          .invalidConfiguration,
+          "devices.count is \(count) but the data names \(partition.clientCount) clients (partition kind natural)",
+          fix: "set devices.count to \(partition.clientCount) or leave it out")
+      }
+      return partition
+    }
+    guard let clients = scenario.populationSize else {
+      throw CohortError(
+        .invalidConfiguration, "partition kind \(scenario.partition) needs the number of devices",
+        fix: "set devices.count in the scenario")
+    }
+    switch scenario.partition {
+    case .natural, .iid:
+      return try Partitioner.iid(exampleCount: data.count, clients: clients, rng: &rng)
+    case .dirichlet(let alpha):
+      return try Partitioner.dirichlet(
+        labels: data.labels, classes: data.classes, clients: clients, alpha: alpha, rng: &rng)
+    case .shards(let perClient):
+      return try Partitioner.shards(labels: data.labels, clients: clients, shardsPerClient: perClient, rng: &rng)
+    case .quantitySkew(.lognormal(let sigma)):
+      return try Partitioner.quantitySkew(
+        exampleCount: data.count, clients: clients, sizes: .lognormal(sigma: sigma), rng: &rng)
+    case .quantitySkew(.powerLaw(let exponent)):
+      return try Partitioner.quantitySkew(
+        exampleCount: data.count, clients: clients, sizes: .powerLaw(exponent: exponent), rng: &rng)
+    }
+  }
+}
+
+extension Network {
+  /// The network a plan's `model` section describes.
+  public init(plan model: ModelPlan) {
+    switch model.kind {
+    case .logisticRegression: self = .logisticRegression(inputs: model.inputCount, classes: model.classes)
+    case .mlp: self = .mlp(inputs: model.inputCount, hidden: model.hidden, classes: model.classes)
+    case .cnn: self = .cnn(inputShape: model.inputShape, classes: model.classes)
+    }
+  }
+}
+
+extension TrainingConfiguration {
+  /// Local training as a plan's `device` section describes it.
+  public init(plan device: DevicePlan) {
+    self.init(
+      epochs: device.epochs, batchSize: device.batchSize,
+      optimizer: OptimizerConfiguration(
+        learningRate: Float(device.optimizer.learningRate), momentum: Float(device.optimizer.momentum),
+        weightDecay: Float(device.optimizer.weightDecay)),
+      proximalMu: Float(device.proximalMu))
+  }
+}
