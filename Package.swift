@@ -41,6 +41,14 @@ let package = Package(
       dependencies: ["CohortCore", "CBLAS", "CZlib"],
       swiftSettings: swiftSettings),
     .target(
+      name: "CohortAggregation",
+      dependencies: ["CohortCore"],
+      swiftSettings: swiftSettings),
+    .target(
+      name: "CohortProtocol",
+      dependencies: ["CohortCore", "CohortAggregation"],
+      swiftSettings: swiftSettings),
+    .target(
       name: "CohortTesting",
       dependencies: ["CohortCore", "CohortML"],
       swiftSettings: swiftSettings),
@@ -56,6 +64,14 @@ let package = Package(
     .testTarget(
       name: "CohortCoreTests",
       dependencies: ["CohortCore", "CohortTesting"],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortAggregationTests",
+      dependencies: ["CohortAggregation", "CohortCore"],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortProtocolTests",
+      dependencies: ["CohortProtocol", "CohortCore"],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortMLTests",

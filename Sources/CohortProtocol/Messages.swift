@@ -1,0 +1,88 @@
+public import CohortCore
+
+/// A device's identity within a population: its index for simulated devices, its registered
+/// number for real ones.
+public typealias DeviceID = Int
+
+/// The version of the device–server protocol these types describe. Both sides send it; a
+/// mismatch is refused with a clear reason rather than misread.
+public let protocolVersion = 1
+
+/// A device announcing it is available to work.
+public struct CheckIn: Sendable, Hashable {
+  public var device: DeviceID
+  public var population: String
+  public var protocolVersion: Int
+
+  public init(device: DeviceID, population: String, protocolVersion: Int = CohortProtocol.protocolVersion) {
+    self.device = device
+    self.population = population
+    self.protocolVersion = protocolVersion
+  }
+}
+
+/// What a selected device is asked to do in a round.
+public struct RoundTask: Sendable, Hashable {
+  public var round: Int
+  /// SHA-256 of the global checkpoint to start from; a device that has it skips the download.
+  public var checkpointSHA256: String
+  /// Server time after which a report is late.
+  public var reportingDeadline: Double
+
+  public init(round: Int, checkpointSHA256: String, reportingDeadline: Double) {
+    self.round = round
+    self.checkpointSHA256 = checkpointSHA256
+    self.reportingDeadline = reportingDeadline
+  }
+}
+
+/// A device's trained update for a round: `local − global`, with what the server needs to weigh it.
+public struct UpdateReport: Sendable {
+  public var device: DeviceID
+  public var round: Int
+  public var update: Weights
+  public var examples: Int
+  public var trainLoss: Double
+  /// Bytes the upload took on the wire.
+  public var bytes: Int
+
+  public init(device: DeviceID, round: Int, update: Weights, examples: Int, trainLoss: Double, bytes: Int) {
+    self.device = device
+    self.round = round
+    self.update = update
+    self.examples = examples
+    self.trainLoss = trainLoss
+    self.bytes = bytes
+  }
+}
+
+/// Why the server refused a check-in or a report. Every refusal is counted by reason.
+public enum Rejection: String, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+  /// The report came after its round closed (deadline passed or the goal was met).
+  case late
+  /// The device already reported in this round.
+  case duplicate
+  /// The device was not selected for the round it reports for.
+  case notSelected = "not_selected"
+  /// The report names a round the server never ran or has not started.
+  case unknownRound = "unknown_round"
+  /// The update's shape or values cannot be folded in (wrong layout, NaN, infinity, no examples).
+  case malformed
+  /// The device speaks another protocol version.
+  case protocolVersion = "protocol_version"
+  /// The device belongs to another population.
+  case wrongPopulation = "wrong_population"
+
+  public var description: String { rawValue }
+}
+
+/// The server's answer to a device.
+public enum ServerReply: Sendable, Hashable {
+  /// Not needed now: come back at a time drawn from this window (pace steering).
+  case retry(window: ClosedRange<Double>)
+  /// Admitted to the waiting pool of the round being selected; the task follows when the round starts.
+  case waitForTask(round: Int)
+  case task(RoundTask)
+  case accepted(round: Int)
+  case rejected(Rejection)
+}

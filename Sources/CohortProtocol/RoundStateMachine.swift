@@ -1,0 +1,288 @@
+public import CohortCore
+
+/// Why a round ended without a new model.
+public enum AbandonReason: String, Sendable, Hashable, CustomStringConvertible {
+  /// Fewer devices checked in during the selection window than the round's minimum.
+  case tooFewCheckIns = "too_few_check_ins"
+  /// The reporting deadline passed with fewer reports than the round's minimum.
+  case tooFewReports = "too_few_reports"
+  /// The server was shut down with the round in flight.
+  case shutdown
+
+  public var description: String { rawValue }
+}
+
+/// Counts for one round, as the results store records them.
+public struct RoundCounts: Sendable, Hashable {
+  public var selected = 0
+  public var reported = 0
+  /// Selected devices that told the server they gave up, or whose connection was lost.
+  public var dropped = 0
+  /// Duplicate, unselected and malformed reports while the round was open. Reports that arrive
+  /// after the round closed are answered `.rejected(.late)` and tallied by the shell, which
+  /// knows the round they name.
+  public var rejected = 0
+
+  public init() {}
+}
+
+/// The server's rounds as a pure state machine: check-ins, reports and the time go in; replies
+/// and instructions for the shell (configure devices, aggregate, abandon) come out. It holds no
+/// model, no socket and no clock, so the network server and the simulator drive the same logic.
+///
+/// Round r moves from selection (devices check in and wait) to reporting (selected devices train
+/// and report) to closed (aggregated or abandoned). Selection of round r + 1 opens when round r
+/// starts reporting, so the next cohort gathers while the current one trains; round r + 1 is
+/// configured as soon as round r's new checkpoint is committed.
+public struct RoundStateMachine: Sendable {
+  public struct Configuration: Sendable, Hashable {
+    public var rounds: Int
+    public var goal: Int
+    public var selectionTarget: Int
+    public var minimumReports: Int
+    public var selectionWindow: Double
+    public var reportingWindow: Double
+    /// The population this server serves; check-ins from others are refused.
+    public var population: String
+
+    public init(plan: ServerPlan, population: String) {
+      rounds = plan.rounds
+      goal = plan.cohort.goal
+      selectionTarget = plan.cohort.selectionTarget
+      minimumReports = min(plan.cohort.minimumReports, plan.cohort.goal)
+      selectionWindow = plan.windows.selection
+      reportingWindow = plan.windows.reporting
+      self.population = population
+    }
+  }
+
+  /// What the shell must do.
+  public enum Action: Sendable, Hashable {
+    /// Send each device the round's task with the current global checkpoint.
+    case configure(round: Int, devices: [DeviceID], reportingDeadline: Double)
+    /// The round met its goal or its deadline with enough reports: aggregate the accepted
+    /// updates into the next global model, commit it, then call `committed(round:now:)`.
+    case aggregate(round: Int, counts: RoundCounts)
+    /// The round ends without a new model; nothing to commit but its record.
+    case abandon(round: Int, reason: AbandonReason, counts: RoundCounts)
+    /// Every round has ended.
+    case finish
+  }
+
+  struct Selection: Sendable {
+    var round: Int
+    var opened: Double
+    var deadline: Double
+    var devices: [DeviceID] = []
+  }
+
+  struct Reporting: Sendable {
+    var round: Int
+    var deadline: Double
+    var selected: Set<DeviceID>
+    var reported: Set<DeviceID> = []
+    var dropped: Set<DeviceID> = []
+    var counts: RoundCounts
+  }
+
+  public let configuration: Configuration
+  /// The round whose cohort is gathering, if any.
+  private(set) var selection: Selection?
+  /// The round whose cohort is training, if any.
+  private(set) var reporting: Reporting?
+  /// A round whose updates are being aggregated and committed by the shell.
+  private(set) var closing: Int?
+  /// The number the next round to open will get.
+  private(set) var nextRound = 1
+  private(set) var finished = false
+  /// Rounds that have closed (committed or abandoned), to tell late reports from unknown rounds.
+  private(set) var lastClosedRound = 0
+  /// Round numbers start after this, for a run resumed from its last committed round.
+  public init(configuration: Configuration, resumingAfter round: Int = 0) {
+    self.configuration = configuration
+    nextRound = round + 1
+    lastClosedRound = round
+  }
+
+  /// The round currently gathering devices.
+  public var selectingRound: Int? { selection?.round }
+  /// The round currently training and reporting.
+  public var reportingRound: Int? { reporting?.round }
+  public var isFinished: Bool { finished }
+
+  /// The earliest time at which `tick` has something to do, for the shell's timer.
+  public var nextDeadline: Double? {
+    [selection?.deadline, reporting?.deadline].compactMap { $0 }.min()
+  }
+
+  // MARK: Events
+
+  /// Opens selection for the first round.
+  public mutating func start(now: Double) -> [Action] {
+    guard selection == nil, reporting == nil, closing == nil, !finished else { return [] }
+    return openSelection(now: now)
+  }
+
+  /// A device checks in. It joins the cohort being selected if there is room; otherwise the
+  /// caller answers it with a pace-steering retry window.
+  public mutating func checkIn(_ checkIn: CheckIn, now: Double) -> (reply: ServerReply?, actions: [Action]) {
+    if checkIn.protocolVersion != protocolVersion { return (.rejected(.protocolVersion), []) }
+    if checkIn.population != configuration.population { return (.rejected(.wrongPopulation), []) }
+    guard var s = selection, reporting?.selected.contains(checkIn.device) != true else { return (nil, []) }
+    if s.devices.contains(checkIn.device) { return (.waitForTask(round: s.round), []) }
+    guard s.devices.count < configuration.selectionTarget else { return (nil, []) }
+    s.devices.append(checkIn.device)
+    selection = s
+    var actions: [Action] = []
+    if s.devices.count == configuration.selectionTarget { actions = closeSelectionIfPossible(now: now) }
+    return (.waitForTask(round: s.round), actions)
+  }
+
+  /// A device reports its update. Accepted reports are for the shell to fold into the round's
+  /// aggregate; everything else is refused with its reason and counted.
+  public mutating func report(
+    device: DeviceID, round: Int, isWellFormed: Bool, now: Double
+  ) -> (reply: ServerReply, actions: [Action]) {
+    guard var r = reporting, r.round == round else {
+      if round <= lastClosedRound || round == closing { return (.rejected(.late), []) }
+      return (.rejected(.unknownRound), [])
+    }
+    if now > r.deadline { return (.rejected(.late), tick(now: now)) }
+    guard r.selected.contains(device) else {
+      r.counts.rejected += 1
+      reporting = r
+      return (.rejected(.notSelected), [])
+    }
+    guard !r.reported.contains(device) else {
+      r.counts.rejected += 1
+      reporting = r
+      return (.rejected(.duplicate), [])
+    }
+    guard isWellFormed else {
+      r.counts.rejected += 1
+      reporting = r
+      return (.rejected(.malformed), [])
+    }
+    r.reported.insert(device)
+    r.dropped.remove(device)
+    r.counts.reported += 1
+    reporting = r
+    var actions: [Action] = []
+    if r.reported.count >= configuration.goal { actions = closeReporting(now: now) }
+    return (.accepted(round: round), actions)
+  }
+
+  /// A device in the round gave up or lost its connection.
+  public mutating func dropped(device: DeviceID, round: Int, now: Double) -> [Action] {
+    if var s = selection, s.round == round, let i = s.devices.firstIndex(of: device) {
+      s.devices.remove(at: i)
+      selection = s
+      return []
+    }
+    guard var r = reporting, r.round == round, r.selected.contains(device), !r.reported.contains(device)
+    else { return [] }
+    r.dropped.insert(device)
+    reporting = r
+    // Once every selected device has reported or dropped, waiting for the deadline is pointless.
+    if r.reported.count + r.dropped.count == r.selected.count { return closeReporting(now: now) }
+    return []
+  }
+
+  /// Time passes: closes windows whose deadline is due.
+  public mutating func tick(now: Double) -> [Action] {
+    var actions: [Action] = []
+    if let r = reporting, now >= r.deadline { actions += closeReporting(now: now) }
+    if let s = selection, now >= s.deadline { actions += closeSelectionIfPossible(now: now) }
+    return actions
+  }
+
+  /// The shell committed the round it was told to aggregate.
+  public mutating func committed(round: Int, now: Double) -> [Action] {
+    precondition(closing == round, "committed round \(round) but round \(closing.map(String.init) ?? "none") was closing")
+    closing = nil
+    lastClosedRound = round
+    return afterClose(now: now)
+  }
+
+  /// Abandons everything in flight (shutdown).
+  public mutating func shutdown(now: Double) -> [Action] {
+    var actions: [Action] = []
+    if let r = reporting {
+      actions.append(.abandon(round: r.round, reason: .shutdown, counts: finalCounts(r)))
+      lastClosedRound = r.round
+    }
+    if let s = selection {
+      var counts = RoundCounts()
+      counts.selected = s.devices.count
+      actions.append(.abandon(round: s.round, reason: .shutdown, counts: counts))
+    }
+    reporting = nil
+    selection = nil
+    finished = true
+    return actions
+  }
+
+  // MARK: Transitions
+
+  private mutating func openSelection(now: Double) -> [Action] {
+    guard selection == nil else { return [] }
+    guard nextRound <= configuration.rounds else {
+      if reporting == nil && closing == nil && !finished {
+        finished = true
+        return [.finish]
+      }
+      return []
+    }
+    selection = Selection(round: nextRound, opened: now, deadline: now + configuration.selectionWindow)
+    nextRound += 1
+    return []
+  }
+
+  /// Selection ends when the target has checked in, or at the deadline. The cohort can only be
+  /// configured once the previous round has committed its model; until then it keeps gathering.
+  private mutating func closeSelectionIfPossible(now: Double) -> [Action] {
+    guard let s = selection else { return [] }
+    let full = s.devices.count >= configuration.selectionTarget
+    let due = now >= s.deadline
+    guard full || due else { return [] }
+    guard reporting == nil, closing == nil else { return [] }
+    selection = nil
+    if s.devices.count < configuration.minimumReports {
+      lastClosedRound = s.round
+      var counts = RoundCounts()
+      counts.selected = s.devices.count
+      return [.abandon(round: s.round, reason: .tooFewCheckIns, counts: counts)] + openSelection(now: now)
+    }
+    var counts = RoundCounts()
+    counts.selected = s.devices.count
+    let deadline = now + configuration.reportingWindow
+    reporting = Reporting(round: s.round, deadline: deadline, selected: Set(s.devices), counts: counts)
+    return [.configure(round: s.round, devices: s.devices, reportingDeadline: deadline)] + openSelection(now: now)
+  }
+
+  private func finalCounts(_ r: Reporting) -> RoundCounts {
+    var counts = r.counts
+    counts.dropped = r.dropped.count
+    return counts
+  }
+
+  private mutating func closeReporting(now: Double) -> [Action] {
+    guard let r = reporting else { return [] }
+    reporting = nil
+    let counts = finalCounts(r)
+    if r.reported.count >= configuration.minimumReports {
+      closing = r.round
+      return [.aggregate(round: r.round, counts: counts)]
+    }
+    lastClosedRound = r.round
+    return [.abandon(round: r.round, reason: .tooFewReports, counts: counts)] + afterClose(now: now)
+  }
+
+  private mutating func afterClose(now: Double) -> [Action] {
+    var actions = closeSelectionIfPossible(now: now)
+    if selection == nil && reporting == nil && closing == nil {
+      actions += openSelection(now: now)
+    }
+    return actions
+  }
+}
