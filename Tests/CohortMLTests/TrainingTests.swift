@@ -95,6 +95,32 @@ private func blobs(count: Int, dimensions: Int, classes: Int, seed: UInt64) -> D
     #expect(run(seed + 1).weights != a.weights, "seed \(seed + 1)")
   }
 
+  @Test func parallelTasksTrainLikeSerialCalls() async {
+    // The simulator trains many clients at once, one task each, with OpenBLAS on one thread.
+    BLAS.useOneThread()
+    let seed: UInt64 = 60
+    let data = blobs(count: 200, dimensions: 6, classes: 3, seed: seed)
+    let network = Network.mlp(inputs: 6, hidden: [12], classes: 3)
+    var initRNG = RandomStream(seed: seed, purpose: "init")
+    let start = network.initialWeights(&initRNG)
+    let trainer = LocalTrainer(network: network)
+    let configuration = TrainingConfiguration(epochs: 2, batchSize: 8, optimizer: .init(learningRate: 0.05))
+    @Sendable func client(_ k: Int) -> Weights {
+      var rng = RandomStream(seed: seed, purpose: "train", device: k)
+      let indices = Array(stride(from: k, to: 200, by: 4))
+      return trainer.train(from: start, on: data, indices: indices, configuration: configuration, rng: &rng)
+        .weights
+    }
+    let serial = (0..<4).map(client)
+    let parallel = await withTaskGroup(of: (Int, Weights).self) { group in
+      for k in 0..<4 { group.addTask { (k, client(k)) } }
+      var results = [Weights?](repeating: nil, count: 4)
+      for await (k, w) in group { results[k] = w }
+      return results
+    }
+    for k in 0..<4 { #expect(parallel[k] == serial[k], "seed \(seed), client \(k)") }
+  }
+
   @Test func lastPartialBatchIsAStep() {
     let seed: UInt64 = 54
     let data = blobs(count: 25, dimensions: 3, classes: 2, seed: seed)
