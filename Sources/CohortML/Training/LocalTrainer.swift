@@ -58,10 +58,11 @@ public struct LocalTrainer: Sendable {
                 let v = sgd.needsVelocity ? v.baseAddress : nil
                 let a = sgd.needsAnchor ? a.baseAddress : nil
                 for _ in 0..<configuration.epochs {
-                  // One fresh permutation of the client's examples per epoch.
-                  order = base
-                  rng.shuffle(&order)
-                  order.withUnsafeBufferPointer { order in
+                  order.withUnsafeMutableBufferPointer { order in
+                    // One fresh permutation of the client's examples per epoch.
+                    _ = order.update(fromContentsOf: base)
+                    shuffle(order, &rng)
+                    let order = UnsafeBufferPointer(order)
                     var start = 0
                     while start < n {
                       let batch = min(batchSize, n - start)
@@ -86,6 +87,16 @@ public struct LocalTrainer: Sendable {
     return TrainingResult(
       weights: Weights(layout: network.layout, values: parameters),
       meanLoss: lossSum / Double(examples), examples: examples, steps: steps)
+  }
+}
+
+/// Fisher–Yates with exactly the draws of `RandomStream.shuffle`, so the permutation is the same;
+/// written out because that generic method is not inlinable and runs unspecialised (with runtime
+/// generic metadata lookups) from another module, which showed up in the benchmark profile.
+private func shuffle(_ values: UnsafeMutableBufferPointer<Int>, _ rng: inout RandomStream) {
+  guard values.count > 1 else { return }
+  for i in stride(from: values.count - 1, to: 0, by: -1) {
+    values.swapAt(i, rng.int(below: i + 1))
   }
 }
 
