@@ -121,6 +121,36 @@ private func blobs(count: Int, dimensions: Int, classes: Int, seed: UInt64) -> D
     for k in 0..<4 { #expect(parallel[k] == serial[k], "seed \(seed), client \(k)") }
   }
 
+  @Test func epochsVisitOnePermutationEachDrawnFromTheStream() {
+    // Batch size 1 exposes the visiting order: it must be RandomStream.shuffle of the indices,
+    // drawn afresh each epoch from the stream passed in.
+    let seed: UInt64 = 61
+    let data = blobs(count: 9, dimensions: 3, classes: 3, seed: seed)
+    let network = Network.logisticRegression(inputs: 3, classes: 3)
+    var initRNG = RandomStream(seed: seed, purpose: "init")
+    let start = network.initialWeights(&initRNG)
+    var rng = RandomStream(seed: seed, purpose: "train")
+    let trained = LocalTrainer(network: network).train(
+      from: start, on: data,
+      configuration: TrainingConfiguration(epochs: 3, batchSize: 1, optimizer: .init(learningRate: 0.3)),
+      rng: &rng)
+
+    var replay = RandomStream(seed: seed, purpose: "train")
+    var w = start
+    for _ in 0..<3 {
+      var order = Array(0..<9)
+      replay.shuffle(&order)
+      for i in order {
+        let x = Array(data.features[(i * 3)..<(i * 3 + 3)])
+        w.axpy(-0.3, network.lossAndGradient(w, features: x, labels: [data.labels[i]]).weights)
+      }
+    }
+    let distance = trained.weights.difference(w).l2Norm / w.difference(start).l2Norm
+    #expect(distance < 1e-6, "seed \(seed): relative distance \(distance)")
+    // The trainer consumed exactly the replay's draws.
+    #expect(rng.next() == replay.next(), "seed \(seed)")
+  }
+
   @Test func lastPartialBatchIsAStep() {
     let seed: UInt64 = 54
     let data = blobs(count: 25, dimensions: 3, classes: 2, seed: seed)
