@@ -62,23 +62,29 @@ struct BenchTrain: AsyncParsableCommand {
     ]
     let core = openblas_get_corename().map { String(cString: $0) } ?? "unknown"
     print("cohort bench train: one thread (OpenBLAS core \(core)), median of \(repeats), seed \(seed)")
-    let reference = measureSgemm()
-    print(
-      "sgemm \(sgemmSize)³: \(format(reference, decimals: 1)) GFLOP/s (the 'vs sgemm' reference)\n")
-    print(row("case", "batch", "params", "samples/s", "GFLOP/s", "vs sgemm"))
-    print(String(repeating: "-", count: 80))
+    let sgemm = Sgemm(size: sgemmSize, seed: seed)
+    print(row("case", "batch", "params", "samples/s", "GFLOP/s", "sgemm GF/s", "vs sgemm"))
+    print(String(repeating: "-", count: 85))
+    var references: [Double] = []
     for c in cases {
-      let samplesPerSecond = measure(c)
-      let gflops = samplesPerSecond * c.network.flopsPerExample() / 1e9
+      let m = measure(c, against: sgemm)
+      references += m.reference
       print(
         row(
-          c.name, "\(c.batchSize)", "\(c.network.layout.count)", format(samplesPerSecond, decimals: 0),
-          format(gflops, decimals: 2), format(gflops / reference, decimals: 2)))
+          c.name, "\(c.batchSize)", "\(c.network.layout.count)",
+          format(median(m.samplesPerSecond), decimals: 0),
+          format(median(m.gflops), decimals: 2), format(median(m.reference), decimals: 1),
+          format(median(m.ratio), decimals: 2)))
     }
+    print("\nsgemm \(sgemmSize)³ on one thread: median \(format(median(references), decimals: 1)) GFLOP/s.")
+    print("Each repetition times the sgemm just before the training it is compared with.")
   }
 
-  /// Median samples/s of `repeats` timed runs of whole training calls on random data.
-  private func measure(_ c: Case) -> Double {
+  /// Per repetition: samples/s and GFLOP/s of whole training calls on random data, the sgemm
+  /// GFLOP/s measured just before, and their ratio.
+  private func measure(_ c: Case, against sgemm: Sgemm) -> (
+    samplesPerSecond: [Double], gflops: [Double], reference: [Double], ratio: [Double]
+  ) {
     var rng = RandomStream(seed: seed, purpose: "bench-train")
     let d = c.network.inputCount
     let features = (0..<(c.examples * d)).map { _ in Float(rng.normal()) }
@@ -94,43 +100,68 @@ struct BenchTrain: AsyncParsableCommand {
     let once = clock.measure {
       _ = trainer.train(from: weights, on: data, configuration: configuration, rng: &rng)
     }
-    let calls = max(1, Int((secondsPerCase / Double(repeats)) / seconds(once)))
-    var rates: [Double] = []
+    let share = secondsPerCase / Double(repeats)
+    let calls = max(1, Int(share * 0.8 / seconds(once)))
+    var result: (samplesPerSecond: [Double], gflops: [Double], reference: [Double], ratio: [Double]) = (
+      [], [], [], []
+    )
     for _ in 0..<repeats {
+      let reference = sgemm.gflops(seconds: share * 0.2)
       let elapsed = clock.measure {
         for _ in 0..<calls {
           _ = trainer.train(from: weights, on: data, configuration: configuration, rng: &rng)
         }
       }
-      rates.append(Double(calls * c.examples) / seconds(elapsed))
+      let rate = Double(calls * c.examples) / seconds(elapsed)
+      let gflops = rate * c.network.flopsPerExample() / 1e9
+      result.samplesPerSecond.append(rate)
+      result.gflops.append(gflops)
+      result.reference.append(reference)
+      result.ratio.append(gflops / reference)
     }
-    return median(rates)
+    return result
   }
 
-  /// Median GFLOP/s of an n×n×n single-thread sgemm.
-  private func measureSgemm() -> Double {
-    let n = sgemmSize
-    var rng = RandomStream(seed: seed, purpose: "bench-sgemm")
-    let a = (0..<(n * n)).map { _ in rng.uniformFloat() }
-    let b = (0..<(n * n)).map { _ in rng.uniformFloat() }
-    var c = [Float](repeating: 0, count: n * n)
-    let clock = ContinuousClock()
-    let size = Int32(n)
+  /// A square single-thread sgemm on random matrices: the core's attainable dense arithmetic.
+  private final class Sgemm {
+    let n: Int
+    let a: [Float]
+    let b: [Float]
+    var c: [Float]
+    /// Seconds of one multiplication, measured once after a warm-up.
+    private(set) var once = 0.0
+
+    init(size n: Int, seed: UInt64) {
+      self.n = n
+      var rng = RandomStream(seed: seed, purpose: "bench-sgemm")
+      a = (0..<(n * n)).map { _ in rng.uniformFloat() }
+      b = (0..<(n * n)).map { _ in rng.uniformFloat() }
+      c = [Float](repeating: 0, count: n * n)
+      multiply()
+      let start = ContinuousClock.now
+      multiply()
+      let (s, atto) = (ContinuousClock.now - start).components
+      once = max(Double(s) + Double(atto) * 1e-18, 1e-9)
+    }
+
     func multiply() {
+      let size = Int32(n)
       c.withUnsafeMutableBufferPointer { c in
         cblas_sgemm(
           CblasRowMajor, CblasNoTrans, CblasNoTrans, size, size, size, 1, a, size, b, size, 0,
           c.baseAddress, size)
       }
     }
-    let once = clock.measure { multiply() }
-    let calls = max(1, Int((secondsPerCase / Double(repeats)) / seconds(once)))
-    var rates: [Double] = []
-    for _ in 0..<repeats {
-      let elapsed = clock.measure { for _ in 0..<calls { multiply() } }
-      rates.append(2 * Double(n) * Double(n) * Double(n) * Double(calls) / seconds(elapsed) / 1e9)
+
+    /// GFLOP/s over about `seconds` of back-to-back multiplications (at least one).
+    func gflops(seconds: Double) -> Double {
+      let calls = max(1, Int(seconds / once))
+      let start = ContinuousClock.now
+      for _ in 0..<calls { multiply() }
+      let (s, atto) = (ContinuousClock.now - start).components
+      let elapsed = max(Double(s) + Double(atto) * 1e-18, 1e-9)
+      return 2 * Double(n) * Double(n) * Double(n) * Double(calls) / elapsed / 1e9
     }
-    return median(rates)
   }
 
   private func seconds(_ d: Duration) -> Double {
@@ -149,7 +180,7 @@ struct BenchTrain: AsyncParsableCommand {
   }
 
   private func row(_ columns: String...) -> String {
-    let widths = [22, 6, 10, 14, 10, 10]
+    let widths = [22, 6, 10, 12, 9, 11, 9]
     return zip(columns, widths).enumerated().map { i, pair in
       let (text, width) = pair
       let pad = String(repeating: " ", count: max(0, width - text.count))
