@@ -151,6 +151,20 @@ private func blobs(count: Int, dimensions: Int, classes: Int, seed: UInt64) -> D
     #expect(rng.next() == replay.next(), "seed \(seed)")
   }
 
+  @Test func networkWithoutParametersTrainsAsANoOp() {
+    // An empty weight vector must not trip any pointer arithmetic; the loss is still measured.
+    let network = Network(inputShape: [2], layers: [.relu])
+    let data = Dataset(features: [1, 0, 0, 1, 2, 0], labels: [0, 1, 0], featureShape: [2], classes: 2)
+    var rng = RandomStream(seed: 62, purpose: "train")
+    let result = LocalTrainer(network: network).train(
+      from: .zeros(network.layout), on: data,
+      configuration: TrainingConfiguration(batchSize: 2, optimizer: .init(learningRate: 0.1, momentum: 0.9)),
+      rng: &rng)
+    #expect(result.weights.count == 0 && result.steps == 2 && result.examples == 3)
+    let evaluation = network.evaluate(result.weights, on: data)
+    #expect(abs(result.meanLoss - evaluation.loss) < 1e-9 && evaluation.accuracy == 1)
+  }
+
   @Test func lastPartialBatchIsAStep() {
     let seed: UInt64 = 54
     let data = blobs(count: 25, dimensions: 3, classes: 2, seed: seed)

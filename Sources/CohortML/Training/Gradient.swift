@@ -56,11 +56,11 @@ extension Network {
     weights.values.withUnsafeBufferPointer { w in
       gradient.withUnsafeMutableBufferPointer { g in
         inputs.withUnsafeMutableBufferPointer { dx in
-          workspace.forward(parameters: w.baseAddress!, batch: batch)
+          workspace.forward(parameters: w.start, batch: batch)
           lossSum =
             workspace.lossAndBackward(
-              parameters: w.baseAddress!, gradient: g.baseAddress!, batch: batch,
-              inputGradient: dx.baseAddress!
+              parameters: w.start, gradient: g.start, batch: batch,
+              inputGradient: dx.start
             ).lossSum
         }
       }
@@ -87,10 +87,10 @@ extension Network {
     guard batch > 0 else { return [] }
     let workspace = Workspace(network: self, capacity: batch, backward: false)
     features.withUnsafeBufferPointer { f in
-      workspace.activations[0].update(from: f.baseAddress!, count: f.count)
+      workspace.activations[0].update(from: f.start, count: f.count)
     }
     weights.values.withUnsafeBufferPointer { w in
-      workspace.forward(parameters: w.baseAddress!, batch: batch)
+      workspace.forward(parameters: w.start, batch: batch)
     }
     return Array(UnsafeBufferPointer(start: workspace.logits, count: batch * classes))
   }

@@ -53,8 +53,8 @@ public struct LocalTrainer: Sendable {
           gradient.withUnsafeMutableBufferPointer { g in
             velocity.withUnsafeMutableBufferPointer { v in
               anchor.withUnsafeBufferPointer { a in
-                let w = w.baseAddress!
-                let g = g.baseAddress!
+                let w = w.start
+                let g = g.start
                 let v = sgd.needsVelocity ? v.baseAddress : nil
                 let a = sgd.needsAnchor ? a.baseAddress : nil
                 for _ in 0..<configuration.epochs {
@@ -128,8 +128,8 @@ extension Network {
             while start < n {
               let batch = min(capacity, n - start)
               workspace.load(features: features, labels: labels, order: order, range: start..<(start + batch))
-              workspace.forward(parameters: w.baseAddress!, batch: batch)
-              let r = workspace.lossAndBackward(parameters: w.baseAddress!, gradient: nil, batch: batch)
+              workspace.forward(parameters: w.start, batch: batch)
+              let r = workspace.lossAndBackward(parameters: w.start, gradient: nil, batch: batch)
               lossSum += r.lossSum
               correct += r.correct
               start += batch

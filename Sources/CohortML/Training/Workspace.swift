@@ -69,7 +69,7 @@ final class Workspace {
   ) {
     let d = inputCount
     let input = activations[0]
-    let base = features.baseAddress!
+    let base = features.start
     var row = 0
     for i in range {
       let example = order[i]
@@ -140,4 +140,20 @@ final class Workspace {
   }
 
   private var firstParametric: Int { kernels.firstIndex { $0.hasParameters } ?? kernels.count }
+}
+
+extension UnsafeBufferPointer where Element == Float {
+  /// The first element's address, or a non-null dangling one for an empty buffer (whose
+  /// `baseAddress` may be nil): a network without parameters has an empty weight vector, and the
+  /// kernels never dereference a pointer to zero elements.
+  var start: UnsafePointer<Float> {
+    baseAddress ?? UnsafePointer(bitPattern: MemoryLayout<Float>.alignment)!
+  }
+}
+
+extension UnsafeMutableBufferPointer where Element == Float {
+  /// As `UnsafeBufferPointer.start`.
+  var start: UnsafeMutablePointer<Float> {
+    baseAddress ?? UnsafeMutablePointer(bitPattern: MemoryLayout<Float>.alignment)!
+  }
 }
