@@ -57,6 +57,11 @@ let package = Package(
       name: "CohortCoreTests",
       dependencies: ["CohortCore", "CohortTesting"],
       swiftSettings: swiftSettings),
+    // Runs the built `cohort` binary end to end, as a user would.
+    .testTarget(
+      name: "CohortCLITests",
+      dependencies: ["cohort", "CohortTesting"],
+      swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortMLTests",
       dependencies: ["CohortML", "CohortCore", "CohortTesting"],

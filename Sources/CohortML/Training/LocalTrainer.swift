@@ -61,7 +61,7 @@ public struct LocalTrainer: Sendable {
                   order.withUnsafeMutableBufferPointer { order in
                     // One fresh permutation of the client's examples per epoch.
                     _ = order.update(fromContentsOf: base)
-                    shuffle(order, &rng)
+                    rng.shuffle(&order)
                     let order = UnsafeBufferPointer(order)
                     var start = 0
                     while start < n {
@@ -87,16 +87,6 @@ public struct LocalTrainer: Sendable {
     return TrainingResult(
       weights: Weights(layout: network.layout, values: parameters),
       meanLoss: lossSum / Double(examples), examples: examples, steps: steps)
-  }
-}
-
-/// Fisher–Yates with exactly the draws of `RandomStream.shuffle`, so the permutation is the same;
-/// written out because that generic method is not inlinable and runs unspecialised (with runtime
-/// generic metadata lookups) from another module, which showed up in the benchmark profile.
-private func shuffle(_ values: UnsafeMutableBufferPointer<Int>, _ rng: inout RandomStream) {
-  guard values.count > 1 else { return }
-  for i in stride(from: values.count - 1, to: 0, by: -1) {
-    values.swapAt(i, rng.int(below: i + 1))
   }
 }
 
