@@ -238,7 +238,8 @@ public enum LEAFDataset {
 
   /// A short rendering of a scalar for messages, or its kind for containers.
   private static func describe(_ value: Any) -> String {
-    if let n = value as? NSNumber, !isBoolean(n) { return "\(n.doubleValue)" }
+    if let n = integer(value) { return "\(n)" }
+    if let d = number(value) { return "\(d)" }
     if let s = value as? String { return "the string \(quoted(String(s.prefix(40))))" }
     return kind(value)
   }
