@@ -127,6 +127,16 @@ import Testing
     try malformed(images: huge, labels: Self.labels) { images, _ in ["\(images): byte 8:", "overflow"] }
   }
 
+  @Test func emptyImagesAreRejected() throws {
+    let none = Self.idx(dimensions: [0, 28, 28], payload: [])
+    try malformed(images: none, labels: Self.idx(dimensions: [0], payload: [])) { images, _ in
+      ["\(images): byte 4:", "at least one image"]
+    }
+    let flat = Self.idx(dimensions: [3, 0, 5], payload: [])
+    try malformed(images: flat, labels: Self.labels) { images, _ in ["\(images): byte 4:", "3 images of 0×5"]
+    }
+  }
+
   @Test func countsMustAgree() throws {
     let twoLabels = Self.idx(dimensions: [2], payload: [1, 2])
     try malformed(images: Self.images, labels: twoLabels) { images, labels in

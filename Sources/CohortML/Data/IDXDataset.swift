@@ -37,6 +37,12 @@ public enum IDXDataset {
     }
     let height = imageHeader.dimensions[1]
     let width = imageHeader.dimensions[2]
+    guard count > 0, height > 0, width > 0 else {
+      throw CohortError(
+        .invalidData,
+        "\(images): byte 4: the header declares \(count) images of \(height)×\(width) pixels; "
+          + "expected at least one image of at least 1×1")
+    }
     let pixels = imageFile.bytes.count - imageHeader.size
 
     var y = [Int32](repeating: 0, count: count)
