@@ -142,6 +142,20 @@ import Testing
     #expect(equal.sizes.allSatisfy { $0 == 100 }, "seed \(seed)")
   }
 
+  @Test func quantitySkewSurvivesExtremeParameters() throws {
+    for sizes in [
+      QuantitySkew.lognormal(sigma: 1e308), .powerLaw(exponent: .leastNonzeroMagnitude),
+      .powerLaw(exponent: 1e300),
+    ] {
+      var rng = RandomStream(seed: 6, purpose: "quantity")
+      let partition = try Partitioner.quantitySkew(exampleCount: 1000, clients: 10, sizes: sizes, rng: &rng)
+      #expect(
+        dataError { () throws(CohortError) in try partition.validate(exampleCount: 1000) } == nil,
+        "\(sizes), seed 6")
+      #expect(partition.sizes.allSatisfy { $0 >= 1 }, "\(sizes), seed 6")
+    }
+  }
+
   @Test func quantitySkewGivesEveryClientAnExampleEvenWhenTight() throws {
     var rng = RandomStream(seed: 2, purpose: "quantity")
     let partition = try Partitioner.quantitySkew(

@@ -151,7 +151,9 @@ public enum Partitioner {
       // Pareto by inversion: u^(−1/exponent), kept in log space.
       logWeights = (0..<clients).map { _ in -log(rng.uniformPositive()) / exponent }
     }
-    // Work from log weights shifted by their maximum so that heavy tails cannot overflow.
+    // Work from log weights shifted by their maximum so that heavy tails cannot overflow; the
+    // clamp keeps extreme parameters (σ near the largest Double) from producing ∞ − ∞.
+    logWeights = logWeights.map { Swift.min(Swift.max($0, -1e300), 1e300) }
     let top = logWeights.max() ?? 0
     let weights = logWeights.map { exp($0 - top) }
     let total = weights.reduce(0, +)
