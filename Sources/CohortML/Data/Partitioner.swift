@@ -35,8 +35,8 @@ public enum Partitioner {
   ///
   /// As in that implementation, a client that already holds its fair share (examples / clients)
   /// gets no more, which keeps sizes from drifting apart, and the whole draw is repeated while some
-  /// client holds fewer than `minimumSize` examples. After 100 draws, the draw with the smallest
-  /// shortfall is kept and repaired: each client still short takes random examples from the
+  /// client holds fewer than `minimumSize` examples. After 100 draws (or 20 in a row that do not
+  /// come closer), the draw with the smallest shortfall is kept and repaired: each client still short takes random examples from the
   /// currently largest client. So no client ends below `minimumSize` whenever
   /// `clients × minimumSize ≤ examples`.
   public static func dirichlet(
@@ -59,7 +59,11 @@ public enum Partitioner {
 
     var best: [[Int]] = []
     var bestShortfall = Int.max
-    for _ in 0..<100 {
+    var sinceImprovement = 0
+    // Where a draw meeting the minimum is merely unlikely, retrying finds one; where it is
+    // practically impossible (thousands of clients, tiny α), stop once 20 draws in a row fail to
+    // improve on the best and repair that one.
+    for _ in 0..<100 where sinceImprovement < 20 {
       var assigned = [[Int]](repeating: [], count: clients)
       for var members in byClass where !members.isEmpty {
         rng.shuffle(&members)
@@ -88,6 +92,9 @@ public enum Partitioner {
       if shortfall < bestShortfall {
         best = assigned
         bestShortfall = shortfall
+        sinceImprovement = 0
+      } else {
+        sinceImprovement += 1
       }
       if shortfall == 0 { break }
     }
