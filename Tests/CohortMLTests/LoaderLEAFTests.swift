@@ -68,21 +68,27 @@ import Testing
 
   @Test func textFeaturesAreRejectedClearly() throws {
     // Shakespeare: x is a list of strings, y a list of characters.
-    let shakespeare =
-      #"{"users": ["THE_TEMPEST"], "num_samples": [1], "user_data": {"THE_TEMPEST": {"x": ["To be, or not to b"], "y": ["e"]}}}"#
+    let shakespeare = #"""
+      {"users": ["THE_TEMPEST"], "num_samples": [1],
+       "user_data": {"THE_TEMPEST": {"x": ["To be, or not to b"], "y": ["e"]}}}
+      """#
     let message = try malformed(shakespeare, at: #"$.user_data["THE_TEMPEST"].x[0]"#)
     #expect(message.contains("only numeric feature vectors are supported"))
     // Sent140: x is a list of lists of strings.
-    let sent140 =
-      #"{"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [["1467810369", "Mon Apr 06", "NO_QUERY", "u", "hello"]], "y": [1]}}}"#
+    let sent140 = #"""
+      {"users": ["u"], "num_samples": [1],
+       "user_data": {"u": {"x": [["1467810369", "Mon Apr 06", "NO_QUERY", "u", "hello"]], "y": [1]}}}
+      """#
     #expect(
       try malformed(sent140, at: #"$.user_data["u"].x[0][0]"#).contains(
         "only numeric feature vectors are supported"))
   }
 
   @Test func numSamplesMustMatch() throws {
-    let text =
-      #"{"users": ["a", "b"], "num_samples": [1, 3], "user_data": {"a": {"x": [[1]], "y": [0]}, "b": {"x": [[2], [3]], "y": [1, 1]}}}"#
+    let text = #"""
+      {"users": ["a", "b"], "num_samples": [1, 3],
+       "user_data": {"a": {"x": [[1]], "y": [0]}, "b": {"x": [[2], [3]], "y": [1, 1]}}}
+      """#
     #expect(try malformed(text, at: "$.num_samples[1]").contains("expected 2"))
     try malformed(
       #"{"users": ["a"], "num_samples": [], "user_data": {"a": {"x": [[1]], "y": [0]}}}"#, at: "$.num_samples"
@@ -105,8 +111,10 @@ import Testing
   }
 
   @Test func badVectorsAndLabels() throws {
-    let ragged =
-      #"{"users": ["a", "b"], "user_data": {"a": {"x": [[1, 2]], "y": [0]}, "b": {"x": [[1, 2, 3]], "y": [0]}}}"#
+    let ragged = #"""
+      {"users": ["a", "b"],
+       "user_data": {"a": {"x": [[1, 2]], "y": [0]}, "b": {"x": [[1, 2, 3]], "y": [0]}}}
+      """#
     #expect(try malformed(ragged, at: #"$.user_data["b"].x[0]"#).contains("expected 2"))
     try malformed(
       #"{"users": ["a"], "user_data": {"a": {"x": [[1, true]], "y": [0]}}}"#, at: #"$.user_data["a"].x[0][1]"#

@@ -292,7 +292,8 @@ private struct CSVParser {
     guard let first = matches.first else {
       throw CohortError(
         .invalidData,
-        "\(path):\(line): the header has no \(role) column '\(name)'; columns present: \(DataLimits.list(names))",
+        "\(path):\(line): the header has no \(role) column '\(name)'; "
+          + "columns present: \(DataLimits.list(names))",
         fix: "name the \(role) column with the \(role) column option")
     }
     guard matches.count == 1 else {

@@ -124,8 +124,8 @@ public struct PartitionStatistics: Sendable {
     row("classes", "\(classes)")
     row(
       "client size",
-      "min \(minimumSize) · median \(medianSize) · mean \(String(format: "%.1f", meanSize)) · max \(maximumSize)"
-    )
+      "min \(minimumSize) · median \(medianSize) · mean \(String(format: "%.1f", meanSize)) · "
+        + "max \(maximumSize)")
     if emptyClients > 0 { row("empty clients", "\(emptyClients)") }
     let nonEmpty = clients - emptyClients
     if labelClients == 0 {

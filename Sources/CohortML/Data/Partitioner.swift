@@ -36,9 +36,9 @@ public enum Partitioner {
   /// As in that implementation, a client that already holds its fair share (examples / clients)
   /// gets no more, which keeps sizes from drifting apart, and the whole draw is repeated while some
   /// client holds fewer than `minimumSize` examples. After 100 draws (or 20 in a row that do not
-  /// come closer), the draw with the smallest shortfall is kept and repaired: each client still short takes random examples from the
-  /// currently largest client. So no client ends below `minimumSize` whenever
-  /// `clients × minimumSize ≤ examples`.
+  /// come closer), the draw with the smallest shortfall is kept and repaired: each client still
+  /// short takes random examples from the currently largest client. So no client ends below
+  /// `minimumSize` whenever `clients × minimumSize ≤ examples`.
   public static func dirichlet(
     labels: [Int32], classes: Int, clients: Int, alpha: Double, minimumSize: Int = 1,
     rng: inout RandomStream
@@ -209,11 +209,14 @@ public enum Partitioner {
     }
     let (needed, overflow) = clients.multipliedReportingOverflow(by: minimumSize)
     guard !overflow && needed <= examples else {
+      let message =
+        minimumSize <= 1
+        ? "clients is \(clients) but the dataset has \(examples) examples; expected at most one "
+          + "client per example"
+        : "clients is \(clients) with minimum size \(minimumSize), which needs \(clients) × "
+          + "\(minimumSize) examples; the dataset has \(examples)"
       throw CohortError(
-        .invalidConfiguration,
-        "clients is \(clients) but the dataset has \(examples) examples; expected at most "
-          + "\(minimumSize <= 1 ? "one client per example" : "examples / \(minimumSize) clients (minimum size \(minimumSize))")",
-        fix: "use fewer clients")
+        .invalidConfiguration, message, fix: "use fewer clients or a smaller minimum size")
     }
   }
 
