@@ -64,7 +64,7 @@ let package = Package(
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortMLTests",
-      dependencies: ["CohortML", "CohortCore", "CohortTesting"],
+      dependencies: ["CohortML", "CohortCore", "CohortTesting", "CZlib"],
       swiftSettings: swiftSettings),
   ]
 )

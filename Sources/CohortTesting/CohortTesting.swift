@@ -11,26 +11,25 @@ public final class TemporaryDirectory: Sendable {
 
   deinit { try? FileManager.default.removeItem(at: url) }
 
+  /// The directory's own path.
+  public var path: String { url.path }
+
   /// The path of `name` inside the directory.
-  public func path(_ name: String) -> String { url.appendingPathComponent(name).path }
+  public func file(_ name: String) -> String { url.appendingPathComponent(name).path }
+
+  /// Writes raw bytes to `name` (creating subdirectories) and returns its path.
+  @discardableResult
+  public func write(_ name: String, _ bytes: [UInt8]) -> String {
+    let p = file(name)
+    try? FileManager.default.createDirectory(
+      atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+    _ = FileManager.default.createFile(atPath: p, contents: Data(bytes))
+    return p
+  }
 
   /// Writes `text` to `name` and returns its path.
   @discardableResult
-  public func write(_ name: String, _ text: String) -> String {
-    let p = path(name)
-    try? FileManager.default.createDirectory(
-      atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-    FileManager.default.createFile(atPath: p, contents: Data(text.utf8))
-    return p
-  }
-
-  /// Writes raw bytes to `name` and returns its path.
-  @discardableResult
-  public func write(_ name: String, bytes: [UInt8]) -> String {
-    let p = path(name)
-    FileManager.default.createFile(atPath: p, contents: Data(bytes))
-    return p
-  }
+  public func write(_ name: String, _ text: String) -> String { write(name, Array(text.utf8)) }
 }
 
 /// The package's root directory (where Package.swift is), for tests that read shipped files.

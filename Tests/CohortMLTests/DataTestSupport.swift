@@ -1,29 +1,9 @@
 import CZlib
 import CohortCore
 import CohortML
+import CohortTesting
 import Foundation
 import Testing
-
-/// A fresh directory under the system's temporary directory, removed when the value goes away.
-final class TemporaryDirectory {
-  let path: String
-
-  init() {
-    path = NSTemporaryDirectory() + "cohort-data-tests-" + UUID().uuidString
-    try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-  }
-
-  deinit { try? FileManager.default.removeItem(atPath: path) }
-
-  /// Writes `bytes` to `name` inside the directory and returns the file's path.
-  func write(_ name: String, _ bytes: [UInt8]) -> String {
-    let file = path + "/" + name
-    _ = FileManager.default.createFile(atPath: file, contents: Data(bytes))
-    return file
-  }
-
-  func write(_ name: String, _ text: String) -> String { write(name, Array(text.utf8)) }
-}
 
 /// The error `body` throws, or nil if it returns.
 func dataError<T>(_ body: () throws(CohortError) -> T) -> CohortError? {
@@ -60,11 +40,7 @@ func gzip(_ bytes: [UInt8]) -> [UInt8] {
 }
 
 /// The digits dataset shipped in the package, found relative to this source file.
-let digitsPath: String = {
-  var url = URL(fileURLWithPath: #filePath)
-  for _ in 0..<3 { url.deleteLastPathComponent() }  // …/Tests/CohortMLTests/this.swift → package root
-  return url.appendingPathComponent("Datasets/digits.csv").path
-}()
+let digitsPath = repositoryRoot.appendingPathComponent("Datasets/digits.csv").path
 
 /// Examples per class among `indices`.
 func labelCounts(_ labels: [Int32], _ indices: [Int], classes: Int) -> [Int] {

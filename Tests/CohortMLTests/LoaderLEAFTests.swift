@@ -1,5 +1,6 @@
 import CohortCore
 import CohortML
+import CohortTesting
 import Testing
 
 @Suite struct LoaderLEAFTests {
