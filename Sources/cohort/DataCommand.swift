@@ -93,8 +93,8 @@ struct DataCommand: AsyncParsableCommand {
       for i in 0..<data.count {
         text += "\(data.labels[i]),\(owner?[i] ?? -1)"
         for j in 0..<d {
-          // %.9g round-trips a Float exactly.
-          text += "," + String(format: "%.9g", data.features[i * d + j])
+          // A Float's description is the shortest text that reads back as the same Float.
+          text += ",\(data.features[i * d + j])"
         }
         text += "\n"
       }
