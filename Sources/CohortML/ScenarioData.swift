@@ -108,12 +108,8 @@ public struct FederatedData: Sendable {
     case .shards(let perClient):
       return try Partitioner.shards(
         labels: data.labels, clients: clients, shardsPerClient: perClient, rng: &rng)
-    case .quantitySkew(.lognormal(let sigma)):
-      return try Partitioner.quantitySkew(
-        exampleCount: data.count, clients: clients, sizes: .lognormal(sigma: sigma), rng: &rng)
-    case .quantitySkew(.powerLaw(let exponent)):
-      return try Partitioner.quantitySkew(
-        exampleCount: data.count, clients: clients, sizes: .powerLaw(exponent: exponent), rng: &rng)
+    case .quantitySkew(let sizes):
+      return try Partitioner.quantitySkew(exampleCount: data.count, clients: clients, sizes: sizes, rng: &rng)
     }
   }
 }

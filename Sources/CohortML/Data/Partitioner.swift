@@ -1,14 +1,11 @@
 public import CohortCore
 import Foundation
 
-/// How client sizes are drawn in a quantity-skew partition.
-public enum QuantitySkew: Sendable, Hashable {
-  /// Sizes proportional to exp(σ·z), z ~ N(0, 1). σ = 0 gives equal sizes.
-  case lognormal(sigma: Double)
-  /// Sizes proportional to Pareto draws with tail P(w > t) = t^−exponent (t ≥ 1): the smaller the
-  /// exponent, the heavier the tail (a few clients hold most examples).
-  case powerLaw(exponent: Double)
-}
+/// How unequal client sizes are: the scenario's `quantity_skew` partition, used as is.
+/// `lognormal(sigma)`: sizes proportional to exp(σ·z), z ~ N(0, 1) (σ = 0 gives equal sizes).
+/// `powerLaw(exponent)`: sizes proportional to Pareto draws with tail P(w > t) = t^−exponent
+/// (t ≥ 1): the smaller the exponent, the heavier the tail.
+public typealias QuantitySkew = PartitionPlan.QuantitySkewPlan
 
 /// Ways to divide one dataset's examples among clients.
 ///
