@@ -65,6 +65,11 @@ let package = Package(
       name: "CohortCoreTests",
       dependencies: ["CohortCore", "CohortTesting"],
       swiftSettings: swiftSettings),
+    // Runs the built `cohort` binary end to end, as a user would.
+    .testTarget(
+      name: "CohortCLITests",
+      dependencies: ["cohort", "CohortTesting"],
+      swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortAggregationTests",
       dependencies: ["CohortAggregation", "CohortCore"],
@@ -75,7 +80,7 @@ let package = Package(
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortMLTests",
-      dependencies: ["CohortML", "CohortCore", "CohortTesting"],
+      dependencies: ["CohortML", "CohortCore", "CohortTesting", "CZlib"],
       swiftSettings: swiftSettings),
   ]
 )

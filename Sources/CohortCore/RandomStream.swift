@@ -6,10 +6,10 @@ import Foundation
 /// (run seed, purpose, round, device), so a scenario and its seed reproduce every number.
 /// Keys, masks and production noise never come from here: they come from libsodium.
 public struct RandomStream: RandomNumberGenerator, Sendable {
-  private var s0: UInt64
-  private var s1: UInt64
-  private var s2: UInt64
-  private var s3: UInt64
+  @usableFromInline var s0: UInt64
+  @usableFromInline var s1: UInt64
+  @usableFromInline var s2: UInt64
+  @usableFromInline var s3: UInt64
   /// The second value of the last Box–Muller pair, kept so normals cost one uniform pair per two.
   private var spareNormal: Double?
 
@@ -42,6 +42,7 @@ public struct RandomStream: RandomNumberGenerator, Sendable {
   @inlinable
   static func rotl(_ x: UInt64, _ k: UInt64) -> UInt64 { (x << k) | (x >> (64 - k)) }
 
+  @inlinable
   public mutating func next() -> UInt64 {
     let result = Self.rotl(s1 &* 5, 7) &* 9
     let t = s1 << 17
@@ -72,6 +73,7 @@ public struct RandomStream: RandomNumberGenerator, Sendable {
   }
 
   /// Uniform integer in 0..<bound without modulo bias (Lemire's method).
+  @inlinable
   public mutating func int(below bound: Int) -> Int {
     precondition(bound > 0, "bound must be positive")
     let b = UInt64(bound)
@@ -158,11 +160,14 @@ public struct RandomStream: RandomNumberGenerator, Sendable {
 
   // MARK: Permutations and samples
 
-  /// Fisher–Yates shuffle in place.
-  public mutating func shuffle<T>(_ values: inout [T]) {
+  /// Fisher–Yates shuffle in place. Inlinable so callers in other modules get it specialised:
+  /// the trainer shuffles every epoch of every client.
+  @inlinable
+  public mutating func shuffle<C: MutableCollection>(_ values: inout C) where C.Index == Int {
     guard values.count > 1 else { return }
+    let start = values.startIndex
     for i in stride(from: values.count - 1, to: 0, by: -1) {
-      values.swapAt(i, int(below: i + 1))
+      values.swapAt(start + i, start + int(below: i + 1))
     }
   }
 

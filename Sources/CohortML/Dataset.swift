@@ -1,5 +1,3 @@
-public import CohortCore
-
 /// Labelled examples held in memory as flat arrays: the shape every loader produces and every
 /// partitioner, trainer and evaluator consumes.
 public struct Dataset: Sendable {

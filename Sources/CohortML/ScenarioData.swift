@@ -24,20 +24,24 @@ public struct FederatedData: Sendable {
 
   static func examples(_ scenario: Scenario) throws(CohortError) -> (train: Dataset, test: Dataset) {
     let seed = scenario.seed
-    func withTest(_ train: Dataset, _ test: DataSource.TestData, load: (String) throws(CohortError) -> Dataset)
+    func withTest(
+      _ train: Dataset, _ test: DataSource.TestData, load: (String) throws(CohortError) -> Dataset
+    )
       throws(CohortError) -> (Dataset, Dataset)
     {
       switch test {
       case .file(let path): return (train, try load(path))
       case .fraction(let f):
         var rng = RandomStream(seed: seed, purpose: "test-split")
-        return train.split(testFraction: f, rng: &rng)
+        return try train.split(testFraction: f, rng: &rng)
       }
     }
     switch scenario.data {
     case .syntheticFedProx(let s):
-      let generator = SyntheticFedProx(
-        .init(alpha: s.alpha, beta: s.beta, iid: s.iid, devices: s.devices, maxSamplesPerDevice: s.maxSamplesPerDevice),
+      let generator = try SyntheticFedProx(
+        .init(
+          alpha: s.alpha, beta: s.beta, iid: s.iid, devices: s.devices,
+          maxSamplesPerDevice: s.maxSamplesPerDevice),
         seed: seed)
       return generator.pooled()
     case .csv(let c):
@@ -59,7 +63,8 @@ public struct FederatedData: Sendable {
 
   static func checkModelFits(_ model: ModelPlan, _ data: Dataset) throws(CohortError) {
     // Vector models take any example flattened; the CNN needs the exact image shape.
-    let fits = model.kind == .cnn ? model.inputShape == data.featureShape : model.inputCount == data.featureCount
+    let fits =
+      model.kind == .cnn ? model.inputShape == data.featureShape : model.inputCount == data.featureCount
     guard fits else {
       throw CohortError(
         .shapeMismatch,
@@ -71,7 +76,8 @@ public struct FederatedData: Sendable {
     let dataClasses = data.labelCounts().lastIndex { $0 > 0 }.map { $0 + 1 } ?? 0
     guard model.classes >= dataClasses else {
       throw CohortError(
-        .shapeMismatch, "the data has labels up to \(dataClasses - 1) but the model has \(model.classes) classes",
+        .shapeMismatch,
+        "the data has labels up to \(dataClasses - 1) but the model has \(model.classes) classes",
         fix: "set model.classes to at least \(dataClasses)")
     }
   }
@@ -100,13 +106,10 @@ public struct FederatedData: Sendable {
       return try Partitioner.dirichlet(
         labels: data.labels, classes: data.classes, clients: clients, alpha: alpha, rng: &rng)
     case .shards(let perClient):
-      return try Partitioner.shards(labels: data.labels, clients: clients, shardsPerClient: perClient, rng: &rng)
-    case .quantitySkew(.lognormal(let sigma)):
-      return try Partitioner.quantitySkew(
-        exampleCount: data.count, clients: clients, sizes: .lognormal(sigma: sigma), rng: &rng)
-    case .quantitySkew(.powerLaw(let exponent)):
-      return try Partitioner.quantitySkew(
-        exampleCount: data.count, clients: clients, sizes: .powerLaw(exponent: exponent), rng: &rng)
+      return try Partitioner.shards(
+        labels: data.labels, clients: clients, shardsPerClient: perClient, rng: &rng)
+    case .quantitySkew(let sizes):
+      return try Partitioner.quantitySkew(exampleCount: data.count, clients: clients, sizes: sizes, rng: &rng)
     }
   }
 }

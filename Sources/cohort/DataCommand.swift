@@ -31,7 +31,8 @@ struct DataCommand: AsyncParsableCommand {
         "examples: \(Format.count(data.train.count)) train, \(Format.count(data.test.count)) test; "
           + "example shape \(data.train.featureShape); \(data.train.classes) classes")
       print("partition: \(describe(s.partition)), seed \(s.seed)")
-      let stats = PartitionStatistics(partition: data.partition, labels: data.train.labels, classes: data.train.classes)
+      let stats = PartitionStatistics(
+        partition: data.partition, labels: data.train.labels, classes: data.train.classes)
       print(stats.rendered())
     }
 
@@ -80,7 +81,9 @@ struct DataCommand: AsyncParsableCommand {
       try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
       try write(data.train, owner: owner, to: "\(out)/train.csv")
       try write(data.test, owner: nil, to: "\(out)/test.csv")
-      print("wrote \(out)/train.csv (\(Format.count(data.train.count)) rows) and \(out)/test.csv (\(Format.count(data.test.count)) rows)")
+      print(
+        "wrote \(out)/train.csv (\(Format.count(data.train.count)) rows) and \(out)/test.csv (\(Format.count(data.test.count)) rows)"
+      )
     }
 
     func write(_ data: Dataset, owner: [Int]?, to path: String) throws {
@@ -90,15 +93,16 @@ struct DataCommand: AsyncParsableCommand {
       for i in 0..<data.count {
         text += "\(data.labels[i]),\(owner?[i] ?? -1)"
         for j in 0..<d {
-          // %.9g round-trips a Float exactly.
-          text += "," + String(format: "%.9g", data.features[i * d + j])
+          // A Float's description is the shortest text that reads back as the same Float.
+          text += ",\(data.features[i * d + j])"
         }
         text += "\n"
       }
       do {
         try text.write(toFile: path, atomically: true, encoding: .utf8)
       } catch {
-        throw CohortError(.io, "cannot write \(path): \(error.localizedDescription)", fix: "check --out").exit()
+        throw CohortError(.io, "cannot write \(path): \(error.localizedDescription)", fix: "check --out")
+          .exit()
       }
     }
   }

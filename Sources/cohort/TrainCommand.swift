@@ -58,7 +58,8 @@ struct TrainCommand: AsyncParsableCommand {
       print(
         "central training: \(s.plan.model.kind.rawValue), \(Format.count(network.layout.count)) parameters, "
           + "\(Format.count(data.train.count)) train / \(Format.count(data.test.count)) test examples, "
-          + "batch \(configuration.batchSize), learning rate \(configuration.optimizer.learningRate), seed \(s.seed)")
+          + "batch \(configuration.batchSize), learning rate \(configuration.optimizer.learningRate), seed \(s.seed)"
+      )
       print("epoch  train loss  test loss  test accuracy  examples/s")
     }
     var history: [Evaluation] = []

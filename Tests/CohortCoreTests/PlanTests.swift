@@ -1,10 +1,7 @@
 import CohortCore
+import CohortTesting
 import Foundation
 import Testing
-
-/// The repository root, found from this file's path, so tests can read `Plans/` and `Simulations/`.
-let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-  .deletingLastPathComponent().deletingLastPathComponent()
 
 func planIssues(_ yaml: String) -> [ConfigurationIssue] {
   do {

@@ -1,19 +1,17 @@
 import CohortCore
+import CohortTesting
 import Foundation
 import Testing
 
 /// Writes a plan and a scenario into a fresh temporary directory and loads the scenario.
 func loadScenario(_ scenario: String, plan: String? = nil) throws(ConfigurationError) -> Scenario {
-  let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cohort-\(UUID().uuidString)")
-  try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-  defer { try? FileManager.default.removeItem(at: dir) }
-  let planText =
+  let dir = TemporaryDirectory()
+  dir.write(
+    "plan.yaml",
     plan
-    ?? "name: p\nmodel: {kind: logistic_regression, inputs: 60, classes: 10}\nserver: {cohort: {goal: 10}}\n"
-  try? planText.write(to: dir.appendingPathComponent("plan.yaml"), atomically: true, encoding: .utf8)
-  let path = dir.appendingPathComponent("scenario.yaml").path
-  try? scenario.write(toFile: path, atomically: true, encoding: .utf8)
-  return try Scenario.load(path: path)
+      ?? "name: p\nmodel: {kind: logistic_regression, inputs: 60, classes: 10}\nserver: {cohort: {goal: 10}}\n"
+  )
+  return try Scenario.load(path: dir.write("scenario.yaml", scenario))
 }
 
 func scenarioIssues(_ scenario: String, plan: String? = nil) -> [ConfigurationIssue] {

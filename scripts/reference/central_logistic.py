@@ -47,6 +47,7 @@ def main():
     w = np.zeros((x.shape[1], classes))
     b = np.zeros(classes)
     rng = np.random.default_rng(args.seed)
+    history = []
     for epoch in range(1, args.epochs + 1):
         order = rng.permutation(len(y))
         for start in range(0, len(y), args.batch_size):
@@ -57,8 +58,10 @@ def main():
             w -= args.learning_rate * (x[idx].T @ p)
             b -= args.learning_rate * p.sum(axis=0)
         loss, acc = evaluate(w, b, xt, yt)
+        history.append(acc)
         print(f"epoch {epoch:3d}  test loss {loss:.4f}  test accuracy {acc:.4f}")
-    print(f"final test accuracy {acc:.4f}")
+    last = history[-10:]
+    print(f"final test accuracy {acc:.4f}; mean of the last {len(last)} epochs {np.mean(last):.4f}")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ public struct ConfigurationIssue: Sendable, Hashable, CustomStringConvertible {
   }
 
   public var description: String {
-    var where_ = file
-    if let line { where_ += ":\(line)" }
+    var location = file
+    if let line { location += ":\(line)" }
     let key = keyPath.isEmpty ? "" : " \(keyPath)"
     let shown = value.map { " = \(Self.quote($0))" } ?? ""
-    return "\(where_):\(key)\(shown): \(message)"
+    return "\(location):\(key)\(shown): \(message)"
   }
 
   static func quote(_ text: String) -> String {

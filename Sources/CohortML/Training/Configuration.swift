@@ -1,0 +1,70 @@
+public import CohortCore
+
+/// Stochastic gradient descent with optional heavy-ball momentum and L2 weight decay:
+/// `v = momentum · v + (g + weightDecay · w)`, `w −= learningRate · v` (PyTorch's convention;
+/// with momentum 0 this is plain SGD).
+public struct OptimizerConfiguration: Sendable, Hashable, Codable {
+  public var learningRate: Float
+  public var momentum: Float
+  public var weightDecay: Float
+
+  public init(learningRate: Float, momentum: Float = 0, weightDecay: Float = 0) {
+    self.learningRate = learningRate
+    self.momentum = momentum
+    self.weightDecay = weightDecay
+  }
+}
+
+/// How a client trains locally in one round.
+public struct TrainingConfiguration: Sendable, Hashable, Codable {
+  /// Passes over the client's examples, each in a fresh random order.
+  public var epochs: Int
+  /// Examples per step; the last step of an epoch takes what is left.
+  public var batchSize: Int
+  public var optimizer: OptimizerConfiguration
+  /// FedProx's μ (Li et al. 2020): adds (μ/2)·‖w − w_global‖² to the loss, where w_global is
+  /// the weights training starts from. 0 is FedAvg's plain local SGD.
+  public var proximalMu: Float
+
+  public init(
+    epochs: Int = 1, batchSize: Int = 10, optimizer: OptimizerConfiguration, proximalMu: Float = 0
+  ) {
+    self.epochs = epochs
+    self.batchSize = batchSize
+    self.optimizer = optimizer
+    self.proximalMu = proximalMu
+  }
+}
+
+/// What one local training run produced.
+public struct TrainingResult: Sendable {
+  public var weights: Weights
+  /// The mean cross-entropy of the examples trained on, each measured in the forward pass of its
+  /// step (so with the weights of that moment); regularisation terms are not included. 0 when
+  /// nothing was trained.
+  public var meanLoss: Double
+  /// Examples processed, counting every epoch.
+  public var examples: Int
+  /// Optimizer steps taken.
+  public var steps: Int
+
+  public init(weights: Weights, meanLoss: Double, examples: Int, steps: Int) {
+    self.weights = weights
+    self.meanLoss = meanLoss
+    self.examples = examples
+    self.steps = steps
+  }
+}
+
+/// A model's mean cross-entropy and accuracy on a set of examples (both 0 when it is empty).
+public struct Evaluation: Sendable, Hashable, Codable {
+  public var loss: Double
+  public var accuracy: Double
+  public var examples: Int
+
+  public init(loss: Double, accuracy: Double, examples: Int) {
+    self.loss = loss
+    self.accuracy = accuracy
+    self.examples = examples
+  }
+}
