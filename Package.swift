@@ -34,7 +34,7 @@ let package = Package(
 
     .target(
       name: "CohortCore",
-      dependencies: [.product(name: "Yams", package: "Yams")],
+      dependencies: ["CSodium", .product(name: "Yams", package: "Yams")],
       swiftSettings: swiftSettings),
     .target(
       name: "CohortML",
