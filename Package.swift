@@ -14,10 +14,12 @@ let package = Package(
     .executable(name: "cohort", targets: ["cohort"]),
     .library(name: "CohortCore", targets: ["CohortCore"]),
     .library(name: "CohortML", targets: ["CohortML"]),
+    .library(name: "CohortStore", targets: ["CohortStore"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
   ],
   targets: [
@@ -34,11 +36,16 @@ let package = Package(
 
     .target(
       name: "CohortCore",
-      dependencies: [.product(name: "Yams", package: "Yams")],
+      dependencies: ["CSodium", .product(name: "Yams", package: "Yams")],
       swiftSettings: swiftSettings),
     .target(
       name: "CohortML",
       dependencies: ["CohortCore", "CBLAS", "CZlib"],
+      swiftSettings: swiftSettings),
+    // SQLite through GRDB (the system libsqlite3; scripts/setup installs libsqlite3-dev).
+    .target(
+      name: "CohortStore",
+      dependencies: ["CohortCore", .product(name: "GRDB", package: "GRDB.swift")],
       swiftSettings: swiftSettings),
     .target(
       name: "CohortAggregation",
@@ -81,6 +88,10 @@ let package = Package(
     .testTarget(
       name: "CohortMLTests",
       dependencies: ["CohortML", "CohortCore", "CohortTesting", "CZlib"],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortStoreTests",
+      dependencies: ["CohortStore", "CohortCore", .product(name: "GRDB", package: "GRDB.swift")],
       swiftSettings: swiftSettings),
   ]
 )

@@ -13,6 +13,10 @@ public struct CohortError: Error, Sendable, Hashable, CustomStringConvertible {
     public static let io = Code("io")
     /// Shapes or sizes that must agree do not (a model against its data, two weight vectors).
     public static let shapeMismatch = Code("shape-mismatch")
+    /// Something asked for by name or id (a run, a round, a checkpoint) does not exist.
+    public static let notFound = Code("not-found")
+    /// The results store (SQLite) failed, or holds data that fails its checks.
+    public static let storage = Code("storage")
   }
 
   public var code: Code

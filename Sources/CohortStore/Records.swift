@@ -1,0 +1,187 @@
+public import Foundation
+
+/// The id of a run in a results store: the `runs.id` column.
+public struct RunID: Hashable, Sendable, Codable, Comparable, CustomStringConvertible,
+  LosslessStringConvertible
+{
+  public let rawValue: Int64
+
+  public init(_ rawValue: Int64) { self.rawValue = rawValue }
+
+  /// Parses a run id as typed on the command line, e.g. `"12"`.
+  public init?(_ description: String) {
+    guard let value = Int64(description) else { return nil }
+    self.rawValue = value
+  }
+
+  public init(from decoder: any Decoder) throws {
+    rawValue = try decoder.singleValueContainer().decode(Int64.self)
+  }
+
+  public func encode(to encoder: any Encoder) throws {
+    var container = encoder.singleValueContainer()
+    try container.encode(rawValue)
+  }
+
+  public var description: String { String(rawValue) }
+
+  public static func < (a: RunID, b: RunID) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// Where a run stands. `interrupted` is a run a restart found `running` with no live server
+/// behind it; it resumes from its last committed round.
+public enum RunStatus: String, Sendable, Hashable, Codable, CaseIterable {
+  case running
+  case finished
+  case failed
+  case interrupted
+}
+
+/// How a round ended: its aggregate became the next global model, or it was given up
+/// (too few devices selected or reporting before the deadline).
+public enum RoundOutcome: String, Sendable, Hashable, Codable, CaseIterable {
+  case committed
+  case abandoned
+}
+
+/// One row of the `rounds` table: what happened in one round of one run.
+///
+/// Times are seconds on whatever clock the caller drives the round with: virtual time in a
+/// simulation, wall-clock seconds (e.g. since the run started) on a server. The run is not part
+/// of the record; it is the `RunID` the record is committed under.
+public struct RoundRecord: Sendable, Hashable, Codable {
+  /// The round number, from 1.
+  public var round: Int
+  public var startedAt: Double
+  public var endedAt: Double
+  public var outcome: RoundOutcome
+  /// Why the round was abandoned; nil when it was committed.
+  public var abandonReason: String?
+  /// Devices selected for the round (goal × over-selection, or fewer if fewer checked in).
+  public var selected: Int
+  /// Devices whose update was accepted into the aggregate.
+  public var reported: Int
+  /// Selected devices that dropped out before reporting.
+  public var dropped: Int
+  /// Reports that arrived after the round had closed.
+  public var late: Int
+  /// Reports rejected as malformed (wrong size, bad checksum, non-finite values).
+  public var rejected: Int
+  /// Bytes sent to devices (plans and checkpoints) and received from them (updates).
+  public var bytesDown: Int
+  public var bytesUp: Int
+  /// Mean local training loss reported by the devices.
+  public var trainLoss: Double?
+  /// Loss and accuracy of the new global model on the central test set, when evaluated.
+  public var evalLoss: Double?
+  public var evalAccuracy: Double?
+  /// Loss and accuracy measured by devices on their own held-out examples, and how many.
+  public var federatedEvalLoss: Double?
+  public var federatedEvalAccuracy: Double?
+  public var federatedEvalExamples: Int?
+  /// Cumulative differential-privacy ε after this round, when the plan adds DP noise.
+  public var epsilon: Double?
+  /// Wall-clock seconds the round took to compute, whatever clock `startedAt` is on.
+  public var wallSeconds: Double
+
+  public init(
+    round: Int, startedAt: Double, endedAt: Double, outcome: RoundOutcome = .committed,
+    abandonReason: String? = nil, selected: Int = 0, reported: Int = 0, dropped: Int = 0, late: Int = 0,
+    rejected: Int = 0, bytesDown: Int = 0, bytesUp: Int = 0, trainLoss: Double? = nil,
+    evalLoss: Double? = nil, evalAccuracy: Double? = nil, federatedEvalLoss: Double? = nil,
+    federatedEvalAccuracy: Double? = nil, federatedEvalExamples: Int? = nil, epsilon: Double? = nil,
+    wallSeconds: Double = 0
+  ) {
+    self.round = round
+    self.startedAt = startedAt
+    self.endedAt = endedAt
+    self.outcome = outcome
+    self.abandonReason = abandonReason
+    self.selected = selected
+    self.reported = reported
+    self.dropped = dropped
+    self.late = late
+    self.rejected = rejected
+    self.bytesDown = bytesDown
+    self.bytesUp = bytesUp
+    self.trainLoss = trainLoss
+    self.evalLoss = evalLoss
+    self.evalAccuracy = evalAccuracy
+    self.federatedEvalLoss = federatedEvalLoss
+    self.federatedEvalAccuracy = federatedEvalAccuracy
+    self.federatedEvalExamples = federatedEvalExamples
+    self.epsilon = epsilon
+    self.wallSeconds = wallSeconds
+  }
+}
+
+/// A run at a glance, as `cohort runs list` shows it.
+public struct RunSummary: Sendable, Hashable {
+  public var id: RunID
+  public var name: String
+  public var createdAt: Date
+  public var status: RunStatus
+  /// When the status last left `running`; nil while running.
+  public var finishedAt: Date?
+  public var seed: UInt64
+  public var planName: String
+  public var planSHA256: String
+  /// Rounds whose outcome is `committed`.
+  public var roundsCommitted: Int
+  /// Central-test accuracy of the most recent round that was evaluated.
+  public var lastAccuracy: Double?
+  /// Highest central-test accuracy of any round.
+  public var bestAccuracy: Double?
+
+  public init(
+    id: RunID, name: String, createdAt: Date, status: RunStatus, finishedAt: Date?, seed: UInt64,
+    planName: String, planSHA256: String, roundsCommitted: Int, lastAccuracy: Double?, bestAccuracy: Double?
+  ) {
+    self.id = id
+    self.name = name
+    self.createdAt = createdAt
+    self.status = status
+    self.finishedAt = finishedAt
+    self.seed = seed
+    self.planName = planName
+    self.planSHA256 = planSHA256
+    self.roundsCommitted = roundsCommitted
+    self.lastAccuracy = lastAccuracy
+    self.bestAccuracy = bestAccuracy
+  }
+}
+
+/// What one selected device did in a round, for the device counters.
+public struct DeviceParticipation: Sendable, Hashable {
+  /// The device's index in the population (simulation) or registry (server).
+  public var device: Int
+  /// Its update was accepted into the aggregate.
+  public var reported: Bool
+  /// It dropped out after being selected.
+  public var dropped: Bool
+
+  public init(device: Int, reported: Bool, dropped: Bool) {
+    self.device = device
+    self.reported = reported
+    self.dropped = dropped
+  }
+}
+
+/// One row of the `devices` table: a device's counters over a run.
+public struct DeviceRecord: Sendable, Hashable {
+  public var device: Int
+  /// Rounds it was selected for.
+  public var participations: Int
+  public var reports: Int
+  public var dropouts: Int
+  /// The last round it was selected for.
+  public var lastRound: Int
+
+  public init(device: Int, participations: Int, reports: Int, dropouts: Int, lastRound: Int) {
+    self.device = device
+    self.participations = participations
+    self.reports = reports
+    self.dropouts = dropouts
+    self.lastRound = lastRound
+  }
+}

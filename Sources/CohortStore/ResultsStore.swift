@@ -1,0 +1,537 @@
+public import CohortCore
+public import Foundation
+import GRDB
+
+/// The results store and model registry: one SQLite file holding runs, the plans they ran
+/// (by SHA-256), their rounds, the checkpoint of every committed round, and per-device
+/// counters.
+///
+/// Every round is written in one transaction with its checkpoint and device counters, so a
+/// crash loses at most the round in flight, and a restart resumes from `latestCheckpoint`.
+/// The store never reads a clock: every time it records is passed in by the caller.
+///
+/// Files are opened in WAL mode with `synchronous = FULL` on the writer (a committed round
+/// survives power loss, not only a process crash) and foreign keys on; readers (`cohort runs
+/// list`, reports) may read while a run writes.
+public final class ResultsStore: Sendable {
+  /// The file the store lives in, or `:memory:`.
+  public let path: String
+  private let writer: any DatabaseWriter
+
+  /// Opens the store at `path`, creating the file if needed, and brings its schema up to date.
+  public convenience init(path: String) throws(CohortError) {
+    let pool: DatabasePool
+    do {
+      pool = try DatabasePool(path: path, configuration: Self.configuration())
+      // DatabasePool turns WAL on and with it synchronous = NORMAL, which may drop the last
+      // commits on power loss; a committed round must stay committed.
+      try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
+    } catch {
+      throw StoreErrors.failure(error, path: path, doing: "opening the results store")
+    }
+    try self.init(path: path, writer: pool)
+  }
+
+  /// A store that lives in memory and vanishes with this object; for tests and dry runs.
+  public static func inMemory() throws(CohortError) -> ResultsStore {
+    let queue: DatabaseQueue
+    do {
+      queue = try DatabaseQueue(configuration: configuration())
+    } catch {
+      throw StoreErrors.failure(error, path: ":memory:", doing: "creating an in-memory results store")
+    }
+    return try ResultsStore(path: ":memory:", writer: queue)
+  }
+
+  private init(path: String, writer: any DatabaseWriter) throws(CohortError) {
+    self.path = path
+    self.writer = writer
+    try access("preparing the results store's tables") {
+      let migrator = Schema.migrator
+      if try writer.read({ try migrator.hasBeenSuperseded($0) }) {
+        throw CohortError(
+          .storage,
+          "the results store \(path) was written by a newer version of Cohort (its schema has changes "
+            + "this version does not know)",
+          fix: "open it with that newer version, or give this one another file")
+      }
+      try migrator.migrate(writer)
+    }
+  }
+
+  private static func configuration() -> Configuration {
+    var config = Configuration()
+    config.foreignKeysEnabled = true
+    config.label = "CohortStore"
+    return config
+  }
+
+  // MARK: - Runs
+
+  /// Records a new run in status `running`, and its plan under the plan's SHA-256 (stored once
+  /// however many runs use it). `createdAt` is the caller's clock.
+  public func createRun(name: String, scenario: Scenario, createdAt: Date) throws(CohortError) -> RunID {
+    let planJSON = scenario.plan.canonicalJSON
+    let planSHA = SHA256.hex(planJSON)
+    let scenarioJSON = try StoreJSON.encode(scenario, what: "the scenario of run \"\(name)\"")
+    return try access("creating the run \"\(name)\"") {
+      try writer.write { db in
+        try db.execute(
+          sql: """
+            INSERT INTO plans (sha256, name, canonical_json) VALUES (?, ?, ?)
+            ON CONFLICT (sha256) DO NOTHING
+            """,
+          arguments: [planSHA, scenario.plan.name, String(decoding: planJSON, as: UTF8.self)])
+        try db.execute(
+          sql: """
+            INSERT INTO runs (name, created_at, scenario_json, plan_sha256, seed, status)
+            VALUES (?, ?, ?, ?, ?, ?)
+            """,
+          arguments: [
+            name, Timestamp.string(createdAt), scenarioJSON, planSHA, Int64(bitPattern: scenario.seed),
+            RunStatus.running.rawValue,
+          ])
+        return RunID(db.lastInsertedRowID)
+      }
+    }
+  }
+
+  /// Sets a run's status. Leaving `running` records `at` as its finish time; going back to
+  /// `running` (a resumed run) clears it.
+  public func setStatus(_ run: RunID, _ status: RunStatus, at: Date) throws(CohortError) {
+    let finishedAt: String? = status == .running ? nil : Timestamp.string(at)
+    try access("setting the status of run \(run)") {
+      try writer.write { db in
+        try db.execute(
+          sql: "UPDATE runs SET status = ?, finished_at = ? WHERE id = ?",
+          arguments: [status.rawValue, finishedAt, run.rawValue])
+        if db.changesCount == 0 { throw missingRun(run) }
+      }
+    }
+  }
+
+  /// Every run, oldest first.
+  public func runs() throws(CohortError) -> [RunSummary] {
+    try access("listing runs") {
+      try writer.read { db in
+        try Row.fetchAll(db, sql: Self.summarySQL + " ORDER BY runs.id").map { try Self.summary($0) }
+      }
+    }
+  }
+
+  /// One run's summary.
+  public func run(_ id: RunID) throws(CohortError) -> RunSummary {
+    try access("reading run \(id)") {
+      try writer.read { db in
+        guard
+          let row = try Row.fetchOne(
+            db, sql: Self.summarySQL + " WHERE runs.id = ?", arguments: [id.rawValue])
+        else { throw missingRun(id) }
+        return try Self.summary(row)
+      }
+    }
+  }
+
+  /// The scenario a run was created with, exactly as it was given.
+  public func scenario(_ run: RunID) throws(CohortError) -> Scenario {
+    let json = try access("reading the scenario of run \(run)") {
+      try writer.read { db in
+        guard
+          let json = try String.fetchOne(
+            db, sql: "SELECT scenario_json FROM runs WHERE id = ?", arguments: [run.rawValue])
+        else { throw missingRun(run) }
+        return json
+      }
+    }
+    return try StoreJSON.decode(
+      Scenario.self, from: Data(json.utf8), what: "the scenario of run \(run) in \(path)")
+  }
+
+  // MARK: - Rounds
+
+  /// Commits one round in one transaction: its row, the checkpoint of the model it produced
+  /// (if any) and the counters of the devices selected for it. Either all of it is stored or,
+  /// when anything fails, none of it.
+  ///
+  /// Refused, with nothing written: a run that does not exist; a round already stored; a
+  /// checkpoint for an abandoned round (it produced no model); a checkpoint whose layout
+  /// differs from the run's earlier checkpoints; a device listed twice.
+  public func commitRound(
+    _ run: RunID, _ record: RoundRecord, checkpoint: Weights?, devices: [DeviceParticipation]
+  ) throws(CohortError) {
+    // Encode outside the transaction: pure work that can be large.
+    let blob = checkpoint.map { Float32LE.bytes($0.values) }
+    let digest = blob.map { SHA256.hex($0) }
+    let layoutJSON = try checkpoint.map { (w: Weights) throws(CohortError) -> String in
+      try StoreJSON.encode(w.layout, what: "the checkpoint layout")
+    }
+    let round = record.round
+    try access("committing round \(round) of run \(run)") {
+      try writer.write { db in
+        try requireRun(db, run)
+        if let latest = try Int.fetchOne(
+          db, sql: "SELECT max(round) FROM rounds WHERE run_id = ?", arguments: [run.rawValue]),
+          latest >= round
+        {
+          let exists = try Bool.fetchOne(
+            db, sql: "SELECT EXISTS (SELECT 1 FROM rounds WHERE run_id = ? AND round = ?)",
+            arguments: [run.rawValue, round])!
+          if exists {
+            throw CohortError(
+              .storage, "round \(round) of run \(run) is already committed in \(path)",
+              fix: "committed rounds are never rewritten; resume from round \(latest + 1)")
+          }
+        }
+        try Self.insert(record, run: run, db)
+
+        if let checkpoint, let blob, let digest, let layoutJSON {
+          guard record.outcome == .committed else {
+            throw CohortError(
+              .storage,
+              "round \(round) of run \(run) was abandoned, so it produced no model, yet a checkpoint "
+                + "was passed with it",
+              fix: "pass checkpoint: nil for abandoned rounds; the latest checkpoint stays the run's model")
+          }
+          if let previous = try String.fetchOne(
+            db, sql: "SELECT layout_json FROM checkpoints WHERE run_id = ? ORDER BY round DESC LIMIT 1",
+            arguments: [run.rawValue])
+          {
+            let layout = try decodeLayout(previous, run: run, round: round)
+            if layout != checkpoint.layout {
+              throw CohortError(
+                .shapeMismatch,
+                "the checkpoint of round \(round) of run \(run) has the layout "
+                  + "\(Self.describe(checkpoint.layout)) but the run's earlier checkpoints have "
+                  + "\(Self.describe(layout))",
+                fix: "a run keeps one model architecture; start a new run for a different model")
+            }
+          }
+          try db.execute(
+            sql:
+              "INSERT INTO checkpoints (run_id, round, sha256, layout_json, weights) VALUES (?, ?, ?, ?, ?)",
+            arguments: [run.rawValue, round, digest, layoutJSON, blob])
+        }
+
+        var seen = Set<Int>()
+        for d in devices {
+          guard seen.insert(d.device).inserted else {
+            throw CohortError(
+              .storage, "device \(d.device) is listed twice for round \(round) of run \(run)",
+              fix: "pass each selected device once, with reported/dropped for what it did")
+          }
+          try db.execute(
+            sql: """
+              INSERT INTO devices (run_id, device, participations, reports, dropouts, last_round)
+              VALUES (?, ?, 1, ?, ?, ?)
+              ON CONFLICT (run_id, device) DO UPDATE SET
+                participations = participations + 1,
+                reports = reports + excluded.reports,
+                dropouts = dropouts + excluded.dropouts,
+                last_round = max(last_round, excluded.last_round)
+              """,
+            arguments: [run.rawValue, d.device, d.reported ? 1 : 0, d.dropped ? 1 : 0, round])
+        }
+      }
+    }
+  }
+
+  /// A run's rounds in order, committed and abandoned.
+  public func rounds(_ run: RunID) throws(CohortError) -> [RoundRecord] {
+    try access("reading the rounds of run \(run)") {
+      try writer.read { db in
+        try requireRun(db, run)
+        return try Row.fetchAll(
+          db, sql: "SELECT * FROM rounds WHERE run_id = ? ORDER BY round", arguments: [run.rawValue]
+        ).map { try Self.roundRecord($0) }
+      }
+    }
+  }
+
+  /// A run's device counters, by device index.
+  public func devices(_ run: RunID) throws(CohortError) -> [DeviceRecord] {
+    try access("reading the devices of run \(run)") {
+      try writer.read { db in
+        try requireRun(db, run)
+        return try Row.fetchAll(
+          db, sql: "SELECT * FROM devices WHERE run_id = ? ORDER BY device", arguments: [run.rawValue]
+        ).map { row in
+          DeviceRecord(
+            device: try row.decode(forColumn: "device"),
+            participations: try row.decode(forColumn: "participations"),
+            reports: try row.decode(forColumn: "reports"), dropouts: try row.decode(forColumn: "dropouts"),
+            lastRound: try row.decode(forColumn: "last_round"))
+        }
+      }
+    }
+  }
+
+  // MARK: - Checkpoints (the model registry)
+
+  /// The checkpoint of the run's latest round that has one, or nil when it has none yet (a
+  /// new run starts from its initial model). Its SHA-256 is verified.
+  public func latestCheckpoint(_ run: RunID) throws(CohortError) -> (round: Int, weights: Weights)? {
+    guard let stored = try storedCheckpoint(run, round: nil) else { return nil }
+    return try verify(stored, run: run)
+  }
+
+  /// The checkpoint of `round`, or of the latest round that has one when `round` is nil. Its
+  /// SHA-256 is verified: a blob changed on disk is an error, never a silently wrong model.
+  public func checkpoint(_ run: RunID, round: Int?) throws(CohortError) -> (round: Int, weights: Weights) {
+    if let stored = try storedCheckpoint(run, round: round) {
+      return try verify(stored, run: run)
+    }
+    let rounds = try access("listing the checkpoints of run \(run)") {
+      try writer.read { db in
+        try Int.fetchAll(
+          db, sql: "SELECT round FROM checkpoints WHERE run_id = ? ORDER BY round", arguments: [run.rawValue])
+      }
+    }
+    guard let first = rounds.first, let last = rounds.last else {
+      throw CohortError(
+        .notFound, "run \(run) has no checkpoint yet: no round of it has committed a model",
+        fix: "wait for its first committed round, or check `cohort runs show \(run)`")
+    }
+    let available =
+      rounds.count == 1
+      ? "only round \(first) has one" : "\(rounds.count) rounds have one, from \(first) to \(last)"
+    throw CohortError(
+      .notFound, "run \(run) has no checkpoint for round \(round ?? 0); \(available)",
+      fix: "ask for one of those rounds, or leave out the round for the latest (\(last))")
+  }
+
+  private struct StoredCheckpoint {
+    var round: Int
+    var sha256: String
+    var layoutJSON: String
+    var blob: Data
+  }
+
+  private func storedCheckpoint(_ run: RunID, round: Int?) throws(CohortError) -> StoredCheckpoint? {
+    try access("reading a checkpoint of run \(run)") {
+      try writer.read { db in
+        try requireRun(db, run)
+        let columns = "SELECT round, sha256, layout_json, weights FROM checkpoints WHERE run_id = ?"
+        let row: Row?
+        if let round {
+          row = try Row.fetchOne(db, sql: columns + " AND round = ?", arguments: [run.rawValue, round])
+        } else {
+          row = try Row.fetchOne(db, sql: columns + " ORDER BY round DESC LIMIT 1", arguments: [run.rawValue])
+        }
+        return try row.map { row in
+          StoredCheckpoint(
+            round: try row.decode(forColumn: "round"), sha256: try row.decode(forColumn: "sha256"),
+            layoutJSON: try row.decode(forColumn: "layout_json"), blob: try row.decode(forColumn: "weights"))
+        }
+      }
+    }
+  }
+
+  private func verify(_ stored: StoredCheckpoint, run: RunID) throws(CohortError) -> (
+    round: Int, weights: Weights
+  ) {
+    let what = "the checkpoint of round \(stored.round) of run \(run) in \(path)"
+    let fix =
+      "the file was changed outside Cohort or damaged; restore it from a backup, or use an earlier "
+      + "round's checkpoint"
+    let actual = SHA256.hex(stored.blob)
+    guard actual == stored.sha256 else {
+      throw CohortError(
+        .storage, "\(what) is corrupted: its SHA-256 is \(actual) but \(stored.sha256) was recorded", fix: fix
+      )
+    }
+    let layout = try decodeLayout(stored.layoutJSON, run: run, round: stored.round)
+    guard let values = Float32LE.values(stored.blob), values.count == layout.count else {
+      throw CohortError(
+        .storage,
+        "\(what) holds \(stored.blob.count) bytes but its layout \(Self.describe(layout)) needs "
+          + "\(layout.count * 4)", fix: fix)
+    }
+    return (stored.round, Weights(layout: layout, values: values))
+  }
+
+  /// Decodes a stored layout and rebuilds it from its tensors, so offsets and count are never
+  /// taken on trust from the file.
+  private func decodeLayout(_ json: String, run: RunID, round: Int) throws(CohortError) -> WeightsLayout {
+    let decoded = try StoreJSON.decode(
+      WeightsLayout.self, from: Data(json.utf8),
+      what: "the layout of the checkpoint of round \(round) of run \(run) in \(path)")
+    return WeightsLayout(decoded.tensors)
+  }
+
+  // MARK: - Helpers
+
+  /// Runs a database access, turning every failure into a `CohortError` that names the file.
+  private func access<T>(_ doing: String, _ body: () throws -> T) throws(CohortError) -> T {
+    do {
+      return try body()
+    } catch let error as CohortError {
+      throw error
+    } catch {
+      throw StoreErrors.failure(error, path: path, doing: doing)
+    }
+  }
+
+  private func missingRun(_ id: RunID) -> CohortError {
+    CohortError(
+      .notFound, "there is no run \(id) in the results store \(path)",
+      fix: "run `cohort runs list` to see the runs it holds")
+  }
+
+  private func requireRun(_ db: Database, _ run: RunID) throws {
+    let exists = try Bool.fetchOne(
+      db, sql: "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?)", arguments: [run.rawValue])
+    if exists != true { throw missingRun(run) }
+  }
+
+  static func describe(_ layout: WeightsLayout) -> String {
+    if layout.tensors.isEmpty { return "(no tensors)" }
+    return layout.tensors.map { "\($0.name)\($0.shape)" }.joined(separator: ", ")
+  }
+
+  private static let summarySQL = """
+    SELECT runs.id, runs.name, runs.created_at, runs.status, runs.finished_at, runs.seed,
+      runs.plan_sha256, plans.name AS plan_name,
+      (SELECT count(*) FROM rounds WHERE rounds.run_id = runs.id AND outcome = 'committed')
+        AS rounds_committed,
+      (SELECT eval_accuracy FROM rounds WHERE rounds.run_id = runs.id AND eval_accuracy IS NOT NULL
+        ORDER BY round DESC LIMIT 1) AS last_accuracy,
+      (SELECT max(eval_accuracy) FROM rounds WHERE rounds.run_id = runs.id) AS best_accuracy
+    FROM runs JOIN plans ON plans.sha256 = runs.plan_sha256
+    """
+
+  private static func summary(_ row: Row) throws -> RunSummary {
+    let id = RunID(try row.decode(Int64.self, forColumn: "id"))
+    let statusText: String = try row.decode(forColumn: "status")
+    guard let status = RunStatus(rawValue: statusText) else {
+      throw CohortError(
+        .storage, "run \(id) has the unknown status '\(statusText)'",
+        fix: "set it to one of: " + RunStatus.allCases.map(\.rawValue).joined(separator: ", "))
+    }
+    let finished: String? = try row.decode(forColumn: "finished_at")
+    let seedBits: Int64 = try row.decode(forColumn: "seed")
+    return RunSummary(
+      id: id, name: try row.decode(forColumn: "name"),
+      createdAt: try Timestamp.date(try row.decode(forColumn: "created_at"), what: "created_at of run \(id)"),
+      status: status,
+      finishedAt: try finished.map { s throws(CohortError) in
+        try Timestamp.date(s, what: "finished_at of run \(id)")
+      },
+      seed: UInt64(bitPattern: seedBits),
+      planName: try row.decode(forColumn: "plan_name"), planSHA256: try row.decode(forColumn: "plan_sha256"),
+      roundsCommitted: try row.decode(forColumn: "rounds_committed"),
+      lastAccuracy: try row.decode(forColumn: "last_accuracy"),
+      bestAccuracy: try row.decode(forColumn: "best_accuracy"))
+  }
+
+  private static func insert(_ r: RoundRecord, run: RunID, _ db: Database) throws {
+    try db.execute(
+      sql: """
+        INSERT INTO rounds (
+          run_id, round, started_at, ended_at, outcome, abandon_reason, selected, reported, dropped, late,
+          rejected, bytes_down, bytes_up, train_loss, eval_loss, eval_accuracy, federated_eval_loss,
+          federated_eval_accuracy, federated_eval_examples, epsilon, wall_seconds)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        """,
+      arguments: [
+        run.rawValue, r.round, r.startedAt, r.endedAt, r.outcome.rawValue, r.abandonReason, r.selected,
+        r.reported, r.dropped, r.late, r.rejected, r.bytesDown, r.bytesUp, r.trainLoss, r.evalLoss,
+        r.evalAccuracy, r.federatedEvalLoss, r.federatedEvalAccuracy, r.federatedEvalExamples, r.epsilon,
+        r.wallSeconds,
+      ])
+  }
+
+  private static func roundRecord(_ row: Row) throws -> RoundRecord {
+    let round: Int = try row.decode(forColumn: "round")
+    let outcomeText: String = try row.decode(forColumn: "outcome")
+    guard let outcome = RoundOutcome(rawValue: outcomeText) else {
+      throw CohortError(.storage, "round \(round) has the unknown outcome '\(outcomeText)'")
+    }
+    return RoundRecord(
+      round: round, startedAt: try row.decode(forColumn: "started_at"),
+      endedAt: try row.decode(forColumn: "ended_at"), outcome: outcome,
+      abandonReason: try row.decode(forColumn: "abandon_reason"),
+      selected: try row.decode(forColumn: "selected"),
+      reported: try row.decode(forColumn: "reported"), dropped: try row.decode(forColumn: "dropped"),
+      late: try row.decode(forColumn: "late"), rejected: try row.decode(forColumn: "rejected"),
+      bytesDown: try row.decode(forColumn: "bytes_down"), bytesUp: try row.decode(forColumn: "bytes_up"),
+      trainLoss: try row.decode(forColumn: "train_loss"), evalLoss: try row.decode(forColumn: "eval_loss"),
+      evalAccuracy: try row.decode(forColumn: "eval_accuracy"),
+      federatedEvalLoss: try row.decode(forColumn: "federated_eval_loss"),
+      federatedEvalAccuracy: try row.decode(forColumn: "federated_eval_accuracy"),
+      federatedEvalExamples: try row.decode(forColumn: "federated_eval_examples"),
+      epsilon: try row.decode(forColumn: "epsilon"), wallSeconds: try row.decode(forColumn: "wall_seconds"))
+  }
+}
+
+/// Turns SQLite and GRDB failures into errors a user can act on.
+enum StoreErrors {
+  static func failure(_ error: any Error, path: String, doing: String) -> CohortError {
+    guard let db = error as? DatabaseError else {
+      return CohortError(.storage, "\(doing) in the results store \(path) failed: \(error)")
+    }
+    let detail = db.message ?? "\(db.resultCode)"
+    let fix: String
+    switch db.resultCode.primaryResultCode {
+    case .SQLITE_NOTADB:
+      fix = "\(path) is not a Cohort results store (not an SQLite file); give another path"
+    case .SQLITE_CANTOPEN:
+      fix = "check that the directory of \(path) exists and that you may write to it"
+    case .SQLITE_READONLY, .SQLITE_PERM, .SQLITE_AUTH:
+      fix = "check that you may write to \(path) and to its directory (SQLite adds -wal and -shm files)"
+    case .SQLITE_BUSY, .SQLITE_LOCKED:
+      fix = "another process is writing to \(path); wait for it, or give this run its own file"
+    case .SQLITE_FULL:
+      fix = "the disk is full; free some space and try again"
+    case .SQLITE_CORRUPT:
+      fix = "the file is damaged; restore it from a backup"
+    case .SQLITE_IOERR:
+      fix = "the disk or file system failed; check it and try again"
+    default:
+      fix = ""
+    }
+    return CohortError(.storage, "\(doing) in the results store \(path) failed: \(detail)", fix: fix)
+  }
+}
+
+/// ISO-8601 text in UTC with milliseconds: sorts as text, reads in any tool.
+enum Timestamp {
+  private static let withFraction = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+  private static let withoutFraction = Date.ISO8601FormatStyle()
+
+  static func string(_ date: Date) -> String { withFraction.format(date) }
+
+  static func date(_ text: String, what: String) throws(CohortError) -> Date {
+    if let d = try? withFraction.parse(text) { return d }
+    if let d = try? withoutFraction.parse(text) { return d }
+    throw CohortError(.storage, "\(what) is '\(text)', which is not an ISO-8601 time")
+  }
+}
+
+/// JSON as the store writes it: sorted keys, slashes unescaped (paths and tensor names read
+/// as written), non-finite numbers as strings.
+enum StoreJSON {
+  static func encode(_ value: some Encodable, what: String) throws(CohortError) -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    encoder.nonConformingFloatEncodingStrategy = .convertToString(
+      positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+    do {
+      return String(decoding: try encoder.encode(value), as: UTF8.self)
+    } catch {
+      throw CohortError(.storage, "\(what) cannot be written as JSON: \(error)")
+    }
+  }
+
+  static func decode<T: Decodable>(_ type: T.Type, from data: Data, what: String) throws(CohortError) -> T {
+    let decoder = JSONDecoder()
+    decoder.nonConformingFloatDecodingStrategy = .convertFromString(
+      positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+    do {
+      return try decoder.decode(type, from: data)
+    } catch {
+      throw CohortError(
+        .storage, "\(what) cannot be read: \(error)",
+        fix: "the file may have been written by another version of Cohort, or edited by hand")
+    }
+  }
+}

@@ -1,0 +1,87 @@
+import GRDB
+
+/// The results store's schema, one migration per released change. Migrations only ever get
+/// appended: a file written by an older Cohort is upgraded in place when it is opened.
+///
+/// Conventions, so the file reads well in `sqlite3` or any SQLite browser:
+/// - times of day (`created_at`, `finished_at`) are ISO-8601 text in UTC;
+/// - round times (`started_at`, `ended_at`) are seconds as REAL, on the caller's clock;
+/// - `runs.seed` is the scenario's UInt64 seed stored as the Int64 with the same bits (SQLite
+///   integers are signed), so seeds above 2^63−1 read as negative numbers; `scenario_json`
+///   holds the seed as written;
+/// - checkpoint `weights` are IEEE-754 Float32 little-endian, in layout order, and `sha256` is
+///   the SHA-256 of exactly that blob (`Weights.sha256`).
+enum Schema {
+  static var migrator: DatabaseMigrator {
+    var migrator = DatabaseMigrator()
+    migrator.registerMigration("v1: runs, plans, rounds, checkpoints, devices") { db in
+      try db.execute(
+        sql: """
+          CREATE TABLE plans (
+            sha256 TEXT PRIMARY KEY NOT NULL,
+            name TEXT NOT NULL,
+            canonical_json TEXT NOT NULL
+          );
+
+          CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            scenario_json TEXT NOT NULL,
+            plan_sha256 TEXT NOT NULL REFERENCES plans(sha256),
+            seed INTEGER NOT NULL,
+            status TEXT NOT NULL DEFAULT 'running'
+              CHECK (status IN ('running', 'finished', 'failed', 'interrupted')),
+            finished_at TEXT
+          );
+          CREATE INDEX runs_plan ON runs(plan_sha256);
+
+          CREATE TABLE rounds (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            round INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL NOT NULL,
+            outcome TEXT NOT NULL CHECK (outcome IN ('committed', 'abandoned')),
+            abandon_reason TEXT,
+            selected INTEGER NOT NULL,
+            reported INTEGER NOT NULL,
+            dropped INTEGER NOT NULL,
+            late INTEGER NOT NULL,
+            rejected INTEGER NOT NULL,
+            bytes_down INTEGER NOT NULL,
+            bytes_up INTEGER NOT NULL,
+            train_loss REAL,
+            eval_loss REAL,
+            eval_accuracy REAL,
+            federated_eval_loss REAL,
+            federated_eval_accuracy REAL,
+            federated_eval_examples INTEGER,
+            epsilon REAL,
+            wall_seconds REAL NOT NULL,
+            PRIMARY KEY (run_id, round)
+          );
+
+          CREATE TABLE checkpoints (
+            run_id INTEGER NOT NULL,
+            round INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            layout_json TEXT NOT NULL,
+            weights BLOB NOT NULL,
+            PRIMARY KEY (run_id, round),
+            FOREIGN KEY (run_id, round) REFERENCES rounds(run_id, round) ON DELETE CASCADE
+          );
+
+          CREATE TABLE devices (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            device INTEGER NOT NULL,
+            participations INTEGER NOT NULL,
+            reports INTEGER NOT NULL,
+            dropouts INTEGER NOT NULL,
+            last_round INTEGER NOT NULL,
+            PRIMARY KEY (run_id, device)
+          );
+          """)
+    }
+    return migrator
+  }
+}
