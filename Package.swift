@@ -19,6 +19,7 @@ let package = Package(
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
     .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
   ],
@@ -56,13 +57,28 @@ let package = Package(
       dependencies: ["CohortCore", "CohortAggregation"],
       swiftSettings: swiftSettings),
     .target(
+      name: "CohortServer",
+      dependencies: [
+        "CohortCore", "CohortProtocol", "CohortAggregation", "CohortStore",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+      ],
+      swiftSettings: swiftSettings),
+    .target(
+      name: "CohortSimulator",
+      dependencies: [
+        "CohortCore", "CohortML", "CohortProtocol", "CohortServer", "CohortStore",
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: swiftSettings),
+    .target(
       name: "CohortTesting",
-      dependencies: ["CohortCore", "CohortML"],
+      dependencies: ["CohortCore", "CohortML", "CohortProtocol"],
       swiftSettings: swiftSettings),
     .executableTarget(
       name: "cohort",
       dependencies: [
-        "CohortCore", "CohortML", "CBLAS",
+        "CohortCore", "CohortML", "CohortStore", "CohortServer", "CohortSimulator", "CBLAS",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ],
@@ -84,6 +100,14 @@ let package = Package(
     .testTarget(
       name: "CohortProtocolTests",
       dependencies: ["CohortProtocol", "CohortCore"],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortServerTests",
+      dependencies: ["CohortServer", "CohortProtocol", "CohortStore", "CohortCore", "CohortTesting"],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortSimulatorTests",
+      dependencies: ["CohortSimulator", "CohortML", "CohortCore", "CohortTesting"],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortMLTests",
