@@ -131,7 +131,8 @@ public struct DeviceSession: Sendable {
 
   private mutating func backOff(now: Double) -> [Action] {
     state = .idle
-    let delay = min(configuration.maximumBackoff, configuration.initialBackoff * Double(1 << min(failures, 30)))
+    let delay = min(
+      configuration.maximumBackoff, configuration.initialBackoff * Double(1 << min(failures, 30)))
     failures += 1
     // Full jitter: anywhere up to the delay, so devices refused together do not return together.
     return [.sleep(window: now...(now + delay))]

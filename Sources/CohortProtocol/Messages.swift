@@ -36,6 +36,36 @@ public struct RoundTask: Sendable, Hashable {
   }
 }
 
+/// A round's task together with what the device needs to carry it out.
+public struct TaskAssignment: Sendable {
+  public var task: RoundTask
+  /// The global model to start from (a device that already holds `task.checkpointSHA256` need
+  /// not download it).
+  public var checkpoint: Weights
+  /// Also evaluate the received model on local test data and include it in the report
+  /// (federated evaluation).
+  public var evaluate: Bool
+
+  public init(task: RoundTask, checkpoint: Weights, evaluate: Bool) {
+    self.task = task
+    self.checkpoint = checkpoint
+    self.evaluate = evaluate
+  }
+}
+
+/// A device's evaluation of the global model it received, on its own test examples.
+public struct LocalEvaluation: Sendable, Hashable, Codable {
+  public var loss: Double
+  public var accuracy: Double
+  public var examples: Int
+
+  public init(loss: Double, accuracy: Double, examples: Int) {
+    self.loss = loss
+    self.accuracy = accuracy
+    self.examples = examples
+  }
+}
+
 /// A device's trained update for a round: `local − global`, with what the server needs to weigh it.
 public struct UpdateReport: Sendable {
   public var device: DeviceID
@@ -45,14 +75,27 @@ public struct UpdateReport: Sendable {
   public var trainLoss: Double
   /// Bytes the upload took on the wire.
   public var bytes: Int
+  /// Federated evaluation of the received model, when the task asked for it.
+  public var evaluation: LocalEvaluation?
 
-  public init(device: DeviceID, round: Int, update: Weights, examples: Int, trainLoss: Double, bytes: Int) {
+  public init(
+    device: DeviceID, round: Int, update: Weights, examples: Int, trainLoss: Double, bytes: Int,
+    evaluation: LocalEvaluation? = nil
+  ) {
     self.device = device
     self.round = round
     self.update = update
     self.examples = examples
     self.trainLoss = trainLoss
     self.bytes = bytes
+    self.evaluation = evaluation
+  }
+
+  /// Whether the update can be folded into a model with `layout`: same shape, finite values,
+  /// at least one example.
+  public func isWellFormed(for layout: WeightsLayout) -> Bool {
+    guard update.layout == layout, examples > 0, trainLoss.isFinite else { return false }
+    return update.values.allSatisfy { $0.isFinite }
   }
 }
 

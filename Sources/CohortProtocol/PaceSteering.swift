@@ -24,7 +24,8 @@ public struct PaceSteering: Sendable, Hashable {
   ///   - now: the current server time.
   ///   - nextSelectionOpens: when the server expects to open the next selection window.
   ///   - checkInRate: the expected rate of check-ins from the whole population, per second.
-  public func retryWindow(now: Double, nextSelectionOpens: Double, checkInRate: Double) -> ClosedRange<Double> {
+  public func retryWindow(now: Double, nextSelectionOpens: Double, checkInRate: Double) -> ClosedRange<Double>
+  {
     let start = max(now, nextSelectionOpens)
     let offered = max(0, checkInRate) * selectionWindow
     let span = selectionWindow * max(1, offered / Double(wanted))

@@ -1,7 +1,7 @@
 public import CohortCore
 
 /// Why a round ended without a new model.
-public enum AbandonReason: String, Sendable, Hashable, CustomStringConvertible {
+public enum AbandonReason: String, Sendable, Hashable, Codable, CustomStringConvertible {
   /// Fewer devices checked in during the selection window than the round's minimum.
   case tooFewCheckIns = "too_few_check_ins"
   /// The reporting deadline passed with fewer reports than the round's minimum.
@@ -13,7 +13,7 @@ public enum AbandonReason: String, Sendable, Hashable, CustomStringConvertible {
 }
 
 /// Counts for one round, as the results store records them.
-public struct RoundCounts: Sendable, Hashable {
+public struct RoundCounts: Sendable, Hashable, Codable {
   public var selected = 0
   public var reported = 0
   /// Selected devices that told the server they gave up, or whose connection was lost.
@@ -34,8 +34,8 @@ public struct RoundCounts: Sendable, Hashable {
 /// and report) to closed (aggregated or abandoned). Selection of round r + 1 opens when round r
 /// starts reporting, so the next cohort gathers while the current one trains; round r + 1 is
 /// configured as soon as round r's new checkpoint is committed.
-public struct RoundStateMachine: Sendable {
-  public struct Configuration: Sendable, Hashable {
+public struct RoundStateMachine: Sendable, Codable {
+  public struct Configuration: Sendable, Hashable, Codable {
     public var rounds: Int
     public var goal: Int
     public var selectionTarget: Int
@@ -69,14 +69,14 @@ public struct RoundStateMachine: Sendable {
     case finish
   }
 
-  struct Selection: Sendable {
+  struct Selection: Sendable, Codable {
     var round: Int
     var opened: Double
     var deadline: Double
     var devices: [DeviceID] = []
   }
 
-  struct Reporting: Sendable {
+  struct Reporting: Sendable, Codable {
     var round: Int
     var deadline: Double
     var selected: Set<DeviceID>
@@ -198,7 +198,9 @@ public struct RoundStateMachine: Sendable {
 
   /// The shell committed the round it was told to aggregate.
   public mutating func committed(round: Int, now: Double) -> [Action] {
-    precondition(closing == round, "committed round \(round) but round \(closing.map(String.init) ?? "none") was closing")
+    precondition(
+      closing == round, "committed round \(round) but round \(closing.map(String.init) ?? "none") was closing"
+    )
     closing = nil
     lastClosedRound = round
     return afterClose(now: now)
@@ -257,7 +259,8 @@ public struct RoundStateMachine: Sendable {
     counts.selected = s.devices.count
     let deadline = now + configuration.reportingWindow
     reporting = Reporting(round: s.round, deadline: deadline, selected: Set(s.devices), counts: counts)
-    return [.configure(round: s.round, devices: s.devices, reportingDeadline: deadline)] + openSelection(now: now)
+    return [.configure(round: s.round, devices: s.devices, reportingDeadline: deadline)]
+      + openSelection(now: now)
   }
 
   private func finalCounts(_ r: Reporting) -> RoundCounts {

@@ -1,1 +1,363 @@
-import CohortCore
+import CohortAggregation
+public import CohortCore
+public import CohortProtocol
+public import CohortStore
+public import Foundation
+public import Logging
+public import Metrics
+
+/// Evaluates a global model on the central test set (held by the simulator or the operator).
+public protocol CentralEvaluator: Sendable {
+  func evaluate(_ weights: Weights) async -> LocalEvaluation
+}
+
+/// The population's coordinator: a thin actor around `RoundStateMachine` that carries out its
+/// actions — sends tasks, folds accepted updates through the `Aggregator`, turns each closed
+/// round into the next global model with the plan's strategy, and commits the round, its
+/// metrics and its checkpoint to the results store in one transaction.
+public actor Coordinator {
+  public struct Configuration: Sendable {
+    public var plan: Plan
+    public var population: String
+    /// The run this coordinator commits rounds to, when it has a store.
+    public var run: RunID?
+    /// Commit each closed round at once (network server). The simulator turns this off and
+    /// calls `commitPending(resumeState:)` at a quiet point, so it can store its own state with
+    /// the round.
+    public var autoCommit: Bool
+
+    public init(plan: Plan, population: String = "default", run: RunID? = nil, autoCommit: Bool = true) {
+      self.plan = plan
+      self.population = population
+      self.run = run
+      self.autoCommit = autoCommit
+    }
+  }
+
+  /// What the coordinator keeps about a round from configuration to commit.
+  struct RoundBook: Sendable, Codable {
+    var startedAt: Double
+    var selected: [DeviceID]
+    var reported: Set<DeviceID> = []
+    var dropped: Set<DeviceID> = []
+    var bytesDown = 0
+    var bytesUp = 0
+    var trainLossSum = 0.0
+    var trainExamples = 0
+    var evaluationLossSum = 0.0
+    var evaluationCorrect = 0.0
+    var evaluationExamples = 0
+  }
+
+  /// A closed round whose record (and model) waits for `commitPending`.
+  struct PendingCommit: Sendable {
+    var record: RoundRecord
+    var model: Weights?
+    var participants: [DeviceParticipation]
+  }
+
+  /// The state a coordinator needs to continue exactly where it stood before `commitPending`.
+  public struct Snapshot: Sendable, Codable {
+    var machine: RoundStateMachine
+    var books: [Int: RoundBook]
+    var lateReports: [Int: Int]
+    var checkInRate: Double
+    var lastCheckIn: Double?
+    var pendingRound: Int?
+  }
+
+  public let configuration: Configuration
+  private var machine: RoundStateMachine
+  private let aggregator: Aggregator
+  private let strategy: FederatedAveraging
+  private let store: ResultsStore?
+  private let link: any DeviceLink
+  private let evaluator: (any CentralEvaluator)?
+  private let clock: any RoundClock
+  private let logger: Logger
+  private let pace: PaceSteering
+
+  /// The current global model and the round that produced it (0 for the initial model).
+  public private(set) var global: Weights
+  public private(set) var globalRound: Int
+  private var globalSHA256: String
+
+  private var books: [Int: RoundBook] = [:]
+  /// Reports that arrived after their round closed, by round, until the next commit records them.
+  private var lateReports: [Int: Int] = [:]
+  private var pending: PendingCommit?
+  private var pendingRound: Int?
+  /// Exponentially weighted estimate of the population's check-in rate, for pace steering.
+  private var checkInRate = 0.0
+  private var lastCheckIn: Double?
+  private var roundObservers: [@Sendable (RoundRecord) -> Void] = []
+
+  private let checkIns: Counter
+  private let reportsAccepted: Counter
+  private let roundsCommitted: Counter
+  private let roundsAbandoned: Counter
+  private let roundDuration: Metrics.Timer
+  private let metricsFactory: any MetricsFactory
+
+  /// - Parameters:
+  ///   - initial: the model to start from: the plan's initial weights, or the latest checkpoint
+  ///     of a resumed run together with `resumingAfter` (its round).
+  public init(
+    configuration: Configuration, initial: Weights, resumingAfter round: Int = 0, snapshot: Snapshot? = nil,
+    store: ResultsStore?, link: any DeviceLink, evaluator: (any CentralEvaluator)?, clock: any RoundClock,
+    logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory
+  ) {
+    self.configuration = configuration
+    let plan = configuration.plan
+    machine =
+      snapshot?.machine
+      ?? RoundStateMachine(
+        configuration: .init(plan: plan.server, population: configuration.population), resumingAfter: round)
+    strategy = FederatedAveraging(plan: plan.server.strategy)
+    aggregator = Aggregator(strategy: strategy, layout: initial.layout)
+    self.store = store
+    self.link = link
+    self.evaluator = evaluator
+    self.clock = clock
+    self.logger = logger
+    pace = PaceSteering(
+      wanted: plan.server.cohort.selectionTarget, selectionWindow: plan.server.windows.selection)
+    global = initial
+    globalRound = round
+    globalSHA256 = initial.sha256
+    if let snapshot {
+      books = snapshot.books
+      lateReports = snapshot.lateReports
+      checkInRate = snapshot.checkInRate
+      lastCheckIn = snapshot.lastCheckIn
+      pendingRound = snapshot.pendingRound
+    }
+    metricsFactory = metrics
+    checkIns = Counter(label: "cohort_check_ins_total", factory: metrics)
+    reportsAccepted = Counter(label: "cohort_reports_accepted_total", factory: metrics)
+    roundsCommitted = Counter(label: "cohort_rounds_committed_total", factory: metrics)
+    roundsAbandoned = Counter(label: "cohort_rounds_abandoned_total", factory: metrics)
+    roundDuration = Metrics.Timer(label: "cohort_round_duration_seconds", factory: metrics)
+  }
+
+  // MARK: Observation
+
+  /// Calls `observer` with every round record as it is committed (progress bars, logs).
+  public func observeRounds(_ observer: @escaping @Sendable (RoundRecord) -> Void) {
+    roundObservers.append(observer)
+  }
+
+  public var isFinished: Bool { machine.isFinished }
+  /// When the next window closes, for the caller's timer or event queue.
+  public var nextDeadline: Double? { machine.nextDeadline }
+  public var hasPendingCommit: Bool { pending != nil }
+
+  // MARK: Events
+
+  /// Opens the first round's selection (or, for a run resumed from a snapshot, finishes the
+  /// commit the snapshot was taken before).
+  public func start() async {
+    if let round = pendingRound {
+      pendingRound = nil
+      await afterCommit(round: round)
+      return
+    }
+    await perform(machine.start(now: clock.now))
+  }
+
+  /// A device checks in: it joins the cohort being gathered, or is told when to come back.
+  public func checkIn(_ checkIn: CheckIn) async -> ServerReply {
+    let now = clock.now
+    checkIns.increment()
+    if let last = lastCheckIn, now > last {
+      // An exponentially weighted rate over roughly the last hundred check-ins.
+      checkInRate = 0.99 * checkInRate + 0.01 / (now - last)
+    }
+    lastCheckIn = now
+    let (reply, actions) = machine.checkIn(checkIn, now: now)
+    await perform(actions)
+    if let reply { return reply }
+    let nextOpens = machine.selectingRound == nil ? (machine.nextDeadline ?? now) : now
+    return .retry(window: pace.retryWindow(now: now, nextSelectionOpens: nextOpens, checkInRate: checkInRate))
+  }
+
+  /// A device reports its update; an accepted one is folded into the round's sum.
+  public func report(_ report: UpdateReport) async -> ServerReply {
+    let now = clock.now
+    let wellFormed = report.isWellFormed(for: global.layout)
+    let (reply, actions) = machine.report(
+      device: report.device, round: report.round, isWellFormed: wellFormed, now: now)
+    if var book = books[report.round] {
+      book.bytesUp += report.bytes
+      books[report.round] = book
+    }
+    switch reply {
+    case .accepted:
+      reportsAccepted.increment()
+      if var book = books[report.round] {
+        book.reported.insert(report.device)
+        book.trainLossSum += report.trainLoss * Double(report.examples)
+        book.trainExamples += report.examples
+        if let e = report.evaluation, e.examples > 0 {
+          book.evaluationLossSum += e.loss * Double(e.examples)
+          book.evaluationCorrect += e.accuracy * Double(e.examples)
+          book.evaluationExamples += e.examples
+        }
+        books[report.round] = book
+      }
+      await aggregator.fold(report.update, examples: report.examples, round: report.round)
+    case .rejected(let reason):
+      Counter(
+        label: "cohort_reports_rejected_total", dimensions: [("reason", reason.rawValue)],
+        factory: metricsFactory
+      )
+      .increment()
+      if reason == .late { lateReports[report.round, default: 0] += 1 }
+      logger.debug(
+        "report rejected",
+        metadata: ["device": "\(report.device)", "round": "\(report.round)", "reason": "\(reason)"])
+    default:
+      break
+    }
+    await perform(actions)
+    return reply
+  }
+
+  /// A device of a round gave up or its connection was lost.
+  public func dropped(device: DeviceID, round: Int) async {
+    let now = clock.now
+    if var book = books[round], book.selected.contains(device) {
+      book.dropped.insert(device)
+      books[round] = book
+    }
+    await perform(machine.dropped(device: device, round: round, now: now))
+  }
+
+  /// Time passed: closes whatever window is due.
+  public func tick() async {
+    await perform(machine.tick(now: clock.now))
+  }
+
+  /// Abandons whatever is in flight and ends the run.
+  public func shutdown() async {
+    await perform(machine.shutdown(now: clock.now))
+  }
+
+  // MARK: Commit
+
+  /// Writes the closed round to the store with `resumeState`, then moves on to the next round.
+  public func commitPending(resumeState: Data?) async throws(CohortError) {
+    guard let p = pending else { return }
+    if let store, let run = configuration.run {
+      try store.commitRound(
+        run, p.record, checkpoint: p.model, devices: p.participants, lateReports: lateReports,
+        resumeState: resumeState)
+    }
+    lateReports = [:]
+    pending = nil
+    for observer in roundObservers { observer(p.record) }
+    if p.record.outcome == .committed { await afterCommit(round: p.record.round) }
+  }
+
+  /// The state to store with the pending round, so a resumed run continues exactly from here.
+  public func snapshot() -> Snapshot {
+    Snapshot(
+      machine: machine, books: books, lateReports: lateReports, checkInRate: checkInRate,
+      lastCheckIn: lastCheckIn,
+      pendingRound: pending?.record.outcome == .committed ? pending?.record.round : nil)
+  }
+
+  private func afterCommit(round: Int) async {
+    await perform(machine.committed(round: round, now: clock.now))
+  }
+
+  // MARK: Actions
+
+  private func perform(_ actions: [RoundStateMachine.Action]) async {
+    for action in actions {
+      switch action {
+      case .configure(let round, let devices, let deadline):
+        await configure(round: round, devices: devices, deadline: deadline)
+      case .aggregate(let round, let counts):
+        await close(round: round, counts: counts, abandoned: nil)
+      case .abandon(let round, let reason, let counts):
+        await close(round: round, counts: counts, abandoned: reason)
+      case .finish:
+        logger.info("run finished", metadata: ["rounds": "\(configuration.plan.server.rounds)"])
+      }
+    }
+  }
+
+  private func configure(round: Int, devices: [DeviceID], deadline: Double) async {
+    let now = clock.now
+    await aggregator.begin(round: round)
+    let every = configuration.plan.server.evaluation.every
+    let task = RoundTask(round: round, checkpointSHA256: globalSHA256, reportingDeadline: deadline)
+    var book = RoundBook(startedAt: now, selected: devices)
+    book.bytesDown = devices.count * global.count * MemoryLayout<Float>.size
+    books[round] = book
+    logger.debug("round configured", metadata: ["round": "\(round)", "devices": "\(devices.count)"])
+    await link.assign(
+      TaskAssignment(task: task, checkpoint: global, evaluate: round % every == 0), to: devices)
+  }
+
+  private func close(round: Int, counts: RoundCounts, abandoned: AbandonReason?) async {
+    let now = clock.now
+    let book = books.removeValue(forKey: round)
+    var record = RoundRecord(round: round, startedAt: book?.startedAt ?? now, endedAt: now)
+    record.selected = counts.selected
+    record.reported = counts.reported
+    record.dropped = counts.dropped
+    record.rejected = counts.rejected
+    record.late = lateReports.removeValue(forKey: round) ?? 0
+    record.bytesDown = book?.bytesDown ?? 0
+    record.bytesUp = book?.bytesUp ?? 0
+    if let book, book.trainExamples > 0 { record.trainLoss = book.trainLossSum / Double(book.trainExamples) }
+    if let book, book.evaluationExamples > 0 {
+      record.federatedEvalLoss = book.evaluationLossSum / Double(book.evaluationExamples)
+      record.federatedEvalAccuracy = book.evaluationCorrect / Double(book.evaluationExamples)
+      record.federatedEvalExamples = book.evaluationExamples
+    }
+    record.wallSeconds = now - record.startedAt
+    var model: Weights?
+    if abandoned == nil, book != nil {
+      let sum = await aggregator.finish(round: round)
+      model = strategy.nextGlobal(from: global, sum)
+    }
+    if let model {
+      record.outcome = .committed
+      global = model
+      globalRound = round
+      globalSHA256 = model.sha256
+      if let evaluator,
+        round % configuration.plan.server.evaluation.every == 0
+          || round == configuration.plan.server.rounds
+      {
+        let e = await evaluator.evaluate(model)
+        record.evalLoss = e.loss
+        record.evalAccuracy = e.accuracy
+      }
+      roundsCommitted.increment()
+      roundDuration.recordSeconds(now - record.startedAt)
+    } else {
+      record.outcome = .abandoned
+      record.abandonReason = (abandoned ?? .tooFewReports).rawValue
+      roundsAbandoned.increment()
+      logger.info(
+        "round abandoned", metadata: ["round": "\(round)", "reason": "\(record.abandonReason ?? "")"])
+    }
+    let participants = (book?.selected ?? []).map {
+      DeviceParticipation(
+        device: $0, reported: book?.reported.contains($0) ?? false,
+        dropped: book?.dropped.contains($0) ?? false)
+    }
+    pending = PendingCommit(record: record, model: model, participants: participants)
+    if configuration.autoCommit {
+      do {
+        try await commitPending(resumeState: nil)
+      } catch {
+        logger.error("could not commit round", metadata: ["round": "\(round)", "error": "\(error)"])
+      }
+    }
+  }
+}

@@ -156,8 +156,13 @@ public final class ResultsStore: Sendable {
   /// Refused, with nothing written: a run that does not exist; a round already stored; a
   /// checkpoint for an abandoned round (it produced no model); a checkpoint whose layout
   /// differs from the run's earlier checkpoints; a device listed twice.
+  ///
+  /// `lateReports` adds reports that arrived after earlier rounds had closed to those rounds'
+  /// `late` counts, in the same transaction. `resumeState` is opaque state a simulation needs to
+  /// continue exactly from this round (see `latestResumeState`).
   public func commitRound(
-    _ run: RunID, _ record: RoundRecord, checkpoint: Weights?, devices: [DeviceParticipation]
+    _ run: RunID, _ record: RoundRecord, checkpoint: Weights?, devices: [DeviceParticipation],
+    lateReports: [Int: Int] = [:], resumeState: Data? = nil
   ) throws(CohortError) {
     // Encode outside the transaction: pure work that can be large.
     let blob = checkpoint.map { Float32LE.bytes($0.values) }
@@ -231,6 +236,32 @@ public final class ResultsStore: Sendable {
               """,
             arguments: [run.rawValue, d.device, d.reported ? 1 : 0, d.dropped ? 1 : 0, round])
         }
+        for (earlier, count) in lateReports where count > 0 {
+          try db.execute(
+            sql: "UPDATE rounds SET late = late + ? WHERE run_id = ? AND round = ?",
+            arguments: [count, run.rawValue, earlier])
+        }
+        if let resumeState {
+          try db.execute(
+            sql: "UPDATE rounds SET resume_state = ? WHERE run_id = ? AND round = ?",
+            arguments: [resumeState, run.rawValue, round])
+        }
+      }
+    }
+  }
+
+  /// The resume state stored with the run's latest round, if that round has one.
+  public func latestResumeState(_ run: RunID) throws(CohortError) -> (round: Int, state: Data)? {
+    try access("reading the resume state of run \(run)") {
+      try writer.read { db in
+        try requireRun(db, run)
+        guard
+          let row = try Row.fetchOne(
+            db, sql: "SELECT round, resume_state FROM rounds WHERE run_id = ? ORDER BY round DESC LIMIT 1",
+            arguments: [run.rawValue]),
+          let state: Data = row["resume_state"]
+        else { return nil }
+        return (row["round"], state)
       }
     }
   }

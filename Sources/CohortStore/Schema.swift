@@ -82,6 +82,11 @@ enum Schema {
           );
           """)
     }
+    migrator.registerMigration("v2: resume state and late reports") { db in
+      // What a simulation needs to continue from a round exactly as if it had never stopped,
+      // written in the round's own transaction (NULL for network servers and old files).
+      try db.execute(sql: "ALTER TABLE rounds ADD COLUMN resume_state BLOB")
+    }
     return migrator
   }
 }

@@ -1,3 +1,4 @@
+public import CohortProtocol
 public import Foundation
 
 /// A directory of its own for one test, removed when the value goes away.
@@ -41,3 +42,23 @@ public let repositoryRoot: URL = {
   }
   return URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
 }()
+
+/// A device link that keeps every assignment it is given, for tests that play the devices.
+public final class RecordingLink: DeviceLink, @unchecked Sendable {
+  private let lock = NSLock()
+  private var received: [(TaskAssignment, [DeviceID])] = []
+
+  public init() {}
+
+  public func assign(_ assignment: TaskAssignment, to devices: [DeviceID]) async {
+    lock.withLock { received.append((assignment, devices)) }
+  }
+
+  /// Everything assigned since the last call.
+  public func drain() -> [(assignment: TaskAssignment, devices: [DeviceID])] {
+    lock.withLock {
+      defer { received = [] }
+      return received.map { ($0.0, $0.1) }
+    }
+  }
+}

@@ -22,7 +22,9 @@ import Testing
       #expect(accumulator.count == 3 && accumulator.examples == 100)
       let next = try #require(strategy.nextGlobal(from: global, accumulator))
       for i in 0..<3 {
-        #expect(abs(Double(next.values[i]) - (0.5 + expected[i])) < 1e-6, "index \(i), weighted \(strategy.weighted)")
+        #expect(
+          abs(Double(next.values[i]) - (0.5 + expected[i])) < 1e-6,
+          "index \(i), weighted \(strategy.weighted)")
       }
     }
   }

@@ -3,7 +3,8 @@ import Testing
 
 @Suite struct DeviceSessionTests {
   func session() -> DeviceSession {
-    DeviceSession(configuration: .init(device: 7, population: "p", taskWait: 100, initialBackoff: 10, maximumBackoff: 35))
+    DeviceSession(
+      configuration: .init(device: 7, population: "p", taskWait: 100, initialBackoff: 10, maximumBackoff: 35))
   }
 
   let task = RoundTask(round: 3, checkpointSHA256: "abc", reportingDeadline: 500)

@@ -10,7 +10,9 @@ func makeMachine(rounds: Int = 3, resumingAfter: Int = 0) -> RoundStateMachine {
   return RoundStateMachine(configuration: .init(plan: plan, population: "p"), resumingAfter: resumingAfter)
 }
 
-func checkIn(_ m: inout RoundStateMachine, _ device: DeviceID, at now: Double) -> (ServerReply?, [RoundStateMachine.Action]) {
+func checkIn(_ m: inout RoundStateMachine, _ device: DeviceID, at now: Double) -> (
+  ServerReply?, [RoundStateMachine.Action]
+) {
   let r = m.checkIn(CheckIn(device: device, population: "p"), now: now)
   return (r.reply, r.actions)
 }
@@ -115,7 +117,9 @@ func machineReporting() -> RoundStateMachine {
     let (reply, actions) = m.report(device: 4, round: 1, isWellFormed: true, now: 400)
     #expect(reply == .rejected(.late))
     #expect(actions.count == 1)
-    if case .aggregate(1, let counts) = actions.first { #expect(counts.reported == 3) } else {
+    if case .aggregate(1, let counts) = actions.first {
+      #expect(counts.reported == 3)
+    } else {
       Issue.record("expected round 1 to aggregate, got \(actions)")
     }
   }
@@ -169,7 +173,8 @@ func machineReporting() -> RoundStateMachine {
     #expect(m.tick(now: 100).isEmpty)
     for d in 7...8 { _ = checkIn(&m, d, at: 150) }
     for d in 1...4 { _ = m.report(device: d, round: 1, isWellFormed: true, now: 200) }
-    #expect(m.committed(round: 1, now: 201) == [.configure(round: 2, devices: [6, 7, 8], reportingDeadline: 501)])
+    #expect(
+      m.committed(round: 1, now: 201) == [.configure(round: 2, devices: [6, 7, 8], reportingDeadline: 501)])
   }
 
   @Test func runFinishesAfterTheLastRound() {

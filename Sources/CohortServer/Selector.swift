@@ -1,0 +1,38 @@
+public import CohortProtocol
+
+/// Holds the connections of the devices it has accepted and routes the Coordinator's messages
+/// to each device's own link. The network transport connects each device's stream here; the
+/// simulator connects nothing and lets every message go to its one in-memory link.
+public actor Selector: DeviceLink {
+  private var links: [DeviceID: any DeviceLink] = [:]
+  private let fallback: (any DeviceLink)?
+
+  /// - Parameter fallback: where messages for devices without a link of their own go.
+  public init(fallback: (any DeviceLink)? = nil) {
+    self.fallback = fallback
+  }
+
+  public func connect(_ device: DeviceID, link: any DeviceLink) {
+    links[device] = link
+  }
+
+  public func disconnect(_ device: DeviceID) {
+    links.removeValue(forKey: device)
+  }
+
+  public var connectedDevices: Int { links.count }
+
+  /// Sends the assignment down each device's link; devices that are neither connected nor
+  /// covered by a fallback miss their task and will count as not reporting.
+  public func assign(_ assignment: TaskAssignment, to devices: [DeviceID]) async {
+    var rest: [DeviceID] = []
+    for device in devices {
+      if let link = links[device] {
+        await link.assign(assignment, to: [device])
+      } else {
+        rest.append(device)
+      }
+    }
+    if let fallback, !rest.isEmpty { await fallback.assign(assignment, to: rest) }
+  }
+}
