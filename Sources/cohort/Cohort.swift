@@ -13,5 +13,8 @@ struct Cohort: AsyncParsableCommand {
         cohort data describe Simulations/digits-dirichlet.yaml
         cohort train
       """,
-    subcommands: [PlanCommand.self, DataCommand.self, TrainCommand.self, BenchCommand.self])
+    subcommands: [
+      PlanCommand.self, DataCommand.self, TrainCommand.self, RunsCommand.self, ModelCommand.self,
+      BenchCommand.self,
+    ])
 }

@@ -86,4 +86,32 @@ enum Format {
   }
 
   static func fixed(_ x: Double, _ places: Int) -> String { String(format: "%.\(places)f", x) }
+
+  /// A value with 4 decimals, or "-" when there is none.
+  static func optional(_ x: Double?) -> String { x.map { fixed($0, 4) } ?? "-" }
+}
+
+/// A plain text table: columns as wide as their widest cell, numbers right-aligned.
+final class Table {
+  private let header: [String]
+  private var rows: [[String]] = []
+
+  init(_ header: [String]) { self.header = header }
+
+  func add(_ row: [String]) { rows.append(row) }
+
+  func rendered() -> String {
+    let all = [header] + rows
+    let widths = header.indices.map { c in all.map { $0.indices.contains(c) ? $0[c].count : 0 }.max() ?? 0 }
+    var out = ""
+    for row in all {
+      let cells = row.enumerated().map { c, cell -> String in
+        let pad = String(repeating: " ", count: max(0, widths[c] - cell.count))
+        let numeric = Double(cell.replacingOccurrences(of: ",", with: "")) != nil || cell == "-"
+        return numeric ? pad + cell : cell + pad
+      }
+      out += cells.joined(separator: "  ").trimmingCharacters(in: .whitespaces) + "\n"
+    }
+    return out
+  }
 }

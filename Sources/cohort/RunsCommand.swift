@@ -1,0 +1,174 @@
+import ArgumentParser
+import CohortCore
+import CohortStore
+import Foundation
+
+/// Where results go unless `--db` says otherwise: one database for every run, so `cohort runs
+/// list` shows them all and `--resume` finds them.
+let defaultDatabase = "results/cohort.sqlite"
+
+/// The `--db` option shared by every command that reads or writes results.
+struct DatabaseOption: ParsableArguments {
+  @Option(name: .customLong("db"), help: "The results database (SQLite).")
+  var path: String = defaultDatabase
+
+  /// Opens the database; readers refuse to create one that is not there.
+  func open(creating: Bool = false) throws -> ResultsStore {
+    if !creating && !FileManager.default.fileExists(atPath: path) {
+      throw CohortError(
+        .notFound, "there is no results database at \(path)",
+        fix: "run `cohort simulate` first, or point --db at an existing file"
+      ).exit()
+    }
+    if creating {
+      let dir = (path as NSString).deletingLastPathComponent
+      if !dir.isEmpty { try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+    }
+    do throws(CohortError) { return try ResultsStore(path: path) } catch { throw error.exit() }
+  }
+}
+
+struct RunsCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "runs", abstract: "List, inspect and export runs in a results database.",
+    subcommands: [List.self, Show.self, Export.self])
+
+  struct List: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "One line per run.")
+    @OptionGroup var db: DatabaseOption
+
+    func run() throws {
+      let store = try db.open()
+      let runs: [RunSummary]
+      do throws(CohortError) { runs = try store.runs() } catch { throw error.exit() }
+      if runs.isEmpty {
+        print("no runs in \(db.path)")
+        return
+      }
+      let table = Table(["id", "status", "rounds", "last acc", "best acc", "seed", "plan", "name", "created"])
+      for r in runs {
+        table.add([
+          "\(r.id)", r.status.rawValue, "\(r.roundsCommitted)", Format.optional(r.lastAccuracy),
+          Format.optional(r.bestAccuracy), "\(r.seed)", r.planName, r.name,
+          ISO8601DateFormatter().string(from: r.createdAt),
+        ])
+      }
+      print(table.rendered(), terminator: "")
+    }
+  }
+
+  struct Show: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "A run's summary and its rounds.")
+    @OptionGroup var db: DatabaseOption
+    @Argument(help: "The run's id (see `cohort runs list`).") var runID: Int64
+
+    func run() throws {
+      let store = try db.open()
+      do throws(CohortError) {
+        let id = RunID(runID)
+        let summary = try store.run(id)
+        let rounds = try store.rounds(id)
+        print("run \(summary.id): \(summary.name), \(summary.status.rawValue), seed \(summary.seed)")
+        print("plan \(summary.planName) (sha256 \(summary.planSHA256.prefix(16))…)")
+        print("rounds committed \(summary.roundsCommitted) of \(rounds.count) attempted")
+        if let best = summary.bestAccuracy { print("best accuracy \(Format.fixed(best, 4))") }
+        print("")
+        let table = Table([
+          "round", "outcome", "selected", "reported", "dropped", "late", "rejected", "train loss", "test acc",
+          "seconds",
+        ])
+        for r in rounds {
+          table.add([
+            "\(r.round)", r.abandonReason.map { "abandoned: \($0)" } ?? r.outcome.rawValue, "\(r.selected)",
+            "\(r.reported)", "\(r.dropped)", "\(r.late)", "\(r.rejected)", Format.optional(r.trainLoss),
+            Format.optional(r.evalAccuracy), Format.fixed(r.endedAt - r.startedAt, 1),
+          ])
+        }
+        print(table.rendered(), terminator: "")
+      } catch {
+        throw error.exit()
+      }
+    }
+  }
+
+  struct Export: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write a run's rounds as CSV.")
+    @OptionGroup var db: DatabaseOption
+    @Argument(help: "The run's id.") var runID: Int64
+    @Flag(help: "CSV, one row per round (the only format for now).") var csv = false
+    @Option(help: "Write to this file instead of standard output.") var out: String?
+
+    func validate() throws {
+      guard csv else { throw ValidationError("choose a format: --csv") }
+    }
+
+    func run() throws {
+      let store = try db.open()
+      let text: String
+      do throws(CohortError) { text = RoundsCSV.render(try store.rounds(RunID(runID))) } catch { throw error.exit() }
+      if let out {
+        do { try text.write(toFile: out, atomically: true, encoding: .utf8) } catch {
+          throw CohortError(.io, "cannot write \(out): \(error.localizedDescription)").exit()
+        }
+      } else {
+        print(text, terminator: "")
+      }
+    }
+  }
+}
+
+struct ModelCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "model", abstract: "Export trained models from the results database.",
+    subcommands: [Export.self])
+
+  struct Export: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Write a run's checkpoint as safetensors or NumPy files.",
+      discussion: """
+        safetensors: one file with every tensor (named as in the model's layout) and the run, round
+        and plan SHA-256 as metadata; readable by the `safetensors` Python package. npy: a directory
+        with one .npy file per tensor, readable by numpy.load.
+        """)
+    enum Format: String, ExpressibleByArgument, CaseIterable { case safetensors, npy }
+
+    @OptionGroup var db: DatabaseOption
+    @Argument(help: "The run's id.") var runID: Int64
+    @Option(help: "The round whose checkpoint to export (default: the latest).") var round: Int?
+    @Option(help: "safetensors or npy.") var format: Format = .safetensors
+    @Option(help: "Output file (safetensors) or directory (npy). Default: run-RUN-round-N.safetensors or a directory of that name.")
+    var out: String?
+
+    func run() throws {
+      let store = try db.open()
+      do throws(CohortError) {
+        let id = RunID(runID)
+        let (round, weights) = try store.checkpoint(id, round: round)
+        let summary = try store.run(id)
+        let base = out ?? "run-\(runID)-round-\(round)"
+        switch format {
+        case .safetensors:
+          let path = out ?? base + ".safetensors"
+          let data = try SafetensorsWriter.encode(
+            weights, metadata: ["run": "\(runID)", "round": "\(round)", "plan_sha256": summary.planSHA256])
+          try write(data, to: path)
+          print("wrote \(path) (round \(round), \(weights.count) parameters)")
+        case .npy:
+          try? FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+          for (name, data) in NPYWriter.encodeTensors(weights) {
+            try write(data, to: "\(base)/\(name).npy")
+          }
+          print("wrote \(weights.layout.tensors.count) .npy files to \(base)/ (round \(round))")
+        }
+      } catch {
+        throw error.exit()
+      }
+    }
+
+    func write(_ data: Data, to path: String) throws(CohortError) {
+      guard FileManager.default.createFile(atPath: path, contents: data) else {
+        throw CohortError(.io, "cannot write \(path)", fix: "check that its directory exists and is writable")
+      }
+    }
+  }
+}
