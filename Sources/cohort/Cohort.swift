@@ -14,7 +14,7 @@ struct Cohort: AsyncParsableCommand {
         cohort train
       """,
     subcommands: [
-      PlanCommand.self, DataCommand.self, TrainCommand.self, RunsCommand.self, ModelCommand.self,
+      SimulateCommand.self, PlanCommand.self, DataCommand.self, TrainCommand.self, RunsCommand.self, ModelCommand.self,
       BenchCommand.self,
     ])
 }

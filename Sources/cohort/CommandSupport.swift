@@ -54,21 +54,35 @@ struct ScenarioOptions: ParsableArguments {
   }
 }
 
-/// The scenario used when a command is given none: FedProx Synthetic(1, 1) with logistic
-/// regression, so `cohort train` works on a fresh checkout from any directory.
+/// The scenario used when a command is given none (the same as Simulations/default.yaml), so
+/// `cohort simulate` works on a fresh checkout from any directory.
 enum BuiltInScenario {
   static let name = "<built-in default scenario>"
   static let yaml = """
+    # 1,000 devices, 100 per round: logistic regression with FedAvg on a learnable synthetic task
+    # (FedProx Synthetic IID: one shared linear model labels every device's data), with the
+    # examples dealt to devices by Dirichlet(0.5) label skew, so each device sees a few classes.
     plan:
-      name: synthetic-fedavg
+      name: default-fedavg
       model: {kind: logistic_regression, inputs: 60, classes: 10}
       device: {epochs: 1, batch_size: 10, optimizer: {kind: sgd, learning_rate: 0.05}}
       server:
-        rounds: 200
+        rounds: 100
         cohort: {goal: 100, over_selection: 1.3, minimum_fraction: 0.8}
+        windows: {selection: 60s, reporting: 300s}
         strategy: {kind: fedavg}
-    data: {kind: synthetic_fedprox, alpha: 1, beta: 1, devices: 1000}
-    partition: {kind: natural}
+        evaluation: {every: 1}
+    data: {kind: synthetic_fedprox, alpha: 0, beta: 0, iid: true, devices: 1000}
+    partition: {kind: dirichlet, alpha: 0.5}
+    devices:
+      count: 1000
+      compute: {kind: lognormal, median: 100, sigma: 0.5}
+      network:
+        download: {kind: lognormal, median: 2000000, sigma: 0.8}
+        upload: {kind: lognormal, median: 500000, sigma: 0.8}
+      availability: {kind: always}
+      check_in_interval: 2m
+      dropout: 0.05
     seed: 42
     """
 }
@@ -86,6 +100,23 @@ enum Format {
   }
 
   static func fixed(_ x: Double, _ places: Int) -> String { String(format: "%.\(places)f", x) }
+
+  /// 42s, 3m05s, 2h07m.
+  static func duration(_ seconds: Double) -> String {
+    let s = Int(seconds.rounded())
+    if s < 60 { return seconds < 10 ? fixed(seconds, 1) + "s" : "\(s)s" }
+    if s < 3600 { return "\(s / 60)m" + String(format: "%02d", s % 60) + "s" }
+    return "\(s / 3600)h" + String(format: "%02d", (s % 3600) / 60) + "m"
+  }
+
+  /// 1.2 MB, 340 kB, 512 B (decimal units, as networks count).
+  static func bytes(_ n: Int) -> String {
+    let v = Double(n)
+    if v >= 1e9 { return fixed(v / 1e9, 2) + " GB" }
+    if v >= 1e6 { return fixed(v / 1e6, 1) + " MB" }
+    if v >= 1e3 { return fixed(v / 1e3, 1) + " kB" }
+    return "\(n) B"
+  }
 
   /// A value with 4 decimals, or "-" when there is none.
   static func optional(_ x: Double?) -> String { x.map { fixed($0, 4) } ?? "-" }

@@ -82,3 +82,74 @@ func cohort(_ arguments: [String], in directory: URL = repositoryRoot) throws ->
       result.stderr.contains("nope.yaml") && result.stderr.contains("does not exist"), "\(result.stderr)")
   }
 }
+
+/// A small, fast scenario for end-to-end runs: 200 devices, 20 per round.
+let smallScenario = """
+  plan:
+    name: small
+    model: {kind: logistic_regression, inputs: 60, classes: 10}
+    device: {epochs: 1, batch_size: 10, optimizer: {kind: sgd, learning_rate: 0.05}}
+    server:
+      rounds: 6
+      cohort: {goal: 20, over_selection: 1.3, minimum_fraction: 0.8}
+      strategy: {kind: fedavg}
+  data: {kind: synthetic_fedprox, alpha: 0, beta: 0, iid: true, devices: 200, max_samples: 200}
+  partition: {kind: dirichlet, alpha: 0.5}
+  devices: {count: 200, dropout: 0.1, check_in_interval: 1m}
+  seed: 5
+  """
+
+func simulateJSON(_ arguments: [String]) throws -> [String: Any] {
+  let result = try cohort(["simulate", "--json"] + arguments)
+  #expect(result.status == 0, "\(result.stderr)")
+  return try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] ?? [:]
+}
+
+@Suite struct SimulateCLITests {
+  @Test func sameSeedSameCheckpointDifferentSeedDifferent() throws {
+    let dir = TemporaryDirectory()
+    let scenario = dir.write("small.yaml", smallScenario)
+    let a = try simulateJSON([scenario, "--db", dir.file("a.sqlite")])
+    let b = try simulateJSON([scenario, "--db", dir.file("b.sqlite")])
+    let c = try simulateJSON([scenario, "--db", dir.file("c.sqlite"), "--seed", "6"])
+    let sha = a["checkpoint_sha256"] as? String
+    #expect(sha != nil && sha == b["checkpoint_sha256"] as? String)
+    #expect(sha != c["checkpoint_sha256"] as? String)
+    #expect(a["rounds_attempted"] as? Int == 6)
+  }
+
+  @Test func killedRunResumesToTheSameCheckpoint() throws {
+    let dir = TemporaryDirectory()
+    let scenario = dir.write("small.yaml", smallScenario)
+    let whole = try simulateJSON([scenario, "--db", dir.file("whole.sqlite")])
+
+    // The run kills itself (SIGKILL, no clean-up) right after committing round 3…
+    let db = dir.file("crash.sqlite")
+    let crashed = try cohort(["simulate", scenario, "--db", db, "--crash-after-round", "3"])
+    #expect(crashed.status != 0)
+    let listed = try cohort(["runs", "show", "1", "--db", db])
+    #expect(listed.stdout.contains("rounds committed 3"), "\(listed.stdout)")
+
+    // …and --resume finishes it with the same final model as the uninterrupted run.
+    let resumed = try simulateJSON(["--resume", "1", "--db", db])
+    #expect(resumed["checkpoint_sha256"] as? String == whole["checkpoint_sha256"] as? String)
+    #expect(resumed["rounds_attempted"] as? Int == whole["rounds_attempted"] as? Int)
+  }
+
+  @Test func runsAndModelExportReadTheDatabase() throws {
+    let dir = TemporaryDirectory()
+    let scenario = dir.write("small.yaml", smallScenario)
+    let db = dir.file("r.sqlite")
+    _ = try simulateJSON([scenario, "--db", db, "--rounds", "2"])
+    let list = try cohort(["runs", "list", "--db", db])
+    #expect(list.status == 0 && list.stdout.contains("small.yaml"), "\(list.stdout)\(list.stderr)")
+    let csv = try cohort(["runs", "export", "1", "--csv", "--db", db])
+    #expect(csv.stdout.split(separator: "\n").count == 3, "\(csv.stdout)")
+    let out = dir.file("m.safetensors")
+    let export = try cohort(["model", "export", "1", "--db", db, "--out", out])
+    #expect(export.status == 0, "\(export.stderr)")
+    #expect(FileManager.default.fileExists(atPath: out))
+    let missing = try cohort(["runs", "show", "9", "--db", db])
+    #expect(missing.status != 0 && missing.stderr.contains("cohort runs list"), "\(missing.stderr)")
+  }
+}

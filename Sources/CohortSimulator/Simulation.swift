@@ -1,0 +1,173 @@
+public import CohortCore
+import CohortML
+public import CohortProtocol
+public import CohortServer
+public import CohortStore
+public import Foundation
+public import Logging
+import Synchronization
+
+/// What a finished (or stopped) simulation reports.
+public struct SimulationSummary: Sendable, Codable {
+  public var run: RunID
+  public var roundsAttempted: Int
+  public var roundsCommitted: Int
+  public var finalAccuracy: Double?
+  public var bestAccuracy: Double?
+  public var virtualSeconds: Double
+  public var bytesUp: Int
+  public var bytesDown: Int
+  /// SHA-256 of the final global model.
+  public var checkpointSHA256: String
+}
+
+/// Settings of the simulation machinery itself (not of the scenario).
+public struct SimulationOptions: Sendable {
+  /// Concurrent local-training tasks; defaults to the number of cores.
+  public var parallelism: Int = ProcessInfo.processInfo.activeProcessorCount
+  /// Memory for cached device data (generated synthetic devices).
+  public var cacheBytes: Int = 512 << 20
+  /// Stop with an error after this many events without a round ending: nothing hangs forever.
+  public var maximumEventsPerRound: Int = 10_000_000
+  /// For crash tests: kill the process (SIGKILL) right after committing this round.
+  public var crashAfterRound: Int?
+
+  public init() {}
+}
+
+/// Runs a scenario's plan on a population of virtual devices in virtual time.
+///
+/// A discrete-event queue orders check-ins, task arrivals, training, uploads, dropouts and
+/// deadlines. Every device follows the real `DeviceSession` state machine and talks to a real
+/// `Coordinator`; only the network is replaced by the event queue. Local training of a
+/// cohort runs in parallel on every core while virtual time stands still; nothing sleeps.
+///
+/// Determinism: every random draw comes from a stream of the scenario seed, and events are
+/// processed one at a time in (time, insertion) order, so a scenario and seed give the same
+/// final model bit for bit. With each committed round the simulation stores its whole state,
+/// so `resume` continues exactly as if it had never stopped.
+public final class Simulation: Sendable {
+  public let scenario: Scenario
+  public let run: RunID
+  let store: ResultsStore
+  let options: SimulationOptions
+  let logger: Logger
+  let network: Network
+  let training: TrainingConfiguration
+  let population: Population
+  let data: DeviceDataProvider
+  let initialModel: Weights
+
+  /// Devices in the simulated population.
+  public var deviceCount: Int { population.count }
+
+  /// Prepares a new run of `scenario` recorded in `store` under `run`.
+  public init(
+    scenario: Scenario, store: ResultsStore, run: RunID, options: SimulationOptions = SimulationOptions(),
+    logger: Logger
+  ) throws(CohortError) {
+    self.scenario = scenario
+    self.store = store
+    self.run = run
+    self.options = options
+    self.logger = logger
+    network = Network(plan: scenario.plan.model)
+    training = TrainingConfiguration(plan: scenario.plan.device)
+    data = try DeviceDataProvider(scenario: scenario, cacheBytes: options.cacheBytes)
+    population = try Population(scenario: scenario, count: data.deviceCount)
+    var rng = RandomStream(seed: scenario.seed, purpose: "initial-weights")
+    initialModel = network.initialWeights(&rng)
+  }
+
+  /// Runs (or, when the run has stored state, resumes) until the plan's last round.
+  /// - Parameter progress: called with each round's record as it commits.
+  public func run(progress: @escaping @Sendable (RoundRecord) -> Void = { _ in }) async throws(CohortError)
+    -> SimulationSummary
+  {
+    let clock = ManualClock()
+    let link = SimulatedLink()
+    let selector = Selector(fallback: link)
+    var state: Engine.State
+    var coordinatorSnapshot: Coordinator.Snapshot?
+    var startModel = initialModel
+    var startRound = 0
+    if let (round, blob) = try store.latestResumeState(run) {
+      let saved: Engine.Saved
+      do {
+        saved = try JSONDecoder().decode(Engine.Saved.self, from: blob)
+      } catch {
+        throw CohortError(
+          .storage, "the stored state of run \(run) at round \(round) cannot be read: \(error)",
+          fix: "start a new run; this one can only be inspected")
+      }
+      state = saved.engine
+      coordinatorSnapshot = saved.coordinator
+      if let checkpoint = try store.latestCheckpoint(run) {
+        startModel = checkpoint.weights
+        startRound = checkpoint.round
+      }
+      clock.set(state.now)
+      logger.info("resuming", metadata: ["run": "\(run)", "after round": "\(round)"])
+    } else {
+      state = Engine.State(
+        process: CheckInProcess(population: population), sleepRng: RandomStream(seed: scenario.seed, purpose: "sleep"))
+    }
+    let evaluator = CentralTestEvaluator(network: network, test: data.centralTest, parallelism: options.parallelism)
+    let coordinator = Coordinator(
+      configuration: .init(plan: scenario.plan, run: run, autoCommit: false), initial: startModel,
+      resumingAfter: startRound, snapshot: coordinatorSnapshot, store: store, link: selector, evaluator: evaluator,
+      clock: clock, logger: logger)
+    await coordinator.observeRounds(progress)
+    let engine = Engine(simulation: self, coordinator: coordinator, link: link, clock: clock, state: state)
+    return try await engine.run(resumed: coordinatorSnapshot != nil)
+  }
+
+  /// The model a round's task started from: the initial model or a committed checkpoint.
+  func model(afterRound round: Int) throws(CohortError) -> Weights {
+    round == 0 ? initialModel : try store.checkpoint(run, round: round).weights
+  }
+}
+
+/// The in-memory network: assignments the coordinator sends are collected here and handed
+/// to the event loop after each call.
+final class SimulatedLink: DeviceLink {
+  private let pending = Mutex<[(TaskAssignment, [DeviceID])]>([])
+
+  func assign(_ assignment: TaskAssignment, to devices: [DeviceID]) async {
+    pending.withLock { $0.append((assignment, devices)) }
+  }
+
+  func drain() -> [(TaskAssignment, [DeviceID])] {
+    pending.withLock {
+      defer { $0 = [] }
+      return $0
+    }
+  }
+}
+
+/// Central evaluation on the scenario's test set, split across cores.
+struct CentralTestEvaluator: CentralEvaluator {
+  let network: Network
+  let test: Dataset
+  let parallelism: Int
+
+  func evaluate(_ weights: Weights) async -> LocalEvaluation {
+    let n = test.count
+    guard n > 0 else { return LocalEvaluation(loss: 0, accuracy: 0, examples: 0) }
+    let parts = max(1, min(parallelism, n / 2_000))
+    let chunk = (n + parts - 1) / parts
+    let results = await withTaskGroup(of: Evaluation.self) { group in
+      for p in 0..<parts {
+        let range = (p * chunk)..<min(n, (p + 1) * chunk)
+        group.addTask { network.evaluate(weights, on: test, indices: Array(range)) }
+      }
+      var all: [Evaluation] = []
+      for await e in group { all.append(e) }
+      return all
+    }
+    let examples = results.reduce(0) { $0 + $1.examples }
+    let loss = results.reduce(0.0) { $0 + $1.loss * Double($1.examples) } / Double(max(1, examples))
+    let accuracy = results.reduce(0.0) { $0 + $1.accuracy * Double($1.examples) } / Double(max(1, examples))
+    return LocalEvaluation(loss: loss, accuracy: accuracy, examples: examples)
+  }
+}
