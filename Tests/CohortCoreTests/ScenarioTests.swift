@@ -58,6 +58,29 @@ func scenarioIssues(_ scenario: String, plan: String? = nil) -> [ConfigurationIs
     #expect(s.planPath.hasSuffix("/plan.yaml"))
   }
 
+  @Test func checkInIntervalIsADurationWithADefault() throws {
+    let base = "plan: plan.yaml\ndata: {kind: synthetic_fedprox, alpha: 1, beta: 1, devices: 20}\n"
+    #expect(try loadScenario(base).devices.checkInInterval == 600)
+    #expect(try loadScenario(base + "devices: {check_in_interval: 90s}").devices.checkInInterval == 90)
+    #expect(try loadScenario(base + "devices: {check_in_interval: 2h}").devices.checkInInterval == 7200)
+    for bad in ["-5m", "0", "soon"] {
+      let issues = scenarioIssues(base + "devices: {check_in_interval: \(bad)}")
+      #expect(issues.map(\.keyPath) == ["devices.check_in_interval"], "value \(bad)")
+    }
+  }
+
+  @Test func storedPopulationWithoutCheckInIntervalTakesTheDefault() throws {
+    var plan = PopulationPlan(count: 7)
+    plan.checkInInterval = 42
+    let encoded = try JSONEncoder().encode(plan)
+    #expect(try JSONDecoder().decode(PopulationPlan.self, from: encoded) == plan)
+    var object = try #require(JSONSerialization.jsonObject(with: encoded) as? [String: Any])
+    object.removeValue(forKey: "checkInInterval")
+    let older = try JSONSerialization.data(withJSONObject: object)
+    let decoded = try JSONDecoder().decode(PopulationPlan.self, from: older)
+    #expect(decoded.checkInInterval == 600 && decoded.count == 7)
+  }
+
   @Test func partitionKindsAndTheirParameters() throws {
     let base = "plan: plan.yaml\ndata: {kind: csv, path: d.csv}\ndevices: {count: 10}\n"
     #expect(

@@ -117,8 +117,9 @@ public enum ProfileDistribution: Codable, Sendable, Hashable {
 public struct PopulationPlan: Codable, Sendable, Hashable {
   public enum Availability: Codable, Sendable, Hashable {
     case always
-    /// A daily curve: the chance of being available swings by ±amplitude around its mean
-    /// over `period` seconds.
+    /// A daily curve: a device is available with probability
+    /// p(t) = 1 − amplitude/2 + (amplitude/2)·sin(2πt/period + φ), between 1 − amplitude and 1,
+    /// with φ its own phase (time zone). The simulator's `Population` documents the full model.
     case diurnal(amplitude: Double, period: Double)
   }
 
@@ -132,8 +133,28 @@ public struct PopulationPlan: Codable, Sendable, Hashable {
   public var availability: Availability = .always
   /// Chance that a selected device drops out of a round.
   public var dropout: Double = 0
+  /// Mean seconds between a device's own check-ins when the server has not told it when to
+  /// return: with N devices, spontaneous check-ins arrive at N / checkInInterval per second.
+  public var checkInInterval: Double = 600
 
   public init(count: Int? = nil) { self.count = count }
+
+  enum CodingKeys: String, CodingKey {
+    case count, compute, download, upload, availability, dropout, checkInInterval
+  }
+
+  /// Decodes every key as stored, except that a `checkInInterval` missing from a scenario stored
+  /// before it existed takes its default, so older results stores still open.
+  public init(from decoder: any Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    count = try c.decodeIfPresent(Int.self, forKey: .count)
+    compute = try c.decode(ProfileDistribution.self, forKey: .compute)
+    download = try c.decode(ProfileDistribution.self, forKey: .download)
+    upload = try c.decode(ProfileDistribution.self, forKey: .upload)
+    availability = try c.decode(Availability.self, forKey: .availability)
+    dropout = try c.decode(Double.self, forKey: .dropout)
+    checkInInterval = try c.decodeIfPresent(Double.self, forKey: .checkInInterval) ?? 600
+  }
 }
 
 // MARK: - Loading
@@ -406,9 +427,8 @@ extension ProfileDistribution {
 
 extension PopulationPlan {
   static func read(_ field: YAMLField) -> PopulationPlan? {
-    guard let m = field.mapping(allowed: ["count", "compute", "network", "availability", "dropout"]) else {
-      return nil
-    }
+    let keys = ["count", "compute", "network", "availability", "dropout", "check_in_interval"]
+    guard let m = field.mapping(allowed: keys) else { return nil }
     var plan = PopulationPlan()
     plan.count = m.optional("count") { $0.int(1...100_000_000) }
     plan.compute = m.optional("compute", default: plan.compute) { ProfileDistribution.read($0) }
@@ -429,6 +449,7 @@ extension PopulationPlan {
         period: a.optional("period", default: 86400) { $0.duration() })
     }
     plan.dropout = m.optional("dropout", default: 0) { $0.double(0...0.99) }
+    plan.checkInInterval = m.optional("check_in_interval", default: plan.checkInInterval) { $0.duration() }
     return plan
   }
 }
