@@ -13,8 +13,8 @@ final class Engine {
     case arrival(DeviceID)
     /// A device wakes after being told when to come back.
     case wake(DeviceID)
-    /// A device's wait for its task may have run out.
-    case sessionTick(DeviceID)
+    /// Waits for tasks may have run out (one such event is pending while any device waits).
+    case sessionSweep
     /// A device finished downloading and training for a round.
     case trained(DeviceID, round: Int)
     /// A device's upload arrives at the server.
@@ -43,6 +43,7 @@ final class Engine {
     var sleepRng: RandomStream
     var scheduledDeadline: Double?
     var arrivalPending = false
+    var sweepAt: Double?
     var bytesUp = 0
     var bytesDown = 0
   }
@@ -60,6 +61,20 @@ final class Engine {
     var evaluation: LocalEvaluation?
   }
 
+  /// Saved state is JSON; infinite times (a device held until released) are written as strings.
+  static let encoder: JSONEncoder = {
+    let e = JSONEncoder()
+    e.nonConformingFloatEncodingStrategy = .convertToString(
+      positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+    return e
+  }()
+  static let decoder: JSONDecoder = {
+    let d = JSONDecoder()
+    d.nonConformingFloatDecodingStrategy = .convertFromString(
+      positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+    return d
+  }()
+
   let simulation: Simulation
   let coordinator: Coordinator
   let link: SimulatedLink
@@ -69,7 +84,9 @@ final class Engine {
   /// The model each in-flight round started from, by the round that produced it.
   var models: [Int: Weights] = [:]
 
-  init(simulation: Simulation, coordinator: Coordinator, link: SimulatedLink, clock: ManualClock, state: State) {
+  init(
+    simulation: Simulation, coordinator: Coordinator, link: SimulatedLink, clock: ManualClock, state: State
+  ) {
     self.simulation = simulation
     self.coordinator = coordinator
     self.link = link
@@ -134,11 +151,15 @@ final class Engine {
     case .wake(let device):
       state.process.release(device)
       await checkIn(device)
-    case .sessionTick(let device):
-      guard var session = state.sessions[device] else { return }
-      let actions = session.tick(now: now)
-      state.sessions[device] = session
-      await carryOut(actions, device: device)
+    case .sessionSweep:
+      state.sweepAt = nil
+      for device in state.sessions.keys.sorted() {
+        guard var session = state.sessions[device] else { continue }
+        let actions = session.tick(now: now)
+        state.sessions[device] = session
+        await carryOut(actions, device: device)
+      }
+      scheduleSweep()
     case .trained(let device, let round):
       guard var session = state.sessions[device] else { return }
       let actions = session.trained(round: round, succeeded: true, now: now)
@@ -151,7 +172,8 @@ final class Engine {
       state.bytesUp += bytes
       let reply = await coordinator.report(
         UpdateReport(
-          device: device, round: round, update: trained.update, examples: trained.examples, trainLoss: trained.loss,
+          device: device, round: round, update: trained.update, examples: trained.examples,
+          trainLoss: trained.loss,
           bytes: bytes, evaluation: trained.evaluation))
       await deliver(reply, to: device)
     case .dropout(let device, let round):
@@ -191,9 +213,7 @@ final class Engine {
         state.process.hold(device, until: .infinity)
         let reply = await coordinator.checkIn(checkIn)
         await deliver(reply, to: device)
-        if case .waitingForTask(_, let until) = state.sessions[device]?.state {
-          state.queue.push(.sessionTick(device), at: until)
-        }
+        if case .waitingForTask = state.sessions[device]?.state, state.sweepAt == nil { scheduleSweep() }
       case .sleep(let window):
         let at = window.lowerBound + state.sleepRng.uniform() * (window.upperBound - window.lowerBound)
         if state.sessions[device]?.failures == 0 { state.sessions[device] = nil }
@@ -224,7 +244,7 @@ final class Engine {
         let snapshot = await coordinator.snapshot()
         let saved = Saved(engine: state, coordinator: snapshot)
         let blob: Data
-        do { blob = try JSONEncoder().encode(saved) } catch {
+        do { blob = try Self.encoder.encode(saved) } catch {
           throw CohortError(.storage, "cannot encode the simulation state: \(error)")
         }
         try await coordinator.commitPending(resumeState: blob)
@@ -259,7 +279,8 @@ final class Engine {
         state.bytesDown += downloadBytes
         let examples = simulation.data.exampleCount(device: device)
         let timing = simulation.population.roundTiming(
-          device: device, examples: examples, epochs: simulation.training.epochs, downloadBytes: downloadBytes,
+          device: device, examples: examples, epochs: simulation.training.epochs,
+          downloadBytes: downloadBytes,
           uploadBytes: downloadBytes)
         if let point = simulation.population.dropoutPoint(device: device, round: task.round) {
           state.queue.push(.dropout(device, round: task.round), at: state.now + point * timing.total)
@@ -267,7 +288,8 @@ final class Engine {
         }
         state.queue.push(.trained(device, round: task.round), at: state.now + timing.download + timing.train)
         let flight = InFlight(
-          round: task.round, modelRound: modelRound, evaluate: assignment.evaluate, deadline: task.reportingDeadline)
+          round: task.round, modelRound: modelRound, evaluate: assignment.evaluate,
+          deadline: task.reportingDeadline)
         state.inFlight[device] = flight
         jobs.append((device, flight))
       }
@@ -305,7 +327,8 @@ final class Engine {
           var rng = RandomStream(seed: seed, purpose: "train", round: flight.round, device: device)
           let trainer = LocalTrainer(network: simulation.network)
           let result = trainer.train(
-            from: start, on: local.train, indices: local.trainIndices, configuration: simulation.training, rng: &rng)
+            from: start, on: local.train, indices: local.trainIndices, configuration: simulation.training,
+            rng: &rng)
           var evaluation: LocalEvaluation?
           if flight.evaluate, let test = local.test, test.count > 0 {
             let e = simulation.network.evaluate(start, on: test)
@@ -314,7 +337,8 @@ final class Engine {
           return (
             device,
             Trained(
-              update: result.weights.difference(start), examples: result.examples / max(1, simulation.training.epochs),
+              update: result.weights.difference(start),
+              examples: result.examples / max(1, simulation.training.epochs),
               loss: result.meanLoss, evaluation: evaluation)
           )
         }
@@ -336,6 +360,17 @@ final class Engine {
     // Models no device trains from any more can go.
     let live = Set(state.inFlight.values.map(\.modelRound))
     for round in self.models.keys where !live.contains(round) { self.models.removeValue(forKey: round) }
+  }
+
+  /// Keeps one sweep pending, at the earliest time a waiting device gives up.
+  func scheduleSweep() {
+    let next = state.sessions.values.compactMap { session -> Double? in
+      if case .waitingForTask(_, let until) = session.state { return until }
+      return nil
+    }.min()
+    guard let next, state.sweepAt == nil || next < state.sweepAt! else { return }
+    state.sweepAt = next
+    state.queue.push(.sessionSweep, at: next)
   }
 
   func scheduleArrival() {

@@ -1,9 +1,9 @@
 public import CohortCore
 import CohortML
-public import CohortProtocol
-public import CohortServer
+import CohortProtocol
+import CohortServer
 public import CohortStore
-public import Foundation
+import Foundation
 public import Logging
 import Synchronization
 
@@ -73,8 +73,8 @@ public final class Simulation: Sendable {
     self.logger = logger
     network = Network(plan: scenario.plan.model)
     training = TrainingConfiguration(plan: scenario.plan.device)
-    data = try DeviceDataProvider(scenario: scenario, cacheBytes: options.cacheBytes)
-    population = try Population(scenario: scenario, count: data.deviceCount)
+    data = try DeviceDataProvider(scenario: scenario, cacheBudget: options.cacheBytes)
+    population = try Population(scenario: scenario, count: data.count)
     var rng = RandomStream(seed: scenario.seed, purpose: "initial-weights")
     initialModel = network.initialWeights(&rng)
   }
@@ -94,7 +94,7 @@ public final class Simulation: Sendable {
     if let (round, blob) = try store.latestResumeState(run) {
       let saved: Engine.Saved
       do {
-        saved = try JSONDecoder().decode(Engine.Saved.self, from: blob)
+        saved = try Engine.decoder.decode(Engine.Saved.self, from: blob)
       } catch {
         throw CohortError(
           .storage, "the stored state of run \(run) at round \(round) cannot be read: \(error)",
@@ -110,12 +110,15 @@ public final class Simulation: Sendable {
       logger.info("resuming", metadata: ["run": "\(run)", "after round": "\(round)"])
     } else {
       state = Engine.State(
-        process: CheckInProcess(population: population), sleepRng: RandomStream(seed: scenario.seed, purpose: "sleep"))
+        process: CheckInProcess(population: population),
+        sleepRng: RandomStream(seed: scenario.seed, purpose: "sleep"))
     }
-    let evaluator = CentralTestEvaluator(network: network, test: data.centralTest, parallelism: options.parallelism)
+    let evaluator = CentralTestEvaluator(
+      network: network, test: data.centralTest, parallelism: options.parallelism)
     let coordinator = Coordinator(
       configuration: .init(plan: scenario.plan, run: run, autoCommit: false), initial: startModel,
-      resumingAfter: startRound, snapshot: coordinatorSnapshot, store: store, link: selector, evaluator: evaluator,
+      resumingAfter: startRound, snapshot: coordinatorSnapshot, store: store, link: selector,
+      evaluator: evaluator,
       clock: clock, logger: logger)
     await coordinator.observeRounds(progress)
     let engine = Engine(simulation: self, coordinator: coordinator, link: link, clock: clock, state: state)
@@ -138,9 +141,9 @@ final class SimulatedLink: DeviceLink {
   }
 
   func drain() -> [(TaskAssignment, [DeviceID])] {
-    pending.withLock {
-      defer { $0 = [] }
-      return $0
+    pending.withLock { queue in
+      defer { queue = [] }
+      return queue
     }
   }
 }

@@ -14,7 +14,8 @@ struct Cohort: AsyncParsableCommand {
         cohort train
       """,
     subcommands: [
-      SimulateCommand.self, PlanCommand.self, DataCommand.self, TrainCommand.self, RunsCommand.self, ModelCommand.self,
+      SimulateCommand.self, PlanCommand.self, DataCommand.self, TrainCommand.self, RunsCommand.self,
+      ModelCommand.self,
       BenchCommand.self,
     ])
 }

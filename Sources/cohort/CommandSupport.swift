@@ -59,13 +59,14 @@ struct ScenarioOptions: ParsableArguments {
 enum BuiltInScenario {
   static let name = "<built-in default scenario>"
   static let yaml = """
-    # 1,000 devices, 100 per round: logistic regression with FedAvg on a learnable synthetic task
+    # 1,000 devices, 100 per round: logistic regression with FedAvg (5 local epochs of batch 10, as
+    # McMahan et al. 2017) on a learnable synthetic task
     # (FedProx Synthetic IID: one shared linear model labels every device's data), with the
     # examples dealt to devices by Dirichlet(0.5) label skew, so each device sees a few classes.
     plan:
       name: default-fedavg
       model: {kind: logistic_regression, inputs: 60, classes: 10}
-      device: {epochs: 1, batch_size: 10, optimizer: {kind: sgd, learning_rate: 0.05}}
+      device: {epochs: 5, batch_size: 10, optimizer: {kind: sgd, learning_rate: 0.05}}
       server:
         rounds: 100
         cohort: {goal: 100, over_selection: 1.3, minimum_fraction: 0.8}
@@ -124,21 +125,24 @@ enum Format {
 
 /// A plain text table: columns as wide as their widest cell, numbers right-aligned.
 final class Table {
-  private let header: [String]
+  private let header: [String]?
   private var rows: [[String]] = []
 
-  init(_ header: [String]) { self.header = header }
+  /// A table with a header row, or (nil) a list of label–value pairs.
+  init(_ header: [String]?) { self.header = header }
 
   func add(_ row: [String]) { rows.append(row) }
 
   func rendered() -> String {
-    let all = [header] + rows
-    let widths = header.indices.map { c in all.map { $0.indices.contains(c) ? $0[c].count : 0 }.max() ?? 0 }
+    let all = (header.map { [$0] } ?? []) + rows
+    let columns = all.map(\.count).max() ?? 0
+    let widths = (0..<columns).map { c in all.map { $0.indices.contains(c) ? $0[c].count : 0 }.max() ?? 0 }
     var out = ""
     for row in all {
       let cells = row.enumerated().map { c, cell -> String in
         let pad = String(repeating: " ", count: max(0, widths[c] - cell.count))
-        let numeric = Double(cell.replacingOccurrences(of: ",", with: "")) != nil || cell == "-"
+        let numeric =
+          header != nil && (Double(cell.replacingOccurrences(of: ",", with: "")) != nil || cell == "-")
         return numeric ? pad + cell : cell + pad
       }
       out += cells.joined(separator: "  ").trimmingCharacters(in: .whitespaces) + "\n"

@@ -22,7 +22,9 @@ struct DatabaseOption: ParsableArguments {
     }
     if creating {
       let dir = (path as NSString).deletingLastPathComponent
-      if !dir.isEmpty { try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+      if !dir.isEmpty {
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+      }
     }
     do throws(CohortError) { return try ResultsStore(path: path) } catch { throw error.exit() }
   }
@@ -105,7 +107,9 @@ struct RunsCommand: AsyncParsableCommand {
     func run() throws {
       let store = try db.open()
       let text: String
-      do throws(CohortError) { text = RoundsCSV.render(try store.rounds(RunID(runID))) } catch { throw error.exit() }
+      do throws(CohortError) { text = RoundsCSV.render(try store.rounds(RunID(runID))) } catch {
+        throw error.exit()
+      }
       if let out {
         do { try text.write(toFile: out, atomically: true, encoding: .utf8) } catch {
           throw CohortError(.io, "cannot write \(out): \(error.localizedDescription)").exit()
@@ -136,7 +140,10 @@ struct ModelCommand: AsyncParsableCommand {
     @Argument(help: "The run's id.") var runID: Int64
     @Option(help: "The round whose checkpoint to export (default: the latest).") var round: Int?
     @Option(help: "safetensors or npy.") var format: Format = .safetensors
-    @Option(help: "Output file (safetensors) or directory (npy). Default: run-RUN-round-N.safetensors or a directory of that name.")
+    @Option(
+      help:
+        "Output file (safetensors) or directory (npy). Default: run-RUN-round-N.safetensors or a directory of that name."
+    )
     var out: String?
 
     func run() throws {

@@ -37,7 +37,8 @@ struct SimulateCommand: AsyncParsableCommand {
   func validate() throws {
     if let rounds, rounds < 1 { throw ValidationError("--rounds must be at least 1") }
     if resume != nil && (scenario.path != nil || scenario.seed != nil || rounds != nil) {
-      throw ValidationError("--resume continues a stored run as it was planned; give no scenario, --seed or --rounds")
+      throw ValidationError(
+        "--resume continues a stored run as it was planned; give no scenario, --seed or --rounds")
     }
   }
 
@@ -47,13 +48,14 @@ struct SimulateCommand: AsyncParsableCommand {
     let store = try db.open(creating: true)
     let runID: RunID
     var s: Scenario
+    let fresh: Scenario? = resume == nil ? try scenario.load() : nil
     do throws(CohortError) {
       if let resume {
         runID = RunID(resume)
         s = try store.scenario(runID)
         try store.setStatus(runID, .running, at: Date())
       } else {
-        s = try scenario.load()
+        s = fresh!
         if let rounds { s.plan.server.rounds = rounds }
         let name = scenario.path.map { ($0 as NSString).lastPathComponent } ?? "default"
         runID = try store.createRun(name: name, scenario: s, createdAt: Date())
@@ -93,7 +95,7 @@ struct SimulateCommand: AsyncParsableCommand {
       print(String(decoding: data, as: UTF8.self))
       return
     }
-    let table = Table(["", ""])
+    let table = Table(nil)
     table.add(["rounds", "\(summary.roundsCommitted) committed of \(summary.roundsAttempted)"])
     table.add(["final accuracy", Format.optional(summary.finalAccuracy)])
     table.add(["best accuracy", Format.optional(summary.bestAccuracy)])
@@ -103,7 +105,7 @@ struct SimulateCommand: AsyncParsableCommand {
     table.add(["bytes down", Format.bytes(summary.bytesDown)])
     table.add(["final checkpoint", String(summary.checkpointSHA256.prefix(16)) + "…"])
     table.add(["results", "\(db.path) (run \(summary.run))"])
-    print(table.rendered().split(separator: "\n").dropFirst().joined(separator: "\n"))
+    print(table.rendered(), terminator: "")
   }
 }
 
@@ -136,7 +138,8 @@ final class Progress: Sendable {
     } else {
       print(
         "round \(r.round)/\(total) \(r.outcome.rawValue)\(outcome) reported \(r.reported)/\(r.selected) "
-          + "train loss \(Format.optional(r.trainLoss)) test accuracy \(accuracy) sim time \(Format.duration(r.endedAt))")
+          + "train loss \(Format.optional(r.trainLoss)) test accuracy \(accuracy) sim time \(Format.duration(r.endedAt))"
+      )
     }
   }
 
