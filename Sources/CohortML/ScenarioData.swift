@@ -136,3 +136,12 @@ extension TrainingConfiguration {
       proximalMu: Float(device.proximalMu))
   }
 }
+
+extension Network {
+  /// The model every run of a scenario starts from, drawn from the scenario's seed; the same
+  /// for `cohort train`, `cohort simulate` and `cohort model export --round 0`.
+  public func initialWeights(seed: UInt64) -> Weights {
+    var rng = RandomStream(seed: seed, purpose: "initial-weights")
+    return initialWeights(&rng)
+  }
+}

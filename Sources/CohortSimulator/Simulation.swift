@@ -75,8 +75,7 @@ public final class Simulation: Sendable {
     training = TrainingConfiguration(plan: scenario.plan.device)
     data = try DeviceDataProvider(scenario: scenario, cacheBudget: options.cacheBytes)
     population = try Population(scenario: scenario, count: data.count)
-    var rng = RandomStream(seed: scenario.seed, purpose: "initial-weights")
-    initialModel = network.initialWeights(&rng)
+    initialModel = network.initialWeights(seed: scenario.seed)
   }
 
   /// Runs (or, when the run has stored state, resumes) until the plan's last round.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CohortCore
+import CohortML
 import CohortStore
 import Foundation
 
@@ -138,7 +139,8 @@ struct ModelCommand: AsyncParsableCommand {
 
     @OptionGroup var db: DatabaseOption
     @Argument(help: "The run's id.") var runID: Int64
-    @Option(help: "The round whose checkpoint to export (default: the latest).") var round: Int?
+    @Option(help: "The round whose checkpoint to export (default: the latest; 0: the run's initial model).")
+    var round: Int?
     @Option(help: "safetensors or npy.") var format: Format = .safetensors
     @Option(
       help:
@@ -150,8 +152,8 @@ struct ModelCommand: AsyncParsableCommand {
       let store = try db.open()
       do throws(CohortError) {
         let id = RunID(runID)
-        let (round, weights) = try store.checkpoint(id, round: round)
         let summary = try store.run(id)
+        let (round, weights) = round == 0 ? (0, try initialModel(store.scenario(id))) : try store.checkpoint(id, round: round)
         let base = out ?? "run-\(runID)-round-\(round)"
         switch format {
         case .safetensors:
@@ -170,6 +172,12 @@ struct ModelCommand: AsyncParsableCommand {
       } catch {
         throw error.exit()
       }
+    }
+
+    /// The model a run starts from is not stored: it is drawn again from the scenario's seed,
+    /// exactly as the run drew it.
+    func initialModel(_ scenario: Scenario) -> Weights {
+      Network(plan: scenario.plan.model).initialWeights(seed: scenario.seed)
     }
 
     func write(_ data: Data, to path: String) throws(CohortError) {

@@ -50,8 +50,7 @@ struct TrainCommand: AsyncParsableCommand {
     configuration.epochs = 1
     if let learningRate { configuration.optimizer.learningRate = Float(learningRate) }
     if let batchSize { configuration.batchSize = batchSize }
-    var initRng = RandomStream(seed: s.seed, purpose: "initial-weights")
-    var weights = network.initialWeights(&initRng)
+    var weights = network.initialWeights(seed: s.seed)
     let trainer = LocalTrainer(network: network)
 
     if !json {
