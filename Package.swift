@@ -67,10 +67,12 @@ let package = Package(
     .target(
       name: "CohortSimulator",
       dependencies: [
-        "CohortCore", "CohortML", "CohortProtocol", "CohortServer", "CohortStore",
+        "CohortCore", "CohortML", "CohortProtocol", "CohortAggregation", "CohortServer", "CohortStore",
         .product(name: "Logging", package: "swift-log"),
       ],
-      swiftSettings: swiftSettings),
+      // Async functions run on their caller's executor (SE-0461): the event loop stays on the
+      // coordinator's executor instead of hopping for every event.
+      swiftSettings: swiftSettings + [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]),
     .target(
       name: "CohortTesting",
       dependencies: ["CohortCore", "CohortML", "CohortProtocol"],

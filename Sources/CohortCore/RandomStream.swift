@@ -200,6 +200,16 @@ public struct RandomStream: RandomNumberGenerator, Sendable, Codable, Hashable {
     return order
   }
 
+  // MARK: Saving and restoring
+
+  /// The stream's whole state, for saving a simulation mid-run.
+  public var savedState: (UInt64, UInt64, UInt64, UInt64, Double?) { (s0, s1, s2, s3, spareNormal) }
+
+  /// A stream that continues exactly where the one that gave `savedState` stood.
+  public init(savedState: (UInt64, UInt64, UInt64, UInt64, Double?)) {
+    (s0, s1, s2, s3, spareNormal) = savedState
+  }
+
   // MARK: Seeding helpers
 
   static func splitMix(_ state: inout UInt64) -> UInt64 {

@@ -56,6 +56,13 @@ public struct DeviceSession: Sendable, Codable {
 
   public init(configuration: Configuration) { self.configuration = configuration }
 
+  /// A session restored to a saved state (the simulator saves its devices with each round).
+  public init(configuration: Configuration, state: State, failures: Int) {
+    self.configuration = configuration
+    self.state = state
+    self.failures = failures
+  }
+
   /// The device is available (first start, or a sleep ended).
   public mutating func wake(now: Double) -> [Action] {
     switch state {

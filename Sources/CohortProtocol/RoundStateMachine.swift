@@ -73,7 +73,9 @@ public struct RoundStateMachine: Sendable, Codable {
     var round: Int
     var opened: Double
     var deadline: Double
+    /// In check-in order, which is the order tasks go out in.
     var devices: [DeviceID] = []
+    var members: Set<DeviceID> = []
   }
 
   struct Reporting: Sendable, Codable {
@@ -128,14 +130,20 @@ public struct RoundStateMachine: Sendable, Codable {
   public mutating func checkIn(_ checkIn: CheckIn, now: Double) -> (reply: ServerReply?, actions: [Action]) {
     if checkIn.protocolVersion != protocolVersion { return (.rejected(.protocolVersion), []) }
     if checkIn.population != configuration.population { return (.rejected(.wrongPopulation), []) }
-    guard var s = selection, reporting?.selected.contains(checkIn.device) != true else { return (nil, []) }
-    if s.devices.contains(checkIn.device) { return (.waitForTask(round: s.round), []) }
-    guard s.devices.count < configuration.selectionTarget else { return (nil, []) }
-    s.devices.append(checkIn.device)
-    selection = s
+    // The cohorts are mutated in place (`selection!.…`): copying them out and back would copy
+    // every member on every check-in and report.
+    guard let round = selection?.round, reporting?.selected.contains(checkIn.device) != true else {
+      return (nil, [])
+    }
+    if selection!.members.contains(checkIn.device) { return (.waitForTask(round: round), []) }
+    guard selection!.devices.count < configuration.selectionTarget else { return (nil, []) }
+    selection!.devices.append(checkIn.device)
+    selection!.members.insert(checkIn.device)
     var actions: [Action] = []
-    if s.devices.count == configuration.selectionTarget { actions = closeSelectionIfPossible(now: now) }
-    return (.waitForTask(round: s.round), actions)
+    if selection!.devices.count == configuration.selectionTarget {
+      actions = closeSelectionIfPossible(now: now)
+    }
+    return (.waitForTask(round: round), actions)
   }
 
   /// A device reports its update. Accepted reports are for the shell to fold into the round's
@@ -143,47 +151,48 @@ public struct RoundStateMachine: Sendable, Codable {
   public mutating func report(
     device: DeviceID, round: Int, isWellFormed: Bool, now: Double
   ) -> (reply: ServerReply, actions: [Action]) {
-    guard var r = reporting, r.round == round else {
+    guard let deadline = reporting?.deadline, reporting?.round == round else {
       if round <= lastClosedRound || round == closing { return (.rejected(.late), []) }
       return (.rejected(.unknownRound), [])
     }
-    if now > r.deadline { return (.rejected(.late), tick(now: now)) }
-    guard r.selected.contains(device) else {
-      r.counts.rejected += 1
-      reporting = r
-      return (.rejected(.notSelected), [])
+    if now > deadline { return (.rejected(.late), tick(now: now)) }
+    let refusal: Rejection? =
+      if !reporting!.selected.contains(device) {
+        .notSelected
+      } else if reporting!.reported.contains(device) {
+        .duplicate
+      } else if !isWellFormed {
+        .malformed
+      } else {
+        nil
+      }
+    if let refusal {
+      reporting!.counts.rejected += 1
+      return (.rejected(refusal), [])
     }
-    guard !r.reported.contains(device) else {
-      r.counts.rejected += 1
-      reporting = r
-      return (.rejected(.duplicate), [])
-    }
-    guard isWellFormed else {
-      r.counts.rejected += 1
-      reporting = r
-      return (.rejected(.malformed), [])
-    }
-    r.reported.insert(device)
-    r.dropped.remove(device)
-    r.counts.reported += 1
-    reporting = r
+    reporting!.reported.insert(device)
+    reporting!.dropped.remove(device)
+    reporting!.counts.reported += 1
     var actions: [Action] = []
-    if r.reported.count >= configuration.goal { actions = closeReporting(now: now) }
+    if reporting!.reported.count >= configuration.goal { actions = closeReporting(now: now) }
     return (.accepted(round: round), actions)
   }
 
   /// A device in the round gave up or lost its connection.
   public mutating func dropped(device: DeviceID, round: Int, now: Double) -> [Action] {
-    if var s = selection, s.round == round, let i = s.devices.firstIndex(of: device) {
-      s.devices.remove(at: i)
-      selection = s
+    if selection?.round == round, selection!.members.contains(device),
+      let i = selection!.devices.firstIndex(of: device)
+    {
+      selection!.devices.remove(at: i)
+      selection!.members.remove(device)
       return []
     }
-    guard var r = reporting, r.round == round, r.selected.contains(device), !r.reported.contains(device)
+    guard reporting?.round == round, reporting!.selected.contains(device),
+      !reporting!.reported.contains(device)
     else { return [] }
-    r.dropped.insert(device)
-    reporting = r
+    reporting!.dropped.insert(device)
     // Once every selected device has reported or dropped, waiting for the deadline is pointless.
+    let r = reporting!
     if r.reported.count + r.dropped.count == r.selected.count { return closeReporting(now: now) }
     return []
   }

@@ -140,11 +140,31 @@ public actor Coordinator {
     roundDuration = Metrics.Timer(label: "cohort_round_duration_seconds", factory: metrics)
   }
 
+  /// Runs `body` on this coordinator's executor, so a driver that calls the coordinator after
+  /// every event (the simulator) does so without thread hops.
+  public func isolated<T: Sendable>(_ body: @Sendable (isolated Coordinator) async -> T) async -> T {
+    await body(self)
+  }
+
   // MARK: Observation
 
   /// Calls `observer` with every round record as it is committed (progress bars, logs).
   public func observeRounds(_ observer: @escaping @Sendable (RoundRecord) -> Void) {
     roundObservers.append(observer)
+  }
+
+  /// What a driver checks after each event, in one call.
+  public struct Status: Sendable {
+    public var isFinished: Bool
+    public var globalRound: Int
+    public var hasPendingCommit: Bool
+    public var nextDeadline: Double?
+  }
+
+  public var status: Status {
+    Status(
+      isFinished: machine.isFinished, globalRound: globalRound, hasPendingCommit: pending != nil,
+      nextDeadline: machine.nextDeadline)
   }
 
   public var isFinished: Bool { machine.isFinished }
@@ -226,10 +246,7 @@ public actor Coordinator {
   /// A device of a round gave up or its connection was lost.
   public func dropped(device: DeviceID, round: Int) async {
     let now = clock.now
-    if var book = books[round], book.selected.contains(device) {
-      book.dropped.insert(device)
-      books[round] = book
-    }
+    if books[round]?.selected.contains(device) == true { books[round]?.dropped.insert(device) }
     await perform(machine.dropped(device: device, round: round, now: now))
   }
 
@@ -245,6 +262,15 @@ public actor Coordinator {
 
   // MARK: Commit
 
+  /// A closed round ready to be written: its record, its model (nil when abandoned), who took
+  /// part, and late reports that arrived for earlier rounds since the last write.
+  public struct ClosedRound: Sendable {
+    public var record: RoundRecord
+    public var model: Weights?
+    public var participants: [DeviceParticipation]
+    public var lateReports: [Int: Int]
+  }
+
   /// Writes the closed round to the store with `resumeState`, then moves on to the next round.
   public func commitPending(resumeState: Data?) async throws(CohortError) {
     guard let p = pending else { return }
@@ -253,10 +279,24 @@ public actor Coordinator {
         run, p.record, checkpoint: p.model, devices: p.participants, lateReports: lateReports,
         resumeState: resumeState)
     }
+    _ = await advance()
+  }
+
+  /// Hands the closed round to the caller to write, and moves on to the next round at once. The
+  /// simulator writes rounds in the background, in order, while the next cohort trains.
+  public func takePending() async -> ClosedRound? {
+    await advance()
+  }
+
+  private func advance() async -> ClosedRound? {
+    guard let p = pending else { return nil }
+    let closed = ClosedRound(
+      record: p.record, model: p.model, participants: p.participants, lateReports: lateReports)
     lateReports = [:]
     pending = nil
     for observer in roundObservers { observer(p.record) }
     if p.record.outcome == .committed { await afterCommit(round: p.record.round) }
+    return closed
   }
 
   /// The state to store with the pending round, so a resumed run continues exactly from here.

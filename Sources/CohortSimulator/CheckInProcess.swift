@@ -116,6 +116,34 @@ public struct CheckInProcess: Sendable, Codable {
     compactIfStale()
   }
 
+  /// Saves what the process needs to continue exactly: its random stream, clock and holds.
+  func save(into w: inout SnapshotWriter) {
+    w.write(rng)
+    w.write(now)
+    w.write(searchedUntil)
+    let live = holds.sorted { $0.key < $1.key }
+    w.write(live.count)
+    for (device, until) in live {
+      w.write(device)
+      w.write(until)
+    }
+  }
+
+  /// The process as `save` left it. The expiry heap is rebuilt from the holds: which superseded
+  /// entries it carried never changes which devices are held.
+  init(population: Population, restoring r: inout SnapshotReader) throws(CohortError) {
+    self.init(population: population)
+    rng = try r.randomStream()
+    now = try r.double()
+    searchedUntil = try r.double()
+    for _ in 0..<(try r.count()) {
+      let device = try r.int()
+      let until = try r.double()
+      holds[device] = until
+      expiries.push(device, at: until)
+    }
+  }
+
   /// Entries in the expiry heap, superseded ones included (for tests of memory bounds).
   var holdEntries: Int { expiries.count }
 

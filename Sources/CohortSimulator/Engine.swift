@@ -4,6 +4,7 @@ import CohortProtocol
 import CohortServer
 import CohortStore
 import Foundation
+import Synchronization
 
 /// The simulation's event loop and everything it must remember between events.
 final class Engine {
@@ -33,8 +34,9 @@ final class Engine {
     var deadline: Double
   }
 
-  /// Everything the loop needs to continue exactly, stored with each committed round.
-  struct State: Codable, Sendable {
+  /// Everything the loop needs to continue exactly, stored with each committed round
+  /// (in the binary form of Snapshot.swift).
+  struct State: Sendable {
     var now: Double = 0
     var queue = EventQueue<Event>()
     var process: CheckInProcess
@@ -46,41 +48,50 @@ final class Engine {
     var sweepAt: Double?
     var bytesUp = 0
     var bytesDown = 0
+    var localTrainings = 0
   }
 
-  struct Saved: Codable, Sendable {
-    var engine: State
-    var coordinator: Coordinator.Snapshot
+  /// The saved form: the loop's state (binary) followed by the coordinator's (JSON, small).
+  static func encode(_ state: State, _ coordinator: Coordinator.Snapshot) throws(CohortError) -> Data {
+    var w = SnapshotWriter()
+    w.write(UInt8(1))  // format version
+    state.save(into: &w)
+    let json: Data
+    do { json = try JSONEncoder().encode(coordinator) } catch {
+      throw CohortError(.storage, "cannot encode the coordinator's state: \(error)")
+    }
+    return Data(w.bytes) + json
   }
 
-  /// A finished local training, waiting for its upload event.
-  struct Trained: Sendable {
-    var update: Weights
-    var examples: Int
-    var loss: Double
-    var evaluation: LocalEvaluation?
+  static func decode(_ data: Data, population: Population) throws(CohortError) -> (
+    State, Coordinator.Snapshot
+  ) {
+    var r = SnapshotReader(Array(data))
+    guard try r.byte() == 1 else { throw SnapshotReader.corrupt("an unknown format version") }
+    let state = try State(population: population, restoring: &r)
+    let rest = data.suffix(from: data.startIndex + r.offset)
+    do {
+      return (state, try JSONDecoder().decode(Coordinator.Snapshot.self, from: Data(rest)))
+    } catch {
+      throw SnapshotReader.corrupt("the coordinator's state: \(error)")
+    }
   }
 
-  /// Saved state is JSON; infinite times (a device held until released) are written as strings.
-  static let encoder: JSONEncoder = {
-    let e = JSONEncoder()
-    e.nonConformingFloatEncodingStrategy = .convertToString(
-      positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-    return e
-  }()
-  static let decoder: JSONDecoder = {
-    let d = JSONDecoder()
-    d.nonConformingFloatDecodingStrategy = .convertFromString(
-      positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-    return d
-  }()
+  static func sessionConfiguration(_ device: DeviceID) -> DeviceSession.Configuration {
+    DeviceSession.Configuration(device: device, population: "default")
+  }
 
   let simulation: Simulation
   let coordinator: Coordinator
   let link: SimulatedLink
   let clock: ManualClock
+  let writer: RoundWriter
   var state: State
-  var results: [DeviceID: Trained] = [:]
+  var results: [DeviceID: Simulation.Trained] = [:]
+  /// Training batches still running, and which batch each device is in.
+  var batches: [Int: Task<[(DeviceID, Simulation.Trained)], Never>] = [:]
+  var batchOf: [DeviceID: Int] = [:]
+  var nextBatch = 0
   /// The model each in-flight round started from, by the round that produced it.
   var models: [Int: Weights] = [:]
 
@@ -92,6 +103,8 @@ final class Engine {
     self.link = link
     self.clock = clock
     self.state = state
+    writer = RoundWriter(
+      store: simulation.store, run: simulation.run, crashAfterRound: simulation.options.crashAfterRound)
   }
 
   var scenario: Scenario { simulation.scenario }
@@ -99,15 +112,15 @@ final class Engine {
   func run(resumed: Bool) async throws(CohortError) -> SimulationSummary {
     if resumed {
       // Redo the training of devices that were in flight when the state was saved.
-      try await retrain(state.inFlight.map { ($0.key, $0.value) })
+      try retrain(state.inFlight.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
     }
     await coordinator.start()
-    try await afterServerCall()
+    var status = try await afterServerCall()
     if !state.arrivalPending { scheduleArrival() }
 
     var eventsThisRound = 0
-    var lastCommitted = await coordinator.globalRound
-    while await !coordinator.isFinished {
+    var lastCommitted = status.globalRound
+    while !status.isFinished {
       guard let (time, event) = state.queue.pop() else {
         throw CohortError(
           .invalidConfiguration,
@@ -117,9 +130,9 @@ final class Engine {
       state.now = max(state.now, time)
       clock.set(state.now)
       try await handle(event)
-      try await afterServerCall()
+      status = try await afterServerCall()
 
-      let committed = await coordinator.globalRound
+      let committed = status.globalRound
       if committed != lastCommitted {
         lastCommitted = committed
         eventsThisRound = 0
@@ -162,11 +175,13 @@ final class Engine {
       scheduleSweep()
     case .trained(let device, let round):
       guard var session = state.sessions[device] else { return }
+      _ = await result(for: device)
       let actions = session.trained(round: round, succeeded: true, now: now)
       state.sessions[device] = session
       await carryOut(actions, device: device)
     case .uploaded(let device, let round):
-      guard let trained = results.removeValue(forKey: device) else { return }
+      guard let trained = await result(for: device) else { return }
+      results[device] = nil
       state.inFlight.removeValue(forKey: device)
       let bytes = trained.update.count * MemoryLayout<Float>.size
       state.bytesUp += bytes
@@ -183,15 +198,14 @@ final class Engine {
       state.process.release(device)
       await coordinator.dropped(device: device, round: round)
     case .deadline:
-      state.scheduledDeadline = nil
+      // A superseded (later) deadline event may still fire; ticking early is harmless.
+      if let due = state.scheduledDeadline, due <= now { state.scheduledDeadline = nil }
       await coordinator.tick()
     }
   }
 
   func checkIn(_ device: DeviceID) async {
-    var session =
-      state.sessions[device]
-      ?? DeviceSession(configuration: .init(device: device, population: "default"))
+    var session = state.sessions[device] ?? DeviceSession(configuration: Self.sessionConfiguration(device))
     let actions = session.wake(now: state.now)
     state.sessions[device] = session
     await carryOut(actions, device: device)
@@ -221,6 +235,8 @@ final class Engine {
         state.queue.push(.wake(device), at: at)
       case .finished:
         state.sessions[device] = nil
+        state.inFlight[device] = nil
+        results[device] = nil
         state.process.release(device)
       case .train, .upload:
         // Training is scheduled when the task arrives (see `assign`); the upload event
@@ -236,36 +252,37 @@ final class Engine {
 
   /// After anything that may have changed the server: send out tasks, keep one deadline event,
   /// commit a closed round together with this loop's state.
-  func afterServerCall() async throws(CohortError) {
+  @discardableResult
+  func afterServerCall() async throws(CohortError) -> Coordinator.Status {
+    var status = await coordinator.status
     while true {
       let sent = link.drain()
-      if !sent.isEmpty { try await assign(sent) }
-      if await coordinator.hasPendingCommit {
-        let snapshot = await coordinator.snapshot()
-        let saved = Saved(engine: state, coordinator: snapshot)
-        let blob: Data
-        do { blob = try Self.encoder.encode(saved) } catch {
-          throw CohortError(.storage, "cannot encode the simulation state: \(error)")
-        }
-        try await coordinator.commitPending(resumeState: blob)
-        let round = await coordinator.globalRound
-        if let crash = simulation.options.crashAfterRound, round >= crash {
-          kill(getpid(), SIGKILL)
-        }
+      if !sent.isEmpty {
+        try await assign(sent, modelRound: status.globalRound)
+        status = await coordinator.status
+      }
+      if status.hasPendingCommit {
+        // The state saved with a round is the state just before the round is handed over, so
+        // a resumed run hands it over again (starting the next round) exactly as this one does.
+        let saved = try Self.encode(state, await coordinator.snapshot())
+        if let closed = await coordinator.takePending() { try writer.write(closed, resumeState: saved) }
+        status = await coordinator.status
         continue
       }
       break
     }
-    if let deadline = await coordinator.nextDeadline, deadline != state.scheduledDeadline {
+    // One deadline event pending at a time, at the earliest deadline; when it fires the
+    // next one is scheduled from the coordinator's answer.
+    if let deadline = status.nextDeadline, state.scheduledDeadline.map({ deadline < $0 }) ?? true {
       state.scheduledDeadline = deadline
       state.queue.push(.deadline, at: max(deadline, state.now))
     }
+    return status
   }
 
   /// Tasks reach their devices: each device downloads, trains (in parallel, now) and either
   /// uploads or drops out at a time from its profile.
-  func assign(_ sent: [(TaskAssignment, [DeviceID])]) async throws(CohortError) {
-    let modelRound = await coordinator.globalRound
+  func assign(_ sent: [(TaskAssignment, [DeviceID])], modelRound: Int) async throws(CohortError) {
     var jobs: [(DeviceID, InFlight)] = []
     for (assignment, devices) in sent {
       let task = assignment.task
@@ -294,7 +311,7 @@ final class Engine {
         jobs.append((device, flight))
       }
     }
-    try await retrain(jobs)
+    try retrain(jobs)
   }
 
   /// Upload time of a device's update, from its profile.
@@ -306,60 +323,41 @@ final class Engine {
     ).upload
   }
 
-  /// Local training of many devices at once, on every core; each device's result depends only
-  /// on its own data, its model and its own random stream, never on scheduling.
-  func retrain(_ jobs: [(DeviceID, InFlight)]) async throws(CohortError) {
+  /// Starts the local training of many devices at once, on every core, and returns at once:
+  /// the loop goes on with other events (the next cohort's check-ins) while they train, and
+  /// waits for a device's result only when its training-finished event comes. Each result
+  /// depends only on its device's data, model and random stream, never on scheduling.
+  func retrain(_ jobs: [(DeviceID, InFlight)]) throws(CohortError) {
     guard !jobs.isEmpty else { return }
     for (_, flight) in jobs where models[flight.modelRound] == nil {
       models[flight.modelRound] = try simulation.model(afterRound: flight.modelRound)
     }
-    let simulation = self.simulation
-    let models = self.models
-    let seed = scenario.seed
-    let finished = await withTaskGroup(of: (DeviceID, Trained).self) { group in
-      var next = 0
-      var out: [(DeviceID, Trained)] = []
-      func add(_ i: Int) {
-        let (device, flight) = jobs[i]
-        guard let start = models[flight.modelRound] else { return }
-        group.addTask {
-          let local = simulation.data.data(device: device)
-          var rng = RandomStream(seed: seed, purpose: "train", round: flight.round, device: device)
-          let trainer = LocalTrainer(network: simulation.network)
-          let result = trainer.train(
-            from: start, on: local.train, indices: local.trainIndices, configuration: simulation.training,
-            rng: &rng)
-          var evaluation: LocalEvaluation?
-          if flight.evaluate, let test = local.test, test.count > 0 {
-            let e = simulation.network.evaluate(start, on: test)
-            evaluation = LocalEvaluation(loss: e.loss, accuracy: e.accuracy, examples: e.examples)
-          }
-          return (
-            device,
-            Trained(
-              update: result.weights.difference(start),
-              examples: result.examples / max(1, simulation.training.epochs),
-              loss: result.meanLoss, evaluation: evaluation)
-          )
-        }
+    let work = jobs.compactMap { device, flight in
+      models[flight.modelRound].map {
+        Simulation.TrainingJob(device: device, round: flight.round, start: $0, evaluate: flight.evaluate)
       }
-      while next < min(jobs.count, simulation.options.parallelism) {
-        add(next)
-        next += 1
-      }
-      for await r in group {
-        out.append(r)
-        if next < jobs.count {
-          add(next)
-          next += 1
-        }
-      }
-      return out
     }
-    for (device, trained) in finished { results[device] = trained }
+    let simulation = self.simulation
+    let batch = nextBatch
+    nextBatch += 1
+    batches[batch] = Task.detached { await simulation.train(work) }
+    for job in work { batchOf[job.device] = batch }
+    state.localTrainings += work.count
     // Models no device trains from any more can go.
     let live = Set(state.inFlight.values.map(\.modelRound))
-    for round in self.models.keys where !live.contains(round) { self.models.removeValue(forKey: round) }
+    for round in models.keys where !live.contains(round) { models.removeValue(forKey: round) }
+  }
+
+  /// A device's training result, waiting for its batch if it is still training.
+  func result(for device: DeviceID) async -> Simulation.Trained? {
+    if let done = results[device] { return done }
+    guard let batch = batchOf[device], let task = batches.removeValue(forKey: batch) else { return nil }
+    for (d, trained) in await task.value {
+      batchOf[d] = nil
+      // Devices that left (dropped, gave up) in the meantime keep nothing.
+      if state.inFlight[d] != nil { results[d] = trained }
+    }
+    return results[device]
   }
 
   /// Keeps one sweep pending, at the earliest time a waiting device gives up.
@@ -381,6 +379,7 @@ final class Engine {
   }
 
   func summary() async throws(CohortError) -> SimulationSummary {
+    try await writer.finish()
     let rounds = try simulation.store.rounds(simulation.run)
     let committed = rounds.filter { $0.outcome == .committed }
     let global = await coordinator.global
@@ -389,6 +388,52 @@ final class Engine {
       finalAccuracy: committed.last(where: { $0.evalAccuracy != nil })?.evalAccuracy,
       bestAccuracy: committed.compactMap(\.evalAccuracy).max(), virtualSeconds: state.now,
       bytesUp: rounds.reduce(0) { $0 + $1.bytesUp }, bytesDown: rounds.reduce(0) { $0 + $1.bytesDown },
-      checkpointSHA256: global.sha256)
+      checkpointSHA256: global.sha256, localTrainings: state.localTrainings)
+  }
+}
+
+/// Writes closed rounds to the results store in order, each in its own transaction, off the
+/// event loop: the store's work overlaps the next cohort's training. A crash loses at most the
+/// rounds not yet written, and a resume starts after the last one that was.
+final class RoundWriter: Sendable {
+  let store: ResultsStore
+  let run: RunID
+  let crashAfterRound: Int?
+  private let last = Mutex<Task<Void, Never>?>(nil)
+  private let failure = Mutex<CohortError?>(nil)
+
+  init(store: ResultsStore, run: RunID, crashAfterRound: Int?) {
+    self.store = store
+    self.run = run
+    self.crashAfterRound = crashAfterRound
+  }
+
+  func write(_ closed: Coordinator.ClosedRound, resumeState: Data) throws(CohortError) {
+    if let error = failure.withLock({ $0 }) { throw error }
+    last.withLock { previous in
+      let before = previous
+      previous = Task.detached { [self] in
+        await before?.value
+        guard failure.withLock({ $0 == nil }) else { return }
+        do throws(CohortError) {
+          try store.commitRound(
+            run, closed.record, checkpoint: closed.model, devices: closed.participants,
+            lateReports: closed.lateReports, resumeState: resumeState)
+        } catch {
+          failure.withLock { $0 = error }
+          return
+        }
+        if let crash = crashAfterRound, closed.record.round >= crash, closed.record.outcome == .committed {
+          // For crash tests: die as a killed process does, with nothing cleaned up.
+          kill(getpid(), SIGKILL)
+        }
+      }
+    }
+  }
+
+  /// Waits for every round handed over so far to be written.
+  func finish() async throws(CohortError) {
+    await last.withLock({ $0 })?.value
+    if let error = failure.withLock({ $0 }) { throw error }
   }
 }

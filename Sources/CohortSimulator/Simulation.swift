@@ -1,3 +1,4 @@
+import CohortAggregation
 public import CohortCore
 import CohortML
 import CohortProtocol
@@ -19,6 +20,8 @@ public struct SimulationSummary: Sendable, Codable {
   public var bytesDown: Int
   /// SHA-256 of the final global model.
   public var checkpointSHA256: String
+  /// Local trainings carried out (since the start, or since the resume).
+  public var localTrainings: Int
 }
 
 /// Settings of the simulation machinery itself (not of the scenario).
@@ -91,16 +94,7 @@ public final class Simulation: Sendable {
     var startModel = initialModel
     var startRound = 0
     if let (round, blob) = try store.latestResumeState(run) {
-      let saved: Engine.Saved
-      do {
-        saved = try Engine.decoder.decode(Engine.Saved.self, from: blob)
-      } catch {
-        throw CohortError(
-          .storage, "the stored state of run \(run) at round \(round) cannot be read: \(error)",
-          fix: "start a new run; this one can only be inspected")
-      }
-      state = saved.engine
-      coordinatorSnapshot = saved.coordinator
+      (state, coordinatorSnapshot) = try Engine.decode(blob, population: population)
       if let checkpoint = try store.latestCheckpoint(run) {
         startModel = checkpoint.weights
         startRound = checkpoint.round
@@ -120,8 +114,96 @@ public final class Simulation: Sendable {
       evaluator: evaluator,
       clock: clock, logger: logger)
     await coordinator.observeRounds(progress)
-    let engine = Engine(simulation: self, coordinator: coordinator, link: link, clock: clock, state: state)
-    return try await engine.run(resumed: coordinatorSnapshot != nil)
+    let resumed = coordinatorSnapshot != nil
+    let startState = state
+    // The event loop runs on the coordinator's own executor: its many small calls into the
+    // coordinator then cost no thread hops. Training still runs on every core.
+    let outcome = await coordinator.isolated { coordinator -> Result<SimulationSummary, CohortError> in
+      let engine = Engine(
+        simulation: self, coordinator: coordinator, link: link, clock: clock, state: startState)
+      do throws(CohortError) {
+        return .success(try await engine.run(resumed: resumed))
+      } catch {
+        return .failure(error)
+      }
+    }
+    return try outcome.get()
+  }
+
+  /// One device's local training for a round, from a given model.
+  struct TrainingJob: Sendable {
+    var device: DeviceID
+    var round: Int
+    var start: Weights
+    var evaluate: Bool
+  }
+
+  /// A finished local training: the update and what the server weighs it by.
+  struct Trained: Sendable {
+    var update: Weights
+    var examples: Int
+    var loss: Double
+    var evaluation: LocalEvaluation?
+  }
+
+  /// Local training of many devices at once, `options.parallelism` at a time. Each result depends
+  /// only on the device's data, its starting model and its own random stream (seed, "train",
+  /// round, device), never on scheduling, so parallelism cannot change a run.
+  func train(_ jobs: [TrainingJob]) async -> [(DeviceID, Trained)] {
+    // A few chunks per core: enough to balance uneven devices, few enough that handing out
+    // work costs nothing next to the training itself.
+    let chunks = max(1, min(jobs.count, options.parallelism * 4))
+    let size = (jobs.count + chunks - 1) / max(1, chunks)
+    return await withTaskGroup(of: [(DeviceID, Trained)].self) { group in
+      for start in stride(from: 0, to: jobs.count, by: max(1, size)) {
+        let chunk = jobs[start..<min(jobs.count, start + size)]
+        group.addTask { chunk.map { ($0.device, self.train($0)) } }
+      }
+      var out: [(DeviceID, Trained)] = []
+      out.reserveCapacity(jobs.count)
+      for await part in group { out += part }
+      return out
+    }
+  }
+
+  func train(_ job: TrainingJob) -> Trained {
+    let local = data.data(device: job.device)
+    var rng = RandomStream(seed: scenario.seed, purpose: "train", round: job.round, device: job.device)
+    let result = LocalTrainer(network: network).train(
+      from: job.start, on: local.train, indices: local.trainIndices, configuration: training, rng: &rng)
+    var evaluation: LocalEvaluation?
+    if job.evaluate, let test = local.test, test.count > 0 {
+      let e = network.evaluate(job.start, on: test)
+      evaluation = LocalEvaluation(loss: e.loss, accuracy: e.accuracy, examples: e.examples)
+    }
+    return Trained(
+      update: result.weights.difference(job.start), examples: result.examples / max(1, training.epochs),
+      loss: result.meanLoss, evaluation: evaluation)
+  }
+
+  /// The same local-training arithmetic as `run` with no protocol at all: each round, train
+  /// `devicesPerRound` uniformly sampled devices in parallel from the global model, average them
+  /// with FedAvg, evaluate centrally as the plan says. The baseline `cohort bench simulate`
+  /// measures the simulator's overhead against. Returns the final model.
+  public func bareLoop(rounds: Int, devicesPerRound: Int) async -> Weights {
+    var global = initialModel
+    var rng = RandomStream(seed: scenario.seed, purpose: "bare-loop")
+    let fedavg = FederatedAveraging(plan: scenario.plan.server.strategy)
+    let evaluator = CentralTestEvaluator(
+      network: network, test: data.centralTest, parallelism: options.parallelism)
+    let every = scenario.plan.server.evaluation.every
+    for round in 1...max(1, rounds) {
+      let devices = rng.sample(min(devicesPerRound, population.count), from: population.count)
+      let start = global
+      let results = await train(
+        devices.map { TrainingJob(device: $0, round: round, start: start, evaluate: round % every == 0) }
+      ).sorted { $0.0 < $1.0 }
+      var sum = UpdateAccumulator(layout: global.layout)
+      for (_, t) in results { fedavg.fold(t.update, examples: t.examples, into: &sum) }
+      global = fedavg.nextGlobal(from: global, sum) ?? global
+      if round % every == 0 { _ = await evaluator.evaluate(global) }
+    }
+    return global
   }
 
   /// The model a round's task started from: the initial model or a committed checkpoint.

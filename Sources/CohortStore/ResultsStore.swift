@@ -175,7 +175,8 @@ public final class ResultsStore: Sendable {
       try writer.write { db in
         try requireRun(db, run)
         if let latest = try Int.fetchOne(
-          db, sql: "SELECT max(round) FROM rounds WHERE run_id = ?", arguments: [run.rawValue]),
+          db.cachedStatement(sql: "SELECT max(round) FROM rounds WHERE run_id = ?"), arguments: [run.rawValue]
+        ),
           latest >= round
         {
           let exists = try Bool.fetchOne(
@@ -198,8 +199,11 @@ public final class ResultsStore: Sendable {
               fix: "pass checkpoint: nil for abandoned rounds; the latest checkpoint stays the run's model")
           }
           if let previous = try String.fetchOne(
-            db, sql: "SELECT layout_json FROM checkpoints WHERE run_id = ? ORDER BY round DESC LIMIT 1",
-            arguments: [run.rawValue])
+            db.cachedStatement(
+              sql: "SELECT layout_json FROM checkpoints WHERE run_id = ? ORDER BY round DESC LIMIT 1"),
+            arguments: [run.rawValue]),
+            // Layouts are written with sorted keys: the same text is the same layout.
+            previous != layoutJSON
           {
             let layout = try decodeLayout(previous, run: run, round: round)
             if layout != checkpoint.layout {
@@ -211,40 +215,43 @@ public final class ResultsStore: Sendable {
                 fix: "a run keeps one model architecture; start a new run for a different model")
             }
           }
-          try db.execute(
+          try db.cachedStatement(
             sql:
-              "INSERT INTO checkpoints (run_id, round, sha256, layout_json, weights) VALUES (?, ?, ?, ?, ?)",
-            arguments: [run.rawValue, round, digest, layoutJSON, blob])
+              "INSERT INTO checkpoints (run_id, round, sha256, layout_json, weights) VALUES (?, ?, ?, ?, ?)"
+          ).execute(arguments: [run.rawValue, round, digest, layoutJSON, blob])
         }
 
         var seen = Set<Int>()
-        for d in devices {
-          guard seen.insert(d.device).inserted else {
-            throw CohortError(
-              .storage, "device \(d.device) is listed twice for round \(round) of run \(run)",
-              fix: "pass each selected device once, with reported/dropped for what it did")
-          }
-          try db.execute(
-            sql: """
-              INSERT INTO devices (run_id, device, participations, reports, dropouts, last_round)
-              VALUES (?, ?, 1, ?, ?, ?)
-              ON CONFLICT (run_id, device) DO UPDATE SET
-                participations = participations + 1,
-                reports = reports + excluded.reports,
-                dropouts = dropouts + excluded.dropouts,
-                last_round = max(last_round, excluded.last_round)
-              """,
-            arguments: [run.rawValue, d.device, d.reported ? 1 : 0, d.dropped ? 1 : 0, round])
+        for d in devices where !seen.insert(d.device).inserted {
+          throw CohortError(
+            .storage, "device \(d.device) is listed twice for round \(round) of run \(run)",
+            fix: "pass each selected device once, with reported/dropped for what it did")
         }
+        // The whole cohort in one statement, from a JSON array of [device, reported, dropped]:
+        // a cohort is hundreds of rows every round.
+        let rows =
+          "["
+          + devices.map { "[\($0.device),\($0.reported ? 1 : 0),\($0.dropped ? 1 : 0)]" }.joined(
+            separator: ",")
+          + "]"
+        try db.cachedStatement(
+          sql: """
+            INSERT INTO devices (run_id, device, participations, reports, dropouts, last_round)
+            SELECT ?, value ->> 0, 1, value ->> 1, value ->> 2, ? FROM json_each(?) WHERE true
+            ON CONFLICT (run_id, device) DO UPDATE SET
+              participations = participations + 1,
+              reports = reports + excluded.reports,
+              dropouts = dropouts + excluded.dropouts,
+              last_round = max(last_round, excluded.last_round)
+            """
+        ).execute(arguments: [run.rawValue, round, rows])
         for (earlier, count) in lateReports where count > 0 {
-          try db.execute(
-            sql: "UPDATE rounds SET late = late + ? WHERE run_id = ? AND round = ?",
-            arguments: [count, run.rawValue, earlier])
+          try db.cachedStatement(sql: "UPDATE rounds SET late = late + ? WHERE run_id = ? AND round = ?")
+            .execute(arguments: [count, run.rawValue, earlier])
         }
         if let resumeState {
-          try db.execute(
-            sql: "UPDATE rounds SET resume_state = ? WHERE run_id = ? AND round = ?",
-            arguments: [resumeState, run.rawValue, round])
+          try db.cachedStatement(sql: "UPDATE rounds SET resume_state = ? WHERE run_id = ? AND round = ?")
+            .execute(arguments: [resumeState, run.rawValue, round])
         }
       }
     }
@@ -410,7 +417,7 @@ public final class ResultsStore: Sendable {
 
   private func requireRun(_ db: Database, _ run: RunID) throws {
     let exists = try Bool.fetchOne(
-      db, sql: "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?)", arguments: [run.rawValue])
+      db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?)"), arguments: [run.rawValue])
     if exists != true { throw missingRun(run) }
   }
 
@@ -455,14 +462,15 @@ public final class ResultsStore: Sendable {
   }
 
   private static func insert(_ r: RoundRecord, run: RunID, _ db: Database) throws {
-    try db.execute(
+    try db.cachedStatement(
       sql: """
         INSERT INTO rounds (
           run_id, round, started_at, ended_at, outcome, abandon_reason, selected, reported, dropped, late,
           rejected, bytes_down, bytes_up, train_loss, eval_loss, eval_accuracy, federated_eval_loss,
           federated_eval_accuracy, federated_eval_examples, epsilon, wall_seconds)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-        """,
+        """
+    ).execute(
       arguments: [
         run.rawValue, r.round, r.startedAt, r.endedAt, r.outcome.rawValue, r.abandonReason, r.selected,
         r.reported, r.dropped, r.late, r.rejected, r.bytesDown, r.bytesUp, r.trainLoss, r.evalLoss,

@@ -153,7 +153,8 @@ struct ModelCommand: AsyncParsableCommand {
       do throws(CohortError) {
         let id = RunID(runID)
         let summary = try store.run(id)
-        let (round, weights) = round == 0 ? (0, try initialModel(store.scenario(id))) : try store.checkpoint(id, round: round)
+        let (round, weights) =
+          round == 0 ? (0, try initialModel(store.scenario(id))) : try store.checkpoint(id, round: round)
         let base = out ?? "run-\(runID)-round-\(round)"
         switch format {
         case .safetensors:
