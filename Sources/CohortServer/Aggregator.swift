@@ -21,9 +21,10 @@ public actor Aggregator {
     accumulator = UpdateAccumulator(layout: layout)
   }
 
-  public func fold(_ update: Weights, examples: Int, round: Int) {
-    precondition(self.round == round, "folding an update of round \(round) into round \(self.round ?? 0)")
-    strategy.fold(update, examples: examples, into: &accumulator)
+  /// Folds updates, each with its example count, in the order given.
+  public func fold(_ updates: [(Weights, Int)], round: Int) {
+    precondition(self.round == round, "folding updates of round \(round) into round \(self.round ?? 0)")
+    for (update, examples) in updates { strategy.fold(update, examples: examples, into: &accumulator) }
   }
 
   /// The round's sum, handed over and reset.

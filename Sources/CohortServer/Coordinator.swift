@@ -83,6 +83,11 @@ public actor Coordinator {
   private var globalSHA256: String
 
   private var books: [Int: RoundBook] = [:]
+  /// Accepted updates not yet handed to the Aggregator.
+  private var unfolded: [(Weights, Int)] = []
+  private var unfoldedValues = 0
+  static let foldBatchUpdates = 32
+  static let foldBatchValues = 4 << 20
   /// Reports that arrived after their round closed, by round, until the next commit records them.
   private var lateReports: [Int: Int] = [:]
   private var pending: PendingCommit?
@@ -225,7 +230,13 @@ public actor Coordinator {
         }
         books[report.round] = book
       }
-      await aggregator.fold(report.update, examples: report.examples, round: report.round)
+      unfolded.append((report.update, report.examples))
+      unfoldedValues += report.update.count
+      // Updates go to the Aggregator in batches: one hop per batch rather than per device,
+      // while the batch stays small next to the cohort (the sum is never held per device).
+      if unfoldedValues >= Self.foldBatchValues || unfolded.count >= Self.foldBatchUpdates {
+        await flushFolds(round: report.round)
+      }
     case .rejected(let reason):
       Counter(
         label: "cohort_reports_rejected_total", dimensions: [("reason", reason.rawValue)],
@@ -328,8 +339,18 @@ public actor Coordinator {
     }
   }
 
+  private func flushFolds(round: Int) async {
+    guard !unfolded.isEmpty else { return }
+    let batch = unfolded
+    unfolded = []
+    unfoldedValues = 0
+    await aggregator.fold(batch, round: round)
+  }
+
   private func configure(round: Int, devices: [DeviceID], deadline: Double) async {
     let now = clock.now
+    unfolded = []
+    unfoldedValues = 0
     await aggregator.begin(round: round)
     let every = configuration.plan.server.evaluation.every
     let task = RoundTask(round: round, checkpointSHA256: globalSHA256, reportingDeadline: deadline)
@@ -361,6 +382,7 @@ public actor Coordinator {
     record.wallSeconds = now - record.startedAt
     var model: Weights?
     if abandoned == nil, book != nil {
+      await flushFolds(round: round)
       let sum = await aggregator.finish(round: round)
       model = strategy.nextGlobal(from: global, sum)
     }

@@ -92,6 +92,8 @@ final class Engine {
   var batches: [Int: Task<[(DeviceID, Simulation.Trained)], Never>] = [:]
   var batchOf: [DeviceID: Int] = [:]
   var nextBatch = 0
+  /// The devices of each training batch, when `SimulationOptions.recordTrainings` asks for it.
+  var trainingLog: [[DeviceID]] = []
   /// The model each in-flight round started from, by the round that produced it.
   var models: [Int: Weights] = [:]
 
@@ -343,6 +345,7 @@ final class Engine {
     batches[batch] = Task.detached { await simulation.train(work) }
     for job in work { batchOf[job.device] = batch }
     state.localTrainings += work.count
+    if simulation.options.recordTrainings { trainingLog.append(work.map(\.device)) }
     // Models no device trains from any more can go.
     let live = Set(state.inFlight.values.map(\.modelRound))
     for round in models.keys where !live.contains(round) { models.removeValue(forKey: round) }
@@ -388,7 +391,7 @@ final class Engine {
       finalAccuracy: committed.last(where: { $0.evalAccuracy != nil })?.evalAccuracy,
       bestAccuracy: committed.compactMap(\.evalAccuracy).max(), virtualSeconds: state.now,
       bytesUp: rounds.reduce(0) { $0 + $1.bytesUp }, bytesDown: rounds.reduce(0) { $0 + $1.bytesDown },
-      checkpointSHA256: global.sha256, localTrainings: state.localTrainings)
+      checkpointSHA256: global.sha256, localTrainings: state.localTrainings, trainingBatches: trainingLog)
   }
 }
 

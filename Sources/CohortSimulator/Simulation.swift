@@ -1,7 +1,7 @@
 import CohortAggregation
 public import CohortCore
 import CohortML
-import CohortProtocol
+public import CohortProtocol
 import CohortServer
 public import CohortStore
 import Foundation
@@ -22,6 +22,8 @@ public struct SimulationSummary: Sendable, Codable {
   public var checkpointSHA256: String
   /// Local trainings carried out (since the start, or since the resume).
   public var localTrainings: Int
+  /// The devices trained, batch by batch, when `SimulationOptions.recordTrainings` is set.
+  public var trainingBatches: [[DeviceID]]
 }
 
 /// Settings of the simulation machinery itself (not of the scenario).
@@ -34,6 +36,8 @@ public struct SimulationOptions: Sendable {
   public var maximumEventsPerRound: Int = 10_000_000
   /// For crash tests: kill the process (SIGKILL) right after committing this round.
   public var crashAfterRound: Int?
+  /// Keep the list of devices trained in each batch (for `cohort bench simulate`).
+  public var recordTrainings = false
 
   public init() {}
 }
@@ -74,6 +78,9 @@ public final class Simulation: Sendable {
     self.run = run
     self.options = options
     self.logger = logger
+    // Parallelism comes from training many devices at once; BLAS threads inside each device's
+    // training would only compete with them.
+    BLAS.useOneThread()
     network = Network(plan: scenario.plan.model)
     training = TrainingConfiguration(plan: scenario.plan.device)
     data = try DeviceDataProvider(scenario: scenario, cacheBudget: options.cacheBytes)
@@ -181,19 +188,19 @@ public final class Simulation: Sendable {
       loss: result.meanLoss, evaluation: evaluation)
   }
 
-  /// The same local-training arithmetic as `run` with no protocol at all: each round, train
-  /// `devicesPerRound` uniformly sampled devices in parallel from the global model, average them
-  /// with FedAvg, evaluate centrally as the plan says. The baseline `cohort bench simulate`
-  /// measures the simulator's overhead against. Returns the final model.
-  public func bareLoop(rounds: Int, devicesPerRound: Int) async -> Weights {
+  /// The same local-training arithmetic as a run, with no protocol at all: for each batch of
+  /// devices a run trained (`SimulationSummary.trainingBatches`), train those devices in parallel
+  /// from the global model, average them with FedAvg, and evaluate centrally as the plan says.
+  /// The baseline `cohort bench simulate` measures the simulator's overhead against. Returns the
+  /// final model.
+  public func bareLoop(replaying batches: [[DeviceID]]) async -> Weights {
     var global = initialModel
-    var rng = RandomStream(seed: scenario.seed, purpose: "bare-loop")
     let fedavg = FederatedAveraging(plan: scenario.plan.server.strategy)
     let evaluator = CentralTestEvaluator(
       network: network, test: data.centralTest, parallelism: options.parallelism)
     let every = scenario.plan.server.evaluation.every
-    for round in 1...max(1, rounds) {
-      let devices = rng.sample(min(devicesPerRound, population.count), from: population.count)
+    for (i, devices) in batches.enumerated() {
+      let round = i + 1
       let start = global
       let results = await train(
         devices.map { TrainingJob(device: $0, round: round, start: start, evaluate: round % every == 0) }

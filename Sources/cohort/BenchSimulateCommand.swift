@@ -65,22 +65,29 @@ struct BenchSimulate: AsyncParsableCommand {
     let s = try Scenario.parse(yaml: BuiltInScenario.yaml, file: BuiltInScenario.name)
     var simulated: [Double] = []
     var bare: [Double] = []
+    var simulatedCPU: [Double] = []
+    var bareCPU: [Double] = []
     var trainings = 0
     var accuracy = 0.0
     for _ in 0..<repeats {
       let run = try store.createRun(name: "bench", scenario: s, createdAt: Date())
-      let simulation = try Simulation(scenario: s, store: store, run: run, logger: logger)
+      var options = SimulationOptions()
+      options.recordTrainings = true
+      let simulation = try Simulation(scenario: s, store: store, run: run, options: options, logger: logger)
       // Warm the device data both loops read, so neither pays for generating it.
-      _ = await simulation.bareLoop(rounds: 1, devicesPerRound: 130)
+      _ = await simulation.bareLoop(replaying: [Array(0..<simulation.deviceCount)])
       let t0 = ContinuousClock.now
+      let c0 = cpuSeconds()
       let summary = try await simulation.run()
       simulated.append((ContinuousClock.now - t0) / .seconds(1))
+      simulatedCPU.append(cpuSeconds() - c0)
       trainings = summary.localTrainings
       accuracy = summary.finalAccuracy ?? 0
-      let perRound = Int((Double(trainings) / Double(s.plan.server.rounds)).rounded())
       let t1 = ContinuousClock.now
-      _ = await simulation.bareLoop(rounds: s.plan.server.rounds, devicesPerRound: perRound)
+      let c1 = cpuSeconds()
+      _ = await simulation.bareLoop(replaying: summary.trainingBatches)
       bare.append((ContinuousClock.now - t1) / .seconds(1))
+      bareCPU.append(cpuSeconds() - c1)
     }
     let sim = median(simulated)
     let loop = median(bare)
@@ -88,12 +95,14 @@ struct BenchSimulate: AsyncParsableCommand {
     print(
       "overhead: default scenario, \(s.plan.server.rounds) rounds, \(trainings) local trainings, final accuracy \(Format.fixed(accuracy, 4))"
     )
-    let table = Table(["loop", "seconds (median)", "runs"])
+    let table = Table(["loop", "seconds (median)", "CPU seconds (median)", "runs"])
     table.add([
-      "simulator", Format.fixed(sim, 3), simulated.map { Format.fixed($0, 3) }.joined(separator: " "),
+      "simulator", Format.fixed(sim, 3), Format.fixed(median(simulatedCPU), 3),
+      simulated.map { Format.fixed($0, 3) }.joined(separator: " "),
     ])
     table.add([
-      "bare training loop", Format.fixed(loop, 3), bare.map { Format.fixed($0, 3) }.joined(separator: " "),
+      "bare training loop", Format.fixed(loop, 3), Format.fixed(median(bareCPU), 3),
+      bare.map { Format.fixed($0, 3) }.joined(separator: " "),
     ])
     print(table.rendered(), terminator: "")
     print("ratio simulator / bare loop: \(Format.fixed(sim / loop, 3))")
@@ -146,6 +155,14 @@ struct BenchSimulate: AsyncParsableCommand {
     table.add(["rounds committed", fields[2].trimmingCharacters(in: .whitespacesAndNewlines)])
     table.add(["wall time", Format.fixed(Double(fields[1]) ?? 0, 1) + " s"])
     print(table.rendered(), terminator: "")
+  }
+
+  /// User and system CPU time of this process so far.
+  func cpuSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+    return seconds(usage.ru_utime) + seconds(usage.ru_stime)
   }
 
   func median(_ xs: [Double]) -> Double {
