@@ -13,22 +13,7 @@ import argparse
 
 import numpy as np
 
-
-def load(path):
-    data = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
-    return data[:, 2:], data[:, 0].astype(np.int64)
-
-
-def softmax(z):
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def evaluate(w, b, x, y):
-    p = softmax(x @ w + b)
-    loss = -np.mean(np.log(np.maximum(p[np.arange(len(y)), y], 1e-300)))
-    return loss, float(np.mean(p.argmax(axis=1) == y))
+from logistic import evaluate, load, softmax
 
 
 def main():
@@ -41,8 +26,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    x, y = load(f"{args.directory}/train.csv")
-    xt, yt = load(f"{args.directory}/test.csv")
+    x, y, _ = load(f"{args.directory}/train.csv")
+    xt, yt, _ = load(f"{args.directory}/test.csv")
     classes = args.classes or int(max(y.max(), yt.max())) + 1
     w = np.zeros((x.shape[1], classes))
     b = np.zeros(classes)

@@ -1,0 +1,65 @@
+import CohortCore
+import CohortSimulator
+import CohortStore
+import Foundation
+import Logging
+import Testing
+
+/// 120 devices, 12 per round, 4 rounds: small enough for a debug build.
+func smallScenario(seed: UInt64, dropout: Double = 0.1, rounds: Int = 4) throws -> Scenario {
+  try Scenario.parse(
+    yaml: """
+      plan:
+        name: small
+        model: {kind: logistic_regression, inputs: 60, classes: 10}
+        device: {epochs: 1, batch_size: 10, optimizer: {kind: sgd, learning_rate: 0.05}}
+        server:
+          rounds: \(rounds)
+          cohort: {goal: 12, over_selection: 1.25, minimum_fraction: 0.75}
+      data: {kind: synthetic_fedprox, alpha: 0.5, beta: 0.5, devices: 120, max_samples: 150}
+      partition: {kind: natural}
+      devices: {dropout: \(dropout), check_in_interval: 1m}
+      seed: \(seed)
+      """, file: "small.yaml")
+}
+
+func simulate(_ scenario: Scenario) async throws -> (SimulationSummary, [RoundRecord]) {
+  let store = try ResultsStore.inMemory()
+  let run = try store.createRun(name: "t", scenario: scenario, createdAt: Date(timeIntervalSince1970: 0))
+  let summary = try await Simulation(
+    scenario: scenario, store: store, run: run, logger: Logger(label: "test")
+  ).run()
+  return (summary, try store.rounds(run))
+}
+
+@Suite struct SimulationTests {
+  @Test func roundsRunThroughTheProtocolAndAreRecorded() async throws {
+    let (summary, rounds) = try await simulate(try smallScenario(seed: 3))
+    #expect(summary.roundsAttempted == 4 && rounds.count == 4)
+    for r in rounds where r.outcome == .committed {
+      #expect(r.selected == 15, "round \(r.round): \(r)")
+      // The goal closes the round; with dropouts, everyone having reported or dropped does.
+      #expect((9...12).contains(r.reported) && r.reported + r.dropped <= r.selected, "round \(r.round): \(r)")
+      #expect(r.bytesDown == r.selected * 610 * 4 && r.bytesUp >= r.reported * 610 * 4)
+      #expect(r.evalAccuracy != nil && r.trainLoss != nil)
+      // Natural synthetic devices hold test examples: the cohort evaluated the model it received.
+      #expect((r.federatedEvalExamples ?? 0) > 0)
+      #expect(r.endedAt > r.startedAt)
+    }
+    #expect(summary.virtualSeconds > 0 && summary.localTrainings >= 4 * 12)
+  }
+
+  @Test func sameSeedSameModelOtherSeedOtherModel() async throws {
+    let a = try await simulate(try smallScenario(seed: 3)).0
+    let b = try await simulate(try smallScenario(seed: 3)).0
+    let c = try await simulate(try smallScenario(seed: 4)).0
+    #expect(a.checkpointSHA256 == b.checkpointSHA256, "seed 3 twice")
+    #expect(a.checkpointSHA256 != c.checkpointSHA256, "seeds 3 and 4")
+  }
+
+  @Test func everyoneDroppingOutAbandonsRoundsAndKeepsTheModel() async throws {
+    let (summary, rounds) = try await simulate(try smallScenario(seed: 3, dropout: 0.99, rounds: 2))
+    #expect(rounds.allSatisfy { $0.outcome == .abandoned && $0.abandonReason == "too_few_reports" })
+    #expect(summary.roundsCommitted == 0)
+  }
+}
