@@ -298,3 +298,70 @@ public struct RoundStateMachine: Sendable, Codable {
     return actions
   }
 }
+
+// MARK: - Saving and restoring
+
+extension RoundCounts {
+  func save(into w: inout SnapshotWriter) {
+    for v in [selected, reported, dropped, rejected] { w.write(v) }
+  }
+
+  init(restoring r: inout SnapshotReader) throws(CohortError) {
+    self.init()
+    selected = try r.int()
+    reported = try r.int()
+    dropped = try r.int()
+    rejected = try r.int()
+  }
+}
+
+extension RoundStateMachine {
+  /// Writes the machine's state (not its configuration, which comes from the plan). Sets are
+  /// written sorted, so the same state always gives the same bytes.
+  public func save(into w: inout SnapshotWriter) {
+    w.write(selection != nil)
+    if let s = selection {
+      w.write(s.round)
+      w.write(s.opened)
+      w.write(s.deadline)
+      w.write(s.devices)
+    }
+    w.write(reporting != nil)
+    if let r = reporting {
+      w.write(r.round)
+      w.write(r.deadline)
+      w.write(r.selected.sorted())
+      w.write(r.reported.sorted())
+      w.write(r.dropped.sorted())
+      r.counts.save(into: &w)
+    }
+    w.write(closing)
+    w.write(nextRound)
+    w.write(finished)
+    w.write(lastClosedRound)
+  }
+
+  public init(configuration: Configuration, restoring r: inout SnapshotReader) throws(CohortError) {
+    self.init(configuration: configuration)
+    if try r.bool() {
+      var s = Selection(round: try r.int(), opened: try r.double(), deadline: try r.double())
+      s.devices = try r.ints()
+      s.members = Set(s.devices)
+      selection = s
+    }
+    if try r.bool() {
+      let round = try r.int()
+      let deadline = try r.double()
+      let selected = Set(try r.ints())
+      let reported = Set(try r.ints())
+      let dropped = Set(try r.ints())
+      reporting = Reporting(
+        round: round, deadline: deadline, selected: selected, reported: reported, dropped: dropped,
+        counts: try RoundCounts(restoring: &r))
+    }
+    closing = try r.optionalInt()
+    nextRound = try r.int()
+    finished = try r.bool()
+    lastClosedRound = try r.int()
+  }
+}

@@ -35,7 +35,7 @@ public actor Coordinator {
   }
 
   /// What the coordinator keeps about a round from configuration to commit.
-  struct RoundBook: Sendable, Codable {
+  struct RoundBook: Sendable {
     var startedAt: Double
     var selected: [DeviceID]
     var reported: Set<DeviceID> = []
@@ -57,13 +57,77 @@ public actor Coordinator {
   }
 
   /// The state a coordinator needs to continue exactly where it stood before `commitPending`.
-  public struct Snapshot: Sendable, Codable {
+  public struct Snapshot: Sendable {
     var machine: RoundStateMachine
     var books: [Int: RoundBook]
     var lateReports: [Int: Int]
     var checkInRate: Double
     var lastCheckIn: Double?
     var pendingRound: Int?
+
+    init(
+      machine: RoundStateMachine, books: [Int: RoundBook], lateReports: [Int: Int], checkInRate: Double,
+      lastCheckIn: Double?, pendingRound: Int?
+    ) {
+      self.machine = machine
+      self.books = books
+      self.lateReports = lateReports
+      self.checkInRate = checkInRate
+      self.lastCheckIn = lastCheckIn
+      self.pendingRound = pendingRound
+    }
+
+    /// Writes the snapshot in the binary form of `SnapshotWriter`, dictionaries in key order.
+    public func save(into w: inout SnapshotWriter) {
+      machine.save(into: &w)
+      w.write(books.count)
+      for (round, b) in books.sorted(by: { $0.key < $1.key }) {
+        w.write(round)
+        w.write(b.startedAt)
+        w.write(b.selected)
+        w.write(b.reported.sorted())
+        w.write(b.dropped.sorted())
+        for v in [b.bytesDown, b.bytesUp, b.trainExamples, b.evaluationExamples] { w.write(v) }
+        for v in [b.trainLossSum, b.evaluationLossSum, b.evaluationCorrect] { w.write(v) }
+      }
+      w.write(lateReports.count)
+      for (round, n) in lateReports.sorted(by: { $0.key < $1.key }) {
+        w.write(round)
+        w.write(n)
+      }
+      w.write(checkInRate)
+      w.write(lastCheckIn)
+      w.write(pendingRound)
+    }
+
+    /// The snapshot `save` wrote, for a coordinator running `plan` for `population`.
+    public init(plan: Plan, population: String, restoring r: inout SnapshotReader) throws(CohortError) {
+      machine = try RoundStateMachine(
+        configuration: .init(plan: plan.server, population: population), restoring: &r)
+      books = [:]
+      for _ in 0..<(try r.count()) {
+        let round = try r.int()
+        var b = RoundBook(startedAt: try r.double(), selected: try r.ints())
+        b.reported = Set(try r.ints())
+        b.dropped = Set(try r.ints())
+        b.bytesDown = try r.int()
+        b.bytesUp = try r.int()
+        b.trainExamples = try r.int()
+        b.evaluationExamples = try r.int()
+        b.trainLossSum = try r.double()
+        b.evaluationLossSum = try r.double()
+        b.evaluationCorrect = try r.double()
+        books[round] = b
+      }
+      lateReports = [:]
+      for _ in 0..<(try r.count()) {
+        let round = try r.int()
+        lateReports[round] = try r.int()
+      }
+      checkInRate = try r.double()
+      lastCheckIn = try r.optionalDouble()
+      pendingRound = try r.optionalInt()
+    }
   }
 
   public let configuration: Configuration

@@ -51,30 +51,24 @@ final class Engine {
     var localTrainings = 0
   }
 
-  /// The saved form: the loop's state (binary) followed by the coordinator's (JSON, small).
-  static func encode(_ state: State, _ coordinator: Coordinator.Snapshot) throws(CohortError) -> Data {
+  /// The saved form: a format version, the loop's state, then the coordinator's.
+  static func encode(_ state: State, _ coordinator: Coordinator.Snapshot) -> Data {
     var w = SnapshotWriter()
-    w.write(UInt8(1))  // format version
+    w.write(UInt8(2))
     state.save(into: &w)
-    let json: Data
-    do { json = try JSONEncoder().encode(coordinator) } catch {
-      throw CohortError(.storage, "cannot encode the coordinator's state: \(error)")
-    }
-    return Data(w.bytes) + json
+    coordinator.save(into: &w)
+    return Data(w.bytes)
   }
 
-  static func decode(_ data: Data, population: Population) throws(CohortError) -> (
+  static func decode(_ data: Data, population: Population, plan: Plan) throws(CohortError) -> (
     State, Coordinator.Snapshot
   ) {
     var r = SnapshotReader(Array(data))
-    guard try r.byte() == 1 else { throw SnapshotReader.corrupt("an unknown format version") }
+    guard try r.byte() == 2 else { throw SnapshotReader.corrupt("an unknown format version") }
     let state = try State(population: population, restoring: &r)
-    let rest = data.suffix(from: data.startIndex + r.offset)
-    do {
-      return (state, try JSONDecoder().decode(Coordinator.Snapshot.self, from: Data(rest)))
-    } catch {
-      throw SnapshotReader.corrupt("the coordinator's state: \(error)")
-    }
+    let coordinator = try Coordinator.Snapshot(plan: plan, population: "default", restoring: &r)
+    guard r.isAtEnd else { throw SnapshotReader.corrupt("data after its end") }
+    return (state, coordinator)
   }
 
   static func sessionConfiguration(_ device: DeviceID) -> DeviceSession.Configuration {
@@ -266,7 +260,7 @@ final class Engine {
       if status.hasPendingCommit {
         // The state saved with a round is the state just before the round is handed over, so
         // a resumed run hands it over again (starting the next round) exactly as this one does.
-        let saved = try Self.encode(state, await coordinator.snapshot())
+        let saved = Self.encode(state, await coordinator.snapshot())
         if let closed = await coordinator.takePending() { try writer.write(closed, resumeState: saved) }
         status = await coordinator.status
         continue

@@ -101,7 +101,7 @@ public final class Simulation: Sendable {
     var startModel = initialModel
     var startRound = 0
     if let (round, blob) = try store.latestResumeState(run) {
-      (state, coordinatorSnapshot) = try Engine.decode(blob, population: population)
+      (state, coordinatorSnapshot) = try Engine.decode(blob, population: population, plan: scenario.plan)
       if let checkpoint = try store.latestCheckpoint(run) {
         startModel = checkpoint.weights
         startRound = checkpoint.round

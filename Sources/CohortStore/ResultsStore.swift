@@ -10,22 +10,33 @@ import GRDB
 /// crash loses at most the round in flight, and a restart resumes from `latestCheckpoint`.
 /// The store never reads a clock: every time it records is passed in by the caller.
 ///
-/// Files are opened in WAL mode with `synchronous = FULL` on the writer (a committed round
-/// survives power loss, not only a process crash) and foreign keys on; readers (`cohort runs
-/// list`, reports) may read while a run writes.
+/// Files are opened in WAL mode with foreign keys on; readers (`cohort runs list`, reports) may
+/// read while a run writes. How durable a commit is, is the caller's choice (`Durability`).
 public final class ResultsStore: Sendable {
+  /// What a committed round must survive.
+  public enum Durability: Sendable {
+    /// Power loss and operating-system crashes too (`synchronous = FULL`: a sync to disk per
+    /// commit). For servers, whose rounds cannot be replayed.
+    case powerLoss
+    /// The process being killed (`synchronous = NORMAL` in WAL mode): a power loss may roll back
+    /// the last commits, never corrupt the file. For simulations, which a resume replays
+    /// exactly from their seed.
+    case processCrash
+  }
+
   /// The file the store lives in, or `:memory:`.
   public let path: String
   private let writer: any DatabaseWriter
 
   /// Opens the store at `path`, creating the file if needed, and brings its schema up to date.
-  public convenience init(path: String) throws(CohortError) {
+  public convenience init(path: String, durability: Durability = .powerLoss) throws(CohortError) {
     let pool: DatabasePool
     do {
       pool = try DatabasePool(path: path, configuration: Self.configuration())
-      // DatabasePool turns WAL on and with it synchronous = NORMAL, which may drop the last
-      // commits on power loss; a committed round must stay committed.
-      try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
+      // DatabasePool turns WAL on and with it synchronous = NORMAL.
+      if durability == .powerLoss {
+        try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
+      }
     } catch {
       throw StoreErrors.failure(error, path: path, doing: "opening the results store")
     }

@@ -35,7 +35,9 @@ struct BenchSimulate: AsyncParsableCommand {
       "cohort-bench-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: dir) }
-    let store = try ResultsStore(path: dir.appendingPathComponent("bench.sqlite").path)
+    // As `cohort simulate` opens it.
+    let store = try ResultsStore(
+      path: dir.appendingPathComponent("bench.sqlite").path, durability: .processCrash)
 
     if child {
       // The million-device case, alone in this process so its peak memory is its own.

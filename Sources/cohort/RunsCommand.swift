@@ -14,7 +14,7 @@ struct DatabaseOption: ParsableArguments {
   var path: String = defaultDatabase
 
   /// Opens the database; readers refuse to create one that is not there.
-  func open(creating: Bool = false) throws -> ResultsStore {
+  func open(creating: Bool = false, durability: ResultsStore.Durability = .powerLoss) throws -> ResultsStore {
     if !creating && !FileManager.default.fileExists(atPath: path) {
       throw CohortError(
         .notFound, "there is no results database at \(path)",
@@ -27,7 +27,9 @@ struct DatabaseOption: ParsableArguments {
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
       }
     }
-    do throws(CohortError) { return try ResultsStore(path: path) } catch { throw error.exit() }
+    do throws(CohortError) { return try ResultsStore(path: path, durability: durability) } catch {
+      throw error.exit()
+    }
   }
 }
 

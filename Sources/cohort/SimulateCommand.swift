@@ -45,7 +45,9 @@ struct SimulateCommand: AsyncParsableCommand {
   func run() async throws {
     var logger = Logger(label: "cohort.simulate")
     logger.logLevel = .warning
-    let store = try db.open(creating: true)
+    // A killed simulation loses nothing (SQLite's WAL survives the process); after a power
+    // loss it may roll back its last rounds, which --resume replays exactly from the seed.
+    let store = try db.open(creating: true, durability: .processCrash)
     let runID: RunID
     var s: Scenario
     let fresh: Scenario? = resume == nil ? try scenario.load() : nil

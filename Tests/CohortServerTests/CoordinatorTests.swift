@@ -143,14 +143,18 @@ struct Harness {
     _ = await h.coordinator.report(h.update(1, round: 1, [1, 0], examples: 1))
     _ = await h.coordinator.report(h.update(2, round: 1, [0, 1], examples: 1))
     #expect(await h.coordinator.hasPendingCommit)
-    let snapshot = await h.coordinator.snapshot()
-    let state = try JSONEncoder().encode(snapshot)
+    var writer = SnapshotWriter()
+    await h.coordinator.snapshot().save(into: &writer)
+    let state = Data(writer.bytes)
     try await h.coordinator.commitPending(resumeState: state)
 
     // A new coordinator from the store's checkpoint and state continues with round 2.
     let (round, stored) = try #require(try h.store.latestResumeState(h.run))
     #expect(round == 1 && stored == state)
-    let restored = try JSONDecoder().decode(Coordinator.Snapshot.self, from: stored)
+    var reader = SnapshotReader(Array(stored))
+    let restored = try Coordinator.Snapshot(
+      plan: makePlan(rounds: 2), population: "default", restoring: &reader)
+    #expect(reader.isAtEnd)
     let link = RecordingLink()
     let resumed = Coordinator(
       configuration: .init(plan: makePlan(rounds: 2), run: h.run, autoCommit: false),
