@@ -53,19 +53,6 @@ public struct TaskAssignment: Sendable {
   }
 }
 
-/// A device's evaluation of the global model it received, on its own test examples.
-public struct LocalEvaluation: Sendable, Hashable, Codable {
-  public var loss: Double
-  public var accuracy: Double
-  public var examples: Int
-
-  public init(loss: Double, accuracy: Double, examples: Int) {
-    self.loss = loss
-    self.accuracy = accuracy
-    self.examples = examples
-  }
-}
-
 /// A device's trained update for a round: `local − global`, with what the server needs to weigh it.
 public struct UpdateReport: Sendable {
   public var device: DeviceID
@@ -76,11 +63,11 @@ public struct UpdateReport: Sendable {
   /// Bytes the upload took on the wire.
   public var bytes: Int
   /// Federated evaluation of the received model, when the task asked for it.
-  public var evaluation: LocalEvaluation?
+  public var evaluation: Evaluation?
 
   public init(
     device: DeviceID, round: Int, update: Weights, examples: Int, trainLoss: Double, bytes: Int,
-    evaluation: LocalEvaluation? = nil
+    evaluation: Evaluation? = nil
   ) {
     self.device = device
     self.round = round

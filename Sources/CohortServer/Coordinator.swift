@@ -8,7 +8,7 @@ public import Metrics
 
 /// Evaluates a global model on the central test set (held by the simulator or the operator).
 public protocol CentralEvaluator: Sendable {
-  func evaluate(_ weights: Weights) async -> LocalEvaluation
+  func evaluate(_ weights: Weights) async -> Evaluation
 }
 
 /// The population's coordinator: a thin actor around `RoundStateMachine` that carries out its

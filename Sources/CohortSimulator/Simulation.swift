@@ -150,7 +150,7 @@ public final class Simulation: Sendable {
     var update: Weights
     var examples: Int
     var loss: Double
-    var evaluation: LocalEvaluation?
+    var evaluation: Evaluation?
   }
 
   /// Local training of many devices at once, `options.parallelism` at a time. Each result depends
@@ -178,10 +178,9 @@ public final class Simulation: Sendable {
     var rng = RandomStream(seed: scenario.seed, purpose: "train", round: job.round, device: job.device)
     let result = LocalTrainer(network: network).train(
       from: job.start, on: local.train, indices: local.trainIndices, configuration: training, rng: &rng)
-    var evaluation: LocalEvaluation?
+    var evaluation: Evaluation?
     if job.evaluate, let test = local.test, test.count > 0 {
-      let e = network.evaluate(job.start, on: test)
-      evaluation = LocalEvaluation(loss: e.loss, accuracy: e.accuracy, examples: e.examples)
+      evaluation = network.evaluate(job.start, on: test)
     }
     return Trained(
       update: result.weights.difference(job.start), examples: result.examples / max(1, training.epochs),
@@ -242,9 +241,9 @@ struct CentralTestEvaluator: CentralEvaluator {
   let test: Dataset
   let parallelism: Int
 
-  func evaluate(_ weights: Weights) async -> LocalEvaluation {
+  func evaluate(_ weights: Weights) async -> Evaluation {
     let n = test.count
-    guard n > 0 else { return LocalEvaluation(loss: 0, accuracy: 0, examples: 0) }
+    guard n > 0 else { return Evaluation(loss: 0, accuracy: 0, examples: 0) }
     let parts = max(1, min(parallelism, n / 2_000))
     let chunk = (n + parts - 1) / parts
     let results = await withTaskGroup(of: Evaluation.self) { group in
@@ -259,6 +258,6 @@ struct CentralTestEvaluator: CentralEvaluator {
     let examples = results.reduce(0) { $0 + $1.examples }
     let loss = results.reduce(0.0) { $0 + $1.loss * Double($1.examples) } / Double(max(1, examples))
     let accuracy = results.reduce(0.0) { $0 + $1.accuracy * Double($1.examples) } / Double(max(1, examples))
-    return LocalEvaluation(loss: loss, accuracy: accuracy, examples: examples)
+    return Evaluation(loss: loss, accuracy: accuracy, examples: examples)
   }
 }

@@ -10,8 +10,8 @@ import Testing
 /// Central evaluation that reports the model's first value as its accuracy, so tests can see
 /// which model was evaluated.
 struct FirstValueEvaluator: CentralEvaluator {
-  func evaluate(_ weights: Weights) async -> LocalEvaluation {
-    LocalEvaluation(loss: 0, accuracy: Double(weights.values[0]), examples: 1)
+  func evaluate(_ weights: Weights) async -> Evaluation {
+    Evaluation(loss: 0, accuracy: Double(weights.values[0]), examples: 1)
   }
 }
 
