@@ -64,6 +64,8 @@ public final class Simulation: Sendable {
   let population: Population
   let data: DeviceDataProvider
   let initialModel: Weights
+  /// The scenario's attacking devices, if it has any.
+  public let adversaries: Adversaries?
 
   /// Devices in the simulated population.
   public var deviceCount: Int { population.count }
@@ -86,6 +88,7 @@ public final class Simulation: Sendable {
     data = try DeviceDataProvider(scenario: scenario, cacheBudget: options.cacheBytes)
     population = try Population(scenario: scenario, count: data.count)
     initialModel = network.initialWeights(seed: scenario.seed)
+    adversaries = scenario.adversaries.map { Adversaries(plan: $0, seed: scenario.seed) }
   }
 
   /// Runs (or, when the run has stored state, resumes) until the plan's last round.
@@ -176,14 +179,23 @@ public final class Simulation: Sendable {
   func train(_ job: TrainingJob) -> Trained {
     let local = data.data(device: job.device)
     var rng = RandomStream(seed: scenario.seed, purpose: "train", round: job.round, device: job.device)
+    let attacker = adversaries.flatMap { $0.includes(job.device) ? $0 : nil }
+    var train = local.train
+    var indices = local.trainIndices
+    if let attacker, attacker.poisonsData {
+      train = attacker.poisoned(local.train, indices: local.trainIndices)
+      indices = nil
+    }
     let result = LocalTrainer(network: network).train(
-      from: job.start, on: local.train, indices: local.trainIndices, configuration: training, rng: &rng)
+      from: job.start, on: train, indices: indices, configuration: training, rng: &rng)
     var evaluation: Evaluation?
     if job.evaluate, let test = local.test, test.count > 0 {
       evaluation = network.evaluate(job.start, on: test)
     }
+    var update = result.weights.difference(job.start)
+    if let attacker { update = attacker.attacked(update, device: job.device, round: job.round) }
     return Trained(
-      update: result.weights.difference(job.start), examples: result.examples / max(1, training.epochs),
+      update: update, examples: result.examples / max(1, training.epochs),
       loss: result.meanLoss, evaluation: evaluation)
   }
 

@@ -167,3 +167,27 @@ func scenarioIssues(_ scenario: String, plan: String? = nil) -> [ConfigurationIs
     }
   }
 }
+
+@Suite struct AdversaryPlanTests {
+  let base = "plan: plan.yaml\ndata: {kind: synthetic_fedprox, alpha: 1, beta: 1, devices: 50}\n"
+
+  @Test func attacksAndTheirParameters() throws {
+    #expect(
+      try loadScenario(base + "adversaries: {fraction: 0.2, attack: sign_flip}").adversaries
+        == AdversaryPlan(fraction: 0.2, attack: .signFlip))
+    #expect(
+      try loadScenario(base + "adversaries: {fraction: 0.1, attack: scale, factor: 10}").adversaries
+        == AdversaryPlan(fraction: 0.1, attack: .scale(10)))
+    #expect(
+      try loadScenario(base + "adversaries: {fraction: 0.1, attack: gaussian_noise}").adversaries
+        == AdversaryPlan(fraction: 0.1, attack: .gaussianNoise(standardDeviation: 1)))
+    #expect(try loadScenario(base).adversaries == nil)
+  }
+
+  @Test func wrongParametersAreNamed() {
+    let issues = scenarioIssues(base + "adversaries: {fraction: 1.5, attack: sign_flip, factor: 2}")
+    #expect(Set(issues.map(\.keyPath)) == ["adversaries.fraction", "adversaries.factor"])
+    let missing = scenarioIssues(base + "adversaries: {fraction: 0.2, attack: scale}")
+    #expect(missing.map(\.keyPath) == ["adversaries.factor"])
+  }
+}

@@ -9,17 +9,20 @@ public struct Scenario: Codable, Sendable, Hashable {
   public var data: DataSource
   public var partition: PartitionPlan
   public var devices: PopulationPlan
+  /// Devices that attack the model instead of training honestly; nil when all are honest.
+  public var adversaries: AdversaryPlan?
   public var seed: UInt64
 
   public init(
     planPath: String, plan: Plan, data: DataSource, partition: PartitionPlan, devices: PopulationPlan,
-    seed: UInt64
+    adversaries: AdversaryPlan? = nil, seed: UInt64
   ) {
     self.planPath = planPath
     self.plan = plan
     self.data = data
     self.partition = partition
     self.devices = devices
+    self.adversaries = adversaries
     self.seed = seed
   }
 }
@@ -105,6 +108,29 @@ public enum PartitionPlan: Codable, Sendable, Hashable {
   }
 }
 
+/// A share of the population that sends harmful updates, to study robust aggregation.
+public struct AdversaryPlan: Codable, Sendable, Hashable {
+  public enum Attack: Codable, Sendable, Hashable {
+    /// Sends the negated update.
+    case signFlip
+    /// Sends Gaussian noise N(0, σ²) in place of the update.
+    case gaussianNoise(standardDeviation: Double)
+    /// Sends the update multiplied by λ.
+    case scale(Double)
+    /// Trains honestly on labels flipped to `classes − 1 − y`.
+    case labelFlip
+  }
+
+  /// Each device is an adversary with this probability, drawn once from the scenario's seed.
+  public var fraction: Double
+  public var attack: Attack
+
+  public init(fraction: Double, attack: Attack) {
+    self.fraction = fraction
+    self.attack = attack
+  }
+}
+
 /// A distribution of a positive device property (speed, bandwidth).
 public enum ProfileDistribution: Codable, Sendable, Hashable {
   case constant(Double)
@@ -165,7 +191,7 @@ extension Scenario {
     return try parse(yaml: text, file: path)
   }
 
-  static let keys = ["plan", "data", "partition", "devices", "seed"]
+  static let keys = ["plan", "data", "partition", "devices", "adversaries", "seed"]
 
   /// Whether YAML text looks like a scenario (it names a plan) rather than a plan.
   public static func looksLikeScenario(yaml: String) -> Bool {
@@ -219,11 +245,14 @@ extension Scenario {
     }
     let partition = m.optional("partition", default: .natural) { PartitionPlan.read($0) }
     let devices = m.optional("devices", default: PopulationPlan()) { PopulationPlan.read($0) }
+    let adversaries = m.optional("adversaries") { AdversaryPlan.read($0) }
     let seed = m.optional("seed", default: 0) { $0.int(0...Int.max) }
 
     guard let plan, let planPath, let data else { return nil }
     let scenario = Scenario(
-      planPath: planPath, plan: plan, data: data, partition: partition, devices: devices, seed: UInt64(seed))
+      planPath: planPath, plan: plan, data: data, partition: partition, devices: devices,
+      adversaries: adversaries,
+      seed: UInt64(seed))
     // Checks across keys only make sense once each key is valid; otherwise defaults standing in
     // for invalid values would produce misleading follow-on issues.
     if log.issues.isEmpty { scenario.checkCombinations(m) }
@@ -385,6 +414,41 @@ extension PartitionPlan {
       m.reject(["sigma"], because: "distribution power_law takes exponent")
       return .quantitySkew(
         .powerLaw(exponent: m.optional("exponent", default: 1.5) { $0.double(0...10, above: true) }))
+    }
+  }
+}
+
+extension AdversaryPlan {
+  static let attacks = ["sign_flip", "gaussian_noise", "scale", "label_flip"]
+
+  static func read(_ field: YAMLField) -> AdversaryPlan? {
+    guard let m = field.mapping(allowed: ["fraction", "attack", "standard_deviation", "factor"]) else {
+      return nil
+    }
+    let fraction = m.required("fraction", hint: "the share of devices that attack, e.g. fraction: 0.2") {
+      $0.double(0...1)
+    }
+    let attack = m.required("attack", hint: "one of: " + attacks.joined(separator: ", ")) {
+      $0.oneOf(attacks)
+    }
+    guard let attack else { return nil }
+    switch attack {
+    case "gaussian_noise":
+      m.reject(["factor"], because: "attack gaussian_noise takes standard_deviation")
+      let sd = m.optional("standard_deviation", default: 1.0) { $0.double(0...1e6, above: true) }
+      return fraction.map { AdversaryPlan(fraction: $0, attack: .gaussianNoise(standardDeviation: sd)) }
+    case "scale":
+      m.reject(["standard_deviation"], because: "attack scale takes factor")
+      let factor = m.required("factor", hint: "the factor λ updates are multiplied by, e.g. factor: 10") {
+        $0.double(-1e6...1e6)
+      }
+      guard let fraction, let factor else { return nil }
+      return AdversaryPlan(fraction: fraction, attack: .scale(factor))
+    default:
+      m.reject(["standard_deviation", "factor"], because: "attack \(attack) has no parameters")
+      return fraction.map {
+        AdversaryPlan(fraction: $0, attack: attack == "sign_flip" ? .signFlip : .labelFlip)
+      }
     }
   }
 }
