@@ -166,7 +166,8 @@ public actor Coordinator {
   private let roundsCommitted: Counter
   private let roundsAbandoned: Counter
   private let roundDuration: Metrics.Timer
-  private let metricsFactory: any MetricsFactory
+  /// One counter per reason, so a rejection costs an increment, not a registration.
+  private let reportsRejected: [Rejection: Counter]
 
   /// - Parameters:
   ///   - initial: the model to start from: the plan's initial weights, or the latest checkpoint
@@ -201,12 +202,19 @@ public actor Coordinator {
       lastCheckIn = snapshot.lastCheckIn
       pendingRound = snapshot.pendingRound
     }
-    metricsFactory = metrics
     checkIns = Counter(label: "cohort_check_ins_total", factory: metrics)
     reportsAccepted = Counter(label: "cohort_reports_accepted_total", factory: metrics)
     roundsCommitted = Counter(label: "cohort_rounds_committed_total", factory: metrics)
     roundsAbandoned = Counter(label: "cohort_rounds_abandoned_total", factory: metrics)
     roundDuration = Metrics.Timer(label: "cohort_round_duration_seconds", factory: metrics)
+    reportsRejected = Dictionary(
+      uniqueKeysWithValues: Rejection.allCases.map {
+        (
+          $0,
+          Counter(
+            label: "cohort_reports_rejected_total", dimensions: [("reason", $0.rawValue)], factory: metrics)
+        )
+      })
   }
 
   /// Runs `body` on this coordinator's executor, so a driver that calls the coordinator after
@@ -302,11 +310,7 @@ public actor Coordinator {
         await flushFolds(round: report.round)
       }
     case .rejected(let reason):
-      Counter(
-        label: "cohort_reports_rejected_total", dimensions: [("reason", reason.rawValue)],
-        factory: metricsFactory
-      )
-      .increment()
+      reportsRejected[reason]?.increment()
       if reason == .late { lateReports[report.round, default: 0] += 1 }
       logger.debug(
         "report rejected",
