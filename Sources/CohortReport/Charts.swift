@@ -201,12 +201,13 @@ struct LineChart {
       out += "</g>\n"
     }
 
+    // The label sits at the left end, where learning curves are usually still below the target.
     if let reference, reference.value >= yTicks.low, reference.value <= yTicks.high {
       let y = c(py(reference.value))
       out += "<g class=\"reference\"><line x1=\"\(c(Self.left))\" x2=\"\(c(Self.left + plotW))\" "
       out +=
-        "y1=\"\(y)\" y2=\"\(y)\"/><text x=\"\(c(Self.left + plotW - 4))\" y=\"\(c(py(reference.value) - 5))\" "
-      out += "text-anchor=\"end\">\(escaped(reference.label))</text></g>\n"
+        "y1=\"\(y)\" y2=\"\(y)\"/><text x=\"\(c(Self.left + 6))\" y=\"\(c(py(reference.value) - 5))\">"
+      out += "\(escaped(reference.label))</text></g>\n"
     }
 
     out += legend(x: Self.left + plotW + 20, y: Self.top)

@@ -135,7 +135,7 @@ public struct ComparisonReport: Sendable {
     ul.notes { margin: 0; padding-left: 18px; color: #555; font-size: 0.9em; }
     table { border-collapse: collapse; width: 100%; font-size: 0.92em; }
     th, td { padding: 5px 8px; border-bottom: 1px solid #e4e4e4; text-align: left; }
-    th { background: #f5f5f5; font-weight: 600; }
+    th { background: #f5f5f5; font-weight: 600; white-space: nowrap; }
     td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
     .swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px; }
     p.explain, figcaption { color: #555; font-size: 0.85em; margin: 6px 0 0; }
