@@ -73,6 +73,11 @@ let package = Package(
       // Async functions run on their caller's executor (SE-0461): the event loop stays on the
       // coordinator's executor instead of hopping for every event.
       swiftSettings: swiftSettings + [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]),
+    // Comparison reports: self-contained HTML with hand-written SVG charts, rendered without I/O.
+    .target(
+      name: "CohortReport",
+      dependencies: ["CohortCore", "CohortStore"],
+      swiftSettings: swiftSettings),
     .target(
       name: "CohortTesting",
       dependencies: ["CohortCore", "CohortML", "CohortProtocol"],
@@ -80,7 +85,7 @@ let package = Package(
     .executableTarget(
       name: "cohort",
       dependencies: [
-        "CohortCore", "CohortML", "CohortStore", "CohortServer", "CohortSimulator", "CBLAS",
+        "CohortCore", "CohortML", "CohortStore", "CohortServer", "CohortSimulator", "CohortReport", "CBLAS",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ],
@@ -114,6 +119,10 @@ let package = Package(
     .testTarget(
       name: "CohortMLTests",
       dependencies: ["CohortML", "CohortCore", "CohortTesting", "CZlib"],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortReportTests",
+      dependencies: ["CohortReport", "CohortStore", "CohortCore", "CohortTesting"],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortStoreTests",

@@ -15,6 +15,7 @@ struct Cohort: AsyncParsableCommand {
       """,
     subcommands: [
       SimulateCommand.self, PlanCommand.self, DataCommand.self, TrainCommand.self, RunsCommand.self,
+      ReportCommand.self,
       ModelCommand.self,
       BenchCommand.self,
     ])

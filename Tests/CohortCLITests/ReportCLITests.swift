@@ -1,0 +1,43 @@
+import CohortTesting
+import Foundation
+import Testing
+
+@Suite struct ReportCLITests {
+  @Test func reportWritesHTMLAndPrintsTheSummary() throws {
+    let dir = TemporaryDirectory()
+    let scenario = dir.write("small.yaml", smallScenario)
+    let db = dir.file("r.sqlite")
+    _ = try simulateJSON([scenario, "--db", db, "--rounds", "3"])
+    _ = try simulateJSON([scenario, "--db", db, "--rounds", "3", "--seed", "6"])
+    let out = dir.file("reports/r.html")
+    let result = try cohort([
+      "report", "1", "2", "--db", db, "--out", out, "--target", "0.3", "--title", "A & B",
+    ])
+    #expect(result.status == 0, "\(result.stderr)")
+    // Same name, no seed suffix: two series, told apart by run id.
+    #expect(result.stdout.contains("small.yaml (run 1)") && result.stdout.contains("small.yaml (run 2)"))
+    #expect(result.stdout.contains("final acc (mean ± std)") && result.stdout.contains("wrote \(out)"))
+    let html = try String(contentsOfFile: out, encoding: .utf8)
+    #expect(html.contains("<h1>A &amp; B</h1>") && html.contains("<svg"))
+  }
+
+  @Test func unknownRunsAndUnevaluatedRunsAreClearErrors() throws {
+    let dir = TemporaryDirectory()
+    // Evaluated every 5 rounds (and at the last); killed after round 1: no round has a test accuracy.
+    let scenario = dir.write(
+      "sparse.yaml",
+      smallScenario.replacingOccurrences(
+        of: "strategy: {kind: fedavg}", with: "strategy: {kind: fedavg}\n    evaluation: {every: 5}"))
+    let db = dir.file("r.sqlite")
+    let crashed = try cohort(["simulate", scenario, "--db", db, "--crash-after-round", "1"])
+    #expect(crashed.status != 0)
+    let unknown = try cohort(["report", "1", "9", "--db", db, "--out", dir.file("x.html")])
+    #expect(unknown.status != 0)
+    #expect(
+      unknown.stderr.contains("no run 9") && unknown.stderr.contains("cohort runs list"), "\(unknown.stderr)")
+    let unevaluated = try cohort(["report", "1", "--db", db, "--out", dir.file("x.html")])
+    #expect(unevaluated.status != 0)
+    #expect(unevaluated.stderr.contains("no evaluated rounds"), "\(unevaluated.stderr)")
+    #expect(!FileManager.default.fileExists(atPath: dir.file("x.html")))
+  }
+}
