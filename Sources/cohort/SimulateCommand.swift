@@ -59,8 +59,12 @@ struct SimulateCommand: AsyncParsableCommand {
       } else {
         s = fresh!
         if let rounds { s.plan.server.rounds = rounds }
-        let name = scenario.path.map { ($0 as NSString).lastPathComponent } ?? "default"
-        runID = try store.createRun(name: name, scenario: s, createdAt: Date())
+        // "NAME seed N": `cohort report` groups runs that differ only in their seed.
+        let file = scenario.path.map {
+          (($0 as NSString).lastPathComponent as NSString).deletingPathExtension
+        }
+        runID = try store.createRun(
+          name: "\(file ?? "default") seed \(s.seed)", scenario: s, createdAt: Date())
       }
     } catch {
       throw error.exit()

@@ -142,7 +142,7 @@ func simulateJSON(_ arguments: [String]) throws -> [String: Any] {
     let db = dir.file("r.sqlite")
     _ = try simulateJSON([scenario, "--db", db, "--rounds", "2"])
     let list = try cohort(["runs", "list", "--db", db])
-    #expect(list.status == 0 && list.stdout.contains("small.yaml"), "\(list.stdout)\(list.stderr)")
+    #expect(list.status == 0 && list.stdout.contains("small seed 5"), "\(list.stdout)\(list.stderr)")
     let csv = try cohort(["runs", "export", "1", "--csv", "--db", db])
     #expect(csv.stdout.split(separator: "\n").count == 3, "\(csv.stdout)")
     let out = dir.file("m.safetensors")
