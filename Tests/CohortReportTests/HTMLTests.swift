@@ -76,7 +76,8 @@ func randomSeries(label: String, seeds: Int, rounds: Int, seed: UInt64) -> Repor
       #expect(!html.lowercased().contains(forbidden), "found \(forbidden)")
     }
     #expect(!containsNonFiniteNumber(html))
-    #expect(html.components(separatedBy: "<svg").count - 1 == 4)  // accuracy, target bars, train loss, test loss
+    // Accuracy, target bars, train loss, test loss.
+    #expect(html.components(separatedBy: "<svg").count - 1 == 4)
     #expect(html.contains("0.6000 ± 0.1414"))  // the summary row, as summaryRows() has it
     #expect(html.contains("target 0.55"))
   }
