@@ -326,3 +326,50 @@ private func blobs(count: Int, dimensions: Int, classes: Int, seed: UInt64) -> D
     #expect(whole.accuracy == Double(correct) / 700, "seed \(seed)")
   }
 }
+
+@Suite struct ControlVariateTests {
+  @Test func correctionShiftsEveryStepByServerMinusDeviceVariate() {
+    // One full-batch step: plain SGD gives w1 = w − η·g; with control variates the step is
+    // w − η·(g − c_k + c) = w1 − η·(c − c_k), by the definition of the corrected gradient.
+    let seed: UInt64 = 7
+    let data = blobs(count: 20, dimensions: 3, classes: 2, seed: seed)
+    let network = Network.logisticRegression(inputs: 3, classes: 2)
+    var init_ = RandomStream(seed: seed, purpose: "init")
+    let start = network.initialWeights(&init_)
+    let config = TrainingConfiguration(epochs: 1, batchSize: 20, optimizer: .init(learningRate: 0.1))
+    let trainer = LocalTrainer(network: network)
+    var rng1 = RandomStream(seed: seed, purpose: "train")
+    let plain = trainer.train(from: start, on: data, configuration: config, rng: &rng1).weights
+    let c = Weights(layout: network.layout, values: (0..<network.layout.count).map { Float($0) * 0.1 })
+    let ck = Weights(layout: network.layout, values: (0..<network.layout.count).map { _ in 0.05 })
+    var rng2 = RandomStream(seed: seed, purpose: "train")
+    let corrected = trainer.train(
+      from: start, on: data, configuration: config, rng: &rng2,
+      controlVariates: ControlVariates(server: c, device: ck)
+    ).weights
+    for i in 0..<plain.count {
+      let expected = plain.values[i] - 0.1 * (c.values[i] - ck.values[i])
+      #expect(abs(corrected.values[i] - expected) < 1e-6, "seed \(seed) index \(i)")
+    }
+    // Equal variates cancel: bit-identical to plain training.
+    var rng3 = RandomStream(seed: seed, purpose: "train")
+    let cancelled = trainer.train(
+      from: start, on: data, configuration: config, rng: &rng3,
+      controlVariates: ControlVariates(server: ck, device: ck))
+    #expect(cancelled.weights == plain)
+  }
+
+  @Test func optionTwoControlUpdate() {
+    // By hand: c_k⁺ = c_k − c + (x − y)/(Kη) with K = 4, η = 0.5 (Kη = 2):
+    // x − y = [2, −4] → [1, −2]; c = [0.5, 0.5], c_k = [0.25, 0] → c_k⁺ = [0.75, −2.5],
+    // Δc_k = c_k⁺ − c_k = [0.5, −2.5].
+    let layout = WeightsLayout([TensorSpec("w", [2])])
+    let cv = ControlVariates(
+      server: Weights(layout: layout, values: [0.5, 0.5]), device: Weights(layout: layout, values: [0.25, 0]))
+    let (control, delta) = cv.updated(
+      start: Weights(layout: layout, values: [3, -1]), end: Weights(layout: layout, values: [1, 3]), steps: 4,
+      learningRate: 0.5)
+    #expect(control.values == [0.75, -2.5])
+    #expect(delta.values == [0.5, -2.5])
+  }
+}

@@ -113,15 +113,221 @@ public struct WindowsPlan: Codable, Sendable, Hashable {
   }
 }
 
+/// The server's aggregation strategy (`server.strategy`): which rule turns a round's updates into
+/// the next global model, with that rule's parameters. Each kind carries only its own parameters,
+/// so a plan cannot hold a value that silently does nothing.
 public struct StrategyPlan: Codable, Sendable, Hashable {
-  public enum Kind: String, Codable, Sendable, CaseIterable { case fedavg }
-  public var kind: Kind = .fedavg
-  /// Weight each update by its example count (McMahan et al.); false gives the plain mean.
-  public var weighted: Bool = true
+  public enum Kind: String, Codable, Sendable, CaseIterable {
+    case fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, fedmedian, fedtrimmedavg
+    case krum, multikrum, bulyan, qfedavg, scaffold
+  }
 
+  /// Reddi et al. 2021 (Adaptive Federated Optimization), Algorithm 2: server learning rate η,
+  /// moment decays β₁ and β₂ (β₂ unused by FedAdagrad), adaptivity τ.
+  public struct Adaptive: Codable, Sendable, Hashable {
+    public var serverLearningRate: Double = 0.01
+    public var beta1: Double = 0.9
+    public var beta2: Double = 0.99
+    public var tau: Double = 1e-3
+
+    public init(
+      serverLearningRate: Double = 0.01, beta1: Double = 0.9, beta2: Double = 0.99, tau: Double = 1e-3
+    ) {
+      self.serverLearningRate = serverLearningRate
+      self.beta1 = beta1
+      self.beta2 = beta2
+      self.tau = tau
+    }
+  }
+
+  public enum Rule: Codable, Sendable, Hashable {
+    /// McMahan et al. 2017; `weighted` by example count, or the plain mean.
+    case fedavg(weighted: Bool)
+    /// Server momentum (Hsu et al. 2019): v ← βv + Δ̄, w ← w + ηv.
+    case fedavgm(serverLearningRate: Double, momentum: Double)
+    /// FedAvg on the server; devices add (μ/2)‖w − w_global‖² to their loss (Li et al. 2020).
+    case fedprox(mu: Double, weighted: Bool)
+    case fedadagrad(Adaptive)
+    case fedadam(Adaptive)
+    case fedyogi(Adaptive)
+    /// Coordinate-wise median of the updates.
+    case fedmedian
+    /// Coordinate-wise mean after cutting the fraction `beta` from each tail.
+    case fedtrimmedavg(beta: Double)
+    /// Blanchard et al. 2017, tolerating `byzantine` (f) bad updates.
+    case krum(byzantine: Int)
+    /// Multi-Krum: the mean of the `keep` (m) best-scored updates; nil keeps n − f.
+    case multikrum(byzantine: Int, keep: Int?)
+    /// El Mhamdi et al. 2018; needs n ≥ 4f + 3 updates.
+    case bulyan(byzantine: Int)
+    /// Li et al. 2020 (q-FFL). `learningRate` is the local learning rate whose inverse is the
+    /// Lipschitz estimate L; nil means the device optimizer's (a loaded plan fills it in).
+    case qfedavg(q: Double, learningRate: Double?)
+    /// Karimireddy et al. 2020, server side with global learning rate η_g.
+    case scaffold(serverLearningRate: Double)
+  }
+
+  public var rule: Rule
+
+  public init(_ rule: Rule = .fedavg(weighted: true)) { self.rule = rule }
+
+  /// The given kind with its default parameters (FedAvg's `weighted` as given).
   public init(kind: Kind = .fedavg, weighted: Bool = true) {
-    self.kind = kind
-    self.weighted = weighted
+    switch kind {
+    case .fedavg: rule = .fedavg(weighted: weighted)
+    case .fedavgm: rule = .fedavgm(serverLearningRate: 1, momentum: 0.9)
+    case .fedprox: rule = .fedprox(mu: 0.01, weighted: weighted)
+    case .fedadagrad: rule = .fedadagrad(Adaptive())
+    case .fedadam: rule = .fedadam(Adaptive())
+    case .fedyogi: rule = .fedyogi(Adaptive())
+    case .fedmedian: rule = .fedmedian
+    case .fedtrimmedavg: rule = .fedtrimmedavg(beta: 0.1)
+    case .krum: rule = .krum(byzantine: 1)
+    case .multikrum: rule = .multikrum(byzantine: 1, keep: nil)
+    case .bulyan: rule = .bulyan(byzantine: 1)
+    case .qfedavg: rule = .qfedavg(q: 1, learningRate: nil)
+    case .scaffold: rule = .scaffold(serverLearningRate: 1)
+    }
+  }
+
+  public var kind: Kind {
+    switch rule {
+    case .fedavg: .fedavg
+    case .fedavgm: .fedavgm
+    case .fedprox: .fedprox
+    case .fedadagrad: .fedadagrad
+    case .fedadam: .fedadam
+    case .fedyogi: .fedyogi
+    case .fedmedian: .fedmedian
+    case .fedtrimmedavg: .fedtrimmedavg
+    case .krum: .krum
+    case .multikrum: .multikrum
+    case .bulyan: .bulyan
+    case .qfedavg: .qfedavg
+    case .scaffold: .scaffold
+    }
+  }
+
+  /// Whether FedAvg-style means weight updates by example count. Only FedAvg and FedProx let
+  /// the plan choose; the other mean-based rules always weight (Reddi et al. 2021 use the
+  /// weighted mean as pseudo-gradient), and setting it on them changes nothing.
+  public var weighted: Bool {
+    get {
+      switch rule {
+      case .fedavg(let w), .fedprox(_, let w): w
+      default: true
+      }
+    }
+    set {
+      switch rule {
+      case .fedavg: rule = .fedavg(weighted: newValue)
+      case .fedprox(let mu, _): rule = .fedprox(mu: mu, weighted: newValue)
+      default: break
+      }
+    }
+  }
+
+  /// The proximal coefficient μ devices must use, when the strategy dictates one (FedProx).
+  public var deviceProximalMu: Double? {
+    if case .fedprox(let mu, _) = rule { return mu }
+    return nil
+  }
+
+  /// Whether the strategy needs every update on its own (so it cannot stream a sum, and cannot
+  /// run under secure aggregation, which reveals only the sum).
+  public var needsIndividualUpdates: Bool {
+    switch kind {
+    case .fedmedian, .fedtrimmedavg, .krum, .multikrum, .bulyan: true
+    default: false
+    }
+  }
+
+  /// The fewest updates a round must aggregate for the rule's guarantee to hold: Krum needs
+  /// n ≥ 2f + 3 (so each score has n − f − 2 ≥ 1 neighbours), Multi-Krum also n − f ≥ m, and
+  /// Bulyan n ≥ 4f + 3. 1 for the others.
+  public var minimumUpdates: Int {
+    switch rule {
+    case .krum(let f): 2 * f + 3
+    case .multikrum(let f, let keep): max(2 * f + 3, (keep ?? 0) + f)
+    case .bulyan(let f): 4 * f + 3
+    default: 1
+    }
+  }
+}
+
+extension StrategyPlan {
+  /// Flat, like the YAML: `{"kind": "fedavg", "weighted": true}` is what a FedAvg plan encoded
+  /// to before the other kinds existed, so stored FedAvg plans keep their SHA-256.
+  private enum CodingKeys: String, CodingKey {
+    case kind, weighted, serverLearningRate, momentum, mu, beta1, beta2, tau, beta, byzantine, keep, q
+    case learningRate
+  }
+
+  public init(from decoder: any Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    let kind = try c.decode(Kind.self, forKey: .kind)
+    func adaptive() throws -> Adaptive {
+      Adaptive(
+        serverLearningRate: try c.decode(Double.self, forKey: .serverLearningRate),
+        beta1: try c.decode(Double.self, forKey: .beta1), beta2: try c.decode(Double.self, forKey: .beta2),
+        tau: try c.decode(Double.self, forKey: .tau))
+    }
+    switch kind {
+    case .fedavg: rule = .fedavg(weighted: try c.decode(Bool.self, forKey: .weighted))
+    case .fedavgm:
+      rule = .fedavgm(
+        serverLearningRate: try c.decode(Double.self, forKey: .serverLearningRate),
+        momentum: try c.decode(Double.self, forKey: .momentum))
+    case .fedprox:
+      rule = .fedprox(
+        mu: try c.decode(Double.self, forKey: .mu), weighted: try c.decode(Bool.self, forKey: .weighted))
+    case .fedadagrad: rule = .fedadagrad(try adaptive())
+    case .fedadam: rule = .fedadam(try adaptive())
+    case .fedyogi: rule = .fedyogi(try adaptive())
+    case .fedmedian: rule = .fedmedian
+    case .fedtrimmedavg: rule = .fedtrimmedavg(beta: try c.decode(Double.self, forKey: .beta))
+    case .krum: rule = .krum(byzantine: try c.decode(Int.self, forKey: .byzantine))
+    case .multikrum:
+      rule = .multikrum(
+        byzantine: try c.decode(Int.self, forKey: .byzantine),
+        keep: try c.decodeIfPresent(Int.self, forKey: .keep))
+    case .bulyan: rule = .bulyan(byzantine: try c.decode(Int.self, forKey: .byzantine))
+    case .qfedavg:
+      rule = .qfedavg(
+        q: try c.decode(Double.self, forKey: .q),
+        learningRate: try c.decodeIfPresent(Double.self, forKey: .learningRate))
+    case .scaffold:
+      rule = .scaffold(serverLearningRate: try c.decode(Double.self, forKey: .serverLearningRate))
+    }
+  }
+
+  public func encode(to encoder: any Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode(kind, forKey: .kind)
+    switch rule {
+    case .fedavg(let weighted): try c.encode(weighted, forKey: .weighted)
+    case .fedavgm(let eta, let momentum):
+      try c.encode(eta, forKey: .serverLearningRate)
+      try c.encode(momentum, forKey: .momentum)
+    case .fedprox(let mu, let weighted):
+      try c.encode(mu, forKey: .mu)
+      try c.encode(weighted, forKey: .weighted)
+    case .fedadagrad(let a), .fedadam(let a), .fedyogi(let a):
+      try c.encode(a.serverLearningRate, forKey: .serverLearningRate)
+      try c.encode(a.beta1, forKey: .beta1)
+      try c.encode(a.beta2, forKey: .beta2)
+      try c.encode(a.tau, forKey: .tau)
+    case .fedmedian: break
+    case .fedtrimmedavg(let beta): try c.encode(beta, forKey: .beta)
+    case .krum(let f), .bulyan(let f): try c.encode(f, forKey: .byzantine)
+    case .multikrum(let f, let keep):
+      try c.encode(f, forKey: .byzantine)
+      try c.encodeIfPresent(keep, forKey: .keep)
+    case .qfedavg(let q, let lr):
+      try c.encode(q, forKey: .q)
+      try c.encodeIfPresent(lr, forKey: .learningRate)
+    case .scaffold(let eta): try c.encode(eta, forKey: .serverLearningRate)
+    }
   }
 }
 
@@ -221,9 +427,57 @@ extension Plan {
       }
     }
     guard let name, let model else { return nil }
+    var resolvedDevice = device
+    var resolvedServer = server
+    checkAcrossKeys(m, device: &resolvedDevice, server: &resolvedServer)
     return Plan(
-      name: name, model: model, device: device, server: server, secureAggregation: secAgg,
+      name: name, model: model, device: resolvedDevice, server: resolvedServer, secureAggregation: secAgg,
       compression: compression, privacy: privacy)
+  }
+
+  /// Rules that tie keys in different sections together; each issue names every key involved.
+  /// Also resolves what the strategy dictates to the device part (FedProx's μ, q-FedAvg's
+  /// default learning rate), so devices read one value.
+  static func checkAcrossKeys(_ m: YAMLMapping, device: inout DevicePlan, server: inout ServerPlan) {
+    let strategy = server.strategy
+    let kindLine = m["server"]?.child("strategy")?.child("kind")?.line ?? m["server"]?.line
+    if let mu = strategy.deviceProximalMu {
+      if let field = m["device"]?.child("proximal_mu"), device.proximalMu != mu {
+        m.owner.log.add(
+          keyPath: "device.proximal_mu", line: field.line,
+          "device.proximal_mu (\(device.proximalMu)) and server.strategy.mu (\(mu)) disagree; FedProx's μ "
+            + "belongs in server.strategy.mu: remove device.proximal_mu or make them equal")
+      } else {
+        device.proximalMu = mu
+      }
+    }
+    if case .qfedavg(let q, nil) = strategy.rule {
+      server.strategy.rule = .qfedavg(q: q, learningRate: device.optimizer.learningRate)
+    }
+    let needed = strategy.minimumUpdates
+    if needed > 1, server.cohort.goal < needed {
+      let f: Int
+      switch strategy.rule {
+      case .krum(let b), .multikrum(let b, _), .bulyan(let b): f = b
+      default: f = 0
+      }
+      let rule =
+        strategy.kind == .bulyan
+        ? "n ≥ 4f + 3" : strategy.kind == .krum ? "n ≥ 2f + 3" : "n ≥ 2f + 3 and n ≥ keep + f"
+      m.owner.log.add(
+        keyPath: "server.cohort.goal", line: m["server"]?.child("cohort")?.child("goal")?.line ?? kindLine,
+        "server.strategy.kind \(strategy.kind.rawValue) with byzantine f = \(f) needs \(rule) = \(needed) "
+          + "updates per round, but server.cohort.goal is \(server.cohort.goal): raise server.cohort.goal to "
+          + "at least \(needed) or lower server.strategy.byzantine")
+    }
+    if strategy.needsIndividualUpdates, SecureAggregationPlan.requestsEnabled(m["secure_aggregation"]) {
+      m.owner.log.add(
+        keyPath: "server.strategy.kind", line: kindLine,
+        "server.strategy.kind \(strategy.kind.rawValue) needs each device's update on its own, but "
+          + "secure_aggregation.enabled: true reveals only their sum: choose a strategy that works on the sum "
+          + "(fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, qfedavg, scaffold) or set "
+          + "secure_aggregation.enabled: false")
+    }
   }
 }
 
@@ -326,15 +580,7 @@ extension ServerPlan {
       windows.reporting = w.optional("reporting", default: windows.reporting) { $0.duration() }
       return windows
     }
-    plan.strategy = m.optional("strategy", default: plan.strategy) { f -> StrategyPlan? in
-      guard let s = f.mapping(allowed: ["kind", "weighted"]) else { return nil }
-      var strategy = StrategyPlan()
-      strategy.kind = s.optional("kind", default: strategy.kind) {
-        $0.oneOf(StrategyPlan.Kind.allCases.map(\.rawValue)).flatMap(StrategyPlan.Kind.init)
-      }
-      strategy.weighted = s.optional("weighted", default: strategy.weighted) { $0.bool() }
-      return strategy
-    }
+    plan.strategy = m.optional("strategy", default: plan.strategy) { StrategyPlan.read($0) }
     plan.evaluation = m.optional("evaluation", default: plan.evaluation) { f -> EvaluationPlan? in
       guard let e = f.mapping(allowed: ["every"]) else { return nil }
       return EvaluationPlan(every: e.optional("every", default: 1) { $0.int(1...1_000_000) })
@@ -343,7 +589,101 @@ extension ServerPlan {
   }
 }
 
+extension StrategyPlan {
+  /// Every key some kind accepts, YAML spelling; each kind then rejects the ones it does not use.
+  static let keysByKind: [Kind: [String]] = [
+    .fedavg: ["weighted"],
+    .fedavgm: ["server_learning_rate", "momentum"],
+    .fedprox: ["mu", "weighted"],
+    .fedadagrad: ["server_learning_rate", "beta1", "tau"],
+    .fedadam: ["server_learning_rate", "beta1", "beta2", "tau"],
+    .fedyogi: ["server_learning_rate", "beta1", "beta2", "tau"],
+    .fedmedian: [],
+    .fedtrimmedavg: ["beta"],
+    .krum: ["byzantine"],
+    .multikrum: ["byzantine", "keep"],
+    .bulyan: ["byzantine"],
+    .qfedavg: ["q", "learning_rate"],
+    .scaffold: ["server_learning_rate"],
+  ]
+
+  static func read(_ field: YAMLField) -> StrategyPlan? {
+    let all =
+      ["kind"]
+      + Kind.allCases.flatMap { keysByKind[$0] ?? [] }.reduce(into: [String]()) {
+        if !$0.contains($1) { $0.append($1) }
+      }
+    guard let s = field.mapping(allowed: all) else { return nil }
+    let kind = s.optional("kind", default: Kind.fedavg) {
+      $0.oneOf(Kind.allCases.map(\.rawValue)).flatMap(Kind.init)
+    }
+    let own = keysByKind[kind] ?? []
+    let others = all.filter { $0 != "kind" && !own.contains($0) }
+    let accepted = own.isEmpty ? "it takes no parameters" : "its keys are: " + own.joined(separator: ", ")
+    s.reject(others, because: "strategy \(kind.rawValue) does not use it; \(accepted)")
+
+    var plan = StrategyPlan(kind: kind)
+    let eta = { (d: Double) in
+      s.optional("server_learning_rate", default: d) { $0.double(0...1e3, above: true) }
+    }
+    // β in [0, 1): 1 would freeze the moment at its initial value.
+    let decay = { (key: String, d: Double) in
+      s.optional(key, default: d) { f -> Double? in
+        guard let v = f.double(0...1) else { return nil }
+        guard v < 1 else {
+          f.fail("out of range: expected a number at least 0 and below 1")
+          return nil
+        }
+        return v
+      }
+    }
+    let byzantine = { s.optional("byzantine", default: 1) { $0.int(0...1_000_000) } }
+    switch plan.rule {
+    case .fedavg(let w): plan.rule = .fedavg(weighted: s.optional("weighted", default: w) { $0.bool() })
+    case .fedavgm(let e, let m):
+      plan.rule = .fedavgm(serverLearningRate: eta(e), momentum: decay("momentum", m))
+    case .fedprox(let mu, let w):
+      plan.rule = .fedprox(
+        mu: s.optional("mu", default: mu) { $0.double(0...1e6) },
+        weighted: s.optional("weighted", default: w) { $0.bool() })
+    case .fedadagrad(var a), .fedadam(var a), .fedyogi(var a):
+      a.serverLearningRate = eta(a.serverLearningRate)
+      a.beta1 = decay("beta1", a.beta1)
+      a.beta2 = decay("beta2", a.beta2)
+      a.tau = s.optional("tau", default: a.tau) { $0.double(0...1e3, above: true) }
+      plan.rule = kind == .fedadagrad ? .fedadagrad(a) : kind == .fedadam ? .fedadam(a) : .fedyogi(a)
+    case .fedmedian: break
+    case .fedtrimmedavg(let beta):
+      plan.rule = .fedtrimmedavg(
+        beta: s.optional("beta", default: beta) { f -> Double? in
+          guard let v = f.double(0...0.5) else { return nil }
+          guard v < 0.5 else {
+            f.fail("out of range: expected a fraction at least 0 and below 0.5 (cut from each tail)")
+            return nil
+          }
+          return v
+        })
+    case .krum: plan.rule = .krum(byzantine: byzantine())
+    case .multikrum:
+      plan.rule = .multikrum(byzantine: byzantine(), keep: s.optional("keep") { $0.int(1...10_000_000) })
+    case .bulyan: plan.rule = .bulyan(byzantine: byzantine())
+    case .qfedavg(let q, _):
+      plan.rule = .qfedavg(
+        q: s.optional("q", default: q) { $0.double(0...1e3) },
+        learningRate: s.optional("learning_rate") { $0.double(0...1e3, above: true) })
+    case .scaffold(let e): plan.rule = .scaffold(serverLearningRate: eta(e))
+    }
+    return plan
+  }
+}
+
 extension SecureAggregationPlan {
+  /// Whether the plan asks for secure aggregation (even though this version refuses it), so rules
+  /// that combine it with other keys can name the combination.
+  static func requestsEnabled(_ field: YAMLField?) -> Bool {
+    field?.child("enabled")?.peekBool ?? false
+  }
+
   static func read(_ field: YAMLField) -> SecureAggregationPlan? {
     guard let m = field.mapping(allowed: ["enabled"]) else { return nil }
     let enabled = m.optional("enabled", default: false) { $0.bool() }

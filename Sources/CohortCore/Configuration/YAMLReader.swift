@@ -48,6 +48,27 @@ struct YAMLField {
 
   func fail(_ message: String) { log.add(self, message) }
 
+  /// 1-based line of this node, when known.
+  var line: Int? { node.mark?.line }
+
+  /// The value under `key` when this node is a mapping that has it; records nothing, for rules
+  /// that look across sections after each section has been read (and checked) on its own.
+  func child(_ key: String) -> YAMLField? {
+    guard case .mapping(let m) = node else { return nil }
+    for (k, v) in m {
+      if case .scalar(let ks) = k, ks.string == key {
+        return YAMLField(node: v, path: path + [key], log: log)
+      }
+    }
+    return nil
+  }
+
+  /// This node as true or false without recording an issue when it is neither.
+  var peekBool: Bool? {
+    guard case .scalar(let s) = node else { return nil }
+    return Bool.construct(from: s)
+  }
+
   // MARK: Scalars
 
   func string() -> String? {

@@ -17,7 +17,7 @@ public struct LocalTrainer: Sendable {
   /// batches of `batchSize`; the last, partial batch is a step too.
   public func train(
     from weights: Weights, on data: Dataset, indices: [Int]? = nil,
-    configuration: TrainingConfiguration, rng: inout RandomStream
+    configuration: TrainingConfiguration, rng: inout RandomStream, controlVariates: ControlVariates? = nil
   ) -> TrainingResult {
     precondition(weights.layout == network.layout, "weights do not have this network's layout")
     precondition(
@@ -43,6 +43,15 @@ public struct LocalTrainer: Sendable {
     var velocity = [Float](repeating: 0, count: sgd.needsVelocity ? count : 0)
     // w_global for FedProx: the starting weights, shared with `weights` (no copy).
     let anchor = weights.values
+    // SCAFFOLD: every step's gradient becomes g − c_k + c; the difference is formed once.
+    var correction: [Float] = []
+    if let cv = controlVariates {
+      precondition(
+        cv.server.layout == network.layout && cv.device.layout == network.layout,
+        "control variates do not have this network's layout")
+      correction = cv.server.difference(cv.device).values
+    }
+    let corrected = !correction.isEmpty
     var order = base
     var lossSum = 0.0
     var steps = 0
@@ -54,6 +63,7 @@ public struct LocalTrainer: Sendable {
             velocity.withUnsafeMutableBufferPointer { v in
               anchor.withUnsafeBufferPointer { a in
                 let w = w.start
+                let gradientBuffer = g
                 let g = g.start
                 let v = sgd.needsVelocity ? v.baseAddress : nil
                 let a = sgd.needsAnchor ? a.baseAddress : nil
@@ -71,6 +81,9 @@ public struct LocalTrainer: Sendable {
                       workspace.forward(parameters: w, batch: batch)
                       lossSum +=
                         workspace.lossAndBackward(parameters: w, gradient: g, batch: batch).lossSum
+                      if corrected {
+                        correction.withUnsafeBufferPointer { Vector.axpy(1, $0, gradientBuffer) }
+                      }
                       sgd.step(weights: w, gradient: g, velocity: v, anchor: a, count: count)
                       steps += 1
                       start += batch

@@ -1,0 +1,247 @@
+public import CohortCore
+
+/// One device's contribution to a round, as the server strategy sees it.
+public struct ClientUpdate: Sendable {
+  public var device: Int
+  /// local − global.
+  public var update: Weights
+  /// Examples trained on: the update's weight in example-weighted means.
+  public var examples: Int
+  /// F_k(wᵗ), the device's loss at the global model before training; q-FedAvg needs it.
+  public var lossAtGlobal: Double?
+  /// SCAFFOLD's Δc_k = c_k⁺ − c_k; SCAFFOLD needs it.
+  public var controlDelta: Weights?
+
+  public init(
+    device: Int, update: Weights, examples: Int, lossAtGlobal: Double? = nil, controlDelta: Weights? = nil
+  ) {
+    self.device = device
+    self.update = update
+    self.examples = examples
+    self.lossAtGlobal = lossAtGlobal
+    self.controlDelta = controlDelta
+  }
+}
+
+/// What a strategy carries from round to round, besides the global model. Codable so a
+/// checkpoint or a simulation snapshot can hold it; each field is nil when the strategy has none.
+public struct StrategyState: Sendable, Codable, Hashable {
+  /// FedAvgM's server velocity v.
+  public var velocity: [Double]?
+  /// FedAdagrad/FedAdam/FedYogi's first moment m.
+  public var firstMoment: [Double]?
+  /// FedAdagrad/FedAdam/FedYogi's second moment v.
+  public var secondMoment: [Double]?
+  /// SCAFFOLD's server control variate c, which devices receive with the model.
+  public var control: [Float]?
+
+  public init(
+    velocity: [Double]? = nil, firstMoment: [Double]? = nil, secondMoment: [Double]? = nil,
+    control: [Float]? = nil
+  ) {
+    self.velocity = velocity
+    self.firstMoment = firstMoment
+    self.secondMoment = secondMoment
+    self.control = control
+  }
+
+  /// SCAFFOLD's c as weights of `layout`, to send to devices.
+  public func serverControl(layout: WeightsLayout) -> Weights? {
+    control.map { Weights(layout: layout, values: $0) }
+  }
+}
+
+/// The updates of one round, folded as they arrive. Streaming strategies hold O(model) memory
+/// here (a running sum); those that need individual updates keep them, O(cohort × model).
+public struct RoundAggregate: Sendable {
+  /// Σ wᵢΔᵢ, example-weighted (or equal-weighted where the strategy says so).
+  var sum: UpdateAccumulator
+  /// SCAFFOLD: Σ Δcᵢ.
+  var controlSum: UpdateAccumulator?
+  /// q-FedAvg: Σ F_k^q Δw_k and Σ h_k.
+  var qNumerator: [Double]?
+  var qDenominator: Double = 0
+  /// Robust strategies: the updates themselves, in arrival order.
+  var updates: [Weights] = []
+
+  /// Updates folded in.
+  public private(set) var count = 0
+  /// Σ examples over the folded updates.
+  public private(set) var examples = 0
+
+  init(layout: WeightsLayout, control: Bool, q: Bool) {
+    sum = UpdateAccumulator(layout: layout)
+    controlSum = control ? UpdateAccumulator(layout: layout) : nil
+    qNumerator = q ? [Double](repeating: 0, count: layout.count) : nil
+  }
+
+  mutating func counted(examples: Int) {
+    count += 1
+    self.examples += examples
+  }
+}
+
+/// A server aggregation strategy, chosen by the plan's `server.strategy`: the Coordinator calls
+/// `makeRound()` per round, `fold` per arriving update, and `nextGlobal` when the round closes.
+/// Pure: no I/O, clock or randomness, and ties are broken by arrival order, so a round's result
+/// depends only on its inputs.
+public struct ServerStrategy: Sendable {
+  public let plan: StrategyPlan
+  public let layout: WeightsLayout
+  /// N, the number of devices in the population; SCAFFOLD scales its control update by |S|/N.
+  public let population: Int?
+
+  /// `population` is required for SCAFFOLD. q-FedAvg needs its learning rate resolved (a
+  /// loaded plan has it: it defaults to the device optimizer's).
+  public init(plan: StrategyPlan, layout: WeightsLayout, population: Int? = nil) {
+    if plan.kind == .scaffold {
+      precondition((population ?? 0) > 0, "SCAFFOLD needs the population size N")
+    }
+    if case .qfedavg(_, let lr) = plan.rule {
+      precondition(lr != nil, "q-FedAvg needs its learning rate; Plan.load fills in the device optimizer's")
+    }
+    self.plan = plan
+    self.layout = layout
+    self.population = population
+  }
+
+  public var needsIndividualUpdates: Bool { plan.needsIndividualUpdates }
+
+  /// The state before round 1: zero velocity and first moment, second moment τ² (Reddi et al.
+  /// 2021, Algorithm 2: v₋₁ ≥ τ²), zero control variate.
+  public func initialState() -> StrategyState {
+    let zeros = [Double](repeating: 0, count: layout.count)
+    switch plan.rule {
+    case .fedavgm: return StrategyState(velocity: zeros)
+    case .fedadagrad(let a), .fedadam(let a), .fedyogi(let a):
+      return StrategyState(
+        firstMoment: zeros, secondMoment: [Double](repeating: a.tau * a.tau, count: layout.count))
+    case .scaffold: return StrategyState(control: [Float](repeating: 0, count: layout.count))
+    default: return StrategyState()
+    }
+  }
+
+  public func makeRound() -> RoundAggregate {
+    RoundAggregate(layout: layout, control: plan.kind == .scaffold, q: plan.kind == .qfedavg)
+  }
+
+  /// Folds one update into the round. SCAFFOLD's updates must carry `controlDelta`, q-FedAvg's
+  /// `lossAtGlobal`.
+  public func fold(_ u: ClientUpdate, into round: inout RoundAggregate) {
+    precondition(u.update.layout == layout, "update layout does not match the strategy's")
+    precondition(u.examples >= 0, "examples must not be negative")
+    switch plan.rule {
+    case .fedavg(let weighted), .fedprox(_, let weighted):
+      FederatedAveraging(weighted: weighted).fold(u.update, examples: u.examples, into: &round.sum)
+    case .fedavgm, .fedadagrad, .fedadam, .fedyogi:
+      FederatedAveraging(weighted: true).fold(u.update, examples: u.examples, into: &round.sum)
+    case .fedmedian, .fedtrimmedavg, .krum, .multikrum, .bulyan:
+      round.updates.append(u.update)
+    case .qfedavg(let q, let lr):
+      guard let loss = u.lossAtGlobal else {
+        preconditionFailure("q-FedAvg needs each update's lossAtGlobal")
+      }
+      QFedAvg(q: q, lipschitz: 1 / lr!).fold(u.update, loss: loss, into: &round)
+    case .scaffold:
+      guard let dc = u.controlDelta else { preconditionFailure("SCAFFOLD needs each update's controlDelta") }
+      precondition(dc.layout == layout, "control delta layout does not match the strategy's")
+      // Algorithm 1 averages over the sampled devices with equal weight (1/|S|).
+      round.sum.fold(u.update, weight: 1, examples: u.examples)
+      round.controlSum!.fold(dc, weight: 1, examples: u.examples)
+    }
+    round.counted(examples: u.examples)
+  }
+
+  /// The next global model (updating `state`), or nil when nothing usable was folded; then
+  /// `state` is unchanged and the caller abandons the round.
+  public func nextGlobal(from global: Weights, _ round: RoundAggregate, state: inout StrategyState)
+    -> Weights?
+  {
+    precondition(global.layout == layout, "global model layout does not match the strategy's")
+    guard round.count > 0 else { return nil }
+    switch plan.rule {
+    case .fedavg(let weighted), .fedprox(_, let weighted):
+      return FederatedAveraging(weighted: weighted).nextGlobal(from: global, round.sum)
+    case .fedavgm(let eta, let beta):
+      guard let mean = round.sum.meanDouble() else { return nil }
+      var v = state.velocity ?? [Double](repeating: 0, count: layout.count)
+      var w = [Double](repeating: 0, count: layout.count)
+      for i in 0..<v.count {
+        v[i] = beta * v[i] + mean[i]
+        w[i] = Double(global.values[i]) + eta * v[i]
+      }
+      state.velocity = v
+      return Weights(layout: layout, values: w.map { Float($0) })
+    case .fedadagrad(let a), .fedadam(let a), .fedyogi(let a):
+      guard let mean = round.sum.meanDouble() else { return nil }
+      return adaptiveStep(global, mean, a, &state)
+    case .fedmedian:
+      return apply(Robust.median(round.updates), to: global)
+    case .fedtrimmedavg(let beta):
+      return apply(Robust.trimmedMean(round.updates, beta: beta), to: global)
+    case .krum(let f):
+      let chosen = Robust.krumSelect(round.updates, byzantine: f, keep: 1)
+      return apply(Robust.mean(chosen.map { round.updates[$0] }), to: global)
+    case .multikrum(let f, let keep):
+      let chosen = Robust.krumSelect(round.updates, byzantine: f, keep: keep)
+      return apply(Robust.mean(chosen.map { round.updates[$0] }), to: global)
+    case .bulyan(let f):
+      return apply(Robust.bulyan(round.updates, byzantine: f), to: global)
+    case .qfedavg:
+      return QFedAvg.step(global, round)
+    case .scaffold(let eta):
+      guard let dy = round.sum.meanDouble(), let dcSum = round.controlSum?.sum else { return nil }
+      // c ← c + (|S|/N)·mean Δc = c + (1/N)·Σ Δc.
+      let n = Double(population!)
+      var c = state.control ?? [Float](repeating: 0, count: layout.count)
+      for i in 0..<c.count { c[i] = Float(Double(c[i]) + dcSum[i] / n) }
+      state.control = c
+      return apply(dy.map { eta * $0 }, to: global)
+    }
+  }
+
+  /// Reddi et al. 2021, Algorithm 2 (no bias correction):
+  /// m ← β₁m + (1−β₁)Δ; v by variant; w ← w + η·m/(√v + τ).
+  private func adaptiveStep(
+    _ global: Weights, _ delta: [Double], _ a: StrategyPlan.Adaptive, _ state: inout StrategyState
+  ) -> Weights {
+    let n = layout.count
+    var m = state.firstMoment ?? [Double](repeating: 0, count: n)
+    var v = state.secondMoment ?? [Double](repeating: a.tau * a.tau, count: n)
+    var w = [Float](repeating: 0, count: n)
+    let kind = plan.kind
+    for i in 0..<n {
+      let d = delta[i]
+      let d2 = d * d
+      m[i] = a.beta1 * m[i] + (1 - a.beta1) * d
+      switch kind {
+      case .fedadagrad: v[i] = v[i] + d2
+      case .fedadam: v[i] = a.beta2 * v[i] + (1 - a.beta2) * d2
+      default:
+        // Yogi: v − (1−β₂)·Δ²·sign(v − Δ²); sign(0) = 0.
+        let s: Double = v[i] > d2 ? 1 : (v[i] < d2 ? -1 : 0)
+        v[i] = v[i] - (1 - a.beta2) * d2 * s
+      }
+      w[i] = Float(Double(global.values[i]) + a.serverLearningRate * m[i] / (v[i].squareRoot() + a.tau))
+    }
+    state.firstMoment = m
+    state.secondMoment = v
+    return Weights(layout: layout, values: w)
+  }
+
+  private func apply(_ delta: [Double]?, to global: Weights) -> Weights? {
+    guard let delta else { return nil }
+    var w = [Float](repeating: 0, count: layout.count)
+    for i in 0..<w.count { w[i] = Float(Double(global.values[i]) + delta[i]) }
+    return Weights(layout: layout, values: w)
+  }
+}
+
+extension UpdateAccumulator {
+  /// Σ wᵢΔᵢ / Σ wᵢ kept in Double, for strategies that do more arithmetic on the mean.
+  func meanDouble() -> [Double]? {
+    guard totalWeight > 0 else { return nil }
+    let scale = 1 / totalWeight
+    return sum.map { $0 * scale }
+  }
+}
