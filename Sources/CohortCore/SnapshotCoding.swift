@@ -29,6 +29,16 @@ public struct SnapshotWriter {
     for v in values { write(v) }
   }
 
+  public mutating func write(_ values: [Double]) {
+    write(values.count)
+    for v in values { write(v) }
+  }
+
+  public mutating func write(_ values: [Float]) {
+    write(values.count)
+    for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { bytes.append(contentsOf: $0) } }
+  }
+
   public mutating func write(_ rng: RandomStream) {
     let (a, b, c, d, spare) = rng.savedState
     for x in [a, b, c, d] { write(x) }
@@ -80,6 +90,28 @@ public struct SnapshotReader {
     var out: [Int] = []
     out.reserveCapacity(n)
     for _ in 0..<n { out.append(try int()) }
+    return out
+  }
+
+  public mutating func doubles() throws(CohortError) -> [Double] {
+    let n = try count()
+    var out: [Double] = []
+    out.reserveCapacity(n)
+    for _ in 0..<n { out.append(try double()) }
+    return out
+  }
+
+  public mutating func floats() throws(CohortError) -> [Float] {
+    let n = try count()
+    guard offset + 4 * n <= bytes.count else { throw Self.truncated(offset) }
+    var out: [Float] = []
+    out.reserveCapacity(n)
+    for i in 0..<n {
+      var v: UInt32 = 0
+      for b in 0..<4 { v |= UInt32(bytes[offset + 4 * i + b]) << (8 * UInt32(b)) }
+      out.append(Float(bitPattern: v))
+    }
+    offset += 4 * n
     return out
   }
 

@@ -45,11 +45,14 @@ public struct TaskAssignment: Sendable {
   /// Also evaluate the received model on local test data and include it in the report
   /// (federated evaluation).
   public var evaluate: Bool
+  /// SCAFFOLD's server control variate c, when the strategy is SCAFFOLD.
+  public var serverControl: Weights?
 
-  public init(task: RoundTask, checkpoint: Weights, evaluate: Bool) {
+  public init(task: RoundTask, checkpoint: Weights, evaluate: Bool, serverControl: Weights? = nil) {
     self.task = task
     self.checkpoint = checkpoint
     self.evaluate = evaluate
+    self.serverControl = serverControl
   }
 }
 
@@ -64,11 +67,17 @@ public struct UpdateReport: Sendable {
   public var bytes: Int
   /// Federated evaluation of the received model, when the task asked for it.
   public var evaluation: Evaluation?
+  /// F_k(wᵗ): the loss of the received model on the device's training examples (q-FedAvg).
+  public var lossAtGlobal: Double?
+  /// SCAFFOLD's change of the device's control variate, Δc_k.
+  public var controlDelta: Weights?
 
   public init(
     device: DeviceID, round: Int, update: Weights, examples: Int, trainLoss: Double, bytes: Int,
-    evaluation: Evaluation? = nil
+    evaluation: Evaluation? = nil, lossAtGlobal: Double? = nil, controlDelta: Weights? = nil
   ) {
+    self.lossAtGlobal = lossAtGlobal
+    self.controlDelta = controlDelta
     self.device = device
     self.round = round
     self.update = update
@@ -81,7 +90,9 @@ public struct UpdateReport: Sendable {
   /// Whether the update can be folded into a model with `layout`: same shape, finite values,
   /// at least one example.
   public func isWellFormed(for layout: WeightsLayout) -> Bool {
-    guard update.layout == layout, examples > 0, trainLoss.isFinite else { return false }
+    guard update.layout == layout, examples > 0, trainLoss.isFinite, lossAtGlobal?.isFinite ?? true
+    else { return false }
+    if let c = controlDelta, c.layout != layout || !c.values.allSatisfy({ $0.isFinite }) { return false }
     return update.values.allSatisfy { $0.isFinite }
   }
 }

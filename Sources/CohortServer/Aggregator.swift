@@ -1,37 +1,35 @@
 public import CohortAggregation
-public import CohortCore
 
-/// Folds a round's accepted updates into a running sum as they arrive, off the Coordinator's
-/// executor, so a large model's arithmetic never delays check-ins.
+/// Folds a round's accepted updates as they arrive, off the Coordinator's executor, so a large
+/// model's arithmetic never delays check-ins. Streaming strategies keep a running sum; robust
+/// ones keep the round's updates (they need them all).
 public actor Aggregator {
-  public let strategy: FederatedAveraging
-  public let layout: WeightsLayout
+  public let strategy: ServerStrategy
   private var round: Int?
-  private var accumulator: UpdateAccumulator
+  private var aggregate: RoundAggregate
 
-  public init(strategy: FederatedAveraging, layout: WeightsLayout) {
+  public init(strategy: ServerStrategy) {
     self.strategy = strategy
-    self.layout = layout
-    accumulator = UpdateAccumulator(layout: layout)
+    aggregate = strategy.makeRound()
   }
 
-  /// Starts a new round's sum, discarding anything left from an abandoned one.
+  /// Starts a new round, discarding anything left from an abandoned one.
   public func begin(round: Int) {
     self.round = round
-    accumulator = UpdateAccumulator(layout: layout)
+    aggregate = strategy.makeRound()
   }
 
-  /// Folds updates, each with its example count, in the order given.
-  public func fold(_ updates: [(Weights, Int)], round: Int) {
+  /// Folds updates in the order given.
+  public func fold(_ updates: [ClientUpdate], round: Int) {
     precondition(self.round == round, "folding updates of round \(round) into round \(self.round ?? 0)")
-    for (update, examples) in updates { strategy.fold(update, examples: examples, into: &accumulator) }
+    for u in updates { strategy.fold(u, into: &aggregate) }
   }
 
-  /// The round's sum, handed over and reset.
-  public func finish(round: Int) -> UpdateAccumulator {
+  /// The round's aggregate, handed over and reset.
+  public func finish(round: Int) -> RoundAggregate {
     precondition(self.round == round, "finishing round \(round) while aggregating round \(self.round ?? 0)")
-    let result = accumulator
-    accumulator = UpdateAccumulator(layout: layout)
+    let result = aggregate
+    aggregate = strategy.makeRound()
     self.round = nil
     return result
   }

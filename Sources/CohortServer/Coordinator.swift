@@ -1,4 +1,4 @@
-import CohortAggregation
+public import CohortAggregation
 public import CohortCore
 public import CohortProtocol
 public import CohortStore
@@ -25,12 +25,18 @@ public actor Coordinator {
     /// calls `commitPending(resumeState:)` at a quiet point, so it can store its own state with
     /// the round.
     public var autoCommit: Bool
+    /// Devices in the population, N; SCAFFOLD needs it.
+    public var populationSize: Int?
 
-    public init(plan: Plan, population: String = "default", run: RunID? = nil, autoCommit: Bool = true) {
+    public init(
+      plan: Plan, population: String = "default", run: RunID? = nil, autoCommit: Bool = true,
+      populationSize: Int? = nil
+    ) {
       self.plan = plan
       self.population = population
       self.run = run
       self.autoCommit = autoCommit
+      self.populationSize = populationSize
     }
   }
 
@@ -64,11 +70,13 @@ public actor Coordinator {
     var checkInRate: Double
     var lastCheckIn: Double?
     var pendingRound: Int?
+    var strategyState: StrategyState
 
     init(
       machine: RoundStateMachine, books: [Int: RoundBook], lateReports: [Int: Int], checkInRate: Double,
-      lastCheckIn: Double?, pendingRound: Int?
+      lastCheckIn: Double?, pendingRound: Int?, strategyState: StrategyState
     ) {
+      self.strategyState = strategyState
       self.machine = machine
       self.books = books
       self.lateReports = lateReports
@@ -98,6 +106,12 @@ public actor Coordinator {
       w.write(checkInRate)
       w.write(lastCheckIn)
       w.write(pendingRound)
+      for vector in [strategyState.velocity, strategyState.firstMoment, strategyState.secondMoment] {
+        w.write(vector != nil)
+        if let vector { w.write(vector) }
+      }
+      w.write(strategyState.control != nil)
+      if let control = strategyState.control { w.write(control) }
     }
 
     /// The snapshot `save` wrote, for a coordinator running `plan` for `population`.
@@ -127,13 +141,19 @@ public actor Coordinator {
       checkInRate = try r.double()
       lastCheckIn = try r.optionalDouble()
       pendingRound = try r.optionalInt()
+      func vector() throws(CohortError) -> [Double]? { try r.bool() ? try r.doubles() : nil }
+      strategyState = StrategyState(
+        velocity: try vector(), firstMoment: try vector(), secondMoment: try vector(),
+        control: try r.bool() ? try r.floats() : nil)
     }
   }
 
   public let configuration: Configuration
   private var machine: RoundStateMachine
   private let aggregator: Aggregator
-  private let strategy: FederatedAveraging
+  private let strategy: ServerStrategy
+  /// What the strategy carries between rounds (momentum, moments, SCAFFOLD's control variate).
+  public private(set) var strategyState: StrategyState
   private let store: ResultsStore?
   private let link: any DeviceLink
   private let evaluator: (any CentralEvaluator)?
@@ -148,7 +168,7 @@ public actor Coordinator {
 
   private var books: [Int: RoundBook] = [:]
   /// Accepted updates not yet handed to the Aggregator.
-  private var unfolded: [(Weights, Int)] = []
+  private var unfolded: [ClientUpdate] = []
   private var unfoldedValues = 0
   static let foldBatchUpdates = 32
   static let foldBatchValues = 4 << 20
@@ -183,8 +203,11 @@ public actor Coordinator {
       snapshot?.machine
       ?? RoundStateMachine(
         configuration: .init(plan: plan.server, population: configuration.population), resumingAfter: round)
-    strategy = FederatedAveraging(plan: plan.server.strategy)
-    aggregator = Aggregator(strategy: strategy, layout: initial.layout)
+    let serverStrategy = ServerStrategy(
+      plan: plan.server.strategy, layout: initial.layout, population: configuration.populationSize)
+    strategy = serverStrategy
+    aggregator = Aggregator(strategy: serverStrategy)
+    strategyState = snapshot?.strategyState ?? serverStrategy.initialState()
     self.store = store
     self.link = link
     self.evaluator = evaluator
@@ -302,7 +325,11 @@ public actor Coordinator {
         }
         books[report.round] = book
       }
-      unfolded.append((report.update, report.examples))
+      unfolded.append(
+        ClientUpdate(
+          device: report.device, update: report.update, examples: report.examples,
+          lossAtGlobal: report.lossAtGlobal,
+          controlDelta: report.controlDelta))
       unfoldedValues += report.update.count
       // Updates go to the Aggregator in batches: one hop per batch rather than per device,
       // while the batch stays small next to the cohort (the sum is never held per device).
@@ -383,7 +410,8 @@ public actor Coordinator {
     Snapshot(
       machine: machine, books: books, lateReports: lateReports, checkInRate: checkInRate,
       lastCheckIn: lastCheckIn,
-      pendingRound: pending?.record.outcome == .committed ? pending?.record.round : nil)
+      pendingRound: pending?.record.outcome == .committed ? pending?.record.round : nil,
+      strategyState: strategyState)
   }
 
   private func afterCommit(round: Int) async {
@@ -427,7 +455,10 @@ public actor Coordinator {
     books[round] = book
     logger.debug("round configured", metadata: ["round": "\(round)", "devices": "\(devices.count)"])
     await link.assign(
-      TaskAssignment(task: task, checkpoint: global, evaluate: round % every == 0), to: devices)
+      TaskAssignment(
+        task: task, checkpoint: global, evaluate: round % every == 0,
+        serverControl: strategyState.serverControl(layout: global.layout)),
+      to: devices)
   }
 
   private func close(round: Int, counts: RoundCounts, abandoned: AbandonReason?) async {
@@ -451,8 +482,8 @@ public actor Coordinator {
     var model: Weights?
     if abandoned == nil, book != nil {
       await flushFolds(round: round)
-      let sum = await aggregator.finish(round: round)
-      model = strategy.nextGlobal(from: global, sum)
+      let aggregate = await aggregator.finish(round: round)
+      model = strategy.nextGlobal(from: global, aggregate, state: &strategyState)
     }
     if let model {
       record.outcome = .committed

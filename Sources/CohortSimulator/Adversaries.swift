@@ -34,7 +34,7 @@ public struct Adversaries: Sendable {
   public func attacked(_ update: Weights, device: DeviceID, round: Int) -> Weights {
     var sent = update
     switch plan.attack {
-    case .signFlip: sent.scale(by: -1)
+    case .signFlip(let factor): sent.scale(by: -Float(factor))
     case .scale(let factor): sent.scale(by: Float(factor))
     case .gaussianNoise(let sd):
       var rng = RandomStream(seed: seed, purpose: "attack", round: round, device: device)

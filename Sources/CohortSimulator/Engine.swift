@@ -49,6 +49,10 @@ final class Engine {
     var bytesUp = 0
     var bytesDown = 0
     var localTrainings = 0
+    /// SCAFFOLD: each device's control variate c_k, kept from one participation to the next.
+    var controls: [DeviceID: [Float]] = [:]
+    /// SCAFFOLD: the server control variate sent with each model in flight, by the model's round.
+    var serverControls: [Int: [Float]] = [:]
   }
 
   /// The saved form: a format version, the loop's state, then the coordinator's.
@@ -171,7 +175,8 @@ final class Engine {
       scheduleSweep()
     case .trained(let device, let round):
       guard var session = state.sessions[device] else { return }
-      _ = await result(for: device)
+      // SCAFFOLD: the device keeps its new control variate once its training is done.
+      if let control = await result(for: device)?.control { state.controls[device] = control.values }
       let actions = session.trained(round: round, succeeded: true, now: now)
       state.sessions[device] = session
       await carryOut(actions, device: device)
@@ -184,8 +189,9 @@ final class Engine {
       let reply = await coordinator.report(
         UpdateReport(
           device: device, round: round, update: trained.update, examples: trained.examples,
-          trainLoss: trained.loss,
-          bytes: bytes, evaluation: trained.evaluation))
+          trainLoss: trained.loss, bytes: bytes, evaluation: trained.evaluation,
+          lossAtGlobal: trained.lossAtGlobal,
+          controlDelta: trained.controlDelta))
       await deliver(reply, to: device)
     case .dropout(let device, let round):
       results.removeValue(forKey: device)
@@ -283,6 +289,7 @@ final class Engine {
     for (assignment, devices) in sent {
       let task = assignment.task
       models[modelRound] = assignment.checkpoint
+      if let c = assignment.serverControl { state.serverControls[modelRound] = c.values }
       let downloadBytes = assignment.checkpoint.count * MemoryLayout<Float>.size
       for device in devices {
         guard var session = state.sessions[device] else { continue }
@@ -328,10 +335,17 @@ final class Engine {
     for (_, flight) in jobs where models[flight.modelRound] == nil {
       models[flight.modelRound] = try simulation.model(afterRound: flight.modelRound)
     }
-    let work = jobs.compactMap { device, flight in
-      models[flight.modelRound].map {
-        Simulation.TrainingJob(device: device, round: flight.round, start: $0, evaluate: flight.evaluate)
+    let work = jobs.compactMap { device, flight -> Simulation.TrainingJob? in
+      guard let start = models[flight.modelRound] else { return nil }
+      var job = Simulation.TrainingJob(
+        device: device, round: flight.round, start: start, evaluate: flight.evaluate)
+      if let c = state.serverControls[flight.modelRound] {
+        let own = state.controls[device] ?? [Float](repeating: 0, count: c.count)
+        job.controls = ControlVariates(
+          server: Weights(layout: start.layout, values: c), device: Weights(layout: start.layout, values: own)
+        )
       }
+      return job
     }
     let simulation = self.simulation
     let batch = nextBatch
@@ -343,6 +357,9 @@ final class Engine {
     // Models no device trains from any more can go.
     let live = Set(state.inFlight.values.map(\.modelRound))
     for round in models.keys where !live.contains(round) { models.removeValue(forKey: round) }
+    for round in state.serverControls.keys where !live.contains(round) {
+      state.serverControls.removeValue(forKey: round)
+    }
   }
 
   /// A device's training result, waiting for its batch if it is still training.

@@ -84,6 +84,7 @@ public final class Simulation: Sendable {
     // training would only compete with them.
     BLAS.useOneThread()
     network = Network(plan: scenario.plan.model)
+    // FedProx's μ reaches devices through the plan's device part (Plan fills it in).
     training = TrainingConfiguration(plan: scenario.plan.device)
     data = try DeviceDataProvider(scenario: scenario, cacheBudget: options.cacheBytes)
     population = try Population(scenario: scenario, count: data.count)
@@ -119,7 +120,9 @@ public final class Simulation: Sendable {
     let evaluator = CentralTestEvaluator(
       network: network, test: data.centralTest, parallelism: options.parallelism)
     let coordinator = Coordinator(
-      configuration: .init(plan: scenario.plan, run: run, autoCommit: false), initial: startModel,
+      configuration: .init(
+        plan: scenario.plan, run: run, autoCommit: false, populationSize: population.count),
+      initial: startModel,
       resumingAfter: startRound, snapshot: coordinatorSnapshot, store: store, link: selector,
       evaluator: evaluator,
       clock: clock, logger: logger)
@@ -146,6 +149,8 @@ public final class Simulation: Sendable {
     var round: Int
     var start: Weights
     var evaluate: Bool
+    /// SCAFFOLD: the server's control variate c and this device's c_k (zeros before it first trains).
+    var controls: ControlVariates? = nil
   }
 
   /// A finished local training: the update and what the server weighs it by.
@@ -154,6 +159,11 @@ public final class Simulation: Sendable {
     var examples: Int
     var loss: Double
     var evaluation: Evaluation?
+    /// q-FedAvg: the loss of the received model on the device's training examples.
+    var lossAtGlobal: Double? = nil
+    /// SCAFFOLD: the device's new control variate c_k⁺ and its change Δc_k.
+    var control: Weights? = nil
+    var controlDelta: Weights? = nil
   }
 
   /// Local training of many devices at once, `options.parallelism` at a time. Each result depends
@@ -186,8 +196,18 @@ public final class Simulation: Sendable {
       train = attacker.poisoned(local.train, indices: local.trainIndices)
       indices = nil
     }
+    // q-FedAvg weighs each device by its loss at the model it received, before training.
+    let lossAtGlobal =
+      scenario.plan.server.strategy.kind == .qfedavg
+      ? network.evaluate(job.start, on: train, indices: indices).loss : nil
     let result = LocalTrainer(network: network).train(
-      from: job.start, on: train, indices: indices, configuration: training, rng: &rng)
+      from: job.start, on: train, indices: indices, configuration: training, rng: &rng,
+      controlVariates: job.controls)
+    let scaffold = job.controls.map {
+      $0.updated(
+        start: job.start, end: result.weights, steps: result.steps,
+        learningRate: training.optimizer.learningRate)
+    }
     var evaluation: Evaluation?
     if job.evaluate, let test = local.test, test.count > 0 {
       evaluation = network.evaluate(job.start, on: test)
@@ -196,7 +216,8 @@ public final class Simulation: Sendable {
     if let attacker { update = attacker.attacked(update, device: job.device, round: job.round) }
     return Trained(
       update: update, examples: result.examples / max(1, training.epochs),
-      loss: result.meanLoss, evaluation: evaluation)
+      loss: result.meanLoss, evaluation: evaluation, lossAtGlobal: lossAtGlobal, control: scaffold?.control,
+      controlDelta: scaffold?.delta)
   }
 
   /// The same local-training arithmetic as a run, with no protocol at all: for each batch of

@@ -121,6 +121,13 @@ extension Engine.State {
     w.write(bytesUp)
     w.write(bytesDown)
     w.write(localTrainings)
+    for table in [controls, serverControls] {
+      w.write(table.count)
+      for (key, values) in table.sorted(by: { $0.key < $1.key }) {
+        w.write(key)
+        w.write(values)
+      }
+    }
   }
 
   init(population: Population, restoring r: inout SnapshotReader) throws(CohortError) {
@@ -155,5 +162,7 @@ extension Engine.State {
     bytesUp = try r.int()
     bytesDown = try r.int()
     localTrainings = try r.int()
+    for _ in 0..<(try r.count()) { controls[try r.int()] = try r.floats() }
+    for _ in 0..<(try r.count()) { serverControls[try r.int()] = try r.floats() }
   }
 }

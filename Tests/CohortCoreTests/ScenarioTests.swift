@@ -174,7 +174,7 @@ func scenarioIssues(_ scenario: String, plan: String? = nil) -> [ConfigurationIs
   @Test func attacksAndTheirParameters() throws {
     #expect(
       try loadScenario(base + "adversaries: {fraction: 0.2, attack: sign_flip}").adversaries
-        == AdversaryPlan(fraction: 0.2, attack: .signFlip))
+        == AdversaryPlan(fraction: 0.2, attack: .signFlip(factor: 4)))
     #expect(
       try loadScenario(base + "adversaries: {fraction: 0.1, attack: scale, factor: 10}").adversaries
         == AdversaryPlan(fraction: 0.1, attack: .scale(10)))
@@ -185,7 +185,7 @@ func scenarioIssues(_ scenario: String, plan: String? = nil) -> [ConfigurationIs
   }
 
   @Test func wrongParametersAreNamed() {
-    let issues = scenarioIssues(base + "adversaries: {fraction: 1.5, attack: sign_flip, factor: 2}")
+    let issues = scenarioIssues(base + "adversaries: {fraction: 1.5, attack: label_flip, factor: 2}")
     #expect(Set(issues.map(\.keyPath)) == ["adversaries.fraction", "adversaries.factor"])
     let missing = scenarioIssues(base + "adversaries: {fraction: 0.2, attack: scale}")
     #expect(missing.map(\.keyPath) == ["adversaries.factor"])

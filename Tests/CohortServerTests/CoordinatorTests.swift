@@ -167,3 +167,37 @@ struct Harness {
     #expect(sent.first?.assignment.checkpoint.values == [1.5, 1.5])
   }
 }
+
+@Suite struct StrategyStateTests {
+  @Test func serverOptimizerStateSurvivesASnapshot() async throws {
+    var plan = makePlan(rounds: 2)
+    plan.server.strategy = StrategyPlan(.fedavgm(serverLearningRate: 1, momentum: 0.9))
+    let coordinator = Coordinator(
+      configuration: .init(plan: plan, autoCommit: false), initial: Weights(layout: layout, values: [0, 0]),
+      store: nil, link: RecordingLink(), evaluator: nil, clock: ManualClock(), logger: Logger(label: "test"))
+    await coordinator.start()
+    for d in 1...3 { _ = await coordinator.checkIn(CheckIn(device: d, population: "default")) }
+    for d in 1...2 {
+      _ = await coordinator.report(
+        UpdateReport(
+          device: d, round: 1, update: Weights(layout: layout, values: [1, 2]), examples: 1, trainLoss: 0,
+          bytes: 8))
+    }
+    // FedAvgM with zero initial velocity: v = mean update = [1, 2]; w = 0 + 1·v.
+    #expect(await coordinator.global.values == [1, 2])
+    let state = await coordinator.strategyState
+    #expect(state.velocity == [1, 2])
+
+    var writer = SnapshotWriter()
+    await coordinator.snapshot().save(into: &writer)
+    var reader = SnapshotReader(writer.bytes)
+    let restored = try Coordinator.Snapshot(plan: plan, population: "default", restoring: &reader)
+    #expect(reader.isAtEnd)
+    let resumed = Coordinator(
+      configuration: .init(plan: plan, autoCommit: false), initial: Weights(layout: layout, values: [1, 2]),
+      resumingAfter: 1, snapshot: restored, store: nil, link: RecordingLink(), evaluator: nil,
+      clock: ManualClock(),
+      logger: Logger(label: "test"))
+    #expect(await resumed.strategyState == state)
+  }
+}

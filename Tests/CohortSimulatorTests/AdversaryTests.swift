@@ -5,7 +5,7 @@ import Testing
 
 @Suite struct AdversaryTests {
   @Test func theShareOfAttackersIsTheFraction() {
-    let adversaries = Adversaries(plan: AdversaryPlan(fraction: 0.2, attack: .signFlip), seed: 9)
+    let adversaries = Adversaries(plan: AdversaryPlan(fraction: 0.2, attack: .signFlip(factor: 4)), seed: 9)
     let attackers = (0..<10_000).filter { adversaries.includes($0) }.count
     #expect(abs(attackers - 2_000) < 150, "seed 9: \(attackers) attackers of 10,000")
     // The same devices attack whatever else changes in the scenario.
@@ -13,8 +13,8 @@ import Testing
   }
 
   @Test func attackedRunsAreWorseThanCleanOnes() async throws {
-    // 40% of devices flip the sign of their updates: FedAvg's model is pulled away from the
-    // honest direction, so it ends less accurate than the clean run (same data, same seed).
+    // 40% of devices send their updates negated: FedAvg's model is pulled away from the honest
+    // direction, so it ends less accurate than the clean run (same data, same seed).
     let clean = try Scenario.parse(
       yaml: """
         plan:
@@ -27,7 +27,7 @@ import Testing
         seed: 5
         """, file: "learnable.yaml")
     var attacked = clean
-    attacked.adversaries = AdversaryPlan(fraction: 0.4, attack: .signFlip)
+    attacked.adversaries = AdversaryPlan(fraction: 0.4, attack: .signFlip(factor: 1))
     let a = try await simulate(clean).0
     let b = try await simulate(attacked).0
     #expect(
@@ -46,7 +46,8 @@ import Testing
         update, device: 4, round: 2
       ).values
     }
-    #expect(sent(.signFlip) == [-1, 2, -3])
+    #expect(sent(.signFlip(factor: 1)) == [-1, 2, -3])
+    #expect(sent(.signFlip(factor: 4)) == [-4, 8, -12])
     #expect(sent(.scale(10)) == [10, -20, 30])
     #expect(sent(.labelFlip) == [1, -2, 3])
     let noise = sent(.gaussianNoise(standardDeviation: 5))

@@ -111,8 +111,9 @@ public enum PartitionPlan: Codable, Sendable, Hashable {
 /// A share of the population that sends harmful updates, to study robust aggregation.
 public struct AdversaryPlan: Codable, Sendable, Hashable {
   public enum Attack: Codable, Sendable, Hashable {
-    /// Sends the negated update.
-    case signFlip
+    /// Sends its update negated and multiplied by `factor`: with the default 4, a fifth of the
+    /// cohort cancels the other four fifths under plain averaging.
+    case signFlip(factor: Double)
     /// Sends Gaussian noise N(0, σ²) in place of the update.
     case gaussianNoise(standardDeviation: Double)
     /// Sends the update multiplied by λ.
@@ -444,11 +445,13 @@ extension AdversaryPlan {
       }
       guard let fraction, let factor else { return nil }
       return AdversaryPlan(fraction: fraction, attack: .scale(factor))
+    case "sign_flip":
+      m.reject(["standard_deviation"], because: "attack sign_flip takes factor")
+      let factor = m.optional("factor", default: 4.0) { $0.double(0...1e6, above: true) }
+      return fraction.map { AdversaryPlan(fraction: $0, attack: .signFlip(factor: factor)) }
     default:
-      m.reject(["standard_deviation", "factor"], because: "attack \(attack) has no parameters")
-      return fraction.map {
-        AdversaryPlan(fraction: $0, attack: attack == "sign_flip" ? .signFlip : .labelFlip)
-      }
+      m.reject(["standard_deviation", "factor"], because: "attack label_flip has no parameters")
+      return fraction.map { AdversaryPlan(fraction: $0, attack: .labelFlip) }
     }
   }
 }
