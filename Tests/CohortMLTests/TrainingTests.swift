@@ -334,8 +334,8 @@ private func blobs(count: Int, dimensions: Int, classes: Int, seed: UInt64) -> D
     let seed: UInt64 = 7
     let data = blobs(count: 20, dimensions: 3, classes: 2, seed: seed)
     let network = Network.logisticRegression(inputs: 3, classes: 2)
-    var init_ = RandomStream(seed: seed, purpose: "init")
-    let start = network.initialWeights(&init_)
+    var initRng = RandomStream(seed: seed, purpose: "init")
+    let start = network.initialWeights(&initRng)
     let config = TrainingConfiguration(epochs: 1, batchSize: 20, optimizer: .init(learningRate: 0.1))
     let trainer = LocalTrainer(network: network)
     var rng1 = RandomStream(seed: seed, purpose: "train")
