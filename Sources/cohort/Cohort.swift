@@ -14,7 +14,8 @@ struct Cohort: AsyncParsableCommand {
         cohort train
       """,
     subcommands: [
-      SimulateCommand.self, PlanCommand.self, DataCommand.self, TrainCommand.self, RunsCommand.self,
+      SimulateCommand.self, CompareCommand.self, PlanCommand.self, DataCommand.self, TrainCommand.self,
+      RunsCommand.self,
       ReportCommand.self,
       ModelCommand.self,
       BenchCommand.self,

@@ -153,3 +153,33 @@ func simulateJSON(_ arguments: [String]) throws -> [String: Any] {
     #expect(missing.status != 0 && missing.stderr.contains("cohort runs list"), "\(missing.stderr)")
   }
 }
+
+@Suite struct CompareCLITests {
+  @Test func compareRunsEveryStrategyAndSeedAndWritesTheReport() throws {
+    let dir = TemporaryDirectory()
+    let scenario = dir.write("small.yaml", smallScenario)
+    let db = dir.file("c.sqlite")
+    let result = try cohort([
+      "compare", scenario, "--strategy", "fedavg", "--strategy", "fedadam:server_learning_rate=0.01",
+      "--seeds", "2",
+      "--rounds", "3", "--db", db, "--out", dir.file("c.html"),
+    ])
+    #expect(result.status == 0, "\(result.stderr)")
+    #expect(result.stdout.contains("4 runs") && result.stdout.contains("fedadam:server_learning_rate=0.01"))
+    #expect(FileManager.default.fileExists(atPath: dir.file("c.html")))
+    let list = try cohort(["runs", "list", "--db", db])
+    #expect(list.stdout.contains("fedavg seed 5") && list.stdout.contains("fedavg seed 6"), "\(list.stdout)")
+  }
+
+  @Test func aBadStrategyIsRefusedBeforeAnythingRuns() throws {
+    let dir = TemporaryDirectory()
+    let scenario = dir.write("small.yaml", smallScenario)
+    let result = try cohort([
+      "compare", scenario, "--strategy", "fedadam:eta=0.01", "--db", dir.file("c.sqlite"),
+    ])
+    #expect(result.status != 0)
+    #expect(
+      result.stderr.contains("eta") && result.stderr.contains("server_learning_rate"), "\(result.stderr)")
+    #expect(!FileManager.default.fileExists(atPath: dir.file("c.sqlite")))
+  }
+}

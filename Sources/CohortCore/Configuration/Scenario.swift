@@ -1,4 +1,5 @@
 import Foundation
+import Yams
 
 /// A simulation scenario: which plan, on which data, divided among devices how, and what the
 /// device population looks like. Loaded from `Simulations/*.yaml`.
@@ -518,5 +519,56 @@ extension PopulationPlan {
     plan.dropout = m.optional("dropout", default: 0) { $0.double(0...0.99) }
     plan.checkInInterval = m.optional("check_in_interval", default: plan.checkInInterval) { $0.duration() }
     return plan
+  }
+}
+
+extension Scenario {
+  /// The scenario at `path` with its plan's `server.strategy` replaced by `spec`, written as on
+  /// the command line: `kind` or `kind:key=value,key=value` (e.g. `fedadam:server_learning_rate=0.01`).
+  /// The result is validated exactly as if the file said so, cross-key checks included.
+  public static func load(path: String, strategy spec: String) throws(ConfigurationError) -> Scenario {
+    let text = try ConfigurationFile.read(path)
+    let label = "\(path) with --strategy \(spec)"
+    func fail(_ message: String) -> ConfigurationError {
+      ConfigurationError(issues: [
+        ConfigurationIssue(file: label, line: nil, keyPath: "server.strategy", value: spec, message: message)
+      ])
+    }
+    let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
+    guard let kind = parts.first, !kind.isEmpty else {
+      throw fail("expected kind or kind:key=value,key=value, e.g. fedadam:server_learning_rate=0.01")
+    }
+    var strategy = Node.Mapping([])
+    strategy["kind"] = Node(kind)
+    for pair in (parts.count > 1 ? parts[1] : "").split(separator: ",") {
+      let kv = pair.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+      guard kv.count == 2, !kv[0].isEmpty, !kv[1].isEmpty else {
+        throw fail("expected key=value after the kind, found '\(pair)'")
+      }
+      strategy[kv[0]] = Node(kv[1])
+    }
+    do {
+      guard var root = try Yams.compose(yaml: text), let planNode = root["plan"] else {
+        return try parse(yaml: text, file: path)  // reports what is missing
+      }
+      // A plan in its own file is brought inline, so its strategy can be replaced.
+      var plan = planNode
+      if case .scalar(let s) = planNode {
+        let planPath = resolve(s.string, in: URL(fileURLWithPath: path).deletingLastPathComponent())
+        guard let planRoot = try Yams.compose(yaml: try ConfigurationFile.read(planPath)) else {
+          return try parse(yaml: text, file: path)
+        }
+        plan = planRoot
+      }
+      var server = plan["server"] ?? Node.mapping(Node.Mapping([]))
+      server["strategy"] = Node.mapping(strategy)
+      plan["server"] = server
+      root["plan"] = plan
+      return try parse(yaml: try Yams.serialize(node: root), file: label)
+    } catch let error as ConfigurationError {
+      throw error
+    } catch {
+      throw fail("the scenario could not be rewritten: \(error)")
+    }
   }
 }
