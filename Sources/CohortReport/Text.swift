@@ -2,8 +2,8 @@ import Foundation
 
 /// Numbers as text. `String(format:)` without a locale always uses "." and no grouping, so
 /// the report's bytes do not depend on the machine's locale.
-enum NumberText {
-  static func fixed(_ x: Double, _ places: Int) -> String { String(format: "%.\(places)f", x) }
+public enum NumberText {
+  public static func fixed(_ x: Double, _ places: Int) -> String { String(format: "%.\(places)f", x) }
 
   /// An SVG coordinate: one decimal is finer than a pixel; "-0.0" is written as "0.0".
   static func coordinate(_ x: Double) -> String {
@@ -11,8 +11,8 @@ enum NumberText {
     return text == "-0.0" ? "0.0" : text
   }
 
-  /// 42s, 3m05s, 2h07m (the same as the CLI's durations).
-  static func duration(_ seconds: Double) -> String {
+  /// 42s, 3m05s, 2h07m (the CLI writes durations this way too).
+  public static func duration(_ seconds: Double) -> String {
     let s = Int(seconds.rounded())
     if s < 60 { return seconds < 10 ? fixed(seconds, 1) + "s" : "\(s)s" }
     if s < 3600 { return "\(s / 60)m" + String(format: "%02d", s % 60) + "s" }
@@ -20,7 +20,7 @@ enum NumberText {
   }
 
   /// 1.2 MB, 340.0 kB, 512 B (decimal units, as networks count).
-  static func bytes(_ v: Double) -> String {
+  public static func bytes(_ v: Double) -> String {
     if v >= 1e9 { return fixed(v / 1e9, 2) + " GB" }
     if v >= 1e6 { return fixed(v / 1e6, 1) + " MB" }
     if v >= 1e3 { return fixed(v / 1e3, 1) + " kB" }

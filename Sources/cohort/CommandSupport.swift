@@ -1,5 +1,6 @@
 import ArgumentParser
 import CohortCore
+import CohortReport
 import Foundation
 
 /// Output for commands: results on standard output, problems on standard error.
@@ -100,24 +101,10 @@ enum Format {
     return String(out.reversed())
   }
 
-  static func fixed(_ x: Double, _ places: Int) -> String { String(format: "%.\(places)f", x) }
-
-  /// 42s, 3m05s, 2h07m.
-  static func duration(_ seconds: Double) -> String {
-    let s = Int(seconds.rounded())
-    if s < 60 { return seconds < 10 ? fixed(seconds, 1) + "s" : "\(s)s" }
-    if s < 3600 { return "\(s / 60)m" + String(format: "%02d", s % 60) + "s" }
-    return "\(s / 3600)h" + String(format: "%02d", (s % 3600) / 60) + "m"
-  }
-
-  /// 1.2 MB, 340 kB, 512 B (decimal units, as networks count).
-  static func bytes(_ n: Int) -> String {
-    let v = Double(n)
-    if v >= 1e9 { return fixed(v / 1e9, 2) + " GB" }
-    if v >= 1e6 { return fixed(v / 1e6, 1) + " MB" }
-    if v >= 1e3 { return fixed(v / 1e3, 1) + " kB" }
-    return "\(n) B"
-  }
+  // Durations, byte counts and decimals read the same on the terminal as in reports.
+  static func fixed(_ x: Double, _ places: Int) -> String { NumberText.fixed(x, places) }
+  static func duration(_ seconds: Double) -> String { NumberText.duration(seconds) }
+  static func bytes(_ n: Int) -> String { NumberText.bytes(Double(n)) }
 
   /// A value with 4 decimals, or "-" when there is none.
   static func optional(_ x: Double?) -> String { x.map { fixed($0, 4) } ?? "-" }
