@@ -4,8 +4,8 @@ public import CohortStore
 ///
 /// The rule: a run named `NAME seed N` (a space, the word `seed`, optionally `=` or spaces, then
 /// digits, at the end of the name; `seed` in any case) belongs to the series `NAME`, together with
-/// every other given run with the same `NAME`, whatever its seed. So `fedadam:eta=0.01 seed 1` and
-/// `fedadam:eta=0.01 seed 3` form one series `fedadam:eta=0.01` with two seeds. A run whose name
+/// every other given run with the same `NAME`, whatever its seed. So `fedadam:server_learning_rate=0.01 seed 1` and
+/// `fedadam:server_learning_rate=0.01 seed 3` form one series `fedadam:server_learning_rate=0.01` with two seeds. A run whose name
 /// has no such suffix is a series of its own, even if another run has the same name (it could be
 /// a different scenario); when two series would get the same label, each gets its run id
 /// appended ("default (run 2)"). Series keep the order in which their first run was given.
