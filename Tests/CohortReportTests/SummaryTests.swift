@@ -110,7 +110,9 @@ func handMadeSeries(label: String = "fedavg") -> ReportSeries {
 
 @Suite struct RunGroupingTests {
   @Test func seedSuffixIsRemoved() {
-    #expect(RunGrouping.seriesName("fedadam:server_learning_rate=0.01 seed 3") == "fedadam:server_learning_rate=0.01")
+    #expect(
+      RunGrouping.seriesName("fedadam:server_learning_rate=0.01 seed 3")
+        == "fedadam:server_learning_rate=0.01")
     #expect(RunGrouping.seriesName("fedavg Seed=12") == "fedavg")
     #expect(RunGrouping.seriesName("fedprox mu=1  seed  0") == "fedprox mu=1")
     #expect(RunGrouping.seriesName("default") == nil)
