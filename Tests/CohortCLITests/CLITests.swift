@@ -175,7 +175,7 @@ func simulateJSON(_ arguments: [String]) throws -> [String: Any] {
     let dir = TemporaryDirectory()
     let scenario = dir.write("small.yaml", smallScenario)
     let result = try cohort([
-      "compare", scenario, "--strategy", "fedadam:server_learning_rate=0.01", "--db", dir.file("c.sqlite"),
+      "compare", scenario, "--strategy", "fedadam:eta=0.01", "--db", dir.file("c.sqlite"),
     ])
     #expect(result.status != 0)
     #expect(
