@@ -158,7 +158,7 @@ final class Engine {
     case .arrival(let device):
       state.arrivalPending = false
       scheduleArrival()
-      if state.sessions[device] == nil && !state.process.isHeld(device, at: now) {
+      if device != Self.nobody && state.sessions[device] == nil && !state.process.isHeld(device, at: now) {
         await checkIn(device)
       }
     case .wake(let device):
@@ -385,12 +385,23 @@ final class Engine {
     state.queue.push(.sessionSweep, at: next)
   }
 
+  /// Keeps the population's next spontaneous check-in pending. When every device the search met
+  /// was held or unavailable, it tries again from where the search stopped (device −1: nobody),
+  /// so check-ins resume once devices are free again.
   func scheduleArrival() {
     if let (time, device) = state.process.next(after: state.now) {
       state.queue.push(.arrival(device), at: time)
-      state.arrivalPending = true
+    } else if state.process.searchedUntil.isFinite {
+      state.queue.push(.arrival(Self.nobody), at: max(state.now, state.process.searchedUntil))
+    } else {
+      // No one can ever check in (an empty population): the stall is reported by the loop.
+      state.arrivalPending = false
+      return
     }
+    state.arrivalPending = true
   }
+
+  static let nobody: DeviceID = -1
 
   func summary() async throws(CohortError) -> SimulationSummary {
     try await writer.finish()

@@ -95,3 +95,23 @@ func simulate(_ scenario: Scenario) async throws -> (SimulationSummary, [RoundRe
     #expect(a.checkpointSHA256 == b.checkpointSHA256, "\(strategy) is not deterministic")
   }
 }
+
+@Suite struct WholePopulationTests {
+  /// Every device is in every round: while a round runs nobody is free to check in, and
+  /// check-ins must resume when the devices are released.
+  @Test func aCohortAsLargeAsThePopulationKeepsGoing() async throws {
+    let scenario = try Scenario.parse(
+      yaml: """
+        plan:
+          name: everyone
+          model: {kind: logistic_regression, inputs: 60, classes: 10}
+          server: {rounds: 3, cohort: {goal: 12, over_selection: 1.0, minimum_fraction: 1}}
+        data: {kind: synthetic_fedprox, alpha: 0, beta: 0, iid: true, devices: 12, max_samples: 100}
+        devices: {check_in_interval: 1m}
+        seed: 2
+        """, file: "everyone.yaml")
+    let (summary, rounds) = try await simulate(scenario)
+    #expect(summary.roundsCommitted == 3, "\(rounds)")
+    #expect(rounds.allSatisfy { $0.selected == 12 && $0.reported == 12 })
+  }
+}
