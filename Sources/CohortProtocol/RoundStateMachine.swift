@@ -262,7 +262,15 @@ public struct RoundStateMachine: Sendable, Codable {
       lastClosedRound = s.round
       var counts = RoundCounts()
       counts.selected = s.devices.count
-      return [.abandon(round: s.round, reason: .tooFewCheckIns, counts: counts)] + openSelection(now: now)
+      let actions =
+        [Action.abandon(round: s.round, reason: .tooFewCheckIns, counts: counts)] + openSelection(now: now)
+      // The devices that did come keep waiting, for the next round: sending them away would
+      // only make the next selection start from nothing again.
+      if selection != nil {
+        selection!.devices = s.devices
+        selection!.members = s.members
+      }
+      return actions
     }
     var counts = RoundCounts()
     counts.selected = s.devices.count

@@ -59,6 +59,10 @@ func machineReporting() -> RoundStateMachine {
     counts.selected = 2
     #expect(m.tick(now: 60) == [.abandon(round: 1, reason: .tooFewCheckIns, counts: counts)])
     #expect(m.selectingRound == 2 && m.nextDeadline == 120)
+    // Devices 1 and 2 wait on for round 2: with one more the cohort reaches its minimum.
+    #expect(checkIn(&m, 1, at: 61).0 == .waitForTask(round: 2))
+    _ = checkIn(&m, 3, at: 62)
+    #expect(m.tick(now: 120) == [.configure(round: 2, devices: [1, 2, 3], reportingDeadline: 420)])
   }
 
   @Test func selectionDeadlineWithTheMinimumStartsASmallerCohort() {

@@ -105,7 +105,10 @@ func simulate(_ scenario: Scenario) async throws -> (SimulationSummary, [RoundRe
         plan:
           name: everyone
           model: {kind: logistic_regression, inputs: 60, classes: 10}
-          server: {rounds: 3, cohort: {goal: 12, over_selection: 1.0, minimum_fraction: 1}}
+          server:
+            rounds: 3
+            cohort: {goal: 12, over_selection: 1.0, minimum_fraction: 1}
+            windows: {selection: 10m}
         data: {kind: synthetic_fedprox, alpha: 0, beta: 0, iid: true, devices: 12, max_samples: 100}
         devices: {check_in_interval: 1m}
         seed: 2
