@@ -91,8 +91,8 @@ let package = Package(
     .executableTarget(
       name: "cohort",
       dependencies: [
-        "CohortCore", "CohortML", "CohortStore", "CohortServer", "CohortSimulator", "CohortReport", "CohortPrivacy",
-        "CBLAS",
+        "CohortCore", "CohortML", "CohortStore", "CohortServer", "CohortSimulator", "CohortReport",
+        "CohortPrivacy", "CBLAS",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ],
