@@ -15,6 +15,7 @@ let package = Package(
     .library(name: "CohortCore", targets: ["CohortCore"]),
     .library(name: "CohortML", targets: ["CohortML"]),
     .library(name: "CohortStore", targets: ["CohortStore"]),
+    .library(name: "CohortPrivacy", targets: ["CohortPrivacy"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -78,6 +79,11 @@ let package = Package(
       name: "CohortReport",
       dependencies: ["CohortCore", "CohortStore"],
       swiftSettings: swiftSettings),
+    // Differential privacy: the RDP accountant of the subsampled Gaussian mechanism. Pure, no I/O.
+    .target(
+      name: "CohortPrivacy",
+      dependencies: ["CohortCore"],
+      swiftSettings: swiftSettings),
     .target(
       name: "CohortTesting",
       dependencies: ["CohortCore", "CohortML", "CohortProtocol"],
@@ -85,7 +91,8 @@ let package = Package(
     .executableTarget(
       name: "cohort",
       dependencies: [
-        "CohortCore", "CohortML", "CohortStore", "CohortServer", "CohortSimulator", "CohortReport", "CBLAS",
+        "CohortCore", "CohortML", "CohortStore", "CohortServer", "CohortSimulator", "CohortReport",
+        "CohortPrivacy", "CBLAS",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ],
@@ -123,6 +130,10 @@ let package = Package(
     .testTarget(
       name: "CohortReportTests",
       dependencies: ["CohortReport", "CohortStore", "CohortCore", "CohortTesting"],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortPrivacyTests",
+      dependencies: ["CohortPrivacy", "CohortCore"],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortStoreTests",

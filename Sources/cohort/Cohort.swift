@@ -18,6 +18,7 @@ struct Cohort: AsyncParsableCommand {
       RunsCommand.self,
       ReportCommand.self,
       ModelCommand.self,
+      PrivacyCommand.self,
       BenchCommand.self,
     ])
 }
