@@ -15,6 +15,7 @@ let package = Package(
     .library(name: "CohortCore", targets: ["CohortCore"]),
     .library(name: "CohortML", targets: ["CohortML"]),
     .library(name: "CohortStore", targets: ["CohortStore"]),
+    .library(name: "CohortCompression", targets: ["CohortCompression"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -50,6 +51,12 @@ let package = Package(
       swiftSettings: swiftSettings),
     .target(
       name: "CohortAggregation",
+      dependencies: ["CohortCore"],
+      swiftSettings: swiftSettings),
+    // Update codecs (clipping, random rotation, quantization, bit packing, sparsification): pure
+    // functions of their input and a seed, shared by devices and the server.
+    .target(
+      name: "CohortCompression",
       dependencies: ["CohortCore"],
       swiftSettings: swiftSettings),
     .target(
@@ -103,6 +110,10 @@ let package = Package(
     .testTarget(
       name: "CohortAggregationTests",
       dependencies: ["CohortAggregation", "CohortCore"],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortCompressionTests",
+      dependencies: ["CohortCompression", "CohortCore"],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortProtocolTests",
