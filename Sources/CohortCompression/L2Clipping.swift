@@ -1,4 +1,4 @@
-public import CohortCore
+import CohortCore
 
 /// Clipping an update to a maximum L2 norm: the first step of DP-FedAvg (McMahan et al. 2018)
 /// and a bound on what one device can contribute before quantization.
