@@ -16,6 +16,7 @@ let package = Package(
     .library(name: "CohortML", targets: ["CohortML"]),
     .library(name: "CohortStore", targets: ["CohortStore"]),
     .library(name: "CohortPrivacy", targets: ["CohortPrivacy"]),
+    .library(name: "CohortCompression", targets: ["CohortCompression"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -51,6 +52,12 @@ let package = Package(
       swiftSettings: swiftSettings),
     .target(
       name: "CohortAggregation",
+      dependencies: ["CohortCore"],
+      swiftSettings: swiftSettings),
+    // Update codecs (clipping, random rotation, quantization, bit packing, sparsification): pure
+    // functions of their input and a seed, shared by devices and the server.
+    .target(
+      name: "CohortCompression",
       dependencies: ["CohortCore"],
       swiftSettings: swiftSettings),
     .target(
@@ -110,6 +117,10 @@ let package = Package(
     .testTarget(
       name: "CohortAggregationTests",
       dependencies: ["CohortAggregation", "CohortCore"],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortCompressionTests",
+      dependencies: ["CohortCompression", "CohortCore"],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortProtocolTests",
