@@ -73,6 +73,13 @@ struct SimulateCommand: AsyncParsableCommand {
     var options = SimulationOptions()
     options.crashAfterRound = crashAfterRound
     let progress = Progress(total: s.plan.server.rounds, quiet: json)
+    let interrupt = Self.onInterrupt {
+      // Committed rounds are safe in the database; record why the run stopped and how to go on.
+      try? store.setStatus(runID, .interrupted, at: Date())
+      progress.finish()
+      Console.error("interrupted; continue with: cohort simulate --resume \(runID.rawValue) --db \(db.path)")
+    }
+    defer { for source in interrupt { source.cancel() } }
     let wallStart = ContinuousClock.now
     let summary: SimulationSummary
     do throws(CohortError) {
@@ -112,6 +119,22 @@ struct SimulateCommand: AsyncParsableCommand {
     table.add(["final checkpoint", String(summary.checkpointSHA256.prefix(16)) + "…"])
     table.add(["results", "\(db.path) (run \(summary.run))"])
     print(table.rendered(), terminator: "")
+  }
+}
+
+extension SimulateCommand {
+  /// Runs `handler` and exits with status 130 on Ctrl-C (SIGINT) or SIGTERM.
+  static func onInterrupt(_ handler: @escaping @Sendable () -> Void) -> [any DispatchSourceSignal] {
+    [SIGINT, SIGTERM].map { signalNumber -> any DispatchSourceSignal in
+      signal(signalNumber, SIG_IGN)
+      let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+      source.setEventHandler {
+        handler()
+        Foundation.exit(130)
+      }
+      source.resume()
+      return source
+    }
   }
 }
 
