@@ -9,9 +9,11 @@ struct Cohort: AsyncParsableCommand {
       Plans (Plans/*.yaml) say what to train and how to aggregate; scenarios (Simulations/*.yaml)
       say which plan runs on which data, divided among devices how. Start with:
 
+        cohort simulate                      # the built-in default scenario
+        cohort simulate Simulations/synthetic-1-1.yaml
+        cohort compare Simulations/sign-flip.yaml --strategy fedavg --strategy multikrum:byzantine=30
+        cohort runs list
         cohort plan validate Plans/*.yaml Simulations/*.yaml
-        cohort data describe Simulations/digits-dirichlet.yaml
-        cohort train
       """,
     subcommands: [
       SimulateCommand.self, CompareCommand.self, PlanCommand.self, DataCommand.self, TrainCommand.self,
