@@ -23,9 +23,9 @@ public struct ClientUpdate: Sendable {
   }
 }
 
-/// What a strategy carries from round to round, besides the global model. Codable so a
-/// checkpoint or a simulation snapshot can hold it; each field is nil when the strategy has none.
-public struct StrategyState: Sendable, Codable, Hashable {
+/// What a strategy carries from round to round, besides the global model; each field is nil
+/// when the strategy has none. The Coordinator saves it with its snapshot (`Coordinator.Snapshot`).
+public struct StrategyState: Sendable, Hashable {
   /// FedAvgM's server velocity v.
   public var velocity: [Double]?
   /// FedAdagrad/FedAdam/FedYogi's first moment m.

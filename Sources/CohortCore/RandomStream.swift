@@ -5,7 +5,7 @@ import Foundation
 /// Every draw in Cohort that is not cryptographic comes from a stream derived from
 /// (run seed, purpose, round, device), so a scenario and its seed reproduce every number.
 /// Keys, masks and production noise never come from here: they come from libsodium.
-public struct RandomStream: RandomNumberGenerator, Sendable, Codable, Hashable {
+public struct RandomStream: RandomNumberGenerator, Sendable, Hashable {
   @usableFromInline var s0: UInt64
   @usableFromInline var s1: UInt64
   @usableFromInline var s2: UInt64

@@ -1,8 +1,8 @@
 /// One device's side of a participation, as a pure state machine: server replies, training
 /// results and the time go in; what to send, compute or wait for comes out. The Linux client
 /// runtime and the simulator's virtual devices both drive it.
-public struct DeviceSession: Sendable, Codable {
-  public struct Configuration: Sendable, Hashable, Codable {
+public struct DeviceSession: Sendable {
+  public struct Configuration: Sendable, Hashable {
     public var device: DeviceID
     public var population: String
     /// How long to wait for a task after being admitted before checking in again.
@@ -23,7 +23,7 @@ public struct DeviceSession: Sendable, Codable {
     }
   }
 
-  public enum State: Sendable, Hashable, Codable {
+  public enum State: Sendable, Hashable {
     /// Not in contact with the server; will check in when woken.
     case idle
     /// Check-in sent, waiting for the server's answer.

@@ -22,7 +22,7 @@ public struct CheckIn: Sendable, Hashable {
 }
 
 /// What a selected device is asked to do in a round.
-public struct RoundTask: Sendable, Hashable, Codable {
+public struct RoundTask: Sendable, Hashable {
   public var round: Int
   /// SHA-256 of the global checkpoint to start from; a device that has it skips the download.
   public var checkpointSHA256: String

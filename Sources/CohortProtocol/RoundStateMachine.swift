@@ -1,7 +1,7 @@
 public import CohortCore
 
 /// Why a round ended without a new model.
-public enum AbandonReason: String, Sendable, Hashable, Codable, CustomStringConvertible {
+public enum AbandonReason: String, Sendable, Hashable, CustomStringConvertible {
   /// Fewer devices checked in during the selection window than the round's minimum.
   case tooFewCheckIns = "too_few_check_ins"
   /// The reporting deadline passed with fewer reports than the round's minimum.
@@ -13,7 +13,7 @@ public enum AbandonReason: String, Sendable, Hashable, Codable, CustomStringConv
 }
 
 /// Counts for one round, as the results store records them.
-public struct RoundCounts: Sendable, Hashable, Codable {
+public struct RoundCounts: Sendable, Hashable {
   public var selected = 0
   public var reported = 0
   /// Selected devices that told the server they gave up, or whose connection was lost.
@@ -34,8 +34,8 @@ public struct RoundCounts: Sendable, Hashable, Codable {
 /// and report) to closed (aggregated or abandoned). Selection of round r + 1 opens when round r
 /// starts reporting, so the next cohort gathers while the current one trains; round r + 1 is
 /// configured as soon as round r's new checkpoint is committed.
-public struct RoundStateMachine: Sendable, Codable {
-  public struct Configuration: Sendable, Hashable, Codable {
+public struct RoundStateMachine: Sendable {
+  public struct Configuration: Sendable, Hashable {
     public var rounds: Int
     public var goal: Int
     public var selectionTarget: Int
@@ -69,7 +69,7 @@ public struct RoundStateMachine: Sendable, Codable {
     case finish
   }
 
-  struct Selection: Sendable, Codable {
+  struct Selection: Sendable {
     var round: Int
     var opened: Double
     var deadline: Double
@@ -78,7 +78,7 @@ public struct RoundStateMachine: Sendable, Codable {
     var members: Set<DeviceID> = []
   }
 
-  struct Reporting: Sendable, Codable {
+  struct Reporting: Sendable {
     var round: Int
     var deadline: Double
     var selected: Set<DeviceID>

@@ -17,7 +17,7 @@ import Foundation
 /// forgotten once its time has passed, so an idle population of 10^6 devices costs nothing.
 ///
 /// Virtual time only moves forward: each call's `time` must be at least the previous one's.
-public struct CheckInProcess: Sendable, Codable {
+public struct CheckInProcess: Sendable {
   public let population: Population
   public let checkInInterval: Double
   /// Arrivals one call may draw and discard before it gives up (see `next(after:)`).

@@ -9,7 +9,7 @@ import Synchronization
 /// The simulation's event loop and everything it must remember between events.
 final class Engine {
   /// Something that happens to a device, or to the server, at a point in virtual time.
-  enum Event: Codable, Sendable, Hashable {
+  enum Event: Sendable, Hashable {
     /// The population's next spontaneous check-in (one is always pending).
     case arrival(DeviceID)
     /// A device wakes after being told when to come back.
@@ -27,7 +27,7 @@ final class Engine {
   }
 
   /// A device training for a round: enough to redo the training after a resume.
-  struct InFlight: Codable, Sendable {
+  struct InFlight: Sendable {
     var round: Int
     var modelRound: Int
     var evaluate: Bool

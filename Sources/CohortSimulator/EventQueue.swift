@@ -93,7 +93,3 @@ public struct EventQueue<Event> {
 
 extension EventQueue: Sendable where Event: Sendable {}
 extension EventQueue.Entry: Sendable where Event: Sendable {}
-
-// A queue of codable events can be saved with a committed round and restored on resume.
-extension EventQueue.Entry: Codable where Event: Codable {}
-extension EventQueue: Codable where Event: Codable {}

@@ -32,7 +32,7 @@ import Foundation
 /// p_k(t), as the curve asks; over a cycle the device is available for one unbroken stretch
 /// around its peak (a phone on its charger overnight) rather than flickering, and a device that
 /// draws a small u is available all cycle long.
-public struct Population: Sendable, Codable {
+public struct Population: Sendable {
   public let plan: PopulationPlan
   /// Devices 0..<count.
   public let count: Int

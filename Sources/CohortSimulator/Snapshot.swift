@@ -2,6 +2,9 @@ import CohortCore
 import CohortProtocol
 import Foundation
 
+// The simulation's saved state in the binary form of `SnapshotWriter`: written with every
+// committed round, read by `--resume`. Fields are written in a fixed order and read back in it.
+
 extension Engine.Event {
   func save(into w: inout SnapshotWriter) {
     switch self {
