@@ -17,6 +17,7 @@ let package = Package(
     .library(name: "CohortStore", targets: ["CohortStore"]),
     .library(name: "CohortPrivacy", targets: ["CohortPrivacy"]),
     .library(name: "CohortCompression", targets: ["CohortCompression"]),
+    .library(name: "CohortSecAgg", targets: ["CohortSecAgg"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -59,6 +60,12 @@ let package = Package(
     .target(
       name: "CohortCompression",
       dependencies: ["CohortCore"],
+      swiftSettings: swiftSettings),
+    // Secure aggregation (Bonawitz et al. 2017, Bell et al. 2020): message-driven device and server
+    // state machines; libsodium for key agreement, mask expansion, share encryption and signatures.
+    .target(
+      name: "CohortSecAgg",
+      dependencies: ["CohortCore", "CSodium"],
       swiftSettings: swiftSettings),
     .target(
       name: "CohortProtocol",
@@ -121,6 +128,10 @@ let package = Package(
     .testTarget(
       name: "CohortCompressionTests",
       dependencies: ["CohortCompression", "CohortCore"],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortSecAggTests",
+      dependencies: ["CohortSecAgg", "CohortCore"],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortProtocolTests",
