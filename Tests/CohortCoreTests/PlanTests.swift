@@ -96,8 +96,8 @@ func planIssues(_ yaml: String) -> [ConfigurationIssue] {
   }
 
   @Test func featuresNotBuiltYetAreRefusedNotIgnored() {
-    let issues = planIssues(minimal + "secure_aggregation: {enabled: true}\ncompression: {kind: qsgd}\n")
-    #expect(Set(issues.map(\.keyPath)) == ["secure_aggregation.enabled", "compression.kind"])
+    let issues = planIssues(minimal + "compression: {kind: qsgd}\nprivacy: {kind: dp_fedavg}\n")
+    #expect(Set(issues.map(\.keyPath)) == ["compression.kind", "privacy.kind"])
   }
 
   @Test func everyIssueIsReportedInOnePass() {

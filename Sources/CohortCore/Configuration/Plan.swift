@@ -358,11 +358,128 @@ public struct ServerPlan: Codable, Sendable, Hashable {
   }
 }
 
-/// Secure aggregation. This build accepts only `enabled: false`; the protocol is not yet built,
-/// and a plan must not silently promise privacy it will not get.
+/// Secure aggregation (`secure_aggregation`): devices send their clipped, fixed-point-encoded
+/// update masked so the server learns only the sum (Bonawitz et al., CCS 2017), over a sparse
+/// random neighbour graph by default (SecAgg+, Bell et al., CCS 2020). Each key is documented in
+/// the README; the parameters are read and checked even while `enabled` is false, so a plan can
+/// toggle it without editing the rest.
 public struct SecureAggregationPlan: Codable, Sendable, Hashable {
+  public enum Variant: String, Codable, Sendable, CaseIterable {
+    /// Honest-but-curious server: advertise keys, share keys, masked input, unmask.
+    case semiHonest = "semi_honest"
+    /// Bonawitz et al.'s active-adversary variant: Ed25519-signed keys and a consistency check.
+    case active
+  }
+
+  public enum Graph: String, Codable, Sendable, CaseIterable {
+    /// Bonawitz et al. 2017: every device shares with every other (k = n − 1).
+    case complete
+    /// SecAgg+ (Bell et al. 2020): a random k-regular Harary graph.
+    case harary
+  }
+
   public var enabled: Bool = false
-  public init(enabled: Bool = false) { self.enabled = enabled }
+  public var variant: Variant = .semiHonest
+  public var graph: Graph = .harary
+  /// Expected fraction of devices lost between the first step and unmasking, in [0, 0.5).
+  public var dropoutRate: Double = 0.1
+  /// Tolerated fraction of devices colluding with the server, in [0, 0.5).
+  public var corruptFraction: Double = 0.05
+  /// Explicit neighbour count k (even, ≥ 2, `graph: harary` only); nil chooses it from n,
+  /// `dropoutRate` and `corruptFraction`.
+  public var degree: Int? = nil
+  /// Explicit Shamir threshold t (≥ 2, ≤ `degree` when that is given); nil chooses it.
+  public var threshold: Int? = nil
+  /// The protocol's failure probability target is 2^−securityBits; 20...128.
+  public var securityBits: Int = 40
+  /// Largest |value| of one update coordinate before fixed-point encoding (> 0, finite).
+  public var clip: Double = 1.0
+  /// Bits of the signed fixed-point code per coordinate, 2...24.
+  public var encodingBits: Int = 16
+  /// Under a weighted strategy a device's weight is min(examples, weightCap) / weightCap (≥ 1).
+  public var weightCap: Int = 1000
+
+  public init(
+    enabled: Bool = false, variant: Variant = .semiHonest, graph: Graph = .harary, dropoutRate: Double = 0.1,
+    corruptFraction: Double = 0.05, degree: Int? = nil, threshold: Int? = nil, securityBits: Int = 40,
+    clip: Double = 1.0, encodingBits: Int = 16, weightCap: Int = 1000
+  ) {
+    self.enabled = enabled
+    self.variant = variant
+    self.graph = graph
+    self.dropoutRate = dropoutRate
+    self.corruptFraction = corruptFraction
+    self.degree = degree
+    self.threshold = threshold
+    self.securityBits = securityBits
+    self.clip = clip
+    self.encodingBits = encodingBits
+    self.weightCap = weightCap
+  }
+
+  /// Bits of the ring Z/2^b needed so the sum of `devices` encoded updates cannot wrap:
+  /// encodingBits + ⌈log2(devices)⌉, and at least encodingBits + 1.
+  public func ringBits(devices: Int) -> Int {
+    encodingBits + Swift.max(1, Self.ceilLog2(devices))
+  }
+
+  /// The strategies that run under secure aggregation: those that need only the weighted sum of
+  /// the clipped model deltas and the sum of the weights, which is all it reveals.
+  public static let supportedStrategies: [StrategyPlan.Kind] = [
+    .fedavg, .fedavgm, .fedprox, .fedadagrad, .fedadam, .fedyogi,
+  ]
+
+  /// The widest ring secure aggregation uses: masks and sums are `UInt32`.
+  public static let maximumRingBits = 32
+
+  /// ⌈log2 n⌉ for n ≥ 1 (0 for n ≤ 1).
+  static func ceilLog2(_ n: Int) -> Int {
+    n <= 1 ? 0 : Int.bitWidth - (n - 1).leadingZeroBitCount
+  }
+}
+
+extension SecureAggregationPlan {
+  private enum CodingKeys: String, CodingKey {
+    case enabled, variant, graph, dropoutRate, corruptFraction, degree, threshold, securityBits, clip
+    case encodingBits, weightCap
+  }
+
+  /// Absent parameters take their defaults, so plans stored when the section held only
+  /// `enabled` still decode.
+  public init(from decoder: any Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    let d = SecureAggregationPlan()
+    enabled = try c.decode(Bool.self, forKey: .enabled)
+    variant = try c.decodeIfPresent(Variant.self, forKey: .variant) ?? d.variant
+    graph = try c.decodeIfPresent(Graph.self, forKey: .graph) ?? d.graph
+    dropoutRate = try c.decodeIfPresent(Double.self, forKey: .dropoutRate) ?? d.dropoutRate
+    corruptFraction = try c.decodeIfPresent(Double.self, forKey: .corruptFraction) ?? d.corruptFraction
+    degree = try c.decodeIfPresent(Int.self, forKey: .degree)
+    threshold = try c.decodeIfPresent(Int.self, forKey: .threshold)
+    securityBits = try c.decodeIfPresent(Int.self, forKey: .securityBits) ?? d.securityBits
+    clip = try c.decodeIfPresent(Double.self, forKey: .clip) ?? d.clip
+    encodingBits = try c.decodeIfPresent(Int.self, forKey: .encodingBits) ?? d.encodingBits
+    weightCap = try c.decodeIfPresent(Int.self, forKey: .weightCap) ?? d.weightCap
+  }
+
+  /// Secure aggregation switched off with every parameter at its default encodes as
+  /// `{"enabled": false}`, as before the parameters existed, so stored plans keep their SHA-256;
+  /// otherwise every parameter is written, so the plan's hash pins the protocol it ran.
+  public func encode(to encoder: any Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode(enabled, forKey: .enabled)
+    guard enabled || self != SecureAggregationPlan() else { return }
+    try c.encode(variant, forKey: .variant)
+    try c.encode(graph, forKey: .graph)
+    try c.encode(dropoutRate, forKey: .dropoutRate)
+    try c.encode(corruptFraction, forKey: .corruptFraction)
+    try c.encodeIfPresent(degree, forKey: .degree)
+    try c.encodeIfPresent(threshold, forKey: .threshold)
+    try c.encode(securityBits, forKey: .securityBits)
+    try c.encode(clip, forKey: .clip)
+    try c.encode(encodingBits, forKey: .encodingBits)
+    try c.encode(weightCap, forKey: .weightCap)
+  }
 }
 
 /// Update compression. This build accepts only `kind: none`.
@@ -430,6 +547,7 @@ extension Plan {
     var resolvedDevice = device
     var resolvedServer = server
     checkAcrossKeys(m, device: &resolvedDevice, server: &resolvedServer)
+    SecureAggregationPlan.checkAcrossKeys(m, plan: secAgg, server: resolvedServer)
     return Plan(
       name: name, model: model, device: resolvedDevice, server: resolvedServer, secureAggregation: secAgg,
       compression: compression, privacy: privacy)
@@ -470,13 +588,23 @@ extension Plan {
           + "updates per round, but server.cohort.goal is \(server.cohort.goal): raise server.cohort.goal to "
           + "at least \(needed) or lower server.strategy.byzantine")
     }
-    if strategy.needsIndividualUpdates, SecureAggregationPlan.requestsEnabled(m["secure_aggregation"]) {
+    if SecureAggregationPlan.requestsEnabled(m["secure_aggregation"]),
+      !SecureAggregationPlan.supportedStrategies.contains(strategy.kind)
+    {
+      let sends = "secure_aggregation.enabled: true sends only the sum of clipped model deltas and weights"
+      let why =
+        strategy.needsIndividualUpdates
+        ? "needs each device's update on its own, but secure_aggregation.enabled: true reveals only their sum"
+        : strategy.kind == .qfedavg
+          ? "needs each device's loss terms, but \(sends)"
+          : strategy.kind == .scaffold
+            ? "needs each device's control variate, but \(sends)" : "needs more than a sum, but \(sends)"
+      let names = SecureAggregationPlan.supportedStrategies.map(\.rawValue)
       m.owner.log.add(
         keyPath: "server.strategy.kind", line: kindLine,
-        "server.strategy.kind \(strategy.kind.rawValue) needs each device's update on its own, but "
-          + "secure_aggregation.enabled: true reveals only their sum: choose a strategy that works on the sum "
-          + "(fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, qfedavg, scaffold) or set "
-          + "secure_aggregation.enabled: false")
+        "server.strategy.kind \(strategy.kind.rawValue) \(why): choose "
+          + names.dropLast().joined(separator: ", ") + " or \(names.last ?? "fedavg")"
+          + ", or set secure_aggregation.enabled: false")
     }
   }
 }
@@ -678,20 +806,96 @@ extension StrategyPlan {
 }
 
 extension SecureAggregationPlan {
-  /// Whether the plan asks for secure aggregation (even though this version refuses it), so rules
-  /// that combine it with other keys can name the combination.
+  static let keys = [
+    "enabled", "variant", "graph", "dropout_rate", "corrupt_fraction", "degree", "threshold", "security_bits",
+    "clip", "encoding_bits", "weight_cap",
+  ]
+
+  /// Whether the plan asks for secure aggregation, read from the YAML even when the section has
+  /// other problems, so rules that combine it with other keys can name the combination.
   static func requestsEnabled(_ field: YAMLField?) -> Bool {
     field?.child("enabled")?.peekBool ?? false
   }
 
   static func read(_ field: YAMLField) -> SecureAggregationPlan? {
-    guard let m = field.mapping(allowed: ["enabled"]) else { return nil }
-    let enabled = m.optional("enabled", default: false) { $0.bool() }
-    if enabled, let f = m["enabled"] {
-      f.fail("secure aggregation is not available in this version of Cohort; set enabled: false")
-      return nil
+    guard let m = field.mapping(allowed: keys) else { return nil }
+    var plan = SecureAggregationPlan()
+    plan.enabled = m.optional("enabled", default: plan.enabled) { $0.bool() }
+    plan.variant = m.optional("variant", default: plan.variant) {
+      $0.oneOf(Variant.allCases.map(\.rawValue)).flatMap(Variant.init)
     }
-    return SecureAggregationPlan(enabled: false)
+    plan.graph = m.optional("graph", default: plan.graph) {
+      $0.oneOf(Graph.allCases.map(\.rawValue)).flatMap(Graph.init)
+    }
+    // Fractions in [0, 0.5): with half the devices gone or corrupt no threshold is both
+    // reachable by the survivors and out of reach of the colluders.
+    let fraction = { (key: String, d: Double, what: String) in
+      m.optional(key, default: d) { f -> Double? in
+        guard let v = f.double(0...0.5) else { return nil }
+        guard v < 0.5 else {
+          f.fail("out of range: expected a fraction at least 0 and below 0.5 (\(what))")
+          return nil
+        }
+        return v
+      }
+    }
+    plan.dropoutRate = fraction("dropout_rate", plan.dropoutRate, "devices expected to drop out")
+    plan.corruptFraction = fraction(
+      "corrupt_fraction", plan.corruptFraction, "devices colluding with the server")
+    plan.degree = m.optional("degree") { $0.int(2...10_000_000) }
+    plan.threshold = m.optional("threshold") { $0.int(2...10_000_000) }
+    plan.securityBits = m.optional("security_bits", default: plan.securityBits) { $0.int(20...128) }
+    plan.clip = m.optional("clip", default: plan.clip) {
+      $0.double(0...Double.greatestFiniteMagnitude, above: true)
+    }
+    plan.encodingBits = m.optional("encoding_bits", default: plan.encodingBits) { $0.int(2...24) }
+    plan.weightCap = m.optional("weight_cap", default: plan.weightCap) { $0.int(1...1_000_000_000) }
+
+    if let degree = plan.degree, let f = m["degree"] {
+      if plan.graph == .complete {
+        f.fail(
+          "degree is n − 1 for graph: complete; remove secure_aggregation.degree or use graph: harary")
+      } else if degree % 2 != 0 {
+        f.fail(
+          "a Harary graph's degree must be even (each device has k/2 neighbours on either side); "
+            + "use \(degree - 1) or \(degree + 1), or remove secure_aggregation.degree to have it chosen")
+      }
+    }
+    if let threshold = plan.threshold, let degree = plan.degree, plan.graph == .harary, threshold > degree,
+      let f = m["threshold"]
+    {
+      f.fail(
+        "is larger than secure_aggregation.degree (\(degree)): "
+          + "a device's secret is shared among its \(degree) neighbours, so at most \(degree) shares can "
+          + "rebuild it; lower threshold to at most \(degree) or raise degree")
+    }
+    return plan
+  }
+
+  /// Rules between `secure_aggregation` and the rest of the plan, when it is enabled.
+  static func checkAcrossKeys(_ m: YAMLMapping, plan: SecureAggregationPlan, server: ServerPlan) {
+    guard plan.enabled, let section = m["secure_aggregation"] else { return }
+    let path = { (key: String) in (section.path + [key]).joined(separator: ".") }
+    let cohort = server.cohort
+    let devices = cohort.selectionTarget
+    let ring = plan.ringBits(devices: devices)
+    if ring > maximumRingBits {
+      let widest = maximumRingBits - Swift.max(1, ceilLog2(devices))
+      m.owner.log.add(
+        keyPath: path("encoding_bits"), line: section.child("encoding_bits")?.line ?? section.line,
+        "secure_aggregation.encoding_bits is \(plan.encodingBits): the sum of \(devices) devices' codes "
+          + "(server.cohort.goal × over_selection) needs \(ring) bits and the ring has "
+          + "\(maximumRingBits); lower secure_aggregation.encoding_bits to at most \(widest), or lower "
+          + "server.cohort.goal or over_selection")
+    }
+    if let threshold = plan.threshold, threshold > cohort.minimumReports {
+      m.owner.log.add(
+        keyPath: path("threshold"), line: section.child("threshold")?.line ?? section.line,
+        "secure_aggregation.threshold is \(threshold), but a round may aggregate as few as "
+          + "\(cohort.minimumReports) devices (server.cohort.goal × minimum_fraction), too few to unmask: "
+          + "lower secure_aggregation.threshold to at most \(cohort.minimumReports), raise "
+          + "server.cohort.minimum_fraction or goal, or remove threshold to have it chosen")
+    }
   }
 }
 
