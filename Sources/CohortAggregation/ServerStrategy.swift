@@ -75,8 +75,8 @@ public struct RoundAggregate: Sendable {
     qNumerator = q ? [Double](repeating: 0, count: layout.count) : nil
   }
 
-  mutating func counted(examples: Int) {
-    count += 1
+  mutating func counted(devices: Int = 1, examples: Int) {
+    count += devices
     self.examples += examples
   }
 }
@@ -150,6 +150,30 @@ public struct ServerStrategy: Sendable {
       round.controlSum!.fold(dc, weight: 1, examples: u.examples)
     }
     round.counted(examples: u.examples)
+  }
+
+  /// Whether a device's update counts in proportion to its examples (fedavg and fedprox with
+  /// `weighting: examples`, and the server optimizers) rather than once each.
+  public var weightsByExamples: Bool {
+    switch plan.rule {
+    case .fedavg(let weighted), .fedprox(_, let weighted): weighted
+    case .fedavgm, .fedadagrad, .fedadam, .fedyogi: true
+    default: false
+    }
+  }
+
+  /// Folds the result of secure aggregation: Σ wᵢΔᵢ and Σ wᵢ over `count` devices, whose
+  /// individual updates the server never saw. Only strategies that work on the weighted sum
+  /// (FedAvg, FedProx and the server optimizers) accept it; plan validation keeps the rest out.
+  public func foldSecureSum(
+    _ weightedSum: [Double], totalWeight: Double, count: Int, examples: Int, into round: inout RoundAggregate
+  ) {
+    precondition(weightedSum.count == layout.count, "secure sum length does not match the strategy's layout")
+    precondition(
+      !needsIndividualUpdates && plan.kind != .qfedavg && plan.kind != .scaffold,
+      "\(plan.kind.rawValue) cannot aggregate a secure sum")
+    round.sum.add(sum: weightedSum, totalWeight: totalWeight, count: count, examples: examples)
+    round.counted(devices: count, examples: examples)
   }
 
   /// The next global model (updating `state`), or nil when nothing usable was folded; then

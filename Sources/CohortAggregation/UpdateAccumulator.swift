@@ -32,6 +32,16 @@ public struct UpdateAccumulator: Sendable {
     self.examples += examples
   }
 
+  /// Adds a sum made elsewhere (secure aggregation's): Σ wᵢ·Δᵢ over `count` updates and Σ wᵢ.
+  public mutating func add(sum other: [Double], totalWeight weight: Double, count n: Int, examples e: Int) {
+    precondition(other.count == sum.count, "sum length does not match the accumulator's")
+    precondition(weight >= 0 && weight.isFinite, "total weight must be finite and non-negative")
+    for i in 0..<sum.count { sum[i] += other[i] }
+    totalWeight += weight
+    count += n
+    examples += e
+  }
+
   /// Σ wᵢ·Δᵢ / Σ wᵢ as Float weights, or nil when nothing (or only zero weight) was folded in.
   public func weightedMean() -> Weights? {
     guard totalWeight > 0 else { return nil }

@@ -95,6 +95,13 @@ public struct UpdateReport: Sendable {
     if let c = controlDelta, c.layout != layout || !c.values.allSatisfy({ $0.isFinite }) { return false }
     return update.values.allSatisfy { $0.isFinite }
   }
+
+  /// Under secure aggregation a report only says training is done: its update must be empty,
+  /// since the update travels masked inside the protocol.
+  public var isWellFormedWithoutUpdate: Bool {
+    update.count == 0 && examples > 0 && trainLoss.isFinite && (lossAtGlobal?.isFinite ?? true)
+      && controlDelta == nil
+  }
 }
 
 /// Why the server refused a check-in or a report. Every refusal is counted by reason.

@@ -8,6 +8,8 @@ public enum AbandonReason: String, Sendable, Hashable, CustomStringConvertible {
   case tooFewReports = "too_few_reports"
   /// The server was shut down with the round in flight.
   case shutdown
+  /// Secure aggregation could not produce the sum (too few devices survived the protocol).
+  case secureAggregationFailed = "secure_aggregation_failed"
 
   public var description: String { rawValue }
 }

@@ -25,6 +25,12 @@ public actor Aggregator {
     for u in updates { strategy.fold(u, into: &aggregate) }
   }
 
+  /// Folds the decoded result of secure aggregation.
+  public func foldSecureSum(_ sum: [Double], totalWeight: Double, count: Int, examples: Int, round: Int) {
+    precondition(self.round == round, "folding a secure sum of round \(round) into round \(self.round ?? 0)")
+    strategy.foldSecureSum(sum, totalWeight: totalWeight, count: count, examples: examples, into: &aggregate)
+  }
+
   /// The round's aggregate, handed over and reset.
   public func finish(round: Int) -> RoundAggregate {
     precondition(self.round == round, "finishing round \(round) while aggregating round \(self.round ?? 0)")

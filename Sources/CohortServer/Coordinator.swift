@@ -27,16 +27,20 @@ public actor Coordinator {
     public var autoCommit: Bool
     /// Devices in the population, N; SCAFFOLD needs it.
     public var populationSize: Int?
+    /// Runs secure aggregation when the plan enables it: reports then carry no update, and the
+    /// round's sum comes from the protocol.
+    public var secureAggregation: (any SecureAggregationDriver)?
 
     public init(
       plan: Plan, population: String = "default", run: RunID? = nil, autoCommit: Bool = true,
-      populationSize: Int? = nil
+      populationSize: Int? = nil, secureAggregation: (any SecureAggregationDriver)? = nil
     ) {
       self.plan = plan
       self.population = population
       self.run = run
       self.autoCommit = autoCommit
       self.populationSize = populationSize
+      self.secureAggregation = secureAggregation
     }
   }
 
@@ -60,6 +64,7 @@ public actor Coordinator {
     var record: RoundRecord
     var model: Weights?
     var participants: [DeviceParticipation]
+    var secureAggregation: [SecureAggregationStepRecord] = []
   }
 
   /// The state a coordinator needs to continue exactly where it stood before `commitPending`.
@@ -304,7 +309,9 @@ public actor Coordinator {
   /// A device reports its update; an accepted one is folded into the round's sum.
   public func report(_ report: UpdateReport) async -> ServerReply {
     let now = clock.now
-    let wellFormed = report.isWellFormed(for: global.layout)
+    // Under secure aggregation the update travels only inside the protocol, never in the clear.
+    let secure = configuration.secureAggregation != nil
+    let wellFormed = secure ? report.isWellFormedWithoutUpdate : report.isWellFormed(for: global.layout)
     let (reply, actions) = machine.report(
       device: report.device, round: report.round, isWellFormed: wellFormed, now: now)
     if var book = books[report.round] {
@@ -325,6 +332,7 @@ public actor Coordinator {
         }
         books[report.round] = book
       }
+      if secure { break }
       unfolded.append(
         ClientUpdate(
           device: report.device, update: report.update, examples: report.examples,
@@ -375,6 +383,8 @@ public actor Coordinator {
     public var model: Weights?
     public var participants: [DeviceParticipation]
     public var lateReports: [Int: Int]
+    /// The round's secure-aggregation steps; empty without secure aggregation.
+    public var secureAggregation: [SecureAggregationStepRecord]
   }
 
   /// Writes the closed round to the store with `resumeState`, then moves on to the next round.
@@ -383,7 +393,7 @@ public actor Coordinator {
     if let store, let run = configuration.run {
       try store.commitRound(
         run, p.record, checkpoint: p.model, devices: p.participants, lateReports: lateReports,
-        resumeState: resumeState)
+        resumeState: resumeState, secureAggregation: p.secureAggregation)
     }
     _ = await advance()
   }
@@ -397,7 +407,8 @@ public actor Coordinator {
   private func advance() async -> ClosedRound? {
     guard let p = pending else { return nil }
     let closed = ClosedRound(
-      record: p.record, model: p.model, participants: p.participants, lateReports: lateReports)
+      record: p.record, model: p.model, participants: p.participants, lateReports: lateReports,
+      secureAggregation: p.secureAggregation)
     lateReports = [:]
     pending = nil
     for observer in roundObservers { observer(p.record) }
@@ -480,10 +491,26 @@ public actor Coordinator {
     }
     record.wallSeconds = now - record.startedAt
     var model: Weights?
-    if abandoned == nil, book != nil {
+    var secureSteps: [SecureAggregationStepRecord] = []
+    var secureFailure: String?
+    if abandoned == nil, let book {
       await flushFolds(round: round)
+      if let driver = configuration.secureAggregation {
+        let result = await driver.secureSum(round: round, devices: book.reported.sorted())
+        secureSteps = result.steps
+        record.bytesUp += result.steps.reduce(0) { $0 + $1.bytesUp }
+        record.bytesDown += result.steps.reduce(0) { $0 + $1.bytesDown }
+        record.rejected += result.rejectedMessages
+        if let sum = result.weightedSum {
+          await aggregator.foldSecureSum(
+            sum, totalWeight: result.totalWeight, count: result.survivors.count, examples: result.examples,
+            round: round)
+        } else {
+          secureFailure = result.failure ?? "secure aggregation gave no sum"
+        }
+      }
       let aggregate = await aggregator.finish(round: round)
-      model = strategy.nextGlobal(from: global, aggregate, state: &strategyState)
+      if secureFailure == nil { model = strategy.nextGlobal(from: global, aggregate, state: &strategyState) }
     }
     if let model {
       record.outcome = .committed
@@ -502,17 +529,22 @@ public actor Coordinator {
       roundDuration.recordSeconds(now - record.startedAt)
     } else {
       record.outcome = .abandoned
-      record.abandonReason = (abandoned ?? .tooFewReports).rawValue
+      record.abandonReason =
+        (abandoned ?? (secureFailure != nil ? .secureAggregationFailed : .tooFewReports)).rawValue
       roundsAbandoned.increment()
       logger.info(
-        "round abandoned", metadata: ["round": "\(round)", "reason": "\(record.abandonReason ?? "")"])
+        "round abandoned",
+        metadata: [
+          "round": "\(round)", "reason": "\(record.abandonReason ?? "")", "detail": "\(secureFailure ?? "")",
+        ])
     }
     let participants = (book?.selected ?? []).map {
       DeviceParticipation(
         device: $0, reported: book?.reported.contains($0) ?? false,
         dropped: book?.dropped.contains($0) ?? false)
     }
-    pending = PendingCommit(record: record, model: model, participants: participants)
+    pending = PendingCommit(
+      record: record, model: model, participants: participants, secureAggregation: secureSteps)
     if configuration.autoCommit {
       do {
         try await commitPending(resumeState: nil)

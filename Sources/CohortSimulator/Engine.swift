@@ -443,7 +443,8 @@ final class RoundWriter: Sendable {
         do throws(CohortError) {
           try store.commitRound(
             run, closed.record, checkpoint: closed.model, devices: closed.participants,
-            lateReports: closed.lateReports, resumeState: resumeState)
+            lateReports: closed.lateReports, resumeState: resumeState,
+            secureAggregation: closed.secureAggregation)
         } catch {
           failure.withLock { $0 = error }
           return

@@ -185,3 +185,27 @@ public struct DeviceRecord: Sendable, Hashable {
     self.lastRound = lastRound
   }
 }
+
+/// One step of a round's secure aggregation: one row of `secure_aggregation_steps`.
+public struct SecureAggregationStepRecord: Sendable, Hashable, Codable {
+  /// `advertise_keys`, `share_keys`, `masked_input`, `consistency_check` or `unmasking`.
+  public var step: String
+  /// Devices the step started with.
+  public var entered: Int
+  /// Of those, devices that did not answer before the step closed.
+  public var dropped: Int
+  /// Bytes the devices sent the server, and the server sent the devices, in this step.
+  public var bytesUp: Int
+  public var bytesDown: Int
+  /// Wall-clock seconds the server spent on the step (processing messages and closing it).
+  public var serverSeconds: Double
+
+  public init(step: String, entered: Int, dropped: Int, bytesUp: Int, bytesDown: Int, serverSeconds: Double) {
+    self.step = step
+    self.entered = entered
+    self.dropped = dropped
+    self.bytesUp = bytesUp
+    self.bytesDown = bytesDown
+    self.serverSeconds = serverSeconds
+  }
+}

@@ -173,7 +173,8 @@ public final class ResultsStore: Sendable {
   /// continue exactly from this round (see `latestResumeState`).
   public func commitRound(
     _ run: RunID, _ record: RoundRecord, checkpoint: Weights?, devices: [DeviceParticipation],
-    lateReports: [Int: Int] = [:], resumeState: Data? = nil
+    lateReports: [Int: Int] = [:], resumeState: Data? = nil,
+    secureAggregation: [SecureAggregationStepRecord] = []
   ) throws(CohortError) {
     // Encode outside the transaction: pure work that can be large.
     let blob = checkpoint.map { Float32LE.bytes($0.values) }
@@ -260,9 +261,47 @@ public final class ResultsStore: Sendable {
           try db.cachedStatement(sql: "UPDATE rounds SET late = late + ? WHERE run_id = ? AND round = ?")
             .execute(arguments: [count, run.rawValue, earlier])
         }
+        for step in secureAggregation {
+          try db.cachedStatement(
+            sql: """
+              INSERT INTO secure_aggregation_steps
+                (run_id, round, step, entered, dropped, bytes_up, bytes_down, server_seconds)
+              VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+              """
+          ).execute(arguments: [
+            run.rawValue, round, step.step, step.entered, step.dropped, step.bytesUp, step.bytesDown,
+            step.serverSeconds,
+          ])
+        }
         if let resumeState {
           try db.cachedStatement(sql: "UPDATE rounds SET resume_state = ? WHERE run_id = ? AND round = ?")
             .execute(arguments: [resumeState, run.rawValue, round])
+        }
+      }
+    }
+  }
+
+  /// The secure-aggregation steps of every round of a run, in round and protocol order.
+  public func secureAggregationSteps(_ run: RunID) throws(CohortError) -> [(
+    round: Int, SecureAggregationStepRecord
+  )] {
+    try access("reading the secure-aggregation steps of run \(run)") {
+      try writer.read { db in
+        try requireRun(db, run)
+        return try Row.fetchAll(
+          db,
+          sql: """
+            SELECT * FROM secure_aggregation_steps WHERE run_id = ?
+            ORDER BY round, CASE step WHEN 'advertise_keys' THEN 0 WHEN 'share_keys' THEN 1
+              WHEN 'masked_input' THEN 2 WHEN 'consistency_check' THEN 3 ELSE 4 END
+            """, arguments: [run.rawValue]
+        ).map { row in
+          (
+            row["round"],
+            SecureAggregationStepRecord(
+              step: row["step"], entered: row["entered"], dropped: row["dropped"], bytesUp: row["bytes_up"],
+              bytesDown: row["bytes_down"], serverSeconds: row["server_seconds"])
+          )
         }
       }
     }

@@ -87,6 +87,24 @@ enum Schema {
       // written in the round's own transaction (NULL for network servers and old files).
       try db.execute(sql: "ALTER TABLE rounds ADD COLUMN resume_state BLOB")
     }
+    migrator.registerMigration("v3: secure aggregation steps") { db in
+      // Per round and protocol step: devices entering, dropouts, bytes each way, server time.
+      try db.execute(
+        sql: """
+          CREATE TABLE secure_aggregation_steps (
+            run_id INTEGER NOT NULL,
+            round INTEGER NOT NULL,
+            step TEXT NOT NULL,
+            entered INTEGER NOT NULL,
+            dropped INTEGER NOT NULL,
+            bytes_up INTEGER NOT NULL,
+            bytes_down INTEGER NOT NULL,
+            server_seconds REAL NOT NULL,
+            PRIMARY KEY (run_id, round, step),
+            FOREIGN KEY (run_id, round) REFERENCES rounds(run_id, round) ON DELETE CASCADE
+          );
+          """)
+    }
     return migrator
   }
 }

@@ -31,9 +31,10 @@ import Testing
     var z = [UInt32](repeating: 0, count: 5000)
     SecAggCrypto.addMask(key: key, sign: 1, into: &z)
     let bytes = SecAggCrypto.stream(key: key, count: 20_000)
-    let words = (0..<5000).map { i in
-      UInt32(bytes[4 * i]) | UInt32(bytes[4 * i + 1]) << 8 | UInt32(bytes[4 * i + 2]) << 16
-        | UInt32(bytes[4 * i + 3]) << 24
+    let words = (0..<5000).map { (i: Int) -> UInt32 in
+      var w: UInt32 = 0
+      for b in 0..<4 { w |= UInt32(bytes[4 * i + b]) << UInt32(8 * b) }
+      return w
     }
     #expect(z == words)
   }

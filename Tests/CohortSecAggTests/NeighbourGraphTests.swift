@@ -61,12 +61,9 @@ import Testing
     #expect(!g.areNeighbours(3, 3))
   }
 
-  @Test func tenThousandDevicesBuildQuickly() {
-    let clock = ContinuousClock()
-    var graph: NeighbourGraph?
-    let elapsed = clock.measure { graph = NeighbourGraph(count: 10_000, degree: 104, seed: seed(6)) }
-    #expect(elapsed < .seconds(1), "building took \(elapsed)")
-    let g = graph!
+  // Speed is measured by `cohort bench secagg`, not here.
+  @Test func tenThousandDevices() {
+    let g = NeighbourGraph(count: 10_000, degree: 104, seed: seed(6))
     #expect(g.neighbours(of: 1).count == 104)
     #expect(g.neighbours(of: 10_000).count == 104)
     #expect(g.neighbours(of: 5_000).allSatisfy { g.areNeighbours(5_000, $0) })

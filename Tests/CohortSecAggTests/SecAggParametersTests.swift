@@ -89,20 +89,10 @@ import Testing
     }
   }
 
-  @Test func choosingForTenThousandIsQuick() {
-    let clock = ContinuousClock()
-    var p: SecAggParameters?
-    let elapsed = clock.measure {
-      p = SecAggParameters.choose(count: 10_000, dropoutRate: 0.3, corruptFraction: 0.05)
-    }
-    #expect(p?.degree == 104)
-    #expect(elapsed < .milliseconds(100), "choose took \(elapsed)")
-    // A hopeless case (no ring meets the target) still finishes: most k are ruled out cheaply.
-    let slow = clock.measure {
-      p = SecAggParameters.choose(count: 10_000, dropoutRate: 0.5, corruptFraction: 0.45)
-    }
-    #expect(p?.degree == 9_999)
-    #expect(slow < .seconds(2), "hopeless choose took \(slow)")
+  @Test func tenThousandDevices() {
+    #expect(SecAggParameters.choose(count: 10_000, dropoutRate: 0.3, corruptFraction: 0.05).degree == 104)
+    // A hopeless case (no ring meets the target) falls back to the complete graph.
+    #expect(SecAggParameters.choose(count: 10_000, dropoutRate: 0.5, corruptFraction: 0.45).degree == 9_999)
   }
 
   /// `choose` rules most k out without the exact scan; an unpruned search must agree.

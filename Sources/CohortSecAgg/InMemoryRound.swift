@@ -1,0 +1,92 @@
+/// Runs one secure-aggregation round between a server and `count` devices held in memory,
+/// delivering every message and closing each step when all remaining devices have answered.
+/// The simulator and `cohort bench secagg` drive rounds through this; the network service uses
+/// the same two state machines with real links instead.
+public struct InMemorySecAggRound: Sendable {
+  /// Which side's work a timing hook is measuring.
+  public enum Party: Sendable {
+    case device(SecAggIndex)
+    case server
+  }
+
+  /// What the round produced.
+  public struct Outcome: Sendable {
+    /// The survivors' summed inputs in Z/2^b; nil when the round was abandoned.
+    public var sum: [UInt32]?
+    public var survivors: [SecAggIndex]
+    public var abandonedReason: String?
+    public var records: [SecAggServer.Step: SecAggServer.StepRecord]
+    public var rejections: [SecAggServer.Rejection: Int]
+    /// Bytes each device sent over the whole protocol.
+    public var deviceBytesSent: [SecAggIndex: Int]
+    /// Bytes the server sent to each device over the whole protocol.
+    public var deviceBytesReceived: [SecAggIndex: Int]
+  }
+
+  public let configuration: SecAggConfiguration
+
+  public init(configuration: SecAggConfiguration) { self.configuration = configuration }
+
+  /// - Parameters:
+  ///   - seed: each device's 32-byte root secret.
+  ///   - identitySecretKey: each device's Ed25519 secret key (active variant).
+  ///   - input: each device's encoded input, asked for only when the device masks it.
+  ///   - dropsBefore: whether a device drops out instead of answering the given step.
+  ///   - timed: wraps every piece of device and server work, so a caller can measure it.
+  public func run(
+    seed: (SecAggIndex) -> [UInt8],
+    identitySecretKey: (SecAggIndex) -> [UInt8] = { _ in [] },
+    input: (SecAggIndex) -> [UInt32],
+    dropsBefore: (SecAggServer.Step, SecAggIndex) -> Bool = { _, _ in false },
+    timed: (Party, SecAggServer.Step, () -> Void) -> Void = { _, _, work in work() }
+  ) -> Outcome {
+    var server = SecAggServer(configuration: configuration)
+    var devices: [SecAggIndex: SecAggDevice] = [:]
+    var sent: [SecAggIndex: Int] = [:]
+    var received: [SecAggIndex: Int] = [:]
+    let all = (1...configuration.count).map { SecAggIndex($0) }
+    for index in all where !dropsBefore(.advertiseKeys, index) {
+      var device = SecAggDevice(
+        configuration: configuration, index: index, seed: seed(index),
+        identitySecretKey: identitySecretKey(index))
+      var keys: AdvertiseKeys? = nil
+      timed(.device(index), .advertiseKeys) { keys = try? device.advertiseKeys() }
+      if let keys {
+        let message = SecAggMessage.advertiseKeys(keys)
+        sent[index, default: 0] += message.byteCount
+        timed(.server, .advertiseKeys) { server.receive(message, from: index) }
+      }
+      devices[index] = device
+    }
+    while case .running(let step) = server.state {
+      var outgoing: [SecAggIndex: SecAggMessage] = [:]
+      timed(.server, step) { outgoing = server.closeStep() }
+      guard case .running(let next) = server.state else { break }
+      for index in outgoing.keys.sorted() {
+        let message = outgoing[index]!
+        received[index, default: 0] += message.byteCount
+        guard !dropsBefore(next, index), var device = devices[index] else {
+          devices[index] = nil
+          continue
+        }
+        var reply: SecAggMessage? = nil
+        let words = next == .maskedInput ? input(index) : []
+        timed(.device(index), next) { reply = try? device.handle(message, input: words) }
+        devices[index] = device
+        guard let reply else { continue }
+        sent[index, default: 0] += reply.byteCount
+        timed(.server, next) { server.receive(reply, from: index) }
+      }
+    }
+    var reason: String? = nil
+    var survivors: [SecAggIndex] = []
+    switch server.state {
+    case .abandoned(let why): reason = why
+    case .finished(let s): survivors = s
+    case .running: break
+    }
+    return Outcome(
+      sum: server.sum, survivors: survivors, abandonedReason: reason, records: server.records,
+      rejections: server.rejections, deviceBytesSent: sent, deviceBytesReceived: received)
+  }
+}
