@@ -83,6 +83,7 @@ let package = Package(
       name: "CohortSimulator",
       dependencies: [
         "CohortCore", "CohortML", "CohortProtocol", "CohortAggregation", "CohortServer", "CohortStore",
+        "CohortSecAgg", "CohortCompression",
         .product(name: "Logging", package: "swift-log"),
       ],
       // Async functions run on their caller's executor (SE-0461): the event loop stays on the
@@ -106,7 +107,7 @@ let package = Package(
       name: "cohort",
       dependencies: [
         "CohortCore", "CohortML", "CohortStore", "CohortServer", "CohortSimulator", "CohortReport",
-        "CohortPrivacy", "CBLAS",
+        "CohortPrivacy", "CohortSecAgg", "CBLAS",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ],
