@@ -1,3 +1,4 @@
+public import CohortCore
 import Glibc
 
 /// The neighbour-graph degree k and Shamir threshold t for a round of n devices, chosen from the
@@ -181,4 +182,63 @@ private func logAddExp(_ x: Double, _ y: Double) -> Double {
   if y == -.infinity { return x }
   let m = max(x, y)
   return m + log1p(exp(-abs(x - y)))
+}
+
+extension SecAggParameters {
+  /// The degree and threshold a plan asks for with `count` devices entering the protocol: the
+  /// plan's explicit values where it sets them, chosen from its dropout rate, corrupt fraction
+  /// and security bits where it does not. Nil, with the reason, when the plan's explicit values
+  /// cannot work with this many devices.
+  public static func resolve(_ plan: SecureAggregationPlan, count n: Int) -> Result<
+    SecAggParameters, SecAggError
+  > {
+    guard n >= 2 else {
+      return .failure(SecAggError(.badConfiguration, "secure aggregation needs at least 2 devices, got \(n)"))
+    }
+    let degree: Int
+    switch plan.graph {
+    case .complete: degree = n - 1
+    case .harary:
+      if let k = plan.degree {
+        degree = min(k, n - 1)
+      } else if plan.threshold == nil {
+        return .success(
+          choose(
+            count: n, dropoutRate: plan.dropoutRate, corruptFraction: plan.corruptFraction,
+            securityBits: plan.securityBits))
+      } else {
+        degree =
+          choose(
+            count: n, dropoutRate: plan.dropoutRate, corruptFraction: plan.corruptFraction,
+            securityBits: plan.securityBits
+          ).degree
+      }
+    }
+    func bound(_ t: Int) -> Double {
+      failureLog2(
+        count: n, degree: degree, threshold: t, dropoutRate: plan.dropoutRate,
+        corruptFraction: plan.corruptFraction)
+    }
+    if let t = plan.threshold {
+      guard t <= degree else {
+        return .failure(
+          SecAggError(
+            .badConfiguration,
+            "secure_aggregation.threshold \(t) is more than the \(degree) neighbours each of the \(n) devices has; "
+              + "lower the threshold or raise the cohort size"))
+      }
+      return .success(SecAggParameters(degree: degree, threshold: t, failureLog2: bound(t)))
+    }
+    // The threshold that minimises the bound for this degree (ties: the larger, as `choose` does).
+    var best = 1
+    var bestBound = bound(1)
+    for t in 2...max(degree, 1) {
+      let b = bound(t)
+      if b <= bestBound + 1e-9 * abs(bestBound) {
+        best = t
+        bestBound = min(b, bestBound)
+      }
+    }
+    return .success(SecAggParameters(degree: degree, threshold: best, failureLog2: bestBound))
+  }
 }

@@ -44,6 +44,8 @@ public struct SecAggServer: Sendable {
     public var dropped = 0
     public var bytesReceived = 0
     public var bytesSent = 0
+
+    public init() {}
   }
 
   public let configuration: SecAggConfiguration

@@ -184,6 +184,19 @@ final class Engine {
       guard let trained = await result(for: device) else { return }
       results[device] = nil
       state.inFlight.removeValue(forKey: device)
+      if let secure = simulation.secureAggregation {
+        // The update stays with the device: it enters the round only masked, through the
+        // protocol, and the report only says training is done (bytes are counted per step).
+        secure.deposit(
+          round: round, device: device, update: trained.update.values, examples: trained.examples)
+        let reply = await coordinator.report(
+          UpdateReport(
+            device: device, round: round, update: Weights(layout: WeightsLayout([]), values: []),
+            examples: trained.examples, trainLoss: trained.loss, bytes: 0, evaluation: trained.evaluation,
+            lossAtGlobal: trained.lossAtGlobal))
+        await deliver(reply, to: device)
+        return
+      }
       let bytes = trained.update.count * MemoryLayout<Float>.size
       state.bytesUp += bytes
       let reply = await coordinator.report(

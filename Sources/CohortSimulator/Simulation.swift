@@ -66,6 +66,8 @@ public final class Simulation: Sendable {
   let initialModel: Weights
   /// The scenario's attacking devices, if it has any.
   public let adversaries: Adversaries?
+  /// Secure aggregation between the simulated devices, when the plan enables it.
+  let secureAggregation: SimulatedSecureAggregation?
 
   /// Devices in the simulated population.
   public var deviceCount: Int { population.count }
@@ -90,6 +92,14 @@ public final class Simulation: Sendable {
     population = try Population(scenario: scenario, count: data.count)
     initialModel = network.initialWeights(seed: scenario.seed)
     adversaries = scenario.adversaries.map { Adversaries(plan: $0, seed: scenario.seed) }
+    secureAggregation =
+      scenario.plan.secureAggregation.enabled
+      ? SimulatedSecureAggregation(
+        plan: scenario.plan,
+        strategy: ServerStrategy(
+          plan: scenario.plan.server.strategy, layout: initialModel.layout, population: population.count),
+        seed: scenario.seed, population: population)
+      : nil
   }
 
   /// Runs (or, when the run has stored state, resumes) until the plan's last round.
@@ -121,7 +131,8 @@ public final class Simulation: Sendable {
       network: network, test: data.centralTest, parallelism: options.parallelism)
     let coordinator = Coordinator(
       configuration: .init(
-        plan: scenario.plan, run: run, autoCommit: false, populationSize: population.count),
+        plan: scenario.plan, run: run, autoCommit: false, populationSize: population.count,
+        secureAggregation: secureAggregation),
       initial: startModel,
       resumingAfter: startRound, snapshot: coordinatorSnapshot, store: store, link: selector,
       evaluator: evaluator,

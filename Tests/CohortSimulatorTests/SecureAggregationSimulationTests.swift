@@ -1,0 +1,96 @@
+import CohortCore
+import CohortSimulator
+import CohortStore
+import Foundation
+import Logging
+import Testing
+
+/// The small scenario of SimulationTests with or without secure aggregation.
+func secureScenario(seed: UInt64, enabled: Bool, dropout: Double, extra: String = "") throws -> Scenario {
+  try Scenario.parse(
+    yaml: """
+      plan:
+        name: small-secagg
+        model: {kind: logistic_regression, inputs: 60, classes: 10}
+        device: {epochs: 1, batch_size: 10, optimizer: {kind: sgd, learning_rate: 0.05}}
+        server:
+          rounds: 4
+          cohort: {goal: 12, over_selection: 1.25, minimum_fraction: 0.75}
+        secure_aggregation: {enabled: \(enabled)\(extra)}
+      data: {kind: synthetic_fedprox, alpha: 0.5, beta: 0.5, devices: 120, max_samples: 150}
+      partition: {kind: natural}
+      devices: {dropout: \(dropout), check_in_interval: 1m}
+      seed: \(seed)
+      """, file: "small-secagg.yaml")
+}
+
+struct SecureRun {
+  var summary: SimulationSummary
+  var rounds: [RoundRecord]
+  var steps: [(round: Int, SecureAggregationStepRecord)]
+  var model: Weights
+
+  init(_ scenario: Scenario) async throws {
+    let store = try ResultsStore.inMemory()
+    let run = try store.createRun(name: "t", scenario: scenario, createdAt: Date(timeIntervalSince1970: 0))
+    summary = try await Simulation(scenario: scenario, store: store, run: run, logger: Logger(label: "test"))
+      .run()
+    rounds = try store.rounds(run)
+    steps = try store.secureAggregationSteps(run)
+    model = try #require(try store.latestCheckpoint(run)).weights
+  }
+}
+
+@Suite struct SecureAggregationSimulationTests {
+  @Test func secureSumMatchesPlainFedAvgWithinTheEncoding() async throws {
+    // Without dropouts the same devices are summed either way: the models differ only by the
+    // 16-bit fixed-point encoding (one step is clip / 32767 per coordinate and device).
+    let plain = try await SecureRun(try secureScenario(seed: 5, enabled: false, dropout: 0))
+    let secure = try await SecureRun(try secureScenario(seed: 5, enabled: true, dropout: 0))
+    #expect(plain.summary.roundsCommitted == 4 && secure.summary.roundsCommitted == 4)
+    let gap = zip(plain.model.values, secure.model.values).map { abs($0 - $1) }.max() ?? 1
+    // Each round's mean is off by at most n steps over Σ wᵢ (weights are examples / weight_cap,
+    // about 0.1 each here): 12 · 3.1e-5 / 1.2 ≈ 3e-4, and training carries it into later rounds.
+    #expect(gap < 1e-3, "seed 5: largest difference \(gap)")
+    #expect(gap > 0, "seed 5: the encoding must leave some trace")
+    let accuracyGap = abs((plain.summary.finalAccuracy ?? 0) - (secure.summary.finalAccuracy ?? 1))
+    #expect(
+      accuracyGap < 0.01,
+      "seed 5: accuracy \(plain.summary.finalAccuracy ?? 0) vs \(secure.summary.finalAccuracy ?? 0)")
+  }
+
+  @Test func everyRoundRecordsItsProtocolSteps() async throws {
+    let secure = try await SecureRun(try secureScenario(seed: 6, enabled: true, dropout: 0.2))
+    let committed = secure.rounds.filter { $0.outcome == .committed }
+    #expect(!committed.isEmpty)
+    for r in committed {
+      let steps = secure.steps.filter { $0.round == r.round }.map(\.1)
+      #expect(
+        steps.map(\.step) == ["advertise_keys", "share_keys", "masked_input", "unmasking"], "round \(r.round)"
+      )
+      #expect(steps.first?.entered == r.reported, "round \(r.round): every reporter enters the protocol")
+      for (a, b) in zip(steps, steps.dropFirst()) {
+        #expect(b.entered <= a.entered - a.dropped, "round \(r.round): \(a.step) → \(b.step)")
+      }
+      #expect(steps.allSatisfy { $0.bytesUp > 0 && $0.serverSeconds >= 0 })
+      // No update travels in the clear: the round's upload bytes are the protocol's.
+      #expect(r.bytesUp == steps.reduce(0) { $0 + $1.bytesUp }, "round \(r.round)")
+    }
+    // With 20% dropout spread over the steps, some device left mid-protocol in some round.
+    #expect(secure.steps.contains { $0.1.dropped > 0 }, "seed 6")
+  }
+
+  @Test func secureRunsReplayFromTheirSeed() async throws {
+    let a = try await SecureRun(try secureScenario(seed: 7, enabled: true, dropout: 0.1))
+    let b = try await SecureRun(try secureScenario(seed: 7, enabled: true, dropout: 0.1))
+    #expect(a.summary.checkpointSHA256 == b.summary.checkpointSHA256, "seed 7")
+  }
+
+  @Test func activeVariantAndCompleteGraphRunInSimulation() async throws {
+    let secure = try await SecureRun(
+      try secureScenario(seed: 8, enabled: true, dropout: 0.1, extra: ", variant: active, graph: complete"))
+    #expect(secure.summary.roundsCommitted > 0)
+    let steps = secure.steps.filter { $0.round == 1 }.map(\.1.step)
+    #expect(steps.contains("consistency_check"), "seed 8: \(steps)")
+  }
+}
