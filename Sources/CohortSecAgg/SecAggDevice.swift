@@ -31,6 +31,9 @@ public struct SecAggDevice: Sendable {
   /// Ciphertexts received in step 2, by sender: the neighbours that shared keys.
   private var receivedShares: [SecAggIndex: [UInt8]] = [:]
   private var signedSurvivors: [SecAggIndex]? = nil
+  /// Share-encryption keys agreed with each neighbour in step 1, kept for opening its shares in
+  /// step 4 (an X25519 agreement costs more than the rest of a share's handling).
+  private var shareKeys: [SecAggIndex: [UInt8]] = [:]
 
   /// - Parameters:
   ///   - seed: 32 secret bytes; every secret of this participation derives from it.
@@ -306,7 +309,8 @@ public struct SecAggDevice: Sendable {
     }
   }
 
-  private func encryptionKey(for peer: SecAggIndex) -> [UInt8]? {
+  private mutating func encryptionKey(for peer: SecAggIndex) -> [UInt8]? {
+    if let known = shareKeys[peer] { return known }
     guard let keys = neighbourKeys[peer],
       var agreed = SecAggCrypto.agree(
         secretKey: encryption.secretKey, ownPublicKey: encryption.publicKey,
@@ -314,10 +318,14 @@ public struct SecAggDevice: Sendable {
         ownIndex: index, peerIndex: peer)
     else { return nil }
     defer { SecAggCrypto.zero(&agreed) }
-    return SecAggCrypto.subkey(of: agreed, id: configuration.round, context: "cohortSE")
+    let key = SecAggCrypto.subkey(of: agreed, id: configuration.round, context: "cohortSE")
+    shareKeys[peer] = key
+    return key
   }
 
-  private func openShares(from peer: SecAggIndex) -> (maskingKey: ShamirShare, selfMask: ShamirShare)? {
+  private mutating func openShares(from peer: SecAggIndex) -> (
+    maskingKey: ShamirShare, selfMask: ShamirShare
+  )? {
     guard let ciphertext = receivedShares[peer], var key = encryptionKey(for: peer) else { return nil }
     defer { SecAggCrypto.zero(&key) }
     let binding = configuration.shareBinding(sender: peer, recipient: index)
@@ -350,6 +358,8 @@ public struct SecAggDevice: Sendable {
     SecAggCrypto.zero(&selfMaskSeed)
     SecAggCrypto.zero(&coefficientKey)
     SecAggCrypto.zero(&identitySecretKey)
+    for peer in shareKeys.keys { SecAggCrypto.zero(&shareKeys[peer]!) }
+    shareKeys = [:]
   }
 }
 

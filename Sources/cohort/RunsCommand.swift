@@ -90,9 +90,34 @@ struct RunsCommand: AsyncParsableCommand {
           ])
         }
         print(table.rendered(), terminator: "")
+        let steps = try store.secureAggregationSteps(id)
+        if !steps.isEmpty { print("\n" + Self.secureAggregationTable(steps), terminator: "") }
       } catch {
         throw error.exit()
       }
+    }
+
+    /// Each protocol step over the run's rounds: means per round, and bytes per device entering.
+    static func secureAggregationTable(_ steps: [(round: Int, SecureAggregationStepRecord)]) -> String {
+      let rounds = Set(steps.map(\.round)).count
+      let table = Table([
+        "secure aggregation step", "entered", "dropped", "bytes up / device", "bytes down / device",
+        "server ms",
+      ])
+      var order: [String] = []
+      for (_, s) in steps where !order.contains(s.step) { order.append(s.step) }
+      for name in order {
+        let rows = steps.map(\.1).filter { $0.step == name }
+        let entered = rows.reduce(0) { $0 + $1.entered }
+        let perDevice = { (bytes: Int) in entered > 0 ? "\(bytes / entered)" : "-" }
+        table.add([
+          name, Format.fixed(Double(entered) / Double(rounds), 1),
+          Format.fixed(Double(rows.reduce(0) { $0 + $1.dropped }) / Double(rounds), 1),
+          perDevice(rows.reduce(0) { $0 + $1.bytesUp }), perDevice(rows.reduce(0) { $0 + $1.bytesDown }),
+          Format.fixed(rows.reduce(0) { $0 + $1.serverSeconds } / Double(rows.count) * 1000, 2),
+        ])
+      }
+      return "secure aggregation, mean per round over \(rounds) rounds:\n" + table.rendered()
     }
   }
 

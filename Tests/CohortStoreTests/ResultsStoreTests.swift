@@ -23,10 +23,10 @@ import Testing
       try db.read { db in
         let tables = try String.fetchAll(
           db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        for t in ["checkpoints", "devices", "plans", "rounds", "runs"] {
+        for t in ["checkpoints", "devices", "plans", "rounds", "runs", "secure_aggregation_steps"] {
           #expect(tables.contains(t), "\(tables)")
         }
-        #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").count == 2)
+        #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").count == 3)
         #expect(try String.fetchOne(db, sql: "PRAGMA journal_mode") == "wal")
         let roundColumns = try db.columns(in: "rounds").map(\.name)
         #expect(
@@ -139,6 +139,24 @@ import Testing
       #expect(
         missing?.message.contains("2 rounds have one, from 1 to 3") == true, "\(String(describing: missing))")
     }
+  }
+
+  @Test func secureAggregationStepsAreStoredWithTheirRound() throws {
+    let store = try ResultsStore.inMemory()
+    let run = try store.createRun(name: "secagg", scenario: makeScenario(), createdAt: fixedDate())
+    let steps = [
+      SecureAggregationStepRecord(
+        step: "advertise_keys", entered: 10, dropped: 1, bytesUp: 900, bytesDown: 0, serverSeconds: 0.001),
+      SecureAggregationStepRecord(
+        step: "unmasking", entered: 8, dropped: 0, bytesUp: 4000, bytesDown: 300, serverSeconds: 0.25),
+      SecureAggregationStepRecord(
+        step: "share_keys", entered: 9, dropped: 1, bytesUp: 5000, bytesDown: 4000, serverSeconds: 0.01),
+    ]
+    try store.commitRound(run, record(1), checkpoint: makeWeights(1), devices: [], secureAggregation: steps)
+    let stored = try store.secureAggregationSteps(run)
+    // Read back in protocol order, whatever order they were written in.
+    #expect(stored.map(\.1) == [steps[0], steps[2], steps[1]])
+    #expect(stored.allSatisfy { $0.round == 1 })
   }
 
   @Test func aCorruptedCheckpointIsAnErrorNotAWrongModel() throws {
