@@ -1,3 +1,5 @@
+import Dispatch
+
 /// Runs one secure-aggregation round between a server and `count` devices held in memory,
 /// delivering every message and closing each step when all remaining devices have answered.
 /// The simulator and `cohort bench secagg` drive rounds through this; the network service uses
@@ -24,8 +26,15 @@ public struct InMemorySecAggRound: Sendable {
   }
 
   public let configuration: SecAggConfiguration
+  /// Devices handled at once within a step. The server still receives their messages one at a
+  /// time in index order, so the outcome is the same for any value; above 1, `input` and `timed`
+  /// are called from several threads at once.
+  public var parallelism: Int
 
-  public init(configuration: SecAggConfiguration) { self.configuration = configuration }
+  public init(configuration: SecAggConfiguration, parallelism: Int = 1) {
+    self.configuration = configuration
+    self.parallelism = max(1, parallelism)
+  }
 
   /// - Parameters:
   ///   - seed: each device's 32-byte root secret.
@@ -62,18 +71,44 @@ public struct InMemorySecAggRound: Sendable {
       var outgoing: [SecAggIndex: SecAggMessage] = [:]
       timed(.server, step) { outgoing = server.closeStep() }
       guard case .running(let next) = server.state else { break }
+      var active: [SecAggIndex] = []
       for index in outgoing.keys.sorted() {
-        let message = outgoing[index]!
-        received[index, default: 0] += message.byteCount
-        guard !dropsBefore(next, index), var device = devices[index] else {
+        received[index, default: 0] += outgoing[index]!.byteCount
+        if dropsBefore(next, index) || devices[index] == nil {
           devices[index] = nil
-          continue
+        } else {
+          active.append(index)
         }
-        var reply: SecAggMessage? = nil
+      }
+      var states = active.map { devices[$0]! }
+      var replies = [SecAggMessage?](repeating: nil, count: active.count)
+      func handle(_ i: Int, _ device: inout SecAggDevice, _ reply: inout SecAggMessage?) {
+        let index = active[i]
         let words = next == .maskedInput ? input(index) : []
-        timed(.device(index), next) { reply = try? device.handle(message, input: words) }
-        devices[index] = device
-        guard let reply else { continue }
+        var answer: SecAggMessage? = nil
+        timed(.device(index), next) { answer = try? device.handle(outgoing[index]!, input: words) }
+        reply = answer
+      }
+      if parallelism > 1, active.count > 1 {
+        let workers = min(parallelism, active.count)
+        states.withUnsafeMutableBufferPointer { d in
+          replies.withUnsafeMutableBufferPointer { r in
+            // Each worker owns the slots i ≡ worker (mod workers): no two touch the same one.
+            nonisolated(unsafe) let devicesBuffer = d
+            nonisolated(unsafe) let repliesBuffer = r
+            DispatchQueue.concurrentPerform(iterations: workers) { worker in
+              for i in stride(from: worker, to: active.count, by: workers) {
+                handle(i, &devicesBuffer[i], &repliesBuffer[i])
+              }
+            }
+          }
+        }
+      } else {
+        for i in active.indices { handle(i, &states[i], &replies[i]) }
+      }
+      for (i, index) in active.enumerated() {
+        devices[index] = states[i]
+        guard let reply = replies[i] else { continue }
         sent[index, default: 0] += reply.byteCount
         timed(.server, next) { server.receive(reply, from: index) }
       }

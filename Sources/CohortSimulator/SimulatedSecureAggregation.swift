@@ -25,10 +25,12 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
   let weightsByExamples: Bool
   let seed: UInt64
   let population: Population
+  /// Devices that run a protocol step at once (they are independent; the server stays serial).
+  let parallelism: Int
   /// Updates of devices that finished training, by round, until the round's protocol runs.
   private let inputs = Mutex<[Int: [DeviceID: Input]]>([:])
 
-  init(plan: Plan, strategy: ServerStrategy, seed: UInt64, population: Population) {
+  init(plan: Plan, strategy: ServerStrategy, seed: UInt64, population: Population, parallelism: Int) {
     self.plan = plan.secureAggregation
     encoding = FixedPointRingEncoding(
       clip: Float(plan.secureAggregation.clip), encodingBits: plan.secureAggregation.encodingBits,
@@ -36,6 +38,7 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
     weightsByExamples = strategy.weightsByExamples
     self.seed = seed
     self.population = population
+    self.parallelism = parallelism
   }
 
   /// A device's trained update, kept on the device's side until the protocol asks for it.
@@ -83,7 +86,7 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
     let stepCount = Double(steps.count)
     let clock = ContinuousClock()
     var serverTime: [SecAggServer.Step: Duration] = [:]
-    let outcome = InMemorySecAggRound(configuration: configuration).run(
+    let outcome = InMemorySecAggRound(configuration: configuration, parallelism: parallelism).run(
       seed: { self.secret(device($0), round, "device") },
       identitySecretKey: {
         plan.variant == .active

@@ -98,7 +98,7 @@ public final class Simulation: Sendable {
         plan: scenario.plan,
         strategy: ServerStrategy(
           plan: scenario.plan.server.strategy, layout: initialModel.layout, population: population.count),
-        seed: scenario.seed, population: population)
+        seed: scenario.seed, population: population, parallelism: options.parallelism)
       : nil
   }
 

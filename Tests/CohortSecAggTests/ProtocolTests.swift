@@ -47,10 +47,10 @@ struct Scenario {
       identitySecretKey: configuration.variant == .active ? Self.identity(index, seed: seed).secretKey : [])
   }
 
-  func run(dropsBefore: (SecAggServer.Step, SecAggIndex) -> Bool = { _, _ in false })
-    -> InMemorySecAggRound.Outcome
-  {
-    InMemorySecAggRound(configuration: configuration).run(
+  func run(
+    parallelism: Int = 1, dropsBefore: (SecAggServer.Step, SecAggIndex) -> Bool = { _, _ in false }
+  ) -> InMemorySecAggRound.Outcome {
+    InMemorySecAggRound(configuration: configuration, parallelism: parallelism).run(
       seed: { Self.bytes(seed, $0, purpose: 1) },
       identitySecretKey: { configuration.variant == .active ? Self.identity($0, seed: seed).secretKey : [] },
       input: input, dropsBefore: dropsBefore)
@@ -130,6 +130,16 @@ struct Scenario {
     let outcome = scenario.run { step, index in step == .unmasking && index <= 5 }
     #expect(outcome.sum == nil)
     #expect(outcome.abandonedReason?.contains("shares arrived") == true, "\(outcome.abandonedReason ?? "")")
+  }
+
+  @Test func devicesInParallelGiveTheSameRound() {
+    let scenario = Scenario(count: 60, length: 200, seed: 16)
+    let drops = Self.dropouts(seed: 16, perStep: 0.03)
+    let serial = scenario.run(dropsBefore: drops)
+    let parallel = scenario.run(parallelism: 4, dropsBefore: drops)
+    #expect(serial.sum != nil && serial.sum == parallel.sum, "seed 16")
+    #expect(serial.survivors == parallel.survivors && serial.deviceBytesSent == parallel.deviceBytesSent)
+    #expect(serial.records == parallel.records)
   }
 
   @Test func parametersBuildTheSparseGraph() {
