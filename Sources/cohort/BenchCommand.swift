@@ -8,5 +8,5 @@ struct BenchCommand: AsyncParsableCommand {
       Each benchmark measures its baseline in the same run and reports medians and ratios to it,
       because shared machines are noisy. Record results in BENCHMARKS.md with the command used.
       """,
-    subcommands: [BenchTrain.self, BenchSimulate.self])
+    subcommands: [BenchTrain.self, BenchSimulate.self, BenchSecAgg.self])
 }
