@@ -82,29 +82,35 @@ public struct InMemorySecAggRound: Sendable {
       }
       var states = active.map { devices[$0]! }
       var replies = [SecAggMessage?](repeating: nil, count: active.count)
-      func handle(_ i: Int, _ device: inout SecAggDevice, _ reply: inout SecAggMessage?) {
-        let index = active[i]
-        let words = next == .maskedInput ? input(index) : []
-        var answer: SecAggMessage? = nil
-        timed(.device(index), next) { answer = try? device.handle(outgoing[index]!, input: words) }
-        reply = answer
-      }
-      if parallelism > 1, active.count > 1 {
-        let workers = min(parallelism, active.count)
-        states.withUnsafeMutableBufferPointer { d in
-          replies.withUnsafeMutableBufferPointer { r in
-            // Each worker owns the slots i ≡ worker (mod workers): no two touch the same one.
-            nonisolated(unsafe) let devicesBuffer = d
-            nonisolated(unsafe) let repliesBuffer = r
-            DispatchQueue.concurrentPerform(iterations: workers) { worker in
-              for i in stride(from: worker, to: active.count, by: workers) {
-                handle(i, &devicesBuffer[i], &repliesBuffer[i])
+      let indices = active
+      let workers = min(parallelism, active.count)
+      withoutActuallyEscaping(input) { input in
+        withoutActuallyEscaping(timed) { timed in
+          states.withUnsafeMutableBufferPointer { d in
+            replies.withUnsafeMutableBufferPointer { r in
+              let devicesBuffer = d
+              let repliesBuffer = r
+              // Each call touches only slot i of the two buffers, and slot i belongs to one worker.
+              let job = UncheckedSendable { (i: Int) in
+                let index = indices[i]
+                let words = next == .maskedInput ? input(index) : []
+                var answer: SecAggMessage? = nil
+                timed(.device(index), next) {
+                  answer = try? devicesBuffer[i].handle(outgoing[index]!, input: words)
+                }
+                repliesBuffer[i] = answer
+              }
+              if workers > 1 {
+                let count = indices.count
+                DispatchQueue.concurrentPerform(iterations: workers) { worker in
+                  for i in stride(from: worker, to: count, by: workers) { job.value(i) }
+                }
+              } else {
+                for i in 0..<indices.count { job.value(i) }
               }
             }
           }
         }
-      } else {
-        for i in active.indices { handle(i, &states[i], &replies[i]) }
       }
       for (i, index) in active.enumerated() {
         devices[index] = states[i]
@@ -124,4 +130,10 @@ public struct InMemorySecAggRound: Sendable {
       sum: server.sum, survivors: survivors, abandonedReason: reason, records: server.records,
       rejections: server.rejections, deviceBytesSent: sent, deviceBytesReceived: received)
   }
+}
+
+/// Carries a closure that is safe to share only because its callers partition its work.
+private struct UncheckedSendable<Value>: @unchecked Sendable {
+  let value: Value
+  init(_ value: Value) { self.value = value }
 }
