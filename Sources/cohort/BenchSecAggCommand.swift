@@ -132,6 +132,7 @@ struct BenchSecAgg: AsyncParsableCommand {
     if !skipLarge {
       cases.append(Case(complete: false, count: largeDevices, length: largeLength ?? length, dropout: 0.1))
     }
+    let base = Baseline.measure(length: length)
     let start = ContinuousClock.now
     Console.error(
       "cohort bench secagg: \(cases.count) rounds, one thread, seed \(seed), γ = \(corruptFraction), "
@@ -144,9 +145,9 @@ struct BenchSecAgg: AsyncParsableCommand {
     let total = (ContinuousClock.now - start) / .seconds(1)
     Console.error("done in \(Format.fixed(total, 1)) s")
     if json {
-      try printJSON(results, total: total)
+      try printJSON(results, total: total, base: base)
     } else {
-      printText(results, total: total)
+      printText(results, total: total, base: base)
     }
     let failed = results.filter { !$0.exact }
     if !failed.isEmpty {
@@ -315,7 +316,58 @@ struct BenchSecAgg: AsyncParsableCommand {
   /// Whether a row is the paper's setting (500 devices, 100,000 entries).
   static func isPaperSetting(_ c: Case) -> Bool { c.count == 500 && c.length == 100_000 }
 
-  func printText(_ results: [Result], total: Double) {
+  /// What the server's arithmetic costs on this machine, measured in the same run: the libsodium
+  /// ChaCha20 keystream alone, the keystream added into a vector (`SecAggCrypto.addMask`), and
+  /// one X25519 agreement. The floor of a round's server time is its masks at the keystream rate
+  /// plus one agreement per pairwise mask: no implementation with these primitives goes below it.
+  struct Baseline {
+    var keystreamGBs: Double
+    var maskGBs: Double
+    var agreementSeconds: Double
+
+    static func measure(length: Int) -> Baseline {
+      let clock = ContinuousClock()
+      let key = [UInt8](repeating: 7, count: 32)
+      let repetitions = 200
+      func seconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+      }
+      func median(_ work: () -> Void) -> Double {
+        var samples: [Double] = []
+        for _ in 0..<5 { samples.append(seconds(clock.measure(work))) }
+        return samples.sorted()[2]
+      }
+      let bytes = Double(4 * length * repetitions)
+      let keystream = median {
+        for _ in 0..<repetitions { _ = SecAggCrypto.stream(key: key, count: 4 * length) }
+      }
+      var vector = [UInt32](repeating: 0, count: length)
+      let mask = median {
+        for _ in 0..<repetitions { SecAggCrypto.addMask(key: key, sign: 1, into: &vector) }
+      }
+      let a = SecAggCrypto.keyAgreementPair(seed: [UInt8](repeating: 1, count: 32))
+      let b = SecAggCrypto.keyAgreementPair(seed: [UInt8](repeating: 2, count: 32))
+      let agreements = 2000
+      let agree = median {
+        for _ in 0..<agreements {
+          _ = SecAggCrypto.agree(
+            secretKey: a.secretKey, ownPublicKey: a.publicKey, peerPublicKey: b.publicKey, ownIndex: 1,
+            peerIndex: 2)
+        }
+      }
+      return Baseline(
+        keystreamGBs: bytes / keystream / 1e9, maskGBs: bytes / mask / 1e9,
+        agreementSeconds: agree / Double(agreements))
+    }
+
+    /// The least server time a round can take: every mask's keystream, every pairwise mask's
+    /// agreement.
+    func floor(masks: Int, selfMasks: Int, length: Int) -> Double {
+      Double(masks) * Double(4 * length) / (keystreamGBs * 1e9) + Double(masks - selfMasks) * agreementSeconds
+    }
+  }
+
+  func printText(_ results: [Result], total: Double, base: Baseline) {
     print(
       "cohort bench secagg: one thread, semi-honest, seed \(seed), γ = \(Format.fixed(corruptFraction, 2)), "
         + "failure bound 2^−\(securityBits); \(Format.fixed(total, 1)) s in all")
@@ -335,17 +387,29 @@ struct BenchSecAgg: AsyncParsableCommand {
     print(table.rendered(), terminator: "")
 
     print("")
-    print("server seconds by step")
+    print(
+      "baseline, same run: ChaCha20 keystream \(Format.fixed(base.keystreamGBs, 2)) GB/s; keystream added "
+        + "into a vector \(Format.fixed(base.maskGBs, 2)) GB/s (\(Format.fixed(base.maskGBs / base.keystreamGBs, 2)) "
+        + "of it); X25519 agreement \(Format.fixed(base.agreementSeconds * 1e6, 1)) µs")
+    print("server seconds by step; floor = masks at the keystream rate + one agreement per pairwise mask")
     let steps: [SecAggServer.Step] = [.advertiseKeys, .shareKeys, .maskedInput, .unmasking]
     let stepTable = Table(
-      ["graph", "n", "dropout"] + steps.map(\.description) + ["masks expanded", "GB/s while unmasking"])
+      ["graph", "n", "dropout"] + steps.map(\.description) + [
+        "masks expanded", "GB/s while unmasking", "floor s", "server / floor",
+      ])
     for r in results {
       let unmasking = r.serverSteps[.unmasking] ?? 0
       let gigabytes = Double(r.serverMasks) * Double(4 * r.c.length) / 1e9
       stepTable.add(
         [r.c.graphName, "\(r.c.count)", Format.fixed(r.c.dropout, 2)]
           + steps.map { Format.fixed(r.serverSteps[$0] ?? 0, 3) }
-          + [Format.count(r.serverMasks), unmasking > 0 ? Format.fixed(gigabytes / unmasking, 2) : "-"])
+          + [
+            Format.count(r.serverMasks), unmasking > 0 ? Format.fixed(gigabytes / unmasking, 2) : "-",
+            Format.fixed(base.floor(masks: r.serverMasks, selfMasks: r.survivors, length: r.c.length), 3),
+            Format.fixed(
+              r.serverSeconds / base.floor(masks: r.serverMasks, selfMasks: r.survivors, length: r.c.length),
+              2),
+          ])
     }
     print(stepTable.rendered(), terminator: "")
 
@@ -379,7 +443,7 @@ struct BenchSecAgg: AsyncParsableCommand {
     print(comparison.rendered(), terminator: "")
   }
 
-  func printJSON(_ results: [Result], total: Double) throws {
+  func printJSON(_ results: [Result], total: Double, base: Baseline) throws {
     let rows: [[String: Any]] = results.map { r in
       var row: [String: Any] = [
         "graph": r.c.complete ? "complete" : "harary", "devices": r.c.count, "length": r.c.length,
@@ -392,6 +456,7 @@ struct BenchSecAgg: AsyncParsableCommand {
         "bytes_up_median": r.bytesUp, "bytes_down_median": r.bytesDown,
         "bytes_up_per_input_byte": Double(r.bytesUp) / Double(4 * r.c.length),
         "round_wall_seconds": r.wallSeconds, "exact": r.exact,
+        "server_floor_seconds": base.floor(masks: r.serverMasks, selfMasks: r.survivors, length: r.c.length),
       ]
       // JSON has no infinities: a bound of 0 is reported as null.
       row["failure_log2"] = r.failureLog2.isFinite ? r.failureLog2 : NSNull()
@@ -405,6 +470,10 @@ struct BenchSecAgg: AsyncParsableCommand {
     let object: [String: Any] = [
       "seed": NSNumber(value: seed), "corrupt_fraction": corruptFraction, "security_bits": securityBits,
       "seconds": total, "rounds": rows,
+      "baseline": [
+        "keystream_gb_per_second": base.keystreamGBs, "mask_gb_per_second": base.maskGBs,
+        "agreement_seconds": base.agreementSeconds,
+      ],
       "targets": [
         "harary_device_seconds": Self.targetDeviceSeconds,
         "harary_server_seconds_at_30_percent": Self.targetServerSeconds,
