@@ -80,43 +80,48 @@ public struct InMemorySecAggRound: Sendable {
           active.append(index)
         }
       }
-      var states = active.map { devices[$0]! }
-      var replies = [SecAggMessage?](repeating: nil, count: active.count)
-      let indices = active
-      let workers = min(parallelism, active.count)
-      withoutActuallyEscaping(input) { input in
-        withoutActuallyEscaping(timed) { timed in
-          states.withUnsafeMutableBufferPointer { d in
-            replies.withUnsafeMutableBufferPointer { r in
-              let devicesBuffer = d
-              let repliesBuffer = r
-              // Each call touches only slot i of the two buffers, and slot i belongs to one worker.
-              let job = UncheckedSendable { (i: Int) in
-                let index = indices[i]
-                let words = next == .maskedInput ? input(index) : []
-                var answer: SecAggMessage? = nil
-                timed(.device(index), next) {
-                  answer = try? devicesBuffer[i].handle(outgoing[index]!, input: words)
+      // Devices work in batches: a batch's replies (masked inputs are as large as the model)
+      // are handed to the server before the next batch starts, so memory stays bounded.
+      let batchSize = parallelism > 1 ? 8 * parallelism : 1
+      for batchStart in stride(from: 0, to: active.count, by: batchSize) {
+        let indices = Array(active[batchStart..<min(batchStart + batchSize, active.count)])
+        var states = indices.map { devices[$0]! }
+        var replies = [SecAggMessage?](repeating: nil, count: indices.count)
+        let workers = min(parallelism, indices.count)
+        withoutActuallyEscaping(input) { input in
+          withoutActuallyEscaping(timed) { timed in
+            states.withUnsafeMutableBufferPointer { d in
+              replies.withUnsafeMutableBufferPointer { r in
+                let devicesBuffer = d
+                let repliesBuffer = r
+                // Each call touches only slot i of the two buffers, and slot i belongs to one worker.
+                let job = UncheckedSendable { (i: Int) in
+                  let index = indices[i]
+                  let words = next == .maskedInput ? input(index) : []
+                  var answer: SecAggMessage? = nil
+                  timed(.device(index), next) {
+                    answer = try? devicesBuffer[i].handle(outgoing[index]!, input: words)
+                  }
+                  repliesBuffer[i] = answer
                 }
-                repliesBuffer[i] = answer
-              }
-              if workers > 1 {
-                let count = indices.count
-                DispatchQueue.concurrentPerform(iterations: workers) { worker in
-                  for i in stride(from: worker, to: count, by: workers) { job.value(i) }
+                if workers > 1 {
+                  let count = indices.count
+                  DispatchQueue.concurrentPerform(iterations: workers) { worker in
+                    for i in stride(from: worker, to: count, by: workers) { job.value(i) }
+                  }
+                } else {
+                  for i in 0..<indices.count { job.value(i) }
                 }
-              } else {
-                for i in 0..<indices.count { job.value(i) }
               }
             }
           }
         }
-      }
-      for (i, index) in active.enumerated() {
-        devices[index] = states[i]
-        guard let reply = replies[i] else { continue }
-        sent[index, default: 0] += reply.byteCount
-        timed(.server, next) { server.receive(reply, from: index) }
+        for (i, index) in indices.enumerated() {
+          devices[index] = states[i]
+          guard let reply = replies[i] else { continue }
+          sent[index, default: 0] += reply.byteCount
+          timed(.server, next) { server.receive(reply, from: index) }
+        }
       }
     }
     var reason: String? = nil

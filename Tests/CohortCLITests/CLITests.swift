@@ -136,6 +136,25 @@ func simulateJSON(_ arguments: [String]) throws -> [String: Any] {
     #expect(resumed["rounds_attempted"] as? Int == whole["rounds_attempted"] as? Int)
   }
 
+  @Test func killedSecureRunResumesToTheSameCheckpoint() throws {
+    // Secure aggregation keeps device updates outside the coordinator until a round's protocol
+    // runs; a run killed between rounds must still resume to exactly the same model.
+    let dir = TemporaryDirectory()
+    let scenario = dir.write(
+      "secure.yaml",
+      smallScenario.replacingOccurrences(
+        of: "      strategy: {kind: fedavg}\n",
+        with: "      strategy: {kind: fedavg}\n    secure_aggregation: {enabled: true}\n"))
+    let whole = try simulateJSON([scenario, "--db", dir.file("whole.sqlite")])
+    let db = dir.file("crash.sqlite")
+    let crashed = try cohort(["simulate", scenario, "--db", db, "--crash-after-round", "2"])
+    #expect(crashed.status != 0)
+    let resumed = try simulateJSON(["--resume", "1", "--db", db])
+    #expect(resumed["checkpoint_sha256"] as? String == whole["checkpoint_sha256"] as? String)
+    let shown = try cohort(["runs", "show", "1", "--db", db])
+    #expect(shown.stdout.contains("secure aggregation, mean per round over 6 rounds"), "\(shown.stdout)")
+  }
+
   @Test func runsAndModelExportReadTheDatabase() throws {
     let dir = TemporaryDirectory()
     let scenario = dir.write("small.yaml", smallScenario)
