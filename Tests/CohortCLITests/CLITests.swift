@@ -140,11 +140,11 @@ func simulateJSON(_ arguments: [String]) throws -> [String: Any] {
     // Secure aggregation keeps device updates outside the coordinator until a round's protocol
     // runs; a run killed between rounds must still resume to exactly the same model.
     let dir = TemporaryDirectory()
-    let scenario = dir.write(
-      "secure.yaml",
-      smallScenario.replacingOccurrences(
-        of: "      strategy: {kind: fedavg}\n",
-        with: "      strategy: {kind: fedavg}\n    secure_aggregation: {enabled: true}\n"))
+    let secure = smallScenario.replacingOccurrences(
+      of: "    strategy: {kind: fedavg}\n",
+      with: "    strategy: {kind: fedavg}\n  secure_aggregation: {enabled: true}\n")
+    #expect(secure != smallScenario)
+    let scenario = dir.write("secure.yaml", secure)
     let whole = try simulateJSON([scenario, "--db", dir.file("whole.sqlite")])
     let db = dir.file("crash.sqlite")
     let crashed = try cohort(["simulate", scenario, "--db", db, "--crash-after-round", "2"])
