@@ -33,7 +33,9 @@ struct Harness {
   let run: RunID
   let coordinator: Coordinator
 
-  init(rounds: Int = 2, autoCommit: Bool = true) throws {
+  init(rounds: Int = 2, autoCommit: Bool = true, secureAggregation: (any SecureAggregationDriver)? = nil)
+    throws
+  {
     store = try ResultsStore.inMemory()
     let plan = makePlan(rounds: rounds)
     let scenario = Scenario(
@@ -41,7 +43,8 @@ struct Harness {
       partition: .natural, devices: PopulationPlan(), seed: 1)
     run = try store.createRun(name: "t", scenario: scenario, createdAt: Date(timeIntervalSince1970: 0))
     coordinator = Coordinator(
-      configuration: .init(plan: plan, run: run, autoCommit: autoCommit),
+      configuration: .init(
+        plan: plan, run: run, autoCommit: autoCommit, secureAggregation: secureAggregation),
       initial: Weights(layout: layout, values: [1, 1]), store: store, link: link,
       evaluator: FirstValueEvaluator(),
       clock: clock, logger: Logger(label: "test"))
@@ -51,6 +54,76 @@ struct Harness {
     UpdateReport(
       device: device, round: round, update: Weights(layout: layout, values: values), examples: examples,
       trainLoss: 0.5, bytes: 8)
+  }
+}
+
+/// A secure-aggregation driver with a fixed answer, recording which devices it was asked about.
+final class FixedSecureSum: SecureAggregationDriver, @unchecked Sendable {
+  let answer: SecureSum
+  var asked: [(round: Int, devices: [DeviceID])] = []
+  init(_ answer: SecureSum) { self.answer = answer }
+  func secureSum(round: Int, devices: [DeviceID]) async -> SecureSum {
+    asked.append((round, devices))
+    return answer
+  }
+}
+
+@Suite struct SecureAggregationCoordinatorTests {
+  static let steps = [
+    SecureAggregationStepRecord(
+      step: "advertise_keys", entered: 2, dropped: 0, bytesUp: 100, bytesDown: 0, serverSeconds: 0),
+    SecureAggregationStepRecord(
+      step: "masked_input", entered: 2, dropped: 0, bytesUp: 500, bytesDown: 60, serverSeconds: 0),
+  ]
+
+  func reportsWithoutUpdates(_ h: Harness) async -> [ServerReply] {
+    await h.coordinator.start()
+    for d in 1...3 { _ = await h.coordinator.checkIn(CheckIn(device: d, population: "default")) }
+    _ = h.link.drain()
+    h.clock.set(10)
+    let empty = Weights(layout: WeightsLayout([]), values: [])
+    var replies: [ServerReply] = []
+    // A report that carries its update in the clear is refused: under secure aggregation the
+    // update travels only inside the protocol.
+    replies.append(await h.coordinator.report(h.update(1, round: 1, [1, 0], examples: 1)))
+    for d in 1...2 {
+      replies.append(
+        await h.coordinator.report(
+          UpdateReport(device: d, round: 1, update: empty, examples: 10, trainLoss: 0.5, bytes: 0)))
+    }
+    return replies
+  }
+
+  @Test func theRoundTakesItsModelFromTheSecureSum() async throws {
+    let driver = FixedSecureSum(
+      SecureSum(
+        weightedSum: [2, -4], totalWeight: 2, survivors: [1, 2], examples: 20, failure: nil,
+        steps: Self.steps,
+        rejectedMessages: 1))
+    let h = try Harness(rounds: 1, secureAggregation: driver)
+    let replies = await reportsWithoutUpdates(h)
+    #expect(replies == [.rejected(.malformed), .accepted(round: 1), .accepted(round: 1)])
+    #expect(driver.asked.map(\.devices) == [[1, 2]])
+    // [1, 1] + [2, −4] / 2.
+    #expect(try h.store.checkpoint(h.run, round: 1).weights.values == [2, -1])
+    let r = try #require(try h.store.rounds(h.run).first)
+    // The refused report's 8 bytes were received too.
+    #expect(r.bytesUp == 8 + 600 && r.bytesDown == 3 * 8 + 60 && r.rejected == 2)
+    #expect(try h.store.secureAggregationSteps(h.run).map(\.1) == Self.steps)
+  }
+
+  @Test func aFailedProtocolAbandonsTheRoundWithItsReason() async throws {
+    let driver = FixedSecureSum(
+      SecureSum(
+        weightedSum: nil, totalWeight: 0, survivors: [], examples: 0,
+        failure: "only 1 device sent a masked input",
+        steps: Self.steps, rejectedMessages: 0))
+    let h = try Harness(rounds: 1, secureAggregation: driver)
+    _ = await reportsWithoutUpdates(h)
+    let r = try #require(try h.store.rounds(h.run).first)
+    #expect(r.outcome == .abandoned && r.abandonReason == "secure_aggregation_failed")
+    #expect(try h.store.latestCheckpoint(h.run) == nil)
+    #expect(try h.store.secureAggregationSteps(h.run).count == 2)
   }
 }
 
