@@ -85,7 +85,9 @@ public struct InMemorySecAggRound: Sendable {
       let batchSize = parallelism > 1 ? 8 * parallelism : 1
       for batchStart in stride(from: 0, to: active.count, by: batchSize) {
         let indices = Array(active[batchStart..<min(batchStart + batchSize, active.count)])
-        var states = indices.map { devices[$0]! }
+        // Moved out, not copied: each device's secrets then have one owner, so wiping them
+        // zeroes the only copy instead of a copy-on-write duplicate.
+        var states = indices.map { devices.removeValue(forKey: $0)! }
         var replies = [SecAggMessage?](repeating: nil, count: indices.count)
         let workers = min(parallelism, indices.count)
         withoutActuallyEscaping(input) { input in
