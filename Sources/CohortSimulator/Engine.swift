@@ -197,11 +197,16 @@ final class Engine {
         await deliver(reply, to: device)
         return
       }
-      let bytes = trained.update.count * MemoryLayout<Float>.size
+      // The server decodes what the device sent; the bytes are what travelled.
+      var update = trained.update
+      if let encoded = trained.encoded, let codec = simulation.codec {
+        update = Weights(layout: update.layout, values: codec.decode(encoded))
+      }
+      let bytes = trained.uploadBytes
       state.bytesUp += bytes
       let reply = await coordinator.report(
         UpdateReport(
-          device: device, round: round, update: trained.update, examples: trained.examples,
+          device: device, round: round, update: update, examples: trained.examples,
           trainLoss: trained.loss, bytes: bytes, evaluation: trained.evaluation,
           lossAtGlobal: trained.lossAtGlobal,
           controlDelta: trained.controlDelta))
@@ -333,7 +338,7 @@ final class Engine {
   /// Upload time of a device's update, from its profile.
   func uploadTime(_ device: DeviceID) -> Double? {
     guard let trained = results[device] else { return nil }
-    let bytes = trained.update.count * MemoryLayout<Float>.size
+    let bytes = trained.uploadBytes
     return simulation.population.profile(device: device).roundTiming(
       examples: 0, epochs: 0, downloadBytes: 0, uploadBytes: bytes
     ).upload

@@ -1,4 +1,5 @@
 import CohortAggregation
+import CohortCompression
 public import CohortCore
 import CohortML
 public import CohortProtocol
@@ -68,6 +69,9 @@ public final class Simulation: Sendable {
   public let adversaries: Adversaries?
   /// Secure aggregation between the simulated devices, when the plan enables it.
   let secureAggregation: SimulatedSecureAggregation?
+  /// The plan's update codec, when it compresses (nil for `compression.kind: none`, whose
+  /// updates go through untouched).
+  let codec: UpdateCodec?
 
   /// Devices in the simulated population.
   public var deviceCount: Int { population.count }
@@ -100,6 +104,9 @@ public final class Simulation: Sendable {
           plan: scenario.plan.server.strategy, layout: initialModel.layout, population: population.count),
         seed: scenario.seed, population: population, parallelism: options.parallelism)
       : nil
+    codec =
+      scenario.plan.compression.kind == .none
+      ? nil : try UpdateCodec(plan: scenario.plan.compression, dimension: initialModel.count)
   }
 
   /// Runs (or, when the run has stored state, resumes) until the plan's last round.
@@ -175,6 +182,11 @@ public final class Simulation: Sendable {
     /// SCAFFOLD: the device's new control variate c_k⁺ and its change Δc_k.
     var control: Weights? = nil
     var controlDelta: Weights? = nil
+    /// The update as the device uploads it, when the plan compresses (without secure aggregation).
+    var encoded: EncodedUpdate? = nil
+
+    /// The bytes the upload takes: the encoded size, or 4 per Float32 value.
+    var uploadBytes: Int { encoded?.wireBytes ?? update.count * MemoryLayout<Float>.size }
   }
 
   /// Local training of many devices at once, `options.parallelism` at a time. Each result depends
@@ -225,10 +237,23 @@ public final class Simulation: Sendable {
     }
     var update = result.weights.difference(job.start)
     if let attacker { update = attacker.attacked(update, device: job.device, round: job.round) }
+    var encoded: EncodedUpdate?
+    if let codec {
+      if secureAggregation != nil {
+        // Under secure aggregation only a random mask shared by the round's devices is allowed (the
+        // plan reader rejects the rest): the device keeps the masked coordinates, rescaled, and the
+        // ring encoding carries them. One stream per round, the same for every device.
+        var stream = RandomStream(seed: scenario.seed, purpose: "codec-shared", round: job.round)
+        update.values = codec.decode(codec.encode(update.values, stream: &stream))
+      } else {
+        var stream = RandomStream(seed: scenario.seed, purpose: "codec", round: job.round, device: job.device)
+        encoded = codec.encode(update.values, stream: &stream)
+      }
+    }
     return Trained(
       update: update, examples: result.examples / max(1, training.epochs),
       loss: result.meanLoss, evaluation: evaluation, lossAtGlobal: lossAtGlobal, control: scaffold?.control,
-      controlDelta: scaffold?.delta)
+      controlDelta: scaffold?.delta, encoded: encoded)
   }
 
   /// The same local-training arithmetic as a run, with no protocol at all: for each batch of

@@ -482,11 +482,106 @@ extension SecureAggregationPlan {
   }
 }
 
-/// Update compression. This build accepts only `kind: none`.
+/// Update compression (`compression`): how a device encodes its update before uploading it
+/// (CohortCompression's `UpdateCodec`), and the server decodes it. Each kind reads only its own
+/// keys; the others keep their defaults. Every key is documented in the README.
 public struct CompressionPlan: Codable, Sendable, Hashable {
-  public enum Kind: String, Codable, Sendable, CaseIterable { case none }
+  public enum Kind: String, Codable, Sendable, CaseIterable {
+    /// Float32 values, as trained.
+    case none
+    /// Uniform quantization to `bits` bits per coordinate, after an optional random rotation.
+    case quantization
+    /// The `fraction` of coordinates of largest magnitude, with their indices.
+    case topK = "top_k"
+    /// A random `fraction` of coordinates from a shared seed: only the values travel.
+    case randomMask = "random_mask"
+  }
+
+  public enum Rotation: String, Codable, Sendable, CaseIterable {
+    /// Block-wise randomized Hadamard rotation before quantizing (no padding).
+    case hadamard
+    case none
+  }
+
+  public enum Rounding: String, Codable, Sendable, CaseIterable {
+    /// Unbiased: up with probability equal to the position within the step.
+    case stochastic
+    /// To the nearest level: biased, but half the worst-case error.
+    case deterministic
+  }
+
   public var kind: Kind = .none
-  public init(kind: Kind = .none) { self.kind = kind }
+  /// Quantization: bits per coordinate, 1...16.
+  public var bits: Int = 8
+  /// Quantization: the rotation applied first.
+  public var rotation: Rotation = .hadamard
+  /// Quantization: nil for a per-vector range (its min and max travel with the codes), or r > 0
+  /// for the fixed range [−r, r] both sides know (values outside are clamped).
+  public var range: Double? = nil
+  /// Quantization: how values are rounded to levels.
+  public var rounding: Rounding = .stochastic
+  /// top_k and random_mask: the fraction of coordinates kept, in (0, 1].
+  public var fraction: Double = 1
+
+  public init(
+    kind: Kind = .none, bits: Int = 8, rotation: Rotation = .hadamard, range: Double? = nil,
+    rounding: Rounding = .stochastic, fraction: Double = 1
+  ) {
+    self.kind = kind
+    self.bits = bits
+    self.rotation = rotation
+    self.range = range
+    self.rounding = rounding
+    self.fraction = fraction
+  }
+
+  /// Quantization with the given parameters.
+  public static func quantization(
+    bits: Int = 8, rotation: Rotation = .hadamard, range: Double? = nil, rounding: Rounding = .stochastic
+  ) -> CompressionPlan {
+    CompressionPlan(kind: .quantization, bits: bits, rotation: rotation, range: range, rounding: rounding)
+  }
+
+  /// The number of coordinates a sparsifier keeps of `dimension`: ⌈fraction · d⌉, at least 1.
+  public func keptCount(dimension: Int) -> Int {
+    Swift.min(dimension, Swift.max(1, Int((fraction * Double(dimension)).rounded(.up))))
+  }
+}
+
+extension CompressionPlan {
+  private enum CodingKeys: String, CodingKey {
+    case kind, bits, rotation, range, rounding, fraction
+  }
+
+  /// Absent parameters take their defaults, so plans stored when the section held only `kind`
+  /// still decode.
+  public init(from decoder: any Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    let d = CompressionPlan()
+    kind = try c.decode(Kind.self, forKey: .kind)
+    bits = try c.decodeIfPresent(Int.self, forKey: .bits) ?? d.bits
+    rotation = try c.decodeIfPresent(Rotation.self, forKey: .rotation) ?? d.rotation
+    range = try c.decodeIfPresent(Double.self, forKey: .range)
+    rounding = try c.decodeIfPresent(Rounding.self, forKey: .rounding) ?? d.rounding
+    fraction = try c.decodeIfPresent(Double.self, forKey: .fraction) ?? d.fraction
+  }
+
+  /// Only the kind and its own parameters: `kind: none` encodes as `{"kind": "none"}`, as before
+  /// the other kinds existed, so stored plans keep their SHA-256.
+  public func encode(to encoder: any Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode(kind, forKey: .kind)
+    switch kind {
+    case .none: break
+    case .quantization:
+      try c.encode(bits, forKey: .bits)
+      try c.encode(rotation, forKey: .rotation)
+      try c.encodeIfPresent(range, forKey: .range)
+      try c.encode(rounding, forKey: .rounding)
+    case .topK, .randomMask:
+      try c.encode(fraction, forKey: .fraction)
+    }
+  }
 }
 
 /// Differential privacy. This build accepts only `kind: none`.
@@ -527,14 +622,7 @@ extension Plan {
     let secAgg = m.optional("secure_aggregation", default: SecureAggregationPlan()) {
       SecureAggregationPlan.read($0)
     }
-    let compression = m.optional("compression", default: CompressionPlan()) { field -> CompressionPlan? in
-      guard let c = field.mapping(allowed: ["kind"]) else { return nil }
-      return c.optional("kind", default: CompressionPlan()) { f in
-        f.oneOf(CompressionPlan.Kind.allCases.map(\.rawValue)).flatMap(CompressionPlan.Kind.init).map {
-          CompressionPlan(kind: $0)
-        }
-      }
-    }
+    let compression = m.optional("compression", default: CompressionPlan()) { CompressionPlan.read($0) }
     let privacy = m.optional("privacy", default: PrivacyPlan()) { field -> PrivacyPlan? in
       guard let p = field.mapping(allowed: ["kind"]) else { return nil }
       return p.optional("kind", default: PrivacyPlan()) { f in
@@ -548,6 +636,7 @@ extension Plan {
     var resolvedServer = server
     checkAcrossKeys(m, device: &resolvedDevice, server: &resolvedServer)
     SecureAggregationPlan.checkAcrossKeys(m, plan: secAgg, server: resolvedServer)
+    CompressionPlan.checkAcrossKeys(m, plan: compression)
     return Plan(
       name: name, model: model, device: resolvedDevice, server: resolvedServer, secureAggregation: secAgg,
       compression: compression, privacy: privacy)
@@ -895,6 +984,91 @@ extension SecureAggregationPlan {
           + "\(cohort.minimumReports) devices (server.cohort.goal × minimum_fraction), too few to unmask: "
           + "lower secure_aggregation.threshold to at most \(cohort.minimumReports), raise "
           + "server.cohort.minimum_fraction or goal, or remove threshold to have it chosen")
+    }
+  }
+}
+
+extension CompressionPlan {
+  /// Every key some kind accepts, YAML spelling; each kind rejects the ones it does not use.
+  static let keysByKind: [Kind: [String]] = [
+    .none: [],
+    .quantization: ["bits", "rotation", "range", "rounding"],
+    .topK: ["fraction"],
+    .randomMask: ["fraction"],
+  ]
+
+  static func read(_ field: YAMLField) -> CompressionPlan? {
+    let all = ["kind", "bits", "rotation", "range", "rounding", "fraction"]
+    guard let m = field.mapping(allowed: all) else { return nil }
+    let kind = m.optional("kind", default: Kind.none) {
+      $0.oneOf(Kind.allCases.map(\.rawValue)).flatMap(Kind.init)
+    }
+    let own = keysByKind[kind] ?? []
+    let others = all.filter { $0 != "kind" && !own.contains($0) }
+    let accepted = own.isEmpty ? "it takes no parameters" : "its keys are: " + own.joined(separator: ", ")
+    m.reject(others, because: "compression kind \(kind.rawValue) does not use it; \(accepted)")
+
+    var plan = CompressionPlan(kind: kind)
+    switch kind {
+    case .none: break
+    case .quantization:
+      plan.bits = m.optional("bits", default: plan.bits) { $0.int(1...16) }
+      plan.rotation = m.optional("rotation", default: plan.rotation) {
+        $0.oneOf(Rotation.allCases.map(\.rawValue)).flatMap(Rotation.init)
+      }
+      plan.rounding = m.optional("rounding", default: plan.rounding) {
+        $0.oneOf(Rounding.allCases.map(\.rawValue)).flatMap(Rounding.init)
+      }
+      if let f = m["range"], f.display != "per_vector" {
+        if let r = Double(f.display), r.isFinite, r > 0, case .scalar = f.node {
+          plan.range = r
+        } else {
+          f.fail(
+            "expected per_vector (each update's own min and max travel with it) or a positive number r "
+              + "for the fixed range [−r, r], e.g. range: 0.5")
+        }
+      }
+    case .topK, .randomMask:
+      plan.fraction =
+        m.required("fraction", hint: "the fraction of coordinates kept, in (0, 1], e.g. fraction: 0.1") {
+          $0.double(0...1, above: true)
+        } ?? plan.fraction
+    }
+    return plan
+  }
+
+  /// Rules between `compression` and the rest of the plan: the combinations secure aggregation
+  /// cannot sum are rejected, each naming the keys and the way out.
+  static func checkAcrossKeys(_ m: YAMLMapping, plan: CompressionPlan) {
+    guard SecureAggregationPlan.requestsEnabled(m["secure_aggregation"]), let section = m["compression"]
+    else {
+      return
+    }
+    let line = section.child("kind")?.line ?? section.line
+    switch plan.kind {
+    case .none, .randomMask: return
+    case .topK:
+      m.owner.log.add(
+        keyPath: "compression.kind", line: line,
+        "compression.kind top_k with secure_aggregation.enabled: true: top-k indices differ per device, so "
+          + "their values cannot be summed securely; use random_mask (one mask from a shared seed) or "
+          + "disable secure aggregation")
+    case .quantization:
+      if plan.range == nil {
+        m.owner.log.add(
+          keyPath: "compression.range", line: section.child("range")?.line ?? line,
+          "compression.kind quantization with a per_vector range and secure_aggregation.enabled: true: "
+            + "each device's range differs, so codes cannot be summed; a fixed range (compression.range: r) "
+            + "would be needed, but this version does not yet quantize into the secure aggregation ring "
+            + "either: use compression.kind none or random_mask, or disable secure aggregation")
+      } else {
+        m.owner.log.add(
+          keyPath: "compression.kind", line: line,
+          "compression.kind quantization with secure_aggregation.enabled: true is not supported yet: under "
+            + "secure aggregation updates are encoded with the fixed-point ring encoding, whose width "
+            + "secure_aggregation.encoding_bits sets; use compression.kind none or random_mask, or disable "
+            + "secure aggregation")
+      }
     }
   }
 }

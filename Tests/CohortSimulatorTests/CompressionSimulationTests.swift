@@ -1,0 +1,81 @@
+import CohortCore
+import CohortSimulator
+import CohortStore
+import Foundation
+import Logging
+import Testing
+
+/// The small scenario of SimulationTests with a `compression` section (and optionally secure
+/// aggregation).
+private func compressedScenario(seed: UInt64, compression: String, secure: Bool = false) throws -> Scenario {
+  try Scenario.parse(
+    yaml: """
+      plan:
+        name: small-compressed
+        model: {kind: logistic_regression, inputs: 60, classes: 10}
+        device: {epochs: 1, batch_size: 10, optimizer: {kind: sgd, learning_rate: 0.05}}
+        server:
+          rounds: 4
+          cohort: {goal: 12, over_selection: 1.25, minimum_fraction: 0.75}
+        secure_aggregation: {enabled: \(secure)}
+        compression: \(compression)
+      data: {kind: synthetic_fedprox, alpha: 0.5, beta: 0.5, devices: 120, max_samples: 150}
+      partition: {kind: natural}
+      devices: {dropout: 0.1, check_in_interval: 1m}
+      seed: \(seed)
+      """, file: "small-compressed.yaml")
+}
+
+@Suite struct CompressionSimulationTests {
+  /// Every upload of a 610-value update quantized to b bits with a per-vector range is
+  /// ⌈610·b/8⌉ + 8 bytes, so a round's bytes_up is a whole number of them, at least one per
+  /// report, and far below the uncompressed 2,440 per upload.
+  @Test(arguments: [8, 4, 2])
+  func quantizedRoundsCountTheEncodedBytes(bits: Int) async throws {
+    let seed: UInt64 = 11
+    let encoded = (610 * bits + 7) / 8 + 8
+    let (summary, rounds) = try await simulate(
+      try compressedScenario(seed: seed, compression: "{kind: quantization, bits: \(bits)}"))
+    let (plainSummary, plainRounds) = try await simulate(
+      try compressedScenario(seed: seed, compression: "{kind: none}"))
+    #expect(summary.roundsCommitted == 4 && plainSummary.roundsCommitted == 4, "seed \(seed)")
+    for r in rounds {
+      #expect(r.bytesUp % encoded == 0, "seed \(seed), round \(r.round): \(r.bytesUp) bytes")
+      #expect(r.bytesUp >= r.reported * encoded, "seed \(seed), round \(r.round): \(r)")
+      #expect(r.bytesUp < r.reported * 610 * 4, "seed \(seed), round \(r.round): \(r)")
+    }
+    #expect(summary.bytesUp == rounds.reduce(0) { $0 + $1.bytesUp })
+    #expect(summary.bytesUp < plainSummary.bytesUp, "seed \(seed)")
+    #expect(plainRounds.allSatisfy { $0.bytesUp % 2440 == 0 })
+    // Same seed, same run.
+    let again = try await simulate(
+      try compressedScenario(seed: seed, compression: "{kind: quantization, bits: \(bits)}")
+    ).0
+    #expect(again.checkpointSHA256 == summary.checkpointSHA256, "seed \(seed)")
+    // Unbiased rounding keeps the model close to the uncompressed one (4 short rounds: loosely).
+    let gap = abs((summary.finalAccuracy ?? 0) - (plainSummary.finalAccuracy ?? 0))
+    #expect(
+      gap < (bits >= 4 ? 0.05 : 0.1),
+      "seed \(seed): accuracy \(summary.finalAccuracy ?? 0) vs \(plainSummary.finalAccuracy ?? 0) uncompressed"
+    )
+  }
+
+  @Test(arguments: ["{kind: top_k, fraction: 0.1}", "{kind: random_mask, fraction: 0.5}"])
+  func sparsifiedRoundsRun(_ compression: String) async throws {
+    let seed: UInt64 = 12
+    let perUpload = compression.contains("top_k") ? 61 * 8 : 305 * 4
+    let (summary, rounds) = try await simulate(try compressedScenario(seed: seed, compression: compression))
+    #expect(summary.roundsCommitted == 4, "seed \(seed)")
+    for r in rounds {
+      #expect(r.bytesUp % perUpload == 0 && r.bytesUp >= r.reported * perUpload, "seed \(seed): \(r)")
+    }
+  }
+
+  /// A random mask shared by the round's devices runs under secure aggregation.
+  @Test func randomMaskRunsUnderSecureAggregation() async throws {
+    let seed: UInt64 = 13
+    let (summary, _) = try await simulate(
+      try compressedScenario(seed: seed, compression: "{kind: random_mask, fraction: 0.5}", secure: true))
+    #expect(summary.roundsCommitted == 4, "seed \(seed)")
+  }
+}
