@@ -74,7 +74,7 @@ let package = Package(
     .target(
       name: "CohortServer",
       dependencies: [
-        "CohortCore", "CohortProtocol", "CohortAggregation", "CohortStore",
+        "CohortCore", "CohortProtocol", "CohortAggregation", "CohortStore", "CohortPrivacy",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
       ],
@@ -144,7 +144,7 @@ let package = Package(
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortSimulatorTests",
-      dependencies: ["CohortSimulator", "CohortML", "CohortCore", "CohortTesting"],
+      dependencies: ["CohortSimulator", "CohortML", "CohortCore", "CohortTesting", "CohortPrivacy"],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortMLTests",
@@ -156,7 +156,7 @@ let package = Package(
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortPrivacyTests",
-      dependencies: ["CohortPrivacy", "CohortCore"],
+      dependencies: ["CohortPrivacy", "CohortCore", "CohortCompression"],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortStoreTests",

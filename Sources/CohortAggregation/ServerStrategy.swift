@@ -75,6 +75,14 @@ public struct RoundAggregate: Sendable {
     qNumerator = q ? [Double](repeating: 0, count: layout.count) : nil
   }
 
+  /// Central differential privacy (DP-FedAvg, McMahan et al. 2018): `perturb` adds noise to
+  /// Σ Δᵢ, and the mean then divides by `denominator` (the expected cohort, the fixed-denominator
+  /// estimator) instead of the total weight. Only for strategies that stream a sum.
+  public mutating func privatize(denominator: Double, _ perturb: (inout [Double]) -> Void) {
+    precondition(denominator > 0 && denominator.isFinite, "the denominator must be positive")
+    sum.privatize(denominator: denominator, perturb)
+  }
+
   mutating func counted(devices: Int = 1, examples: Int) {
     count += devices
     self.examples += examples
@@ -90,10 +98,13 @@ public struct ServerStrategy: Sendable {
   public let layout: WeightsLayout
   /// N, the number of devices in the population; SCAFFOLD scales its control update by |S|/N.
   public let population: Int?
+  /// Every update counts once, whatever the plan's weighting: DP-FedAvg bounds each device's
+  /// contribution to the sum by the clip, which an example-count weight would undo.
+  public let equalWeights: Bool
 
   /// `population` is required for SCAFFOLD. q-FedAvg needs its learning rate resolved (a
   /// loaded plan has it: it defaults to the device optimizer's).
-  public init(plan: StrategyPlan, layout: WeightsLayout, population: Int? = nil) {
+  public init(plan: StrategyPlan, layout: WeightsLayout, population: Int? = nil, equalWeights: Bool = false) {
     if plan.kind == .scaffold {
       precondition((population ?? 0) > 0, "SCAFFOLD needs the population size N")
     }
@@ -103,6 +114,7 @@ public struct ServerStrategy: Sendable {
     self.plan = plan
     self.layout = layout
     self.population = population
+    self.equalWeights = equalWeights
   }
 
   public var needsIndividualUpdates: Bool { plan.needsIndividualUpdates }
@@ -131,10 +143,8 @@ public struct ServerStrategy: Sendable {
     precondition(u.update.layout == layout, "update layout does not match the strategy's")
     precondition(u.examples >= 0, "examples must not be negative")
     switch plan.rule {
-    case .fedavg(let weighted), .fedprox(_, let weighted):
-      FederatedAveraging(weighted: weighted).fold(u.update, examples: u.examples, into: &round.sum)
-    case .fedavgm, .fedadagrad, .fedadam, .fedyogi:
-      FederatedAveraging(weighted: true).fold(u.update, examples: u.examples, into: &round.sum)
+    case .fedavg, .fedprox, .fedavgm, .fedadagrad, .fedadam, .fedyogi:
+      FederatedAveraging(weighted: weightsByExamples).fold(u.update, examples: u.examples, into: &round.sum)
     case .fedmedian, .fedtrimmedavg, .krum, .multikrum, .bulyan:
       round.updates.append(u.update)
     case .qfedavg(let q, let lr):
@@ -155,7 +165,8 @@ public struct ServerStrategy: Sendable {
   /// Whether a device's update counts in proportion to its examples (fedavg and fedprox with
   /// `weighting: examples`, and the server optimizers) rather than once each.
   public var weightsByExamples: Bool {
-    switch plan.rule {
+    if equalWeights { return false }
+    return switch plan.rule {
     case .fedavg(let weighted), .fedprox(_, let weighted): weighted
     case .fedavgm, .fedadagrad, .fedadam, .fedyogi: true
     default: false

@@ -42,6 +42,12 @@ public struct UpdateAccumulator: Sendable {
     examples += e
   }
 
+  /// Lets `perturb` change Σ wᵢ·Δᵢ (central DP noise) and replaces Σ wᵢ with `denominator`.
+  mutating func privatize(denominator: Double, _ perturb: (inout [Double]) -> Void) {
+    perturb(&sum)
+    totalWeight = denominator
+  }
+
   /// Σ wᵢ·Δᵢ / Σ wᵢ as Float weights, or nil when nothing (or only zero weight) was folded in.
   public func weightedMean() -> Weights? {
     guard totalWeight > 0 else { return nil }

@@ -47,12 +47,19 @@ public struct TaskAssignment: Sendable {
   public var evaluate: Bool
   /// SCAFFOLD's server control variate c, when the strategy is SCAFFOLD.
   public var serverControl: Weights?
+  /// DP-FedAvg: the L2 norm C the device clips its update to (it changes from round to round
+  /// under adaptive clipping); nil without central differential privacy.
+  public var clipNorm: Double?
 
-  public init(task: RoundTask, checkpoint: Weights, evaluate: Bool, serverControl: Weights? = nil) {
+  public init(
+    task: RoundTask, checkpoint: Weights, evaluate: Bool, serverControl: Weights? = nil,
+    clipNorm: Double? = nil
+  ) {
     self.task = task
     self.checkpoint = checkpoint
     self.evaluate = evaluate
     self.serverControl = serverControl
+    self.clipNorm = clipNorm
   }
 }
 
@@ -71,11 +78,15 @@ public struct UpdateReport: Sendable {
   public var lossAtGlobal: Double?
   /// SCAFFOLD's change of the device's control variate, Δc_k.
   public var controlDelta: Weights?
+  /// Adaptive clipping: bᵢ = 1{‖Δ‖ ≤ C}, whether the update was within the clip before clipping.
+  public var withinClip: Bool?
 
   public init(
     device: DeviceID, round: Int, update: Weights, examples: Int, trainLoss: Double, bytes: Int,
-    evaluation: Evaluation? = nil, lossAtGlobal: Double? = nil, controlDelta: Weights? = nil
+    evaluation: Evaluation? = nil, lossAtGlobal: Double? = nil, controlDelta: Weights? = nil,
+    withinClip: Bool? = nil
   ) {
+    self.withinClip = withinClip
     self.lossAtGlobal = lossAtGlobal
     self.controlDelta = controlDelta
     self.device = device

@@ -1,5 +1,6 @@
 public import CohortAggregation
 public import CohortCore
+import CohortPrivacy
 public import CohortProtocol
 public import CohortStore
 public import Foundation
@@ -30,11 +31,16 @@ public actor Coordinator {
     /// Runs secure aggregation when the plan enables it: reports then carry no update, and the
     /// round's sum comes from the protocol.
     public var secureAggregation: (any SecureAggregationDriver)?
+    /// The seed of central DP noise (the simulator passes the scenario's, so runs reproduce);
+    /// nil draws one from the system's generator.
+    public var privacySeed: UInt64?
 
     public init(
       plan: Plan, population: String = "default", run: RunID? = nil, autoCommit: Bool = true,
-      populationSize: Int? = nil, secureAggregation: (any SecureAggregationDriver)? = nil
+      populationSize: Int? = nil, secureAggregation: (any SecureAggregationDriver)? = nil,
+      privacySeed: UInt64? = nil
     ) {
+      self.privacySeed = privacySeed
       self.plan = plan
       self.population = population
       self.run = run
@@ -57,6 +63,8 @@ public actor Coordinator {
     var evaluationLossSum = 0.0
     var evaluationCorrect = 0.0
     var evaluationExamples = 0
+    /// Adaptive clipping: accepted reports whose update was within the clip.
+    var withinClip = 0
   }
 
   /// A closed round whose record (and model) waits for `commitPending`.
@@ -76,12 +84,15 @@ public actor Coordinator {
     var lastCheckIn: Double?
     var pendingRound: Int?
     var strategyState: StrategyState
+    /// Adaptive clipping's current clip C; nil without it.
+    var clipNorm: Double?
 
     init(
       machine: RoundStateMachine, books: [Int: RoundBook], lateReports: [Int: Int], checkInRate: Double,
-      lastCheckIn: Double?, pendingRound: Int?, strategyState: StrategyState
+      lastCheckIn: Double?, pendingRound: Int?, strategyState: StrategyState, clipNorm: Double?
     ) {
       self.strategyState = strategyState
+      self.clipNorm = clipNorm
       self.machine = machine
       self.books = books
       self.lateReports = lateReports
@@ -102,6 +113,7 @@ public actor Coordinator {
         w.write(b.dropped.sorted())
         for v in [b.bytesDown, b.bytesUp, b.trainExamples, b.evaluationExamples] { w.write(v) }
         for v in [b.trainLossSum, b.evaluationLossSum, b.evaluationCorrect] { w.write(v) }
+        if clipNorm != nil { w.write(b.withinClip) }
       }
       w.write(lateReports.count)
       for (round, n) in lateReports.sorted(by: { $0.key < $1.key }) {
@@ -117,12 +129,21 @@ public actor Coordinator {
       }
       w.write(strategyState.control != nil)
       if let control = strategyState.control { w.write(control) }
+      // Only plans with adaptive clipping carry a clip, so other snapshots keep their form.
+      if let clipNorm { w.write(clipNorm) }
     }
 
-    /// The snapshot `save` wrote, for a coordinator running `plan` for `population`.
-    public init(plan: Plan, population: String, restoring r: inout SnapshotReader) throws(CohortError) {
+    /// The snapshot `save` wrote, for a coordinator running `plan` for `population` of
+    /// `populationSize` devices (a privacy budget may end the run before the plan's last round).
+    public init(plan: Plan, population: String, populationSize: Int? = nil, restoring r: inout SnapshotReader)
+      throws(CohortError)
+    {
+      let adaptive = plan.privacy.isCentral && plan.privacy.adaptiveClipping != nil
       machine = try RoundStateMachine(
-        configuration: .init(plan: plan.server, population: population), restoring: &r)
+        configuration: .init(
+          plan: Coordinator.limitedServerPlan(plan, populationSize: populationSize).server,
+          population: population),
+        restoring: &r)
       books = [:]
       for _ in 0..<(try r.count()) {
         let round = try r.int()
@@ -136,6 +157,7 @@ public actor Coordinator {
         b.trainLossSum = try r.double()
         b.evaluationLossSum = try r.double()
         b.evaluationCorrect = try r.double()
+        if adaptive { b.withinClip = try r.int() }
         books[round] = b
       }
       lateReports = [:]
@@ -150,7 +172,21 @@ public actor Coordinator {
       strategyState = StrategyState(
         velocity: try vector(), firstMoment: try vector(), secondMoment: try vector(),
         control: try r.bool() ? try r.floats() : nil)
+      clipNorm = adaptive ? try r.double() : nil
     }
+  }
+
+  /// The plan's server part with its rounds cut to what the privacy budget (`target_epsilon`)
+  /// allows, and why it was cut.
+  static func limitedServerPlan(_ plan: Plan, populationSize: Int?) -> (server: ServerPlan, reason: String?) {
+    var server = plan.server
+    guard
+      let mechanism = CentralGaussianMechanism(
+        plan: plan.privacy, expectedCohort: server.cohort.goal, populationSize: populationSize, seed: 0)
+    else { return (server, nil) }
+    let limit = mechanism.roundLimit(rounds: server.rounds)
+    server.rounds = limit.rounds
+    return (server, limit.reason)
   }
 
   public let configuration: Configuration
@@ -165,6 +201,12 @@ public actor Coordinator {
   private let clock: any RoundClock
   private let logger: Logger
   private let pace: PaceSteering
+  /// Central DP: noise on each round's sum, the clip, the accountant.
+  private let privacy: CentralGaussianMechanism?
+  /// The clip C devices use this round (adaptive clipping moves it after each commit).
+  public private(set) var clipNorm: Double
+  /// Why the run ends before the plan's last round (its privacy budget), if it does.
+  public nonisolated let stopReason: String?
 
   /// The current global model and the round that produced it (0 for the initial model).
   public private(set) var global: Weights
@@ -204,12 +246,21 @@ public actor Coordinator {
   ) {
     self.configuration = configuration
     let plan = configuration.plan
+    let limited = Self.limitedServerPlan(plan, populationSize: configuration.populationSize)
+    stopReason = limited.reason
     machine =
       snapshot?.machine
       ?? RoundStateMachine(
-        configuration: .init(plan: plan.server, population: configuration.population), resumingAfter: round)
+        configuration: .init(plan: limited.server, population: configuration.population), resumingAfter: round
+      )
+    privacy = CentralGaussianMechanism(
+      plan: plan.privacy, expectedCohort: plan.server.cohort.goal,
+      populationSize: configuration.populationSize,
+      seed: configuration.privacySeed ?? UInt64.random(in: .min ... .max))
+    clipNorm = snapshot?.clipNorm ?? plan.privacy.initialClip
     let serverStrategy = ServerStrategy(
-      plan: plan.server.strategy, layout: initial.layout, population: configuration.populationSize)
+      plan: plan.server.strategy, layout: initial.layout, population: configuration.populationSize,
+      equalWeights: plan.privacy.isCentral)
     strategy = serverStrategy
     aggregator = Aggregator(strategy: serverStrategy)
     strategyState = snapshot?.strategyState ?? serverStrategy.initialState()
@@ -323,6 +374,7 @@ public actor Coordinator {
       reportsAccepted.increment()
       if var book = books[report.round] {
         book.reported.insert(report.device)
+        if report.withinClip == true { book.withinClip += 1 }
         book.trainLossSum += report.trainLoss * Double(report.examples)
         book.trainExamples += report.examples
         if let e = report.evaluation, e.examples > 0 {
@@ -422,7 +474,8 @@ public actor Coordinator {
       machine: machine, books: books, lateReports: lateReports, checkInRate: checkInRate,
       lastCheckIn: lastCheckIn,
       pendingRound: pending?.record.outcome == .committed ? pending?.record.round : nil,
-      strategyState: strategyState)
+      strategyState: strategyState,
+      clipNorm: configuration.plan.privacy.adaptiveClipping != nil && privacy != nil ? clipNorm : nil)
   }
 
   private func afterCommit(round: Int) async {
@@ -441,7 +494,8 @@ public actor Coordinator {
       case .abandon(let round, let reason, let counts):
         await close(round: round, counts: counts, abandoned: reason)
       case .finish:
-        logger.info("run finished", metadata: ["rounds": "\(configuration.plan.server.rounds)"])
+        if let stopReason { logger.notice("\(stopReason)") }
+        logger.info("run finished", metadata: ["rounds": "\(machine.configuration.rounds)"])
       }
     }
   }
@@ -468,7 +522,8 @@ public actor Coordinator {
     await link.assign(
       TaskAssignment(
         task: task, checkpoint: global, evaluate: round % every == 0,
-        serverControl: strategyState.serverControl(layout: global.layout)),
+        serverControl: strategyState.serverControl(layout: global.layout),
+        clipNorm: privacy.map { _ in clipNorm }),
       to: devices)
   }
 
@@ -509,11 +564,28 @@ public actor Coordinator {
           secureFailure = result.failure ?? "secure aggregation gave no sum"
         }
       }
-      let aggregate = await aggregator.finish(round: round)
-      if secureFailure == nil { model = strategy.nextGlobal(from: global, aggregate, state: &strategyState) }
+      var aggregate = await aggregator.finish(round: round)
+      if secureFailure == nil {
+        if let privacy, aggregate.count > 0 {
+          // DP-FedAvg: noise on the sum of clipped updates, divided by the expected cohort.
+          let clip = clipNorm
+          aggregate.privatize(denominator: Double(privacy.expectedCohort)) {
+            privacy.addNoise(to: &$0, clip: clip, round: round)
+          }
+        }
+        model = strategy.nextGlobal(from: global, aggregate, state: &strategyState)
+      }
     }
     if let model {
       record.outcome = .committed
+      if let privacy {
+        record.epsilon = privacy.epsilon(afterRounds: round)
+        let next = privacy.nextClip(after: round, clip: clipNorm, unclipped: book?.withinClip ?? 0)
+        if next != clipNorm {
+          logger.debug("clip adapted", metadata: ["round": "\(round)", "clip": "\(next)"])
+        }
+        clipNorm = next
+      }
       global = model
       globalRound = round
       globalSHA256 = model.sha256

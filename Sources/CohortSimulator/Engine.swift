@@ -53,12 +53,14 @@ final class Engine {
     var controls: [DeviceID: [Float]] = [:]
     /// SCAFFOLD: the server control variate sent with each model in flight, by the model's round.
     var serverControls: [Int: [Float]] = [:]
+    /// DP-FedAvg: the clip sent with each model in flight, by the model's round.
+    var clipNorms: [Int: Double] = [:]
   }
 
   /// The saved form: a format version, the loop's state, then the coordinator's.
   static func encode(_ state: State, _ coordinator: Coordinator.Snapshot) -> Data {
     var w = SnapshotWriter()
-    w.write(UInt8(2))
+    w.write(UInt8(3))
     state.save(into: &w)
     coordinator.save(into: &w)
     return Data(w.bytes)
@@ -68,9 +70,12 @@ final class Engine {
     State, Coordinator.Snapshot
   ) {
     var r = SnapshotReader(Array(data))
-    guard try r.byte() == 2 else { throw SnapshotReader.corrupt("an unknown format version") }
-    let state = try State(population: population, restoring: &r)
-    let coordinator = try Coordinator.Snapshot(plan: plan, population: "default", restoring: &r)
+    // Version 2 is version 3 without the clip norms (runs saved before DP-FedAvg).
+    let version = try r.byte()
+    guard version == 2 || version == 3 else { throw SnapshotReader.corrupt("an unknown format version") }
+    let state = try State(population: population, restoring: &r, version: version)
+    let coordinator = try Coordinator.Snapshot(
+      plan: plan, population: "default", populationSize: population.count, restoring: &r)
     guard r.isAtEnd else { throw SnapshotReader.corrupt("data after its end") }
     return (state, coordinator)
   }
@@ -209,7 +214,7 @@ final class Engine {
           device: device, round: round, update: update, examples: trained.examples,
           trainLoss: trained.loss, bytes: bytes, evaluation: trained.evaluation,
           lossAtGlobal: trained.lossAtGlobal,
-          controlDelta: trained.controlDelta))
+          controlDelta: trained.controlDelta, withinClip: trained.withinClip))
       await deliver(reply, to: device)
     case .dropout(let device, let round):
       results.removeValue(forKey: device)
@@ -308,6 +313,7 @@ final class Engine {
       let task = assignment.task
       models[modelRound] = assignment.checkpoint
       if let c = assignment.serverControl { state.serverControls[modelRound] = c.values }
+      if let clip = assignment.clipNorm { state.clipNorms[modelRound] = clip }
       let downloadBytes = assignment.checkpoint.count * MemoryLayout<Float>.size
       for device in devices {
         guard var session = state.sessions[device] else { continue }
@@ -356,7 +362,8 @@ final class Engine {
     let work = jobs.compactMap { device, flight -> Simulation.TrainingJob? in
       guard let start = models[flight.modelRound] else { return nil }
       var job = Simulation.TrainingJob(
-        device: device, round: flight.round, start: start, evaluate: flight.evaluate)
+        device: device, round: flight.round, start: start, evaluate: flight.evaluate,
+        clip: state.clipNorms[flight.modelRound])
       if let c = state.serverControls[flight.modelRound] {
         let own = state.controls[device] ?? [Float](repeating: 0, count: c.count)
         job.controls = ControlVariates(
@@ -377,6 +384,9 @@ final class Engine {
     for round in models.keys where !live.contains(round) { models.removeValue(forKey: round) }
     for round in state.serverControls.keys where !live.contains(round) {
       state.serverControls.removeValue(forKey: round)
+    }
+    for round in state.clipNorms.keys where !live.contains(round) {
+      state.clipNorms.removeValue(forKey: round)
     }
   }
 
@@ -426,12 +436,15 @@ final class Engine {
     let rounds = try simulation.store.rounds(simulation.run)
     let committed = rounds.filter { $0.outcome == .committed }
     let global = await coordinator.global
+    let privacy = simulation.scenario.plan.privacy
     return SimulationSummary(
       run: simulation.run, roundsAttempted: rounds.count, roundsCommitted: committed.count,
       finalAccuracy: committed.last(where: { $0.evalAccuracy != nil })?.evalAccuracy,
       bestAccuracy: committed.compactMap(\.evalAccuracy).max(), virtualSeconds: state.now,
       bytesUp: rounds.reduce(0) { $0 + $1.bytesUp }, bytesDown: rounds.reduce(0) { $0 + $1.bytesDown },
-      checkpointSHA256: global.sha256, localTrainings: state.localTrainings, trainingBatches: trainingLog)
+      checkpointSHA256: global.sha256, localTrainings: state.localTrainings, trainingBatches: trainingLog,
+      epsilon: committed.last?.epsilon, delta: privacy.isCentral ? privacy.delta : nil,
+      stopReason: coordinator.stopReason)
   }
 }
 

@@ -25,6 +25,11 @@ public struct SimulationSummary: Sendable, Codable {
   public var localTrainings: Int
   /// The devices trained, batch by batch, when `SimulationOptions.recordTrainings` is set.
   public var trainingBatches: [[DeviceID]]
+  /// Central DP: ε after the last committed round, at `delta`.
+  public var epsilon: Double? = nil
+  public var delta: Double? = nil
+  /// Why the run ended before the plan's last round (its privacy budget), if it did.
+  public var stopReason: String? = nil
 }
 
 /// Settings of the simulation machinery itself (not of the scenario).
@@ -101,7 +106,8 @@ public final class Simulation: Sendable {
       ? SimulatedSecureAggregation(
         plan: scenario.plan,
         strategy: ServerStrategy(
-          plan: scenario.plan.server.strategy, layout: initialModel.layout, population: population.count),
+          plan: scenario.plan.server.strategy, layout: initialModel.layout, population: population.count,
+          equalWeights: scenario.plan.privacy.isCentral),
         seed: scenario.seed, population: population, parallelism: options.parallelism)
       : nil
     codec =
@@ -139,7 +145,7 @@ public final class Simulation: Sendable {
     let coordinator = Coordinator(
       configuration: .init(
         plan: scenario.plan, run: run, autoCommit: false, populationSize: population.count,
-        secureAggregation: secureAggregation),
+        secureAggregation: secureAggregation, privacySeed: scenario.seed),
       initial: startModel,
       resumingAfter: startRound, snapshot: coordinatorSnapshot, store: store, link: selector,
       evaluator: evaluator,
@@ -169,6 +175,8 @@ public final class Simulation: Sendable {
     var evaluate: Bool
     /// SCAFFOLD: the server's control variate c and this device's c_k (zeros before it first trains).
     var controls: ControlVariates? = nil
+    /// DP-FedAvg: the L2 norm the device clips its update to.
+    var clip: Double? = nil
   }
 
   /// A finished local training: the update and what the server weighs it by.
@@ -184,6 +192,8 @@ public final class Simulation: Sendable {
     var controlDelta: Weights? = nil
     /// The update as the device uploads it, when the plan compresses (without secure aggregation).
     var encoded: EncodedUpdate? = nil
+    /// DP-FedAvg: whether the update's norm was within the clip before clipping (bᵢ).
+    var withinClip: Bool? = nil
 
     /// The bytes the upload takes: the encoded size, or 4 per Float32 value.
     var uploadBytes: Int { encoded?.wireBytes ?? update.count * MemoryLayout<Float>.size }
@@ -237,6 +247,10 @@ public final class Simulation: Sendable {
     }
     var update = result.weights.difference(job.start)
     if let attacker { update = attacker.attacked(update, device: job.device, round: job.round) }
+    // DP-FedAvg: the device clips what it sends, in the clear or into secure aggregation, before
+    // any compression.
+    var withinClip: Bool?
+    if let clip = job.clip { withinClip = L2Clipping.clip(&update.values, to: clip) <= clip }
     var encoded: EncodedUpdate?
     if let codec {
       if secureAggregation != nil {
@@ -253,7 +267,7 @@ public final class Simulation: Sendable {
     return Trained(
       update: update, examples: result.examples / max(1, training.epochs),
       loss: result.meanLoss, evaluation: evaluation, lossAtGlobal: lossAtGlobal, control: scaffold?.control,
-      controlDelta: scaffold?.delta, encoded: encoded)
+      controlDelta: scaffold?.delta, encoded: encoded, withinClip: withinClip)
   }
 
   /// The same local-training arithmetic as a run, with no protocol at all: for each batch of

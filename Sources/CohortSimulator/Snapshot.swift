@@ -131,9 +131,14 @@ extension Engine.State {
         w.write(values)
       }
     }
+    w.write(clipNorms.count)
+    for (key, clip) in clipNorms.sorted(by: { $0.key < $1.key }) {
+      w.write(key)
+      w.write(clip)
+    }
   }
 
-  init(population: Population, restoring r: inout SnapshotReader) throws(CohortError) {
+  init(population: Population, restoring r: inout SnapshotReader, version: UInt8 = 3) throws(CohortError) {
     let now = try r.double()
     var queue = EventQueue<Engine.Event>()
     queue.nextSequence = try r.uint64()
@@ -167,5 +172,8 @@ extension Engine.State {
     localTrainings = try r.int()
     for _ in 0..<(try r.count()) { controls[try r.int()] = try r.floats() }
     for _ in 0..<(try r.count()) { serverControls[try r.int()] = try r.floats() }
+    if version >= 3 {
+      for _ in 0..<(try r.count()) { clipNorms[try r.int()] = try r.double() }
+    }
   }
 }

@@ -77,17 +77,26 @@ struct RunsCommand: AsyncParsableCommand {
         print("plan \(summary.planName) (sha256 \(summary.planSHA256.prefix(16))…)")
         print("rounds committed \(summary.roundsCommitted) of \(rounds.count) attempted")
         if let best = summary.bestAccuracy { print("best accuracy \(Format.fixed(best, 4))") }
+        // Runs with central differential privacy also show ε after each round.
+        let hasEpsilon = rounds.contains { $0.epsilon != nil }
+        if hasEpsilon, let last = rounds.last(where: { $0.epsilon != nil })?.epsilon {
+          print(
+            "privacy ε \(Format.fixed(last, 4)) after round \(rounds.last { $0.epsilon != nil }?.round ?? 0)")
+        }
         print("")
-        let table = Table([
-          "round", "outcome", "selected", "reported", "dropped", "late", "rejected", "train loss", "test acc",
-          "seconds",
-        ])
+        let table = Table(
+          [
+            "round", "outcome", "selected", "reported", "dropped", "late", "rejected", "train loss",
+            "test acc",
+          ] + (hasEpsilon ? ["ε"] : []) + ["seconds"])
         for r in rounds {
-          table.add([
-            "\(r.round)", r.abandonReason.map { "abandoned: \($0)" } ?? r.outcome.rawValue, "\(r.selected)",
-            "\(r.reported)", "\(r.dropped)", "\(r.late)", "\(r.rejected)", Format.optional(r.trainLoss),
-            Format.optional(r.evalAccuracy), Format.fixed(r.endedAt - r.startedAt, 1),
-          ])
+          table.add(
+            [
+              "\(r.round)", r.abandonReason.map { "abandoned: \($0)" } ?? r.outcome.rawValue, "\(r.selected)",
+              "\(r.reported)", "\(r.dropped)", "\(r.late)", "\(r.rejected)", Format.optional(r.trainLoss),
+              Format.optional(r.evalAccuracy),
+            ] + (hasEpsilon ? [r.epsilon.map { Format.fixed($0, 4) } ?? "-"] : [])
+              + [Format.fixed(r.endedAt - r.startedAt, 1)])
         }
         print(table.rendered(), terminator: "")
         let steps = try store.secureAggregationSteps(id)

@@ -95,15 +95,20 @@ struct SimulateCommand: AsyncParsableCommand {
       throw error.exit()
     }
     progress.finish()
+    if let reason = summary.stopReason, !json { print(reason) }
     let wall = (ContinuousClock.now - wallStart) / .seconds(1)
     if json {
-      let object: [String: Any] = [
+      var object: [String: Any] = [
         "run": summary.run.rawValue, "database": db.path, "rounds_attempted": summary.roundsAttempted,
         "rounds_committed": summary.roundsCommitted, "final_accuracy": summary.finalAccuracy ?? NSNull(),
         "best_accuracy": summary.bestAccuracy ?? NSNull(), "simulated_seconds": summary.virtualSeconds,
         "wall_seconds": wall, "bytes_up": summary.bytesUp, "bytes_down": summary.bytesDown,
         "checkpoint_sha256": summary.checkpointSHA256, "seed": s.seed,
       ]
+      // Present only with central differential privacy, so other runs print what they did before.
+      if let epsilon = summary.epsilon { object["epsilon"] = epsilon }
+      if let delta = summary.delta { object["delta"] = delta }
+      if let reason = summary.stopReason { object["stop_reason"] = reason }
       let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
       print(String(decoding: data, as: UTF8.self))
       return
@@ -112,6 +117,10 @@ struct SimulateCommand: AsyncParsableCommand {
     table.add(["rounds", "\(summary.roundsCommitted) committed of \(summary.roundsAttempted)"])
     table.add(["final accuracy", Format.optional(summary.finalAccuracy)])
     table.add(["best accuracy", Format.optional(summary.bestAccuracy)])
+    if let delta = summary.delta {
+      table.add(["privacy", "ε \(Format.optional(summary.epsilon)) at δ \(delta)"])
+    }
+    if let reason = summary.stopReason { table.add(["stopped", reason]) }
     table.add(["simulated time", Format.duration(summary.virtualSeconds)])
     table.add(["wall time", Format.duration(wall)])
     table.add(["bytes up", Format.bytes(summary.bytesUp)])
@@ -154,6 +163,7 @@ final class Progress: Sendable {
     guard !quiet else { return }
     let accuracy = r.evalAccuracy.map { Format.fixed($0, 4) } ?? "-"
     let outcome = r.outcome == .committed ? "" : " abandoned (\(r.abandonReason ?? ""))"
+    let epsilon = r.epsilon.map { " ε \(Format.fixed($0, 3))" } ?? ""
     if terminal {
       let done = Double(r.round) / Double(max(1, total))
       let width = 30
@@ -162,12 +172,12 @@ final class Progress: Sendable {
       let eta = done > 0 ? elapsed * (1 - done) / done : 0
       let bar = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
       let line =
-        "\r round \(r.round)/\(total) \(bar) acc \(accuracy)  sim \(Format.duration(r.endedAt))  eta \(Format.duration(eta))\(outcome)"
+        "\r round \(r.round)/\(total) \(bar) acc \(accuracy)\(epsilon)  sim \(Format.duration(r.endedAt))  eta \(Format.duration(eta))\(outcome)"
       FileHandle.standardOutput.write(Data((line + "\u{1B}[K").utf8))
     } else {
       print(
         "round \(r.round)/\(total) \(r.outcome.rawValue)\(outcome) reported \(r.reported)/\(r.selected) "
-          + "train loss \(Format.optional(r.trainLoss)) test accuracy \(accuracy) sim time \(Format.duration(r.endedAt))"
+          + "train loss \(Format.optional(r.trainLoss)) test accuracy \(accuracy)\(epsilon) sim time \(Format.duration(r.endedAt))"
       )
     }
   }

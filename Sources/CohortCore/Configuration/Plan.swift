@@ -584,11 +584,122 @@ extension CompressionPlan {
   }
 }
 
-/// Differential privacy. This build accepts only `kind: none`.
+/// Differential privacy (`privacy`). Each key is documented in the README.
+///
+/// `central_gaussian` is DP-FedAvg (McMahan et al., ICLR 2018): every device clips its update to
+/// L2 norm `clip`, the server sums the clipped updates with weight 1 each, adds Gaussian noise of
+/// standard deviation `noiseMultiplier × clip` to every coordinate of the sum and divides by the
+/// expected cohort (`server.cohort.goal`). With `adaptiveClipping` the clip follows a quantile of
+/// the update norms (Andrew et al., NeurIPS 2021). The server sees the noiseless sum: the
+/// guarantee is central, and holds only if the server is trusted.
 public struct PrivacyPlan: Codable, Sendable, Hashable {
-  public enum Kind: String, Codable, Sendable, CaseIterable { case none }
+  /// The mechanism. New kinds (the distributed discrete Gaussian of Kairouz et al. 2021) add a
+  /// case here and their own keys to `keysByKind`.
+  public enum Kind: String, Codable, Sendable, CaseIterable {
+    case none
+    case centralGaussian = "central_gaussian"
+  }
+
+  /// Andrew et al. 2021 (Differentially Private Learning with Adaptive Clipping), Algorithm 1:
+  /// C ← C · exp(−η (b̄ − γ)), where b̄ is the noisy fraction of updates with norm at most C.
+  public struct AdaptiveClipping: Codable, Sendable, Hashable {
+    /// γ: the fraction of updates the clip should leave unclipped, in (0, 1).
+    public var targetQuantile: Double = 0.5
+    /// η: the geometric learning rate of the clip, > 0.
+    public var learningRate: Double = 0.2
+    /// σ_b: the standard deviation of the noise added to the count of unclipped updates
+    /// (in devices). Andrew et al. recommend the expected cohort / 20; a loaded plan fills it in.
+    public var countNoiseMultiplier: Double
+    /// C₀: the clip of the first round; a loaded plan fills in `clip`.
+    public var initialClip: Double
+
+    public init(
+      targetQuantile: Double = 0.5, learningRate: Double = 0.2, countNoiseMultiplier: Double,
+      initialClip: Double
+    ) {
+      self.targetQuantile = targetQuantile
+      self.learningRate = learningRate
+      self.countNoiseMultiplier = countNoiseMultiplier
+      self.initialClip = initialClip
+    }
+  }
+
   public var kind: Kind = .none
-  public init(kind: Kind = .none) { self.kind = kind }
+  /// S: the L2 norm every update is clipped to (> 0); with adaptive clipping, see `initialClip`.
+  public var clip: Double = 1.0
+  /// z: the noise's standard deviation over the clip (≥ 0).
+  public var noiseMultiplier: Double = 1.0
+  /// δ of the (ε, δ) guarantee the accountant reports, in (0, 1).
+  public var delta: Double = 1e-5
+  /// The run stops before a round whose ε would exceed this.
+  public var targetEpsilon: Double? = nil
+  public var adaptiveClipping: AdaptiveClipping? = nil
+
+  public init(
+    kind: Kind = .none, clip: Double = 1.0, noiseMultiplier: Double = 1.0, delta: Double = 1e-5,
+    targetEpsilon: Double? = nil, adaptiveClipping: AdaptiveClipping? = nil
+  ) {
+    self.kind = kind
+    self.clip = clip
+    self.noiseMultiplier = noiseMultiplier
+    self.delta = delta
+    self.targetEpsilon = targetEpsilon
+    self.adaptiveClipping = adaptiveClipping
+  }
+
+  /// Whether devices clip and the server adds noise to the sum.
+  public var isCentral: Bool { kind == .centralGaussian }
+
+  /// The clip of the first round.
+  public var initialClip: Double { adaptiveClipping?.initialClip ?? clip }
+
+  /// The noise multiplier of the update's sum: z itself, or with adaptive clipping
+  /// z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) (Andrew et al. 2021, Theorem 1), so that the update and the
+  /// count together cost what one Gaussian mechanism of multiplier z costs. nil when undefined.
+  public var updateNoiseMultiplier: Double? {
+    guard let adaptive = adaptiveClipping else { return noiseMultiplier }
+    return Self.updateNoiseMultiplier(
+      noiseMultiplier: noiseMultiplier, countNoise: adaptive.countNoiseMultiplier)
+  }
+
+  /// z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2); nil when z is 0 or 2σ_b ≤ z.
+  public static func updateNoiseMultiplier(noiseMultiplier z: Double, countNoise sigmaB: Double) -> Double? {
+    guard z > 0, sigmaB > 0 else { return nil }
+    let inverse = 1 / (z * z) - 1 / (4 * sigmaB * sigmaB)
+    guard inverse > 0 else { return nil }
+    return 1 / inverse.squareRoot()
+  }
+}
+
+extension PrivacyPlan {
+  private enum CodingKeys: String, CodingKey {
+    case kind, clip, noiseMultiplier, delta, targetEpsilon, adaptiveClipping
+  }
+
+  public init(from decoder: any Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    let d = PrivacyPlan()
+    kind = try c.decode(Kind.self, forKey: .kind)
+    clip = try c.decodeIfPresent(Double.self, forKey: .clip) ?? d.clip
+    noiseMultiplier = try c.decodeIfPresent(Double.self, forKey: .noiseMultiplier) ?? d.noiseMultiplier
+    delta = try c.decodeIfPresent(Double.self, forKey: .delta) ?? d.delta
+    targetEpsilon = try c.decodeIfPresent(Double.self, forKey: .targetEpsilon)
+    adaptiveClipping = try c.decodeIfPresent(AdaptiveClipping.self, forKey: .adaptiveClipping)
+  }
+
+  /// `kind: none` with every parameter at its default encodes as `{"kind": "none"}`, as before
+  /// the parameters existed, so stored plans keep their SHA-256; otherwise every parameter is
+  /// written, so the plan's hash pins the mechanism it ran.
+  public func encode(to encoder: any Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode(kind, forKey: .kind)
+    guard self != PrivacyPlan() else { return }
+    try c.encode(clip, forKey: .clip)
+    try c.encode(noiseMultiplier, forKey: .noiseMultiplier)
+    try c.encode(delta, forKey: .delta)
+    try c.encodeIfPresent(targetEpsilon, forKey: .targetEpsilon)
+    try c.encodeIfPresent(adaptiveClipping, forKey: .adaptiveClipping)
+  }
 }
 
 // MARK: - Loading
@@ -623,20 +734,14 @@ extension Plan {
       SecureAggregationPlan.read($0)
     }
     let compression = m.optional("compression", default: CompressionPlan()) { CompressionPlan.read($0) }
-    let privacy = m.optional("privacy", default: PrivacyPlan()) { field -> PrivacyPlan? in
-      guard let p = field.mapping(allowed: ["kind"]) else { return nil }
-      return p.optional("kind", default: PrivacyPlan()) { f in
-        f.oneOf(PrivacyPlan.Kind.allCases.map(\.rawValue)).flatMap(PrivacyPlan.Kind.init).map {
-          PrivacyPlan(kind: $0)
-        }
-      }
-    }
+    var privacy = m.optional("privacy", default: PrivacyPlan()) { PrivacyPlan.read($0) }
     guard let name, let model else { return nil }
     var resolvedDevice = device
     var resolvedServer = server
     checkAcrossKeys(m, device: &resolvedDevice, server: &resolvedServer)
     SecureAggregationPlan.checkAcrossKeys(m, plan: secAgg, server: resolvedServer)
     CompressionPlan.checkAcrossKeys(m, plan: compression)
+    PrivacyPlan.checkAcrossKeys(m, plan: &privacy, server: resolvedServer, secureAggregation: secAgg)
     return Plan(
       name: name, model: model, device: resolvedDevice, server: resolvedServer, secureAggregation: secAgg,
       compression: compression, privacy: privacy)
@@ -1069,6 +1174,135 @@ extension CompressionPlan {
             + "secure_aggregation.encoding_bits sets; use compression.kind none or random_mask, or disable "
             + "secure aggregation")
       }
+    }
+  }
+}
+
+/// Reading configuration files, with errors in the same shape as validation issues.
+extension PrivacyPlan {
+  /// The keys each kind accepts besides `kind`, YAML spelling; each kind rejects the others.
+  static let keysByKind: [Kind: [String]] = [
+    .none: [],
+    .centralGaussian: ["clip", "noise_multiplier", "delta", "target_epsilon", "adaptive_clipping"],
+  ]
+
+  static let adaptiveKeys = ["target_quantile", "learning_rate", "count_noise_multiplier", "initial_clip"]
+
+  /// The strategies DP-FedAvg runs with: those whose server step works on the mean of the
+  /// clipped updates, the quantity the noise is calibrated to.
+  public static let supportedStrategies: [StrategyPlan.Kind] = [
+    .fedavg, .fedavgm, .fedprox, .fedadagrad, .fedadam, .fedyogi,
+  ]
+
+  static func read(_ field: YAMLField) -> PrivacyPlan? {
+    let all =
+      ["kind"]
+      + Kind.allCases.flatMap { keysByKind[$0] ?? [] }.reduce(into: [String]()) {
+        if !$0.contains($1) { $0.append($1) }
+      }
+    guard let p = field.mapping(allowed: all) else { return nil }
+    let kind = p.optional("kind", default: Kind.none) {
+      $0.oneOf(Kind.allCases.map(\.rawValue)).flatMap(Kind.init)
+    }
+    let own = keysByKind[kind] ?? []
+    let others = all.filter { $0 != "kind" && !own.contains($0) }
+    let accepted = own.isEmpty ? "it takes no parameters" : "its keys are: " + own.joined(separator: ", ")
+    p.reject(others, because: "privacy.kind \(kind.rawValue) does not use it; \(accepted)")
+
+    var plan = PrivacyPlan(kind: kind)
+    guard kind == .centralGaussian else { return plan }
+    let positive = { (f: YAMLField) in f.double(0...Double.greatestFiniteMagnitude, above: true) }
+    plan.clip = p.optional("clip", default: plan.clip, positive)
+    plan.noiseMultiplier = p.optional("noise_multiplier", default: plan.noiseMultiplier) {
+      $0.double(0...1e6)
+    }
+    plan.delta = p.optional("delta", default: plan.delta) { f -> Double? in
+      guard let v = f.double(0...1, above: true) else { return nil }
+      guard v < 1 else {
+        f.fail("out of range: expected a probability above 0 and below 1 (e.g. 1e-5, below 1/population)")
+        return nil
+      }
+      return v
+    }
+    plan.targetEpsilon = p.optional("target_epsilon") { $0.double(0...1e6, above: true) }
+    let clip = plan.clip
+    plan.adaptiveClipping = p.optional("adaptive_clipping") { f -> AdaptiveClipping? in
+      guard let a = f.mapping(allowed: adaptiveKeys) else { return nil }
+      // count_noise_multiplier's default depends on server.cohort.goal: `checkAcrossKeys` fills it.
+      var adaptive = AdaptiveClipping(countNoiseMultiplier: 0, initialClip: clip)
+      adaptive.targetQuantile = a.optional("target_quantile", default: adaptive.targetQuantile) {
+        f -> Double? in
+        guard let v = f.double(0...1, above: true) else { return nil }
+        guard v < 1 else {
+          f.fail("out of range: expected a fraction above 0 and below 1 (e.g. 0.5 for the median norm)")
+          return nil
+        }
+        return v
+      }
+      adaptive.learningRate = a.optional("learning_rate", default: adaptive.learningRate) {
+        $0.double(0...10, above: true)
+      }
+      adaptive.countNoiseMultiplier = a.optional("count_noise_multiplier", default: 0, positive)
+      adaptive.initialClip = a.optional("initial_clip", default: adaptive.initialClip, positive)
+      return adaptive
+    }
+    return plan
+  }
+
+  /// Rules between `privacy` and the rest of the plan; fills in what defaults to other sections
+  /// (adaptive clipping's count noise: the expected cohort / 20, Andrew et al. 2021).
+  static func checkAcrossKeys(
+    _ m: YAMLMapping, plan: inout PrivacyPlan, server: ServerPlan, secureAggregation: SecureAggregationPlan
+  ) {
+    guard plan.isCentral, let section = m["privacy"] else { return }
+    let line = { (key: String) in section.child(key)?.line ?? section.line }
+    let strategy = server.strategy.kind
+    if !supportedStrategies.contains(strategy) {
+      let names = supportedStrategies.map(\.rawValue)
+      let why =
+        server.strategy.needsIndividualUpdates
+        ? "works on each update on its own, but the sensitivity analysis assumes the average of clipped updates"
+        : strategy == .qfedavg
+          ? "reweights updates by their loss, but the sensitivity analysis assumes the plain average"
+          : "sends each device's control variate unclipped and without noise"
+      m.owner.log.add(
+        keyPath: "privacy.kind", line: line("kind"),
+        "privacy.kind central_gaussian with server.strategy.kind \(strategy.rawValue): it \(why); choose "
+          + names.dropLast().joined(separator: ", ") + " or \(names.last ?? "fedavg")"
+          + ", or set privacy.kind: none")
+    }
+    if plan.noiseMultiplier == 0, plan.targetEpsilon != nil {
+      m.owner.log.add(
+        keyPath: "privacy.target_epsilon", line: line("target_epsilon"),
+        "privacy.target_epsilon needs noise: with privacy.noise_multiplier 0 no round has a finite ε; "
+          + "raise noise_multiplier (see `cohort privacy noise`) or remove target_epsilon")
+    }
+    guard var adaptive = plan.adaptiveClipping, let field = section.child("adaptive_clipping") else { return }
+    if field.child("count_noise_multiplier") == nil {
+      adaptive.countNoiseMultiplier = Double(server.cohort.goal) / 20
+      plan.adaptiveClipping = adaptive
+    }
+    let countPath = "privacy.adaptive_clipping.count_noise_multiplier"
+    let countLine = field.child("count_noise_multiplier")?.line ?? field.line
+    if secureAggregation.enabled {
+      m.owner.log.add(
+        keyPath: "privacy.adaptive_clipping", line: field.line,
+        "privacy.adaptive_clipping with secure_aggregation.enabled: true would send each device's "
+          + "clipped-or-not bit in the clear, outside the secure sum; remove adaptive_clipping (use a "
+          + "fixed privacy.clip) or set secure_aggregation.enabled: false")
+    }
+    if plan.updateNoiseMultiplier == nil {
+      let sigma = adaptive.countNoiseMultiplier
+      let given = field.child("count_noise_multiplier") == nil ? " (server.cohort.goal / 20)" : ""
+      m.owner.log.add(
+        keyPath: plan.noiseMultiplier == 0 ? "privacy.noise_multiplier" : countPath,
+        line: plan.noiseMultiplier == 0 ? line("noise_multiplier") : countLine,
+        plan.noiseMultiplier == 0
+          ? "privacy.adaptive_clipping needs noise: the update's multiplier (z⁻² − (2σ_b)⁻²)^(−1/2) is "
+            + "undefined at privacy.noise_multiplier 0; raise noise_multiplier or remove adaptive_clipping"
+          : "\(countPath) σ_b is \(sigma)\(given), but the update's noise multiplier "
+            + "(z⁻² − (2σ_b)⁻²)^(−1/2) needs 2σ_b > privacy.noise_multiplier (\(plan.noiseMultiplier)): "
+            + "raise count_noise_multiplier above \(plan.noiseMultiplier / 2) or lower noise_multiplier")
     }
   }
 }
