@@ -140,7 +140,9 @@ let package = Package(
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortServerTests",
-      dependencies: ["CohortServer", "CohortProtocol", "CohortStore", "CohortCore", "CohortTesting"],
+      dependencies: [
+        "CohortServer", "CohortProtocol", "CohortStore", "CohortCore", "CohortTesting", "CohortPrivacy",
+      ],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortSimulatorTests",

@@ -33,18 +33,21 @@ struct Harness {
   let run: RunID
   let coordinator: Coordinator
 
-  init(rounds: Int = 2, autoCommit: Bool = true, secureAggregation: (any SecureAggregationDriver)? = nil)
-    throws
-  {
+  init(
+    rounds: Int = 2, autoCommit: Bool = true, secureAggregation: (any SecureAggregationDriver)? = nil,
+    privacy: PrivacyPlan = PrivacyPlan(), populationSize: Int? = nil, privacySeed: UInt64? = nil
+  ) throws {
     store = try ResultsStore.inMemory()
-    let plan = makePlan(rounds: rounds)
+    var plan = makePlan(rounds: rounds)
+    plan.privacy = privacy
     let scenario = Scenario(
       planPath: "plan.yaml", plan: plan, data: .syntheticFedProx(.init(alpha: 0, beta: 0, devices: 10)),
       partition: .natural, devices: PopulationPlan(), seed: 1)
     run = try store.createRun(name: "t", scenario: scenario, createdAt: Date(timeIntervalSince1970: 0))
     coordinator = Coordinator(
       configuration: .init(
-        plan: plan, run: run, autoCommit: autoCommit, secureAggregation: secureAggregation),
+        plan: plan, run: run, autoCommit: autoCommit, populationSize: populationSize,
+        secureAggregation: secureAggregation, privacySeed: privacySeed),
       initial: Weights(layout: layout, values: [1, 1]), store: store, link: link,
       evaluator: FirstValueEvaluator(),
       clock: clock, logger: Logger(label: "test"))
