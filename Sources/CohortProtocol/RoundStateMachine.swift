@@ -114,9 +114,13 @@ public struct RoundStateMachine: Sendable {
   public var reportingRound: Int? { reporting?.round }
   public var isFinished: Bool { finished }
 
-  /// The earliest time at which `tick` has something to do, for the shell's timer.
+  /// The earliest time at which `tick` has something to do, for the shell's timer. A selection
+  /// window that ends while the previous round still reports or aggregates cannot close then
+  /// (the round closing does it), so its deadline is not offered: a timer set to it would fire,
+  /// find nothing to do and be set to the same past time again, forever.
   public var nextDeadline: Double? {
-    [selection?.deadline, reporting?.deadline].compactMap { $0 }.min()
+    let selectionDeadline = reporting == nil && closing == nil ? selection?.deadline : nil
+    return [selectionDeadline, reporting?.deadline].compactMap { $0 }.min()
   }
 
   // MARK: Events

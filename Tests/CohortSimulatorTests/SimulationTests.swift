@@ -49,6 +49,13 @@ func simulate(_ scenario: Scenario) async throws -> (SimulationSummary, [RoundRe
     #expect(summary.virtualSeconds > 0 && summary.localTrainings >= 4 * 12)
   }
 
+  @Test func aSelectionWindowEndingDuringReportingDoesNotStallTheRun() async throws {
+    // Seed 34: round 5's selection window ends while round 4 still reports; the run used to
+    // re-fire that past deadline forever (virtual time stood still at 89 s).
+    let (summary, _) = try await simulate(try smallScenario(seed: 34, dropout: 0.1, rounds: 6))
+    #expect(summary.roundsAttempted == 6, "seed 34")
+  }
+
   @Test func sameSeedSameModelOtherSeedOtherModel() async throws {
     let a = try await simulate(try smallScenario(seed: 3)).0
     let b = try await simulate(try smallScenario(seed: 3)).0
