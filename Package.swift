@@ -83,7 +83,7 @@ let package = Package(
       name: "CohortSimulator",
       dependencies: [
         "CohortCore", "CohortML", "CohortProtocol", "CohortAggregation", "CohortServer", "CohortStore",
-        "CohortSecAgg", "CohortCompression",
+        "CohortSecAgg", "CohortCompression", "CohortPrivacy",
         .product(name: "Logging", package: "swift-log"),
       ],
       // Async functions run on their caller's executor (SE-0461): the event loop stays on the

@@ -26,7 +26,9 @@ public struct CentralGaussianMechanism: Sendable {
   /// nil when the plan asks for no central noise, or when its update noise multiplier is
   /// undefined (plan validation rejects such plans).
   public init?(plan: PrivacyPlan, expectedCohort: Int, populationSize: Int?, seed: UInt64) {
-    guard plan.isCentral, expectedCohort > 0, let z = plan.updateNoiseMultiplier else { return nil }
+    // The distributed mechanism uses this too: its noise comes from the devices, but the fixed
+    // denominator, the clip and the accountant are the same.
+    guard plan.isPrivate, expectedCohort > 0, let z = plan.updateNoiseMultiplier else { return nil }
     self.plan = plan
     self.expectedCohort = expectedCohort
     updateNoiseMultiplier = z
@@ -39,7 +41,8 @@ public struct CentralGaussianMechanism: Sendable {
   /// Adds N(0, (z_Δ·clip)²) to each coordinate of `sum`, from the stream of `round`.
   public func addNoise(to sum: inout [Double], clip: Double, round: Int) {
     let sigma = updateNoiseMultiplier * clip
-    guard sigma > 0 else { return }
+    // Under the distributed mechanism the sum arrives noisy from secure aggregation.
+    guard plan.isCentral, sigma > 0 else { return }
     var rng = RandomStream(seed: seed, purpose: "dp-noise", round: round)
     sum.withUnsafeMutableBufferPointer { s in
       for i in 0..<s.count { s[i] += sigma * rng.normal() }

@@ -260,7 +260,7 @@ public actor Coordinator {
     clipNorm = snapshot?.clipNorm ?? plan.privacy.initialClip
     let serverStrategy = ServerStrategy(
       plan: plan.server.strategy, layout: initial.layout, population: configuration.populationSize,
-      equalWeights: plan.privacy.isCentral)
+      equalWeights: plan.privacy.isPrivate)
     strategy = serverStrategy
     aggregator = Aggregator(strategy: serverStrategy)
     strategyState = snapshot?.strategyState ?? serverStrategy.initialState()

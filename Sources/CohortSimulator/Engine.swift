@@ -443,7 +443,7 @@ final class Engine {
       bestAccuracy: committed.compactMap(\.evalAccuracy).max(), virtualSeconds: state.now,
       bytesUp: rounds.reduce(0) { $0 + $1.bytesUp }, bytesDown: rounds.reduce(0) { $0 + $1.bytesDown },
       checkpointSHA256: global.sha256, localTrainings: state.localTrainings, trainingBatches: trainingLog,
-      epsilon: committed.last?.epsilon, delta: privacy.isCentral ? privacy.delta : nil,
+      epsilon: committed.last?.epsilon, delta: privacy.isPrivate ? privacy.delta : nil,
       stopReason: coordinator.stopReason)
   }
 }

@@ -1,6 +1,7 @@
 import CohortAggregation
 import CohortCompression
 import CohortCore
+import CohortPrivacy
 import CohortProtocol
 import CohortSecAgg
 import CohortServer
@@ -22,6 +23,12 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
 
   let plan: SecureAggregationPlan
   let encoding: FixedPointRingEncoding
+  /// The distributed discrete Gaussian (privacy.kind distributed_discrete_gaussian) replaces the
+  /// fixed-point encoding: devices add the noise, and the ring carries it.
+  let privacy: PrivacyPlan
+  /// Devices the noise is calibrated for (the plan's goal), and the most a round selects.
+  let expectedCohort: Int
+  let largestCohort: Int
   let weightsByExamples: Bool
   let seed: UInt64
   let population: Population
@@ -36,6 +43,9 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
       clip: Float(plan.secureAggregation.clip), encodingBits: plan.secureAggregation.encodingBits,
       ringBits: plan.secureAggregation.ringBits(devices: plan.server.cohort.selectionTarget))
     weightsByExamples = strategy.weightsByExamples
+    privacy = plan.privacy
+    expectedCohort = plan.server.cohort.goal
+    largestCohort = plan.server.cohort.selectionTarget
     self.seed = seed
     self.population = population
     self.parallelism = parallelism
@@ -76,11 +86,20 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
           SecAggCrypto.signingPair(seed: secret(device, round, "identity")).publicKey
       }
     }
+    let dimension = pending[members[0]]!.update.count
+    var noisy: DistributedDiscreteGaussian?
+    if privacy.isDistributed {
+      switch distributedMechanism(round: round, dimension: dimension) {
+      case .success(let m): noisy = m
+      case .failure(let reason): return failed(reason.message)
+      }
+    }
     let configuration = SecAggConfiguration(
       round: UInt64(round), count: members.count, degree: parameters.degree, threshold: parameters.threshold,
       graphSeed: secret(-1, round, "graph"),
-      vectorLength: encoding.encodingLength(updateCount: pending[members[0]]!.update.count),
-      ringBits: encoding.ringBits, variant: plan.variant == .active ? .active : .semiHonest,
+      vectorLength: noisy?.paddedDimension ?? encoding.encodingLength(updateCount: dimension),
+      ringBits: noisy?.ringBits ?? encoding.ringBits,
+      variant: plan.variant == .active ? .active : .semiHonest,
       identityKeys: identities)
     let device = { (index: SecAggIndex) in members[Int(index) - 1] }
     let stepCount = Double(steps.count)
@@ -95,6 +114,10 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
       input: { index in
         let d = device(index)
         let input = pending[d]!
+        if let noisy {
+          var random = RandomStream(seed: self.seed, purpose: "ddg-encode", round: round, device: d)
+          return noisy.encode(input.update, random: &random)
+        }
         let weight =
           self.weightsByExamples
           ? Float(min(input.examples, self.plan.weightCap)) / Float(self.plan.weightCap) : 1
@@ -126,13 +149,48 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
         failure: outcome.abandonedReason ?? "secure aggregation gave no sum", steps: records,
         rejectedMessages: rejected)
     }
-    let decoded = encoding.decodeSum(sum)
     let survivors = outcome.survivors.map(device)
+    // The noisy sum of clipped updates: the Coordinator divides it by the expected cohort.
+    let decoded =
+      noisy.map { ($0.decodeSum(sum), Double(survivors.count)) }
+      ?? {
+        let d = encoding.decodeSum(sum)
+        return (d.weightedSum.map { Double($0) }, d.totalWeight)
+      }()
     return SecureSum(
-      weightedSum: decoded.weightedSum.map { Double($0) }, totalWeight: decoded.totalWeight,
+      weightedSum: decoded.0, totalWeight: decoded.1,
       survivors: survivors,
       examples: survivors.reduce(0) { $0 + pending[$1]!.examples }, failure: nil, steps: records,
       rejectedMessages: rejected)
+  }
+
+  /// The distributed discrete Gaussian for one round (Kairouz et al. 2021): clip S, total noise
+  /// σ = z·S over the expected cohort, each device adding N_Z(0, σ²/n) in lattice units; the
+  /// finest granularity γ = S·2^−k whose ring (for the largest cohort) fits in 32 bits; rotation
+  /// signs shared by the round's devices and the server.
+  func distributedMechanism(round: Int, dimension: Int) -> Result<DistributedDiscreteGaussian, SecAggError> {
+    let clip = privacy.clip
+    let total = privacy.noiseMultiplier * clip
+    let local = DistributedDiscreteGaussian.localSigma(totalSigma: total, devices: expectedCohort)
+    for k in stride(from: 24, through: 0, by: -1) {
+      let granularity = clip * Double(sign: .plus, exponent: -k, significand: 1)
+      let bits = DistributedDiscreteGaussian.ringBits(
+        devices: largestCohort, clipNorm: clip, granularity: granularity, totalSigma: total,
+        dimension: dimension)
+      guard bits <= 32 else { continue }
+      guard local == 0 || DiscreteGaussian.sigmaRange.contains(local / granularity) else { continue }
+      var random = RandomStream(seed: seed, purpose: "ddg-rotation", round: round)
+      return .success(
+        DistributedDiscreteGaussian(
+          dimension: dimension, clipNorm: clip, granularity: granularity, localSigma: local,
+          beta: privacy.beta,
+          ringBits: bits, rotationSeed: random.next()))
+    }
+    return .failure(
+      SecAggError(
+        .badConfiguration,
+        "no granularity fits the distributed discrete Gaussian of \(largestCohort) devices × \(dimension) "
+          + "values into a 32-bit ring: lower privacy.noise_multiplier or the cohort size"))
   }
 
   /// 32 secret bytes for one device, round and purpose, from the scenario seed.

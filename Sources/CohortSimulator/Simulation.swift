@@ -107,7 +107,7 @@ public final class Simulation: Sendable {
         plan: scenario.plan,
         strategy: ServerStrategy(
           plan: scenario.plan.server.strategy, layout: initialModel.layout, population: population.count,
-          equalWeights: scenario.plan.privacy.isCentral),
+          equalWeights: scenario.plan.privacy.isPrivate),
         seed: scenario.seed, population: population, parallelism: options.parallelism)
       : nil
     codec =

@@ -126,4 +126,24 @@ import Testing
     // Central noise on the secure sum is allowed.
     #expect(issues("{kind: central_gaussian}", extra: "secure_aggregation: {enabled: true}\n").isEmpty)
   }
+
+  @Test func distributedDiscreteGaussianNeedsSecureAggregation() throws {
+    let alone = issues("{kind: distributed_discrete_gaussian}")
+    #expect(alone.map(\.keyPath) == ["privacy.kind"])
+    #expect(alone.first?.message.contains("set secure_aggregation.enabled: true") == true, "\(alone)")
+    let secure = "secure_aggregation: {enabled: true}\n"
+    let p = try plan(
+      "{kind: distributed_discrete_gaussian, clip: 2, noise_multiplier: 0.8, beta: 0}", extra: secure)
+    #expect(p.isDistributed && p.isPrivate && !p.isCentral && p.clip == 2 && p.beta == 0)
+    #expect(try plan("{kind: distributed_discrete_gaussian}", extra: secure).beta == PrivacyPlan.defaultBeta)
+    // Adaptive clipping is central only; β out of range names the key.
+    #expect(
+      issues("{kind: distributed_discrete_gaussian, adaptive_clipping: {}}", extra: secure).map(\.keyPath)
+        == ["privacy.adaptive_clipping"])
+    #expect(
+      issues("{kind: distributed_discrete_gaussian, beta: 1}", extra: secure).map(\.keyPath) == [
+        "privacy.beta"
+      ])
+    #expect(issues("{kind: central_gaussian, beta: 0.5}").map(\.keyPath) == ["privacy.beta"])
+  }
 }

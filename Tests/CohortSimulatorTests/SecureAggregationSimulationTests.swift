@@ -94,3 +94,27 @@ struct SecureRun {
     #expect(steps.contains("consistency_check"), "seed 8: \(steps)")
   }
 }
+
+@Suite struct DistributedNoiseSimulationTests {
+  @Test func distributedDiscreteGaussianRunsInsideSecureAggregation() async throws {
+    let privacy = "privacy: {kind: distributed_discrete_gaussian, clip: 1.0, noise_multiplier: 0.5}"
+    let distributed = try await SecureRun(
+      try secureScenario(seed: 9, enabled: true, dropout: 0, extra: "}\n  \(privacy.dropLast())"))
+    let central = try await SecureRun(
+      try secureScenario(
+        seed: 9, enabled: true, dropout: 0,
+        extra: "}\n  privacy: {kind: central_gaussian, clip: 1.0, noise_multiplier: 0.5"))
+    #expect(distributed.summary.roundsCommitted == 4, "seed 9")
+    // The same accountant: ε after each round is the same for both mechanisms.
+    let epsilons = distributed.rounds.map(\.epsilon)
+    #expect(epsilons.allSatisfy { $0 != nil } && epsilons == central.rounds.map(\.epsilon), "seed 9")
+    #expect(zip(epsilons, epsilons.dropFirst()).allSatisfy { ($0 ?? 0) < ($1 ?? 0) })
+    // Different noise (from the devices, not the server), so a different model, but a model
+    // that moved from the initial one by a bounded amount: the noisy mean of clipped updates.
+    #expect(distributed.model.values != central.model.values)
+    #expect(distributed.model.values.allSatisfy { $0.isFinite })
+    // Each device's masked input is the padded, rotated encoding (610 → 1024 words).
+    let masked = try #require(distributed.steps.first { $0.1.step == "masked_input" }?.1)
+    #expect(masked.bytesUp / max(masked.entered - masked.dropped, 1) > 1024 * 4, "seed 9")
+  }
+}

@@ -593,11 +593,13 @@ extension CompressionPlan {
 /// the update norms (Andrew et al., NeurIPS 2021). The server sees the noiseless sum: the
 /// guarantee is central, and holds only if the server is trusted.
 public struct PrivacyPlan: Codable, Sendable, Hashable {
-  /// The mechanism. New kinds (the distributed discrete Gaussian of Kairouz et al. 2021) add a
-  /// case here and their own keys to `keysByKind`.
+  /// The mechanism; each kind has its own keys in `keysByKind`.
   public enum Kind: String, Codable, Sendable, CaseIterable {
     case none
     case centralGaussian = "central_gaussian"
+    /// Kairouz et al., ICML 2021: each device adds discrete Gaussian noise to its rotated,
+    /// rounded update inside secure aggregation, so the server only ever sees a noisy sum.
+    case distributedDiscreteGaussian = "distributed_discrete_gaussian"
   }
 
   /// Andrew et al. 2021 (Differentially Private Learning with Adaptive Clipping), Algorithm 1:
@@ -634,6 +636,10 @@ public struct PrivacyPlan: Codable, Sendable, Hashable {
   /// The run stops before a round whose ε would exceed this.
   public var targetEpsilon: Double? = nil
   public var adaptiveClipping: AdaptiveClipping? = nil
+  /// Distributed discrete Gaussian: β of conditional randomized rounding, in [0, 1) (Kairouz et
+  /// al. use e^−0.5).
+  public var beta: Double = Self.defaultBeta
+  public static let defaultBeta = 0.6065306597126334
 
   public init(
     kind: Kind = .none, clip: Double = 1.0, noiseMultiplier: Double = 1.0, delta: Double = 1e-5,
@@ -649,6 +655,11 @@ public struct PrivacyPlan: Codable, Sendable, Hashable {
 
   /// Whether devices clip and the server adds noise to the sum.
   public var isCentral: Bool { kind == .centralGaussian }
+  /// Whether devices add the noise, inside secure aggregation.
+  public var isDistributed: Bool { kind == .distributedDiscreteGaussian }
+  /// Whether the plan adds noise at all (devices then clip, every update weighs the same, and
+  /// the accountant reports ε).
+  public var isPrivate: Bool { kind != .none }
 
   /// The clip of the first round.
   public var initialClip: Double { adaptiveClipping?.initialClip ?? clip }
@@ -673,7 +684,7 @@ public struct PrivacyPlan: Codable, Sendable, Hashable {
 
 extension PrivacyPlan {
   private enum CodingKeys: String, CodingKey {
-    case kind, clip, noiseMultiplier, delta, targetEpsilon, adaptiveClipping
+    case kind, clip, noiseMultiplier, delta, targetEpsilon, adaptiveClipping, beta
   }
 
   public init(from decoder: any Decoder) throws {
@@ -685,6 +696,7 @@ extension PrivacyPlan {
     delta = try c.decodeIfPresent(Double.self, forKey: .delta) ?? d.delta
     targetEpsilon = try c.decodeIfPresent(Double.self, forKey: .targetEpsilon)
     adaptiveClipping = try c.decodeIfPresent(AdaptiveClipping.self, forKey: .adaptiveClipping)
+    beta = try c.decodeIfPresent(Double.self, forKey: .beta) ?? d.beta
   }
 
   /// `kind: none` with every parameter at its default encodes as `{"kind": "none"}`, as before
@@ -699,6 +711,8 @@ extension PrivacyPlan {
     try c.encode(delta, forKey: .delta)
     try c.encodeIfPresent(targetEpsilon, forKey: .targetEpsilon)
     try c.encodeIfPresent(adaptiveClipping, forKey: .adaptiveClipping)
+    // Only the distributed mechanism uses β, so other plans keep the hash they had before it.
+    if isDistributed { try c.encode(beta, forKey: .beta) }
   }
 }
 
@@ -1184,6 +1198,7 @@ extension PrivacyPlan {
   static let keysByKind: [Kind: [String]] = [
     .none: [],
     .centralGaussian: ["clip", "noise_multiplier", "delta", "target_epsilon", "adaptive_clipping"],
+    .distributedDiscreteGaussian: ["clip", "noise_multiplier", "delta", "target_epsilon", "beta"],
   ]
 
   static let adaptiveKeys = ["target_quantile", "learning_rate", "count_noise_multiplier", "initial_clip"]
@@ -1210,7 +1225,14 @@ extension PrivacyPlan {
     p.reject(others, because: "privacy.kind \(kind.rawValue) does not use it; \(accepted)")
 
     var plan = PrivacyPlan(kind: kind)
-    guard kind == .centralGaussian else { return plan }
+    guard kind != .none else { return plan }
+    plan.beta = p.optional("beta", default: plan.beta) { f -> Double? in
+      guard let v = f.double(0...1), v < 1 else {
+        f.fail("out of range: expected β in [0, 1) (Kairouz et al. use e^−0.5 ≈ 0.607)")
+        return nil
+      }
+      return v
+    }
     let positive = { (f: YAMLField) in f.double(0...Double.greatestFiniteMagnitude, above: true) }
     plan.clip = p.optional("clip", default: plan.clip, positive)
     plan.noiseMultiplier = p.optional("noise_multiplier", default: plan.noiseMultiplier) {
@@ -1226,6 +1248,7 @@ extension PrivacyPlan {
     }
     plan.targetEpsilon = p.optional("target_epsilon") { $0.double(0...1e6, above: true) }
     let clip = plan.clip
+    guard kind == .centralGaussian else { return plan }
     plan.adaptiveClipping = p.optional("adaptive_clipping") { f -> AdaptiveClipping? in
       guard let a = f.mapping(allowed: adaptiveKeys) else { return nil }
       // count_noise_multiplier's default depends on server.cohort.goal: `checkAcrossKeys` fills it.
@@ -1254,7 +1277,13 @@ extension PrivacyPlan {
   static func checkAcrossKeys(
     _ m: YAMLMapping, plan: inout PrivacyPlan, server: ServerPlan, secureAggregation: SecureAggregationPlan
   ) {
-    guard plan.isCentral, let section = m["privacy"] else { return }
+    guard plan.isPrivate, let section = m["privacy"] else { return }
+    if plan.isDistributed, !secureAggregation.enabled {
+      m.owner.log.add(
+        keyPath: "privacy.kind", line: section.child("kind")?.line ?? section.line,
+        "privacy.kind distributed_discrete_gaussian adds each device's noise inside secure aggregation, "
+          + "which is off: set secure_aggregation.enabled: true, or use privacy.kind central_gaussian")
+    }
     let line = { (key: String) in section.child(key)?.line ?? section.line }
     let strategy = server.strategy.kind
     if !supportedStrategies.contains(strategy) {
@@ -1267,7 +1296,7 @@ extension PrivacyPlan {
           : "sends each device's control variate unclipped and without noise"
       m.owner.log.add(
         keyPath: "privacy.kind", line: line("kind"),
-        "privacy.kind central_gaussian with server.strategy.kind \(strategy.rawValue): it \(why); choose "
+        "privacy.kind \(plan.kind.rawValue) with server.strategy.kind \(strategy.rawValue): it \(why); choose "
           + names.dropLast().joined(separator: ", ") + " or \(names.last ?? "fedavg")"
           + ", or set privacy.kind: none")
     }
