@@ -26,6 +26,9 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
   /// The distributed discrete Gaussian (privacy.kind distributed_discrete_gaussian) replaces the
   /// fixed-point encoding: devices add the noise, and the ring carries it.
   let privacy: PrivacyPlan
+  /// Quantization with a fixed range goes into the ring as its codes: every device's codes mean
+  /// the same values, so their sum decodes.
+  let quantization: CompressionPlan?
   /// Devices the noise is calibrated for (the plan's goal), and the most a round selects.
   let expectedCohort: Int
   let largestCohort: Int
@@ -44,6 +47,8 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
       ringBits: plan.secureAggregation.ringBits(devices: plan.server.cohort.selectionTarget))
     weightsByExamples = strategy.weightsByExamples
     privacy = plan.privacy
+    quantization =
+      plan.compression.kind == .quantization && plan.compression.range != nil ? plan.compression : nil
     expectedCohort = plan.server.cohort.goal
     largestCohort = plan.server.cohort.selectionTarget
     self.seed = seed
@@ -94,11 +99,22 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
       case .failure(let reason): return failed(reason.message)
       }
     }
+    var codes: QuantizedRing?
+    if let quantization {
+      let ring = QuantizedRing(
+        plan: quantization, dimension: dimension, devices: largestCohort, round: round, seed: seed)
+      if ring.ringBits > 32 {
+        return failed(
+          "compression.bits \(quantization.bits) for \(largestCohort) devices needs a \(ring.ringBits)-bit ring; "
+            + "lower compression.bits or the cohort size")
+      }
+      codes = ring
+    }
     let configuration = SecAggConfiguration(
       round: UInt64(round), count: members.count, degree: parameters.degree, threshold: parameters.threshold,
       graphSeed: secret(-1, round, "graph"),
       vectorLength: noisy?.paddedDimension ?? encoding.encodingLength(updateCount: dimension),
-      ringBits: noisy?.ringBits ?? encoding.ringBits,
+      ringBits: noisy?.ringBits ?? codes?.ringBits ?? encoding.ringBits,
       variant: plan.variant == .active ? .active : .semiHonest,
       identityKeys: identities)
     let device = { (index: SecAggIndex) in members[Int(index) - 1] }
@@ -122,6 +138,7 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
           self.weightsByExamples
           ? Float(min(input.examples, self.plan.weightCap)) / Float(self.plan.weightCap) : 1
         var random = RandomStream(seed: self.seed, purpose: "secagg-encode", round: round, device: d)
+        if let codes { return codes.encode(input.update, weight: weight, random: &random) }
         return self.encoding.encode(input.update, weight: weight, random: &random)
       },
       dropsBefore: { step, index in
@@ -153,6 +170,7 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
     // The noisy sum of clipped updates: the Coordinator divides it by the expected cohort.
     let decoded =
       noisy.map { ($0.decodeSum(sum), Double(survivors.count)) }
+      ?? codes.map { $0.decodeSum(sum, devices: outcome.survivors.count) }
       ?? {
         let d = encoding.decodeSum(sum)
         return (d.weightedSum.map { Double($0) }, d.totalWeight)
@@ -206,4 +224,49 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
 extension FixedPointRingEncoding {
   /// Words of an encoded update: its values and the weight.
   func encodingLength(updateCount: Int) -> Int { updateCount + 1 }
+}
+
+/// Fixed-range quantization summed in the ring: each device rotates its weighted update (signs
+/// shared by the round), quantizes it stochastically to `bits`-bit levels of [−r, r] and appends
+/// its weight as a level of [0, 1]; the sum of n devices' levels is below n·2^bits, so a ring of
+/// bits + ⌈log2 n⌉ bits holds it, and Σ values = n·(−r) + Σ levels·step, rotated back.
+struct QuantizedRing {
+  let quantizer: StochasticQuantizer
+  let rotation: BlockHadamard?
+  let range: Float
+  let ringBits: Int
+
+  init(plan: CompressionPlan, dimension: Int, devices: Int, round: Int, seed: UInt64) {
+    range = Float(plan.range ?? 1)
+    // The plan reader admits only valid widths, so this cannot throw.
+    quantizer = try! StochasticQuantizer(
+      bits: plan.bits, bounds: .fixed(min: -range, max: range),
+      rounding: plan.rounding == .stochastic ? .stochastic : .deterministic)
+    var shared = RandomStream(seed: seed, purpose: "secagg-rotation", round: round)
+    rotation = plan.rotation == .hadamard ? BlockHadamard(dimension: dimension, seed: shared.next()) : nil
+    var log = 0
+    while (1 << log) < max(devices, 2) { log += 1 }
+    ringBits = plan.bits + log
+  }
+
+  var levels: Double { Double(quantizer.steps) }
+
+  func encode(_ update: [Float], weight: Float, random: inout RandomStream) -> [UInt32] {
+    let weighted = weight == 1 ? update : update.map { $0 * weight }
+    let input = rotation?.rotate(weighted) ?? weighted
+    var out = quantizer.encode(input, rng: &random).levels.map { UInt32($0) }
+    let w = Double(weight) * levels
+    let low = w.rounded(.down)
+    out.append(UInt32(low) + (random.uniform() < w - low ? 1 : 0))
+    return out
+  }
+
+  func decodeSum(_ sum: [UInt32], devices: Int) -> ([Double], Double) {
+    let mask: UInt64 = ringBits >= 32 ? 0xFFFF_FFFF : (1 << UInt64(ringBits)) - 1
+    let step = 2 * Double(range) / levels
+    let offset = Double(devices) * Double(-range)
+    let rotated = sum.dropLast().map { Float(offset + Double(UInt64($0) & mask) * step) }
+    let values = rotation?.inverse(rotated) ?? rotated
+    return (values.map { Double($0) }, Double(UInt64(sum.last ?? 0) & mask) / levels)
+  }
 }

@@ -254,11 +254,14 @@ public final class Simulation: Sendable {
     var encoded: EncodedUpdate?
     if let codec {
       if secureAggregation != nil {
-        // Under secure aggregation only a random mask shared by the round's devices is allowed (the
-        // plan reader rejects the rest): the device keeps the masked coordinates, rescaled, and the
-        // ring encoding carries them. One stream per round, the same for every device.
-        var stream = RandomStream(seed: scenario.seed, purpose: "codec-shared", round: job.round)
-        update.values = codec.decode(codec.encode(update.values, stream: &stream))
+        // Under secure aggregation a random mask is shared by the round's devices: each keeps the
+        // masked coordinates, rescaled, and the ring encoding carries them (one stream per round,
+        // the same for every device). Quantization with a fixed range happens in the ring itself
+        // (`SimulatedSecureAggregation`); the plan reader rejects the other codecs.
+        if codec.plan.kind == .randomMask {
+          var stream = RandomStream(seed: scenario.seed, purpose: "codec-shared", round: job.round)
+          update.values = codec.decode(codec.encode(update.values, stream: &stream))
+        }
       } else {
         var stream = RandomStream(seed: scenario.seed, purpose: "codec", round: job.round, device: job.device)
         encoded = codec.encode(update.values, stream: &stream)

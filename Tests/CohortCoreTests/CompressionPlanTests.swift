@@ -60,9 +60,13 @@ import Testing
     let perVector = issues("{kind: quantization, bits: 8}", extra: secAgg)
     #expect(perVector.map(\.keyPath) == ["compression.range"], "\(perVector)")
     #expect(perVector.first?.message.contains("each device's range differs") == true, "\(perVector)")
-    let fixed = issues("{kind: quantization, bits: 8, range: 1}", extra: secAgg)
-    #expect(fixed.map(\.keyPath) == ["compression.kind"], "\(fixed)")
-    #expect(fixed.first?.message.contains("not supported yet") == true, "\(fixed)")
+    // A fixed range is one meaning for every device's codes: their sum decodes.
+    #expect(try plan("{kind: quantization, bits: 8, range: 1}", extra: secAgg).range == 1)
+    // The distributed discrete Gaussian rounds to its own lattice: no codec on top.
+    let ddg = issues(
+      "{kind: quantization, bits: 8, range: 1}",
+      extra: secAgg + "privacy: {kind: distributed_discrete_gaussian}\n")
+    #expect(ddg.map(\.keyPath) == ["compression.kind"], "\(ddg)")
     // A mask from a seed the round's devices share can be summed, and disabled SecAgg allows all.
     #expect(try plan("{kind: random_mask, fraction: 0.5}", extra: secAgg).kind == .randomMask)
     let off = "secure_aggregation: {enabled: false}\n"

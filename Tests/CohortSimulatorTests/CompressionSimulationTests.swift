@@ -78,4 +78,17 @@ private func compressedScenario(seed: UInt64, compression: String, secure: Bool 
       try compressedScenario(seed: seed, compression: "{kind: random_mask, fraction: 0.5}", secure: true))
     #expect(summary.roundsCommitted == 4, "seed \(seed)")
   }
+
+  /// Fixed-range quantization sums in the secure-aggregation ring: the model lands near the one
+  /// plain quantization (the same codes, decoded one by one) gives.
+  @Test func fixedRangeQuantizationRunsInsideSecureAggregation() async throws {
+    let seed: UInt64 = 14
+    let compression = "{kind: quantization, bits: 8, range: 0.5}"
+    let (secure, rounds) = try await simulate(
+      try compressedScenario(seed: seed, compression: compression, secure: true))
+    let (plain, _) = try await simulate(try compressedScenario(seed: seed, compression: compression))
+    #expect(secure.roundsCommitted == 4, "seed \(seed): \(rounds.map(\.abandonReason))")
+    let gap = abs((secure.finalAccuracy ?? 0) - (plain.finalAccuracy ?? 1))
+    #expect(gap < 0.03, "seed \(seed): accuracy \(secure.finalAccuracy ?? 0) vs \(plain.finalAccuracy ?? 0)")
+  }
 }

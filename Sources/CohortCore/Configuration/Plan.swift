@@ -756,6 +756,13 @@ extension Plan {
     SecureAggregationPlan.checkAcrossKeys(m, plan: secAgg, server: resolvedServer)
     CompressionPlan.checkAcrossKeys(m, plan: compression)
     PrivacyPlan.checkAcrossKeys(m, plan: &privacy, server: resolvedServer, secureAggregation: secAgg)
+    if privacy.isDistributed, compression.kind != .none {
+      m.owner.log.add(
+        keyPath: "compression.kind", line: m["compression"]?.line ?? 1,
+        "compression.kind \(compression.kind.rawValue) with privacy.kind distributed_discrete_gaussian: the "
+          + "mechanism rotates and rounds updates to its own lattice, which is its compression; set "
+          + "compression.kind: none")
+    }
     return Plan(
       name: name, model: model, device: resolvedDevice, server: resolvedServer, secureAggregation: secAgg,
       compression: compression, privacy: privacy)
@@ -1173,26 +1180,20 @@ extension CompressionPlan {
           + "their values cannot be summed securely; use random_mask (one mask from a shared seed) or "
           + "disable secure aggregation")
     case .quantization:
+      // With one fixed range every device's codes mean the same values, so their sum decodes
+      // (the simulator sums them in the ring); a per-vector range differs per device.
       if plan.range == nil {
         m.owner.log.add(
           keyPath: "compression.range", line: section.child("range")?.line ?? line,
           "compression.kind quantization with a per_vector range and secure_aggregation.enabled: true: "
-            + "each device's range differs, so codes cannot be summed; a fixed range (compression.range: r) "
-            + "would be needed, but this version does not yet quantize into the secure aggregation ring "
-            + "either: use compression.kind none or random_mask, or disable secure aggregation")
-      } else {
-        m.owner.log.add(
-          keyPath: "compression.kind", line: line,
-          "compression.kind quantization with secure_aggregation.enabled: true is not supported yet: under "
-            + "secure aggregation updates are encoded with the fixed-point ring encoding, whose width "
-            + "secure_aggregation.encoding_bits sets; use compression.kind none or random_mask, or disable "
+            + "each device's range differs, so codes cannot be summed; set a fixed range "
+            + "(compression.range: r, e.g. the largest |value| an update coordinate reaches), or disable "
             + "secure aggregation")
       }
     }
   }
 }
 
-/// Reading configuration files, with errors in the same shape as validation issues.
 extension PrivacyPlan {
   /// The keys each kind accepts besides `kind`, YAML spelling; each kind rejects the others.
   static let keysByKind: [Kind: [String]] = [
