@@ -73,16 +73,20 @@ public struct SharesForDevice: Sendable, Hashable {
   }
 }
 
-/// Step 2, device → server: the input plus its self mask and pairwise masks, in Z/2^b.
+/// Step 2, device → server: the input plus its self mask and pairwise masks, in Z/2^b. On the
+/// wire each element takes exactly b bits.
 public struct MaskedInput: Sendable, Hashable {
   public var round: UInt64
   public var sender: SecAggIndex
   public var vector: [UInt32]
+  /// b: the ring's width, 1...32.
+  public var ringBits: Int
 
-  public init(round: UInt64, sender: SecAggIndex, vector: [UInt32]) {
+  public init(round: UInt64, sender: SecAggIndex, vector: [UInt32], ringBits: Int = 32) {
     self.round = round
     self.sender = sender
     self.vector = vector
+    self.ringBits = ringBits
   }
 }
 
@@ -228,7 +232,8 @@ extension SecAggMessage {
       w.u64(m.round)
       w.u32(m.sender)
       w.u32(UInt32(m.vector.count))
-      for v in m.vector { w.u32(v) }
+      w.u8(UInt8(m.ringBits))
+      w.packed(m.vector, bits: m.ringBits)
     case .consistencyRequest(let m):
       w.u8(Tag.consistencyRequest.rawValue)
       w.survivors(m)
@@ -265,7 +270,7 @@ extension SecAggMessage {
     case .neighbourKeys(let m): return 1 + 8 + 4 + m.keys.reduce(0) { $0 + keys($1) }
     case .shareKeys(let m): return 1 + 12 + shares(m.shares)
     case .sharesForDevice(let m): return 1 + 8 + shares(m.shares)
-    case .maskedInput(let m): return 1 + 12 + 4 + 4 * m.vector.count
+    case .maskedInput(let m): return 1 + 12 + 4 + 1 + (m.vector.count * m.ringBits + 7) / 8
     case .consistencyRequest(let m), .unmaskRequest(let m): return 1 + survivors(m)
     case .signedSurvivors(let m): return 1 + 12 + 4 + m.signature.count
     case .unmaskResponse(let m): return 1 + 12 + revealed(m.selfMaskShares) + revealed(m.maskingKeyShares)
@@ -295,10 +300,11 @@ extension SecAggMessage {
     case .maskedInput:
       let round = try r.u64()
       let sender = try r.u32()
-      let n = try r.count(minimumBytesEach: 4)
-      var vector = [UInt32](repeating: 0, count: n)
-      for i in 0..<n { vector[i] = try r.u32() }
-      self = .maskedInput(MaskedInput(round: round, sender: sender, vector: vector))
+      let n = Int(try r.u32())
+      let bits = Int(try r.u8())
+      guard (1...32).contains(bits) else { throw .malformed("a masked input of \(bits)-bit elements") }
+      let vector = try r.packed(count: n, bits: bits)
+      self = .maskedInput(MaskedInput(round: round, sender: sender, vector: vector, ringBits: bits))
     case .consistencyRequest: self = .consistencyRequest(try r.survivors())
     case .signedSurvivors: self = .signedSurvivors(try r.signed())
     case .unmaskRequest: self = .unmaskRequest(try r.survivors())
@@ -350,6 +356,24 @@ private struct ByteWriter {
     u32(UInt32(m.signatures.count))
     for s in m.signatures { signed(s) }
   }
+  /// `bits` low bits of each value, least significant first, bytes filled from their low end.
+  mutating func packed(_ values: [UInt32], bits: Int) {
+    var buffer: UInt64 = 0
+    var filled = 0
+    let mask: UInt64 = bits == 32 ? 0xFFFF_FFFF : (1 << UInt64(bits)) - 1
+    bytes.reserveCapacity(bytes.count + (values.count * bits + 7) / 8)
+    for v in values {
+      buffer |= (UInt64(v) & mask) << UInt64(filled)
+      filled += bits
+      while filled >= 8 {
+        bytes.append(UInt8(truncatingIfNeeded: buffer))
+        buffer >>= 8
+        filled -= 8
+      }
+    }
+    if filled > 0 { bytes.append(UInt8(truncatingIfNeeded: buffer)) }
+  }
+
   mutating func revealed(_ r: [RevealedShare]) {
     u32(UInt32(r.count))
     for s in r {
@@ -431,6 +455,31 @@ private struct ByteReader {
     for _ in 0..<s { signatures.append(try signed()) }
     return SurvivorList(round: round, survivors: survivors, signatures: signatures)
   }
+  /// The inverse of `ByteWriter.packed`; the byte count is checked before anything is read.
+  mutating func packed(count n: Int, bits: Int) throws(SecAggDecodingError) -> [UInt32] {
+    let byteCount = (n * bits + 7) / 8
+    guard byteCount <= remaining else { throw .truncated }
+    var out = [UInt32](repeating: 0, count: n)
+    var buffer: UInt64 = 0
+    var filled = 0
+    var p = position
+    let mask: UInt64 = bits == 32 ? 0xFFFF_FFFF : (1 << UInt64(bits)) - 1
+    for i in 0..<n {
+      while filled < bits {
+        buffer |= UInt64(bytes[p]) << UInt64(filled)
+        p += 1
+        filled += 8
+      }
+      out[i] = UInt32(buffer & mask)
+      buffer >>= UInt64(bits)
+      filled -= bits
+    }
+    // Padding bits of the last byte must be zero: any other value is not a message we wrote.
+    guard buffer == 0 else { throw .malformed("non-zero padding after a masked input") }
+    position += byteCount
+    return out
+  }
+
   mutating func revealed() throws(SecAggDecodingError) -> [RevealedShare] {
     let n = try count(minimumBytesEach: 12)
     var out: [RevealedShare] = []

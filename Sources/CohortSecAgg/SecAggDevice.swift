@@ -225,7 +225,8 @@ public struct SecAggDevice: Sendable {
     SecAggCrypto.zero(&selfMaskSeed)
     SecAggCrypto.zero(&coefficientKey)
     step = .consistencyCheck
-    return MaskedInput(round: configuration.round, sender: index, vector: vector)
+    return MaskedInput(
+      round: configuration.round, sender: index, vector: vector, ringBits: configuration.ringBits)
   }
 
   /// Step 3 (active variant): signs the survivor list after checking it is one the protocol

@@ -187,7 +187,9 @@ public struct SecAggServer: Sendable {
   }
 
   private mutating func accept(_ m: MaskedInput) -> Rejection? {
-    guard m.vector.count == configuration.vectorLength else { return .invalidContent }
+    guard m.vector.count == configuration.vectorLength, m.ringBits == configuration.ringBits else {
+      return .invalidContent
+    }
     let mask = configuration.ringMask
     guard m.vector.allSatisfy({ $0 & ~mask == 0 }) else { return .invalidContent }
     m.vector.withUnsafeBufferPointer { v in
