@@ -91,32 +91,15 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
           SecAggCrypto.signingPair(seed: secret(device, round, "identity")).publicKey
       }
     }
-    let dimension = pending[members[0]]!.update.count
-    var noisy: DistributedDiscreteGaussian?
-    if privacy.isDistributed {
-      switch distributedMechanism(round: round, dimension: dimension) {
-      case .success(let m): noisy = m
-      case .failure(let reason): return failed(reason.message)
-      }
-    }
-    var codes: QuantizedRing?
-    if let quantization {
-      let ring = QuantizedRing(
-        plan: quantization, dimension: dimension, devices: largestCohort, round: round, seed: seed)
-      if ring.ringBits > 32 {
-        return failed(
-          "compression.bits \(quantization.bits) for \(largestCohort) devices needs a \(ring.ringBits)-bit ring; "
-            + "lower compression.bits or the cohort size")
-      }
-      codes = ring
+    let ring: any RingCodec
+    switch ringCodec(round: round, dimension: pending[members[0]]!.update.count) {
+    case .success(let codec): ring = codec
+    case .failure(let reason): return failed(reason.message)
     }
     let configuration = SecAggConfiguration(
       round: UInt64(round), count: members.count, degree: parameters.degree, threshold: parameters.threshold,
-      graphSeed: secret(-1, round, "graph"),
-      vectorLength: noisy?.paddedDimension ?? encoding.encodingLength(updateCount: dimension),
-      ringBits: noisy?.ringBits ?? codes?.ringBits ?? encoding.ringBits,
-      variant: plan.variant == .active ? .active : .semiHonest,
-      identityKeys: identities)
+      graphSeed: secret(-1, round, "graph"), vectorLength: ring.vectorLength, ringBits: ring.ringBits,
+      variant: plan.variant == .active ? .active : .semiHonest, identityKeys: identities)
     let device = { (index: SecAggIndex) in members[Int(index) - 1] }
     let stepCount = Double(steps.count)
     let clock = ContinuousClock()
@@ -130,16 +113,11 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
       input: { index in
         let d = device(index)
         let input = pending[d]!
-        if let noisy {
-          var random = RandomStream(seed: self.seed, purpose: "ddg-encode", round: round, device: d)
-          return noisy.encode(input.update, random: &random)
-        }
         let weight =
           self.weightsByExamples
           ? Float(min(input.examples, self.plan.weightCap)) / Float(self.plan.weightCap) : 1
-        var random = RandomStream(seed: self.seed, purpose: "secagg-encode", round: round, device: d)
-        if let codes { return codes.encode(input.update, weight: weight, random: &random) }
-        return self.encoding.encode(input.update, weight: weight, random: &random)
+        var random = RandomStream(seed: self.seed, purpose: ring.streamPurpose, round: round, device: d)
+        return ring.encode(input.update, weight: weight, random: &random)
       },
       dropsBefore: { step, index in
         let d = device(index)
@@ -167,19 +145,32 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
         rejectedMessages: rejected)
     }
     let survivors = outcome.survivors.map(device)
-    // The noisy sum of clipped updates: the Coordinator divides it by the expected cohort.
-    let decoded =
-      noisy.map { ($0.decodeSum(sum), Double(survivors.count)) }
-      ?? codes.map { $0.decodeSum(sum, devices: outcome.survivors.count) }
-      ?? {
-        let d = encoding.decodeSum(sum)
-        return (d.weightedSum.map { Double($0) }, d.totalWeight)
-      }()
+    let decoded = ring.decodeSum(sum, devices: survivors.count)
     return SecureSum(
-      weightedSum: decoded.0, totalWeight: decoded.1,
-      survivors: survivors,
+      weightedSum: decoded.weightedSum, totalWeight: decoded.totalWeight, survivors: survivors,
       examples: survivors.reduce(0) { $0 + pending[$1]!.examples }, failure: nil, steps: records,
       rejectedMessages: rejected)
+  }
+
+  /// How this run's updates enter the ring in `round`: the distributed discrete Gaussian when
+  /// the plan asks for it, fixed-range quantization codes when it compresses that way, the
+  /// fixed-point encoding otherwise.
+  func ringCodec(round: Int, dimension: Int) -> Result<any RingCodec, SecAggError> {
+    if privacy.isDistributed {
+      return distributedMechanism(round: round, dimension: dimension).map { $0 }
+    }
+    if let quantization {
+      let ring = QuantizedRing(plan: quantization, dimension: dimension, devices: largestCohort, round: round, seed: seed)
+      guard ring.ringBits <= 32 else {
+        return .failure(
+          SecAggError(
+            .badConfiguration,
+            "compression.bits \(quantization.bits) for \(largestCohort) devices needs a \(ring.ringBits)-bit "
+              + "ring; lower compression.bits or the cohort size"))
+      }
+      return .success(ring)
+    }
+    return .success(FixedPointRing(encoding: encoding, dimension: dimension))
   }
 
   /// The distributed discrete Gaussian for one round (Kairouz et al. 2021): clip S, total noise
@@ -221,20 +212,66 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
   }
 }
 
-extension FixedPointRingEncoding {
-  /// Words of an encoded update: its values and the weight.
-  func encodingLength(updateCount: Int) -> Int { updateCount + 1 }
+/// An encoding of updates into the secure-aggregation ring and of the ring's sum back into
+/// Σ wᵢΔᵢ and Σ wᵢ.
+protocol RingCodec: Sendable {
+  var ringBits: Int { get }
+  /// Words of one device's encoding.
+  var vectorLength: Int { get }
+  func encode(_ update: [Float], weight: Float, random: inout RandomStream) -> [UInt32]
+  func decodeSum(_ sum: [UInt32], devices: Int) -> (weightedSum: [Double], totalWeight: Double)
+}
+
+extension RingCodec {
+  /// The stream a device's encoding draws from, by purpose.
+  var streamPurpose: String { "secagg-encode" }
+}
+
+/// The fixed-point encoding (clip per coordinate, `encoding_bits` codes, weight appended).
+struct FixedPointRing: RingCodec {
+  let encoding: FixedPointRingEncoding
+  let dimension: Int
+
+  var ringBits: Int { encoding.ringBits }
+  var vectorLength: Int { dimension + 1 }
+
+  func encode(_ update: [Float], weight: Float, random: inout RandomStream) -> [UInt32] {
+    encoding.encode(update, weight: weight, random: &random)
+  }
+
+  func decodeSum(_ sum: [UInt32], devices: Int) -> (weightedSum: [Double], totalWeight: Double) {
+    let d = encoding.decodeSum(sum)
+    return (d.weightedSum.map { Double($0) }, d.totalWeight)
+  }
+}
+
+extension DistributedDiscreteGaussian: RingCodec {
+  var vectorLength: Int { paddedDimension }
+  var streamPurpose: String { "ddg-encode" }
+
+  /// Every update weighs 1 under differential privacy.
+  func encode(_ update: [Float], weight: Float, random: inout RandomStream) -> [UInt32] {
+    encode(update, random: &random)
+  }
+
+  /// The noisy sum of clipped updates; the Coordinator divides it by the expected cohort.
+  func decodeSum(_ sum: [UInt32], devices: Int) -> (weightedSum: [Double], totalWeight: Double) {
+    (decodeSum(sum), Double(devices))
+  }
 }
 
 /// Fixed-range quantization summed in the ring: each device rotates its weighted update (signs
 /// shared by the round), quantizes it stochastically to `bits`-bit levels of [−r, r] and appends
 /// its weight as a level of [0, 1]; the sum of n devices' levels is below n·2^bits, so a ring of
 /// bits + ⌈log2 n⌉ bits holds it, and Σ values = n·(−r) + Σ levels·step, rotated back.
-struct QuantizedRing {
+struct QuantizedRing: RingCodec {
   let quantizer: StochasticQuantizer
   let rotation: BlockHadamard?
   let range: Float
   let ringBits: Int
+  let dimension: Int
+
+  var vectorLength: Int { dimension + 1 }
 
   init(plan: CompressionPlan, dimension: Int, devices: Int, round: Int, seed: UInt64) {
     range = Float(plan.range ?? 1)
@@ -247,6 +284,7 @@ struct QuantizedRing {
     var log = 0
     while (1 << log) < max(devices, 2) { log += 1 }
     ringBits = plan.bits + log
+    self.dimension = dimension
   }
 
   var levels: Double { Double(quantizer.steps) }
@@ -261,7 +299,7 @@ struct QuantizedRing {
     return out
   }
 
-  func decodeSum(_ sum: [UInt32], devices: Int) -> ([Double], Double) {
+  func decodeSum(_ sum: [UInt32], devices: Int) -> (weightedSum: [Double], totalWeight: Double) {
     let mask: UInt64 = ringBits >= 32 ? 0xFFFF_FFFF : (1 << UInt64(ringBits)) - 1
     let step = 2 * Double(range) / levels
     let offset = Double(devices) * Double(-range)

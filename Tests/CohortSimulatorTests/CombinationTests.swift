@@ -28,34 +28,22 @@ import Testing
   func everyCombinationRunsOrIsRefused(secure: Bool) async throws {
     for codec in Self.codecs {
       for privacy in Self.privacy {
-        let yaml = """
-          plan:
-            name: combination
-            model: {kind: logistic_regression, inputs: 60, classes: 10}
-            device: {epochs: 1, batch_size: 10, optimizer: {kind: sgd, learning_rate: 0.05}}
-            server:
-              rounds: 2
-              cohort: {goal: 10, over_selection: 1.2, minimum_fraction: 0.7}
-            secure_aggregation: {enabled: \(secure)}
-            compression: \(codec)
-            privacy: \(privacy)
-          data: {kind: synthetic_fedprox, alpha: 0.5, beta: 0.5, devices: 60, max_samples: 100}
-          partition: {kind: natural}
-          devices: {dropout: 0.05, check_in_interval: 1m}
-          seed: 17
-          """
+        let keys = [
+          "secure_aggregation: {enabled: \(secure)}", "compression: \(codec)", "privacy: \(privacy)",
+        ]
+        let build = { try smallScenario(seed: 17, dropout: 0.05, rounds: 2, planKeys: keys) }
         let label = "secure \(secure), compression \(codec), privacy \(privacy)"
         if let key = Self.refusal(codec: codec, privacy: privacy, secure: secure) {
           do {
-            _ = try Scenario.parse(yaml: yaml, file: "combination.yaml")
+            _ = try build()
             Issue.record("\(label): expected a refusal naming \(key)")
-          } catch {
+          } catch let error as ConfigurationError {
             #expect(error.issues.contains { $0.keyPath == key }, "\(label): \(error.issues)")
             #expect(error.issues.allSatisfy { !$0.message.isEmpty })
           }
           continue
         }
-        let (summary, rounds) = try await simulate(try Scenario.parse(yaml: yaml, file: "combination.yaml"))
+        let (summary, rounds) = try await simulate(try build())
         #expect(summary.roundsCommitted >= 1, "\(label): \(rounds.map(\.abandonReason))")
         if !privacy.contains("none") {
           #expect(rounds.contains { $0.epsilon != nil }, "\(label): ε is recorded")

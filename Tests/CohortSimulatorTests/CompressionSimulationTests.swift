@@ -8,22 +8,8 @@ import Testing
 /// The small scenario of SimulationTests with a `compression` section (and optionally secure
 /// aggregation).
 private func compressedScenario(seed: UInt64, compression: String, secure: Bool = false) throws -> Scenario {
-  try Scenario.parse(
-    yaml: """
-      plan:
-        name: small-compressed
-        model: {kind: logistic_regression, inputs: 60, classes: 10}
-        device: {epochs: 1, batch_size: 10, optimizer: {kind: sgd, learning_rate: 0.05}}
-        server:
-          rounds: 4
-          cohort: {goal: 12, over_selection: 1.25, minimum_fraction: 0.75}
-        secure_aggregation: {enabled: \(secure)}
-        compression: \(compression)
-      data: {kind: synthetic_fedprox, alpha: 0.5, beta: 0.5, devices: 120, max_samples: 150}
-      partition: {kind: natural}
-      devices: {dropout: 0.1, check_in_interval: 1m}
-      seed: \(seed)
-      """, file: "small-compressed.yaml")
+  try smallScenario(
+    seed: seed, planKeys: ["secure_aggregation: {enabled: \(secure)}", "compression: \(compression)"])
 }
 
 @Suite struct CompressionSimulationTests {

@@ -5,23 +5,11 @@ import Foundation
 import Logging
 import Testing
 
-/// The small scenario of SimulationTests with or without secure aggregation.
+/// The small scenario of SimulationTests with or without secure aggregation; `extra` continues
+/// the secure_aggregation mapping (and may close it to add further plan keys).
 func secureScenario(seed: UInt64, enabled: Bool, dropout: Double, extra: String = "") throws -> Scenario {
-  try Scenario.parse(
-    yaml: """
-      plan:
-        name: small-secagg
-        model: {kind: logistic_regression, inputs: 60, classes: 10}
-        device: {epochs: 1, batch_size: 10, optimizer: {kind: sgd, learning_rate: 0.05}}
-        server:
-          rounds: 4
-          cohort: {goal: 12, over_selection: 1.25, minimum_fraction: 0.75}
-        secure_aggregation: {enabled: \(enabled)\(extra)}
-      data: {kind: synthetic_fedprox, alpha: 0.5, beta: 0.5, devices: 120, max_samples: 150}
-      partition: {kind: natural}
-      devices: {dropout: \(dropout), check_in_interval: 1m}
-      seed: \(seed)
-      """, file: "small-secagg.yaml")
+  try smallScenario(
+    seed: seed, dropout: dropout, planKeys: ["secure_aggregation: {enabled: \(enabled)\(extra)}"])
 }
 
 struct SecureRun {

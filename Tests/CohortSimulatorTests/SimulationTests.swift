@@ -5,9 +5,13 @@ import Foundation
 import Logging
 import Testing
 
-/// 120 devices, 12 per round, 4 rounds: small enough for a debug build.
-func smallScenario(seed: UInt64, dropout: Double = 0.1, rounds: Int = 4) throws -> Scenario {
-  try Scenario.parse(
+/// 120 devices, 12 per round, 4 rounds: small enough for a debug build. `planKeys` are extra
+/// lines of the plan (`secure_aggregation: …`, `compression: …`, `privacy: …`).
+func smallScenario(seed: UInt64, dropout: Double = 0.1, rounds: Int = 4, planKeys: [String] = []) throws
+  -> Scenario
+{
+  let extra = planKeys.map { "\n  " + $0 }.joined()
+  return try Scenario.parse(
     yaml: """
       plan:
         name: small
@@ -15,7 +19,7 @@ func smallScenario(seed: UInt64, dropout: Double = 0.1, rounds: Int = 4) throws 
         device: {epochs: 1, batch_size: 10, optimizer: {kind: sgd, learning_rate: 0.05}}
         server:
           rounds: \(rounds)
-          cohort: {goal: 12, over_selection: 1.25, minimum_fraction: 0.75}
+          cohort: {goal: 12, over_selection: 1.25, minimum_fraction: 0.75}\(extra)
       data: {kind: synthetic_fedprox, alpha: 0.5, beta: 0.5, devices: 120, max_samples: 150}
       partition: {kind: natural}
       devices: {dropout: \(dropout), check_in_interval: 1m}
