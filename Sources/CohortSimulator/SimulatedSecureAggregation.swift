@@ -160,7 +160,8 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
       return distributedMechanism(round: round, dimension: dimension).map { $0 }
     }
     if let quantization {
-      let ring = QuantizedRing(plan: quantization, dimension: dimension, devices: largestCohort, round: round, seed: seed)
+      let ring = QuantizedRing(
+        plan: quantization, dimension: dimension, devices: largestCohort, round: round, seed: seed)
       guard ring.ringBits <= 32 else {
         return .failure(
           SecAggError(
