@@ -25,14 +25,7 @@ public struct BlockHadamard: Sendable, Hashable {
     self.dimension = dimension
     blocks = Self.blocks(of: dimension)
     var stream = RandomStream(seed: seed, purpose: "block-hadamard-signs")
-    var s = [Float](repeating: 1, count: dimension)
-    var bits: UInt64 = 0
-    for i in 0..<dimension {
-      if i % 64 == 0 { bits = stream.next() }
-      if bits & 1 == 1 { s[i] = -1 }
-      bits >>= 1
-    }
-    signs = s
+    signs = WalshHadamard.randomSigns(count: dimension, stream: &stream)
   }
 
   /// The powers of two in the binary expansion of `n`, largest first.
@@ -55,7 +48,7 @@ public struct BlockHadamard: Sendable, Hashable {
         for i in 0..<out.count { out[i] *= d[i] }
       }
       forEachBlock(out) { block in
-        RandomizedHadamard.walshHadamard(block)
+        WalshHadamard.transform(block)
         Vector.scale(1 / Float(block.count).squareRoot(), block)
       }
     }
@@ -69,7 +62,7 @@ public struct BlockHadamard: Sendable, Hashable {
     var z = y
     z.withUnsafeMutableBufferPointer { out in
       forEachBlock(out) { block in
-        RandomizedHadamard.walshHadamard(block)
+        WalshHadamard.transform(block)
         Vector.scale(1 / Float(block.count).squareRoot(), block)
       }
       signs.withUnsafeBufferPointer { d in

@@ -31,14 +31,7 @@ public struct RandomizedHadamard: Sendable, Hashable {
     var n = 1
     while n < dimension { n <<= 1 }
     paddedDimension = n
-    var s = [Float](repeating: 1, count: n)
-    var bits: UInt64 = 0
-    for i in 0..<n {
-      if i % 64 == 0 { bits = stream.next() }
-      if bits & 1 == 1 { s[i] = -1 }
-      bits >>= 1
-    }
-    signs = s
+    signs = WalshHadamard.randomSigns(count: n, stream: &stream)
   }
 
   /// H·D·x / √n: `x` has `dimension` values, the result `paddedDimension`.
@@ -52,7 +45,7 @@ public struct RandomizedHadamard: Sendable, Hashable {
           for i in 0..<input.count { out[i] = input[i] * d[i] }
         }
       }
-      Self.walshHadamard(out)
+      WalshHadamard.transform(out)
       Vector.scale(scale, out)
     }
     return y
@@ -65,37 +58,12 @@ public struct RandomizedHadamard: Sendable, Hashable {
     var z = y
     let scale = 1 / Float(paddedDimension).squareRoot()
     z.withUnsafeMutableBufferPointer { buffer in
-      Self.walshHadamard(buffer)
+      WalshHadamard.transform(buffer)
       signs.withUnsafeBufferPointer { d in
         for i in 0..<buffer.count { buffer[i] *= d[i] * scale }
       }
     }
     z.removeLast(paddedDimension - dimension)
     return z
-  }
-
-  /// The unnormalised fast Walsh–Hadamard transform in place; the length must be a power of two.
-  /// Each stage's inner loop runs over contiguous halves, so it vectorises.
-  @inlinable
-  public static func walshHadamard(_ x: UnsafeMutableBufferPointer<Float>) {
-    let n = x.count
-    precondition(n & (n - 1) == 0, "the Walsh–Hadamard transform needs a power-of-two length, got \(n)")
-    guard let base = x.baseAddress else { return }
-    var h = 1
-    while h < n {
-      var i = 0
-      while i < n {
-        let a = base + i
-        let b = base + i + h
-        for j in 0..<h {
-          let u = a[j]
-          let v = b[j]
-          a[j] = u + v
-          b[j] = u - v
-        }
-        i += 2 * h
-      }
-      h <<= 1
-    }
   }
 }

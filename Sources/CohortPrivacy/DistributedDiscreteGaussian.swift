@@ -70,14 +70,7 @@ public struct DistributedDiscreteGaussian: Sendable, Hashable {
     self.ringBits = ringBits
     self.maxRoundingAttempts = maxRoundingAttempts
     var stream = RandomStream(seed: rotationSeed, purpose: "distributed-discrete-gaussian-rotation")
-    var s = [Double](repeating: 1, count: n)
-    var bits: UInt64 = 0
-    for i in 0..<n {
-      if i % 64 == 0 { bits = stream.next() }
-      if bits & 1 == 1 { s[i] = -1 }
-      bits >>= 1
-    }
-    signs = s
+    signs = WalshHadamard.randomSigns(count: n, stream: &stream)
     noise = localSigma > 0 ? DiscreteGaussian(sigma: localSigma / granularity) : nil
   }
 
@@ -179,7 +172,7 @@ public struct DistributedDiscreteGaussian: Sendable, Hashable {
     let norm = squared.squareRoot()
     let factor = (norm > clipNorm ? clipNorm / norm : 1) / granularity
     for i in 0..<y.count { y[i] *= factor * signs[i] }
-    Self.walshHadamard(&y)
+    y.withUnsafeMutableBufferPointer { WalshHadamard.transform($0) }
     let scale = 1 / Double(paddedDimension).squareRoot()
     for i in 0..<y.count { y[i] *= scale }
     return y
@@ -237,31 +230,10 @@ public struct DistributedDiscreteGaussian: Sendable, Hashable {
       let v = Int64(UInt64(x) & mask)
       return Double(v >= half ? v - modulus : v)
     }
-    Self.walshHadamard(&y)
+    y.withUnsafeMutableBufferPointer { WalshHadamard.transform($0) }
     let scale = granularity / Double(paddedDimension).squareRoot()
     for i in 0..<y.count { y[i] *= signs[i] * scale }
     y.removeLast(paddedDimension - dimension)
     return y
-  }
-
-  /// The unnormalised fast Walsh–Hadamard transform in place; the length is a power of two.
-  static func walshHadamard(_ x: inout [Double]) {
-    let n = x.count
-    x.withUnsafeMutableBufferPointer { a in
-      var h = 1
-      while h < n {
-        var i = 0
-        while i < n {
-          for j in i..<(i + h) {
-            let u = a[j]
-            let v = a[j + h]
-            a[j] = u + v
-            a[j + h] = u - v
-          }
-          i += 2 * h
-        }
-        h <<= 1
-      }
-    }
   }
 }
