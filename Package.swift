@@ -25,6 +25,18 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
     .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    // The network: gRPC over HTTP/2 with TLS, certificates for development CAs, graceful
+    // shutdown, and Prometheus text for metrics.
+    .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+    .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+    .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+    .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+    .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+    .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+    .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
   ],
   targets: [
     // System libraries. scripts/setup installs the Debian packages named in `providers`.
@@ -67,9 +79,44 @@ let package = Package(
       name: "CohortSecAgg",
       dependencies: ["CohortCore", "CSodium"],
       swiftSettings: swiftSettings),
+    // The round and session state machines, the messages between device and server, and how
+    // updates are encoded into the secure-aggregation ring (shared by devices and server).
     .target(
       name: "CohortProtocol",
-      dependencies: ["CohortCore", "CohortAggregation"],
+      dependencies: [
+        "CohortCore", "CohortAggregation", "CohortCompression", "CohortPrivacy", "CohortSecAgg",
+      ],
+      swiftSettings: swiftSettings),
+    // The device's side: local training and encoding of an update (shared with the simulator's
+    // virtual devices), the example store, eligibility, and the participation loop.
+    .target(
+      name: "CohortDevice",
+      dependencies: [
+        "CohortCore", "CohortML", "CohortProtocol", "CohortCompression", "CohortPrivacy", "CohortSecAgg",
+        .product(name: "GRDB", package: "GRDB.swift"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: swiftSettings),
+    // gRPC service and client over TLS/mTLS (generated code in Generated/, from Protos/ by
+    // scripts/generate-protos), development certificates, Prometheus metrics over HTTP.
+    .target(
+      name: "CohortTransport",
+      dependencies: [
+        "CohortCore", "CohortProtocol", "CohortServer", "CohortDevice", "CohortSecAgg", "CohortStore",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
+      ],
       swiftSettings: swiftSettings),
     .target(
       name: "CohortServer",
@@ -83,7 +130,7 @@ let package = Package(
       name: "CohortSimulator",
       dependencies: [
         "CohortCore", "CohortML", "CohortProtocol", "CohortAggregation", "CohortServer", "CohortStore",
-        "CohortSecAgg", "CohortCompression", "CohortPrivacy",
+        "CohortSecAgg", "CohortCompression", "CohortPrivacy", "CohortDevice",
         .product(name: "Logging", package: "swift-log"),
       ],
       // Async functions run on their caller's executor (SE-0461): the event loop stays on the
@@ -107,9 +154,10 @@ let package = Package(
       name: "cohort",
       dependencies: [
         "CohortCore", "CohortML", "CohortStore", "CohortServer", "CohortSimulator", "CohortReport",
-        "CohortPrivacy", "CohortSecAgg", "CBLAS",
+        "CohortPrivacy", "CohortSecAgg", "CBLAS", "CohortDevice", "CohortTransport", "CohortProtocol",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ],
       swiftSettings: swiftSettings),
 
@@ -159,6 +207,17 @@ let package = Package(
     .testTarget(
       name: "CohortPrivacyTests",
       dependencies: ["CohortPrivacy", "CohortCore", "CohortCompression"],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortDeviceTests",
+      dependencies: ["CohortDevice", "CohortCore", "CohortML", "CohortProtocol", "CohortTesting"],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortTransportTests",
+      dependencies: [
+        "CohortTransport", "CohortDevice", "CohortServer", "CohortSimulator", "CohortProtocol", "CohortStore",
+        "CohortCore", "CohortML", "CohortTesting",
+      ],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortStoreTests",
