@@ -131,6 +131,10 @@ public enum Rejection: String, Sendable, Hashable, CaseIterable, CustomStringCon
   case protocolVersion = "protocol_version"
   /// The device belongs to another population.
   case wrongPopulation = "wrong_population"
+  /// An upload or one of its chunks is larger than the server's limit, or than it declared.
+  case tooLarge = "too_large"
+  /// An upload does not match its declared size or SHA-256, or arrived out of sequence.
+  case integrity
 
   public var description: String { rawValue }
 }

@@ -323,7 +323,7 @@ final class Engine {
         state.bytesDown += downloadBytes
         let examples = simulation.data.exampleCount(device: device)
         let timing = simulation.population.roundTiming(
-          device: device, examples: examples, epochs: simulation.training.epochs,
+          device: device, examples: examples, epochs: simulation.localTraining.training.epochs,
           downloadBytes: downloadBytes,
           uploadBytes: downloadBytes)
         if let point = simulation.population.dropoutPoint(device: device, round: task.round) {

@@ -21,18 +21,9 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
     var examples: Int
   }
 
+  let fullPlan: Plan
   let plan: SecureAggregationPlan
-  let encoding: FixedPointRingEncoding
-  /// The distributed discrete Gaussian (privacy.kind distributed_discrete_gaussian) replaces the
-  /// fixed-point encoding: devices add the noise, and the ring carries it.
   let privacy: PrivacyPlan
-  /// Quantization with a fixed range goes into the ring as its codes: every device's codes mean
-  /// the same values, so their sum decodes.
-  let quantization: CompressionPlan?
-  /// Devices the noise is calibrated for (the plan's goal), and the most a round selects.
-  let expectedCohort: Int
-  let largestCohort: Int
-  let weightsByExamples: Bool
   let seed: UInt64
   let population: Population
   /// Devices that run a protocol step at once (they are independent; the server stays serial).
@@ -40,17 +31,10 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
   /// Updates of devices that finished training, by round, until the round's protocol runs.
   private let inputs = Mutex<[Int: [DeviceID: Input]]>([:])
 
-  init(plan: Plan, strategy: ServerStrategy, seed: UInt64, population: Population, parallelism: Int) {
+  init(plan: Plan, seed: UInt64, population: Population, parallelism: Int) {
+    fullPlan = plan
     self.plan = plan.secureAggregation
-    encoding = FixedPointRingEncoding(
-      clip: Float(plan.secureAggregation.clip), encodingBits: plan.secureAggregation.encodingBits,
-      ringBits: plan.secureAggregation.ringBits(devices: plan.server.cohort.selectionTarget))
-    weightsByExamples = strategy.weightsByExamples
     privacy = plan.privacy
-    quantization =
-      plan.compression.kind == .quantization && plan.compression.range != nil ? plan.compression : nil
-    expectedCohort = plan.server.cohort.goal
-    largestCohort = plan.server.cohort.selectionTarget
     self.seed = seed
     self.population = population
     self.parallelism = parallelism
@@ -91,8 +75,8 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
           SecAggCrypto.signingPair(seed: secret(device, round, "identity")).publicKey
       }
     }
-    let ring: any RingCodec
-    switch ringCodec(round: round, dimension: pending[members[0]]!.update.count) {
+    let ring: SecureAggregationEncoding
+    switch encoding(round: round, dimension: pending[members[0]]!.update.count) {
     case .success(let codec): ring = codec
     case .failure(let reason): return failed(reason.message)
     }
@@ -113,11 +97,8 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
       input: { index in
         let d = device(index)
         let input = pending[d]!
-        let weight =
-          self.weightsByExamples
-          ? Float(min(input.examples, self.plan.weightCap)) / Float(self.plan.weightCap) : 1
         var random = RandomStream(seed: self.seed, purpose: ring.streamPurpose, round: round, device: d)
-        return ring.encode(input.update, weight: weight, random: &random)
+        return ring.encode(input.update, examples: input.examples, random: &random)
       },
       dropsBefore: { step, index in
         let d = device(index)
@@ -152,55 +133,13 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
       rejectedMessages: rejected)
   }
 
-  /// How this run's updates enter the ring in `round`: the distributed discrete Gaussian when
-  /// the plan asks for it, fixed-range quantization codes when it compresses that way, the
-  /// fixed-point encoding otherwise.
-  func ringCodec(round: Int, dimension: Int) -> Result<any RingCodec, SecAggError> {
-    if privacy.isDistributed {
-      return distributedMechanism(round: round, dimension: dimension).map { $0 }
-    }
-    if let quantization {
-      let ring = QuantizedRing(
-        plan: quantization, dimension: dimension, devices: largestCohort, round: round, seed: seed)
-      guard ring.ringBits <= 32 else {
-        return .failure(
-          SecAggError(
-            .badConfiguration,
-            "compression.bits \(quantization.bits) for \(largestCohort) devices needs a \(ring.ringBits)-bit "
-              + "ring; lower compression.bits or the cohort size"))
-      }
-      return .success(ring)
-    }
-    return .success(FixedPointRing(encoding: encoding, dimension: dimension))
-  }
-
-  /// The distributed discrete Gaussian for one round (Kairouz et al. 2021): clip S, total noise
-  /// σ = z·S over the expected cohort, each device adding N_Z(0, σ²/n) in lattice units; the
-  /// finest granularity γ = S·2^−k whose ring (for the largest cohort) fits in 32 bits; rotation
-  /// signs shared by the round's devices and the server.
-  func distributedMechanism(round: Int, dimension: Int) -> Result<DistributedDiscreteGaussian, SecAggError> {
-    let clip = privacy.clip
-    let total = privacy.noiseMultiplier * clip
-    let local = DistributedDiscreteGaussian.localSigma(totalSigma: total, devices: expectedCohort)
-    for k in stride(from: 24, through: 0, by: -1) {
-      let granularity = clip * Double(sign: .plus, exponent: -k, significand: 1)
-      let bits = DistributedDiscreteGaussian.ringBits(
-        devices: largestCohort, clipNorm: clip, granularity: granularity, totalSigma: total,
-        dimension: dimension)
-      guard bits <= 32 else { continue }
-      guard local == 0 || DiscreteGaussian.sigmaRange.contains(local / granularity) else { continue }
-      var random = RandomStream(seed: seed, purpose: "ddg-rotation", round: round)
-      return .success(
-        DistributedDiscreteGaussian(
-          dimension: dimension, clipNorm: clip, granularity: granularity, localSigma: local,
-          beta: privacy.beta,
-          ringBits: bits, rotationSeed: random.next()))
-    }
-    return .failure(
-      SecAggError(
-        .badConfiguration,
-        "no granularity fits the distributed discrete Gaussian of \(largestCohort) devices × \(dimension) "
-          + "values into a 32-bit ring: lower privacy.noise_multiplier or the cohort size"))
+  /// How this run's updates enter the ring in `round`. The rotation signs devices share come
+  /// from the scenario seed here; a network server draws them per round.
+  func encoding(round: Int, dimension: Int) -> Result<SecureAggregationEncoding, SecAggError> {
+    let purpose = privacy.isDistributed ? "ddg-rotation" : "secagg-rotation"
+    var shared = RandomStream(seed: seed, purpose: purpose, round: round)
+    return SecureAggregationEncoding.make(
+      plan: fullPlan, round: round, dimension: dimension, rotationSeed: shared.next())
   }
 
   /// 32 secret bytes for one device, round and purpose, from the scenario seed.
@@ -210,102 +149,5 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
     out.reserveCapacity(32)
     for _ in 0..<4 { withUnsafeBytes(of: random.next().littleEndian) { out.append(contentsOf: $0) } }
     return out
-  }
-}
-
-/// An encoding of updates into the secure-aggregation ring and of the ring's sum back into
-/// Σ wᵢΔᵢ and Σ wᵢ.
-protocol RingCodec: Sendable {
-  var ringBits: Int { get }
-  /// Words of one device's encoding.
-  var vectorLength: Int { get }
-  func encode(_ update: [Float], weight: Float, random: inout RandomStream) -> [UInt32]
-  func decodeSum(_ sum: [UInt32], devices: Int) -> (weightedSum: [Double], totalWeight: Double)
-}
-
-extension RingCodec {
-  /// The stream a device's encoding draws from, by purpose.
-  var streamPurpose: String { "secagg-encode" }
-}
-
-/// The fixed-point encoding (clip per coordinate, `encoding_bits` codes, weight appended).
-struct FixedPointRing: RingCodec {
-  let encoding: FixedPointRingEncoding
-  let dimension: Int
-
-  var ringBits: Int { encoding.ringBits }
-  var vectorLength: Int { dimension + 1 }
-
-  func encode(_ update: [Float], weight: Float, random: inout RandomStream) -> [UInt32] {
-    encoding.encode(update, weight: weight, random: &random)
-  }
-
-  func decodeSum(_ sum: [UInt32], devices: Int) -> (weightedSum: [Double], totalWeight: Double) {
-    let d = encoding.decodeSum(sum)
-    return (d.weightedSum.map { Double($0) }, d.totalWeight)
-  }
-}
-
-extension DistributedDiscreteGaussian: RingCodec {
-  var vectorLength: Int { paddedDimension }
-  var streamPurpose: String { "ddg-encode" }
-
-  /// Every update weighs 1 under differential privacy.
-  func encode(_ update: [Float], weight: Float, random: inout RandomStream) -> [UInt32] {
-    encode(update, random: &random)
-  }
-
-  /// The noisy sum of clipped updates; the Coordinator divides it by the expected cohort.
-  func decodeSum(_ sum: [UInt32], devices: Int) -> (weightedSum: [Double], totalWeight: Double) {
-    (decodeSum(sum), Double(devices))
-  }
-}
-
-/// Fixed-range quantization summed in the ring: each device rotates its weighted update (signs
-/// shared by the round), quantizes it stochastically to `bits`-bit levels of [−r, r] and appends
-/// its weight as a level of [0, 1]; the sum of n devices' levels is below n·2^bits, so a ring of
-/// bits + ⌈log2 n⌉ bits holds it, and Σ values = n·(−r) + Σ levels·step, rotated back.
-struct QuantizedRing: RingCodec {
-  let quantizer: StochasticQuantizer
-  let rotation: BlockHadamard?
-  let range: Float
-  let ringBits: Int
-  let dimension: Int
-
-  var vectorLength: Int { dimension + 1 }
-
-  init(plan: CompressionPlan, dimension: Int, devices: Int, round: Int, seed: UInt64) {
-    range = Float(plan.range ?? 1)
-    // The plan reader admits only valid widths, so this cannot throw.
-    quantizer = try! StochasticQuantizer(
-      bits: plan.bits, bounds: .fixed(min: -range, max: range),
-      rounding: plan.rounding == .stochastic ? .stochastic : .deterministic)
-    var shared = RandomStream(seed: seed, purpose: "secagg-rotation", round: round)
-    rotation = plan.rotation == .hadamard ? BlockHadamard(dimension: dimension, seed: shared.next()) : nil
-    var log = 0
-    while (1 << log) < max(devices, 2) { log += 1 }
-    ringBits = plan.bits + log
-    self.dimension = dimension
-  }
-
-  var levels: Double { Double(quantizer.steps) }
-
-  func encode(_ update: [Float], weight: Float, random: inout RandomStream) -> [UInt32] {
-    let weighted = weight == 1 ? update : update.map { $0 * weight }
-    let input = rotation?.rotate(weighted) ?? weighted
-    var out = quantizer.encode(input, rng: &random).levels.map { UInt32($0) }
-    let w = Double(weight) * levels
-    let low = w.rounded(.down)
-    out.append(UInt32(low) + (random.uniform() < w - low ? 1 : 0))
-    return out
-  }
-
-  func decodeSum(_ sum: [UInt32], devices: Int) -> (weightedSum: [Double], totalWeight: Double) {
-    let mask: UInt64 = ringBits >= 32 ? 0xFFFF_FFFF : (1 << UInt64(ringBits)) - 1
-    let step = 2 * Double(range) / levels
-    let offset = Double(devices) * Double(-range)
-    let rotated = sum.dropLast().map { Float(offset + Double(UInt64($0) & mask) * step) }
-    let values = rotation?.inverse(rotated) ?? rotated
-    return (values.map { Double($0) }, Double(UInt64(sum.last ?? 0) & mask) / levels)
   }
 }

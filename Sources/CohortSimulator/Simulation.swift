@@ -1,6 +1,7 @@
 import CohortAggregation
 import CohortCompression
 public import CohortCore
+import CohortDevice
 import CohortML
 public import CohortProtocol
 import CohortServer
@@ -66,7 +67,8 @@ public final class Simulation: Sendable {
   let options: SimulationOptions
   let logger: Logger
   let network: Network
-  let training: TrainingConfiguration
+  /// What each virtual device computes in a round (training, clipping, encoding).
+  let localTraining: LocalTraining
   let population: Population
   let data: DeviceDataProvider
   let initialModel: Weights
@@ -94,9 +96,9 @@ public final class Simulation: Sendable {
     // Parallelism comes from training many devices at once; BLAS threads inside each device's
     // training would only compete with them.
     BLAS.useOneThread()
-    network = Network(plan: scenario.plan.model)
     // FedProx's μ reaches devices through the plan's device part (Plan fills it in).
-    training = TrainingConfiguration(plan: scenario.plan.device)
+    localTraining = try LocalTraining(plan: scenario.plan)
+    network = localTraining.network
     data = try DeviceDataProvider(scenario: scenario, cacheBudget: options.cacheBytes)
     population = try Population(scenario: scenario, count: data.count)
     initialModel = network.initialWeights(seed: scenario.seed)
@@ -104,15 +106,9 @@ public final class Simulation: Sendable {
     secureAggregation =
       scenario.plan.secureAggregation.enabled
       ? SimulatedSecureAggregation(
-        plan: scenario.plan,
-        strategy: ServerStrategy(
-          plan: scenario.plan.server.strategy, layout: initialModel.layout, population: population.count,
-          equalWeights: scenario.plan.privacy.isPrivate),
-        seed: scenario.seed, population: population, parallelism: options.parallelism)
+        plan: scenario.plan, seed: scenario.seed, population: population, parallelism: options.parallelism)
       : nil
-    codec =
-      scenario.plan.compression.kind == .none
-      ? nil : try UpdateCodec(plan: scenario.plan.compression, dimension: initialModel.count)
+    codec = localTraining.codec
   }
 
   /// Runs (or, when the run has stored state, resumes) until the plan's last round.
@@ -167,37 +163,9 @@ public final class Simulation: Sendable {
     return try outcome.get()
   }
 
-  /// One device's local training for a round, from a given model.
-  struct TrainingJob: Sendable {
-    var device: DeviceID
-    var round: Int
-    var start: Weights
-    var evaluate: Bool
-    /// SCAFFOLD: the server's control variate c and this device's c_k (zeros before it first trains).
-    var controls: ControlVariates? = nil
-    /// DP-FedAvg: the L2 norm the device clips its update to.
-    var clip: Double? = nil
-  }
-
-  /// A finished local training: the update and what the server weighs it by.
-  struct Trained: Sendable {
-    var update: Weights
-    var examples: Int
-    var loss: Double
-    var evaluation: Evaluation?
-    /// q-FedAvg: the loss of the received model on the device's training examples.
-    var lossAtGlobal: Double? = nil
-    /// SCAFFOLD: the device's new control variate c_k⁺ and its change Δc_k.
-    var control: Weights? = nil
-    var controlDelta: Weights? = nil
-    /// The update as the device uploads it, when the plan compresses (without secure aggregation).
-    var encoded: EncodedUpdate? = nil
-    /// DP-FedAvg: whether the update's norm was within the clip before clipping (bᵢ).
-    var withinClip: Bool? = nil
-
-    /// The bytes the upload takes: the encoded size, or 4 per Float32 value.
-    var uploadBytes: Int { encoded?.wireBytes ?? update.count * MemoryLayout<Float>.size }
-  }
+  /// One device's local training for a round, and its result: the same work a real device does.
+  typealias TrainingJob = LocalTraining.Job
+  typealias Trained = LocalTraining.Outcome
 
   /// Local training of many devices at once, `options.parallelism` at a time. Each result depends
   /// only on the device's data, its starting model and its own random stream (seed, "train",
@@ -221,7 +189,6 @@ public final class Simulation: Sendable {
 
   func train(_ job: TrainingJob) -> Trained {
     let local = data.data(device: job.device)
-    var rng = RandomStream(seed: scenario.seed, purpose: "train", round: job.round, device: job.device)
     let attacker = adversaries.flatMap { $0.includes(job.device) ? $0 : nil }
     var train = local.train
     var indices = local.trainIndices
@@ -229,48 +196,9 @@ public final class Simulation: Sendable {
       train = attacker.poisoned(local.train, indices: local.trainIndices)
       indices = nil
     }
-    // q-FedAvg weighs each device by its loss at the model it received, before training.
-    let lossAtGlobal =
-      scenario.plan.server.strategy.kind == .qfedavg
-      ? network.evaluate(job.start, on: train, indices: indices).loss : nil
-    let result = LocalTrainer(network: network).train(
-      from: job.start, on: train, indices: indices, configuration: training, rng: &rng,
-      controlVariates: job.controls)
-    let scaffold = job.controls.map {
-      $0.updated(
-        start: job.start, end: result.weights, steps: result.steps,
-        learningRate: training.optimizer.learningRate)
-    }
-    var evaluation: Evaluation?
-    if job.evaluate, let test = local.test, test.count > 0 {
-      evaluation = network.evaluate(job.start, on: test)
-    }
-    var update = result.weights.difference(job.start)
-    if let attacker { update = attacker.attacked(update, device: job.device, round: job.round) }
-    // DP-FedAvg: the device clips what it sends, in the clear or into secure aggregation, before
-    // any compression.
-    var withinClip: Bool?
-    if let clip = job.clip { withinClip = L2Clipping.clip(&update.values, to: clip) <= clip }
-    var encoded: EncodedUpdate?
-    if let codec {
-      if secureAggregation != nil {
-        // Under secure aggregation a random mask is shared by the round's devices: each keeps the
-        // masked coordinates, rescaled, and the ring encoding carries them (one stream per round,
-        // the same for every device). Quantization with a fixed range happens in the ring itself
-        // (`SimulatedSecureAggregation`); the plan reader rejects the other codecs.
-        if codec.plan.kind == .randomMask {
-          var stream = RandomStream(seed: scenario.seed, purpose: "codec-shared", round: job.round)
-          update.values = codec.decode(codec.encode(update.values, stream: &stream))
-        }
-      } else {
-        var stream = RandomStream(seed: scenario.seed, purpose: "codec", round: job.round, device: job.device)
-        encoded = codec.encode(update.values, stream: &stream)
-      }
-    }
-    return Trained(
-      update: update, examples: result.examples / max(1, training.epochs),
-      loss: result.meanLoss, evaluation: evaluation, lossAtGlobal: lossAtGlobal, control: scaffold?.control,
-      controlDelta: scaffold?.delta, encoded: encoded, withinClip: withinClip)
+    return localTraining.run(
+      job, train: train, indices: indices, test: local.test, seed: scenario.seed,
+      attack: attacker.map { a in { a.attacked($0, device: job.device, round: job.round) } })
   }
 
   /// The same local-training arithmetic as a run, with no protocol at all: for each batch of

@@ -271,9 +271,10 @@ public nonisolated struct Cohort_V1_Task: Sendable {
   /// DP-FedAvg: the L2 norm to clip the update to; 0 without central differential privacy.
   public var clipNorm: Double = 0
 
-  /// The plan's device part (model, local training, compression, privacy, secure aggregation's
-  /// encoding) as JSON. A device reads it as data: it never names a command to run.
-  public var devicePlanJson: String = String()
+  /// The plan as canonical JSON. Its device part (model, local training, compression, privacy)
+  /// says what to train; its server part only sizes secure aggregation's encoding (the cohort
+  /// bound, how updates weigh). A device reads it as data: it never names a command to run.
+  public var planJson: String = String()
 
   /// The largest update, in bytes, the server accepts, and the largest chunk.
   public var maxUpdateBytes: Int64 = 0
@@ -316,7 +317,7 @@ public nonisolated struct Cohort_V1_ReportHeader: Sendable {
   public var updateSha256: String = String()
 
   /// Federated evaluation of the received model, when the task asked for it.
-  public var hasEvaluation_p: Bool = false
+  public var evaluated: Bool = false
 
   public var evaluationLoss: Double = 0
 
@@ -328,9 +329,12 @@ public nonisolated struct Cohort_V1_ReportHeader: Sendable {
   public var withinClip: Bool = false
 
   /// q-FedAvg: the loss of the received model on the device's training examples.
-  public var hasLossAtGlobal_p: Bool = false
+  public var reportsLossAtGlobal: Bool = false
 
   public var lossAtGlobal: Double = 0
+
+  /// The reporting device (needed when the report opens a new stream after a lost connection).
+  public var device: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -831,7 +835,7 @@ nonisolated extension Cohort_V1_Admitted: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Cohort_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Task"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}round\0\u{3}checkpoint_sha256\0\u{3}checkpoint_bytes\0\u{3}checkpoint_follows\0\u{3}reporting_deadline_seconds\0\u{1}evaluate\0\u{3}clip_norm\0\u{3}device_plan_json\0\u{3}max_update_bytes\0\u{3}max_chunk_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}round\0\u{3}checkpoint_sha256\0\u{3}checkpoint_bytes\0\u{3}checkpoint_follows\0\u{3}reporting_deadline_seconds\0\u{1}evaluate\0\u{3}clip_norm\0\u{3}plan_json\0\u{3}max_update_bytes\0\u{3}max_chunk_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -846,7 +850,7 @@ nonisolated extension Cohort_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Mess
       case 5: try { try decoder.decodeSingularDoubleField(value: &self.reportingDeadlineSeconds) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.evaluate) }()
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.clipNorm) }()
-      case 8: try { try decoder.decodeSingularStringField(value: &self.devicePlanJson) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.planJson) }()
       case 9: try { try decoder.decodeSingularInt64Field(value: &self.maxUpdateBytes) }()
       case 10: try { try decoder.decodeSingularInt64Field(value: &self.maxChunkBytes) }()
       default: break
@@ -876,8 +880,8 @@ nonisolated extension Cohort_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if self.clipNorm.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.clipNorm, fieldNumber: 7)
     }
-    if !self.devicePlanJson.isEmpty {
-      try visitor.visitSingularStringField(value: self.devicePlanJson, fieldNumber: 8)
+    if !self.planJson.isEmpty {
+      try visitor.visitSingularStringField(value: self.planJson, fieldNumber: 8)
     }
     if self.maxUpdateBytes != 0 {
       try visitor.visitSingularInt64Field(value: self.maxUpdateBytes, fieldNumber: 9)
@@ -896,7 +900,7 @@ nonisolated extension Cohort_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if lhs.reportingDeadlineSeconds != rhs.reportingDeadlineSeconds {return false}
     if lhs.evaluate != rhs.evaluate {return false}
     if lhs.clipNorm != rhs.clipNorm {return false}
-    if lhs.devicePlanJson != rhs.devicePlanJson {return false}
+    if lhs.planJson != rhs.planJson {return false}
     if lhs.maxUpdateBytes != rhs.maxUpdateBytes {return false}
     if lhs.maxChunkBytes != rhs.maxChunkBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
@@ -936,7 +940,7 @@ nonisolated extension Cohort_V1_CheckpointChunk: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Cohort_V1_ReportHeader: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReportHeader"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}round\0\u{1}examples\0\u{3}train_loss\0\u{3}update_bytes\0\u{3}update_sha256\0\u{3}has_evaluation\0\u{3}evaluation_loss\0\u{3}evaluation_accuracy\0\u{3}evaluation_examples\0\u{3}within_clip\0\u{3}has_loss_at_global\0\u{3}loss_at_global\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}round\0\u{1}examples\0\u{3}train_loss\0\u{3}update_bytes\0\u{3}update_sha256\0\u{1}evaluated\0\u{3}evaluation_loss\0\u{3}evaluation_accuracy\0\u{3}evaluation_examples\0\u{3}within_clip\0\u{3}reports_loss_at_global\0\u{3}loss_at_global\0\u{1}device\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -949,13 +953,14 @@ nonisolated extension Cohort_V1_ReportHeader: SwiftProtobuf.Message, SwiftProtob
       case 3: try { try decoder.decodeSingularDoubleField(value: &self.trainLoss) }()
       case 4: try { try decoder.decodeSingularInt64Field(value: &self.updateBytes) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.updateSha256) }()
-      case 6: try { try decoder.decodeSingularBoolField(value: &self.hasEvaluation_p) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.evaluated) }()
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.evaluationLoss) }()
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.evaluationAccuracy) }()
       case 9: try { try decoder.decodeSingularInt64Field(value: &self.evaluationExamples) }()
       case 10: try { try decoder.decodeSingularBoolField(value: &self.withinClip) }()
-      case 11: try { try decoder.decodeSingularBoolField(value: &self.hasLossAtGlobal_p) }()
+      case 11: try { try decoder.decodeSingularBoolField(value: &self.reportsLossAtGlobal) }()
       case 12: try { try decoder.decodeSingularDoubleField(value: &self.lossAtGlobal) }()
+      case 13: try { try decoder.decodeSingularInt64Field(value: &self.device) }()
       default: break
       }
     }
@@ -977,8 +982,8 @@ nonisolated extension Cohort_V1_ReportHeader: SwiftProtobuf.Message, SwiftProtob
     if !self.updateSha256.isEmpty {
       try visitor.visitSingularStringField(value: self.updateSha256, fieldNumber: 5)
     }
-    if self.hasEvaluation_p != false {
-      try visitor.visitSingularBoolField(value: self.hasEvaluation_p, fieldNumber: 6)
+    if self.evaluated != false {
+      try visitor.visitSingularBoolField(value: self.evaluated, fieldNumber: 6)
     }
     if self.evaluationLoss.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.evaluationLoss, fieldNumber: 7)
@@ -992,11 +997,14 @@ nonisolated extension Cohort_V1_ReportHeader: SwiftProtobuf.Message, SwiftProtob
     if self.withinClip != false {
       try visitor.visitSingularBoolField(value: self.withinClip, fieldNumber: 10)
     }
-    if self.hasLossAtGlobal_p != false {
-      try visitor.visitSingularBoolField(value: self.hasLossAtGlobal_p, fieldNumber: 11)
+    if self.reportsLossAtGlobal != false {
+      try visitor.visitSingularBoolField(value: self.reportsLossAtGlobal, fieldNumber: 11)
     }
     if self.lossAtGlobal.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.lossAtGlobal, fieldNumber: 12)
+    }
+    if self.device != 0 {
+      try visitor.visitSingularInt64Field(value: self.device, fieldNumber: 13)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1007,13 +1015,14 @@ nonisolated extension Cohort_V1_ReportHeader: SwiftProtobuf.Message, SwiftProtob
     if lhs.trainLoss != rhs.trainLoss {return false}
     if lhs.updateBytes != rhs.updateBytes {return false}
     if lhs.updateSha256 != rhs.updateSha256 {return false}
-    if lhs.hasEvaluation_p != rhs.hasEvaluation_p {return false}
+    if lhs.evaluated != rhs.evaluated {return false}
     if lhs.evaluationLoss != rhs.evaluationLoss {return false}
     if lhs.evaluationAccuracy != rhs.evaluationAccuracy {return false}
     if lhs.evaluationExamples != rhs.evaluationExamples {return false}
     if lhs.withinClip != rhs.withinClip {return false}
-    if lhs.hasLossAtGlobal_p != rhs.hasLossAtGlobal_p {return false}
+    if lhs.reportsLossAtGlobal != rhs.reportsLossAtGlobal {return false}
     if lhs.lossAtGlobal != rhs.lossAtGlobal {return false}
+    if lhs.device != rhs.device {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,7 +1,7 @@
 import CohortCore
 import Testing
 
-@testable import CohortSimulator
+@testable import CohortProtocol
 
 @Suite struct QuantizedRingTests {
   @Test func theSumOfCodesDecodesToTheSumOfWeightedUpdates() {
@@ -11,7 +11,8 @@ import Testing
     plan.range = 0.5
     let n = 30
     let d = 610
-    let ring = QuantizedRing(plan: plan, dimension: d, devices: n, round: 3, seed: 21)
+    var shared = RandomStream(seed: 21, purpose: "secagg-rotation", round: 3)
+    let ring = QuantizedRing(plan: plan, dimension: d, devices: n, rotationSeed: shared.next())
     #expect(ring.ringBits == 8 + 5)
     var data = RandomStream(seed: 21, purpose: "quantized-ring-test")
     var sum = [UInt32](repeating: 0, count: d + 1)

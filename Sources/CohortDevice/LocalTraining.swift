@@ -1,0 +1,122 @@
+public import CohortCompression
+public import CohortCore
+public import CohortML
+
+/// A device's work for one round: train from the received model on local examples, evaluate it
+/// if asked, clip (differential privacy) and encode (compression) the update. The Linux client
+/// runtime and the simulator's virtual devices both run exactly this, so a simulated device and
+/// a real one with the same examples, model and seed produce the same update bit for bit.
+public struct LocalTraining: Sendable {
+  /// One round's job.
+  public struct Job: Sendable {
+    public var device: Int
+    public var round: Int
+    public var start: Weights
+    public var evaluate: Bool
+    /// SCAFFOLD: the server's control variate c and this device's c_k (zeros before it first trains).
+    public var controls: ControlVariates?
+    /// DP-FedAvg: the L2 norm the device clips its update to.
+    public var clip: Double?
+
+    public init(
+      device: Int, round: Int, start: Weights, evaluate: Bool, controls: ControlVariates? = nil,
+      clip: Double? = nil
+    ) {
+      self.device = device
+      self.round = round
+      self.start = start
+      self.evaluate = evaluate
+      self.controls = controls
+      self.clip = clip
+    }
+  }
+
+  /// A finished local training: the update and what the server weighs it by.
+  public struct Outcome: Sendable {
+    public var update: Weights
+    public var examples: Int
+    public var loss: Double
+    public var evaluation: Evaluation?
+    /// q-FedAvg: the loss of the received model on the device's training examples.
+    public var lossAtGlobal: Double? = nil
+    /// SCAFFOLD: the device's new control variate c_k⁺ and its change Δc_k.
+    public var control: Weights? = nil
+    public var controlDelta: Weights? = nil
+    /// The update as the device uploads it, when the plan compresses (without secure aggregation).
+    public var encoded: EncodedUpdate? = nil
+    /// DP-FedAvg: whether the update's norm was within the clip before clipping (bᵢ).
+    public var withinClip: Bool? = nil
+
+    /// The bytes the upload takes: the encoded size, or 4 per Float32 value.
+    public var uploadBytes: Int { encoded?.wireBytes ?? update.count * MemoryLayout<Float>.size }
+  }
+
+  public let plan: Plan
+  public let network: Network
+  public let training: TrainingConfiguration
+  /// The plan's update codec; nil for `compression.kind: none`.
+  public let codec: UpdateCodec?
+
+  public init(plan: Plan) throws(CohortError) {
+    self.plan = plan
+    network = Network(plan: plan.model)
+    training = TrainingConfiguration(plan: plan.device)
+    let dimension = network.initialWeights(seed: 0).count
+    codec =
+      plan.compression.kind == .none ? nil : try UpdateCodec(plan: plan.compression, dimension: dimension)
+  }
+
+  /// Trains `job` on `train` (only the examples at `indices` when given).
+  /// - Parameters:
+  ///   - seed: the root of the device's random streams (training order, encoding), drawn by
+  ///     (seed, purpose, round, device).
+  ///   - attack: a simulated adversary's change to the update, before clipping.
+  public func run(
+    _ job: Job, train: Dataset, indices: [Int]?, test: Dataset?, seed: UInt64,
+    attack: ((Weights) -> Weights)? = nil
+  ) -> Outcome {
+    var rng = RandomStream(seed: seed, purpose: "train", round: job.round, device: job.device)
+    // q-FedAvg weighs each device by its loss at the model it received, before training.
+    let lossAtGlobal =
+      plan.server.strategy.kind == .qfedavg
+      ? network.evaluate(job.start, on: train, indices: indices).loss : nil
+    let result = LocalTrainer(network: network).train(
+      from: job.start, on: train, indices: indices, configuration: training, rng: &rng,
+      controlVariates: job.controls)
+    let scaffold = job.controls.map {
+      $0.updated(
+        start: job.start, end: result.weights, steps: result.steps,
+        learningRate: training.optimizer.learningRate)
+    }
+    var evaluation: Evaluation?
+    if job.evaluate, let test, test.count > 0 {
+      evaluation = network.evaluate(job.start, on: test)
+    }
+    var update = result.weights.difference(job.start)
+    if let attack { update = attack(update) }
+    // DP-FedAvg: the device clips what it sends, in the clear or into secure aggregation, before
+    // any compression.
+    var withinClip: Bool?
+    if let clip = job.clip { withinClip = L2Clipping.clip(&update.values, to: clip) <= clip }
+    var encoded: EncodedUpdate?
+    if let codec {
+      if plan.secureAggregation.enabled {
+        // Under secure aggregation a random mask is shared by the round's devices: each keeps the
+        // masked coordinates, rescaled, and the ring encoding carries them (one stream per round,
+        // the same for every device). Quantization with a fixed range happens in the ring itself
+        // (`SecureAggregationEncoding`); the plan reader rejects the other codecs.
+        if codec.plan.kind == .randomMask {
+          var stream = RandomStream(seed: seed, purpose: "codec-shared", round: job.round)
+          update.values = codec.decode(codec.encode(update.values, stream: &stream))
+        }
+      } else {
+        var stream = RandomStream(seed: seed, purpose: "codec", round: job.round, device: job.device)
+        encoded = codec.encode(update.values, stream: &stream)
+      }
+    }
+    return Outcome(
+      update: update, examples: result.examples / max(1, training.epochs), loss: result.meanLoss,
+      evaluation: evaluation, lossAtGlobal: lossAtGlobal, control: scaffold?.control,
+      controlDelta: scaffold?.delta, encoded: encoded, withinClip: withinClip)
+  }
+}

@@ -1,0 +1,63 @@
+import CohortProtocol
+import Foundation
+import Synchronization
+
+/// What the server's side tells one device's stream outside a direct reply.
+enum SessionEvent: Sendable {
+  /// The round's task (from the Coordinator, through the Selector).
+  case task(TaskAssignment)
+  /// Secure aggregation: the round's parameters and the device's place in it.
+  case secAggBegin(Cohort_V1_SecAggBegin)
+  /// Secure aggregation: a server message the device must answer.
+  case secAggRequest([UInt8])
+  /// Secure aggregation is over for this device; `accepted` says whether its input is in the sum.
+  case secAggFinished(accepted: Bool, reason: String)
+  /// A wait ran out (the handler's own timer).
+  case timeout(UInt64)
+}
+
+/// One participation's inbox: the Coordinator's task and the secure-aggregation driver's
+/// messages arrive here, and the stream's handler takes them in order.
+final class DeviceMailbox: DeviceLink, Sendable {
+  let events: AsyncStream<SessionEvent>
+  private let continuation: AsyncStream<SessionEvent>.Continuation
+  private let timers = Mutex<(next: UInt64, tasks: [UInt64: Task<Void, Never>])>((0, [:]))
+
+  init() {
+    (events, continuation) = AsyncStream.makeStream(of: SessionEvent.self)
+  }
+
+  func assign(_ assignment: TaskAssignment, to devices: [DeviceID]) async {
+    continuation.yield(.task(assignment))
+  }
+
+  func post(_ event: SessionEvent) {
+    continuation.yield(event)
+  }
+
+  /// Posts `.timeout(id)` after `seconds` unless cancelled first; returns the id.
+  func startTimer(seconds: Double) -> UInt64 {
+    timers.withLock { state in
+      let id = state.next
+      state.next += 1
+      let continuation = self.continuation
+      state.tasks[id] = Task {
+        try? await Task.sleep(for: .seconds(max(0, seconds)))
+        if !Task.isCancelled { continuation.yield(.timeout(id)) }
+      }
+      return id
+    }
+  }
+
+  func cancelTimer(_ id: UInt64) {
+    timers.withLock { $0.tasks.removeValue(forKey: id)?.cancel() }
+  }
+
+  func close() {
+    timers.withLock { state in
+      for task in state.tasks.values { task.cancel() }
+      state.tasks = [:]
+    }
+    continuation.finish()
+  }
+}

@@ -1,0 +1,227 @@
+public import CohortCore
+import CohortML
+import CohortProtocol
+public import CohortServer
+public import CohortStore
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+public import Logging
+public import Metrics
+import Synchronization
+
+/// How the server secures its port.
+public enum ServerSecurity: Sendable {
+  /// TLS with this certificate chain and key (PEM); with `clientCAPEM`, mutual TLS: only
+  /// devices whose certificate that CA signed may connect.
+  case tls(certificateChainPEM: String, privateKeyPEM: String, clientCAPEM: String?)
+  /// No TLS. Refused on anything but a loopback address.
+  case insecureLoopback
+}
+
+/// Settings of a network server.
+public struct FederationServerConfiguration: Sendable {
+  public var plan: Plan
+  /// Where the plan came from (recorded with the run).
+  public var planPath: String
+  public var host: String
+  /// 0 lets the OS choose (read it from `onListening`).
+  public var port: Int
+  public var security: ServerSecurity
+  public var population: String
+  /// Size limits; nil derives them from the plan's model.
+  public var limits: TransportLimits?
+  /// Seconds the server waits for the answers of one secure-aggregation step.
+  public var secureAggregationStepTimeout: Double
+  /// Seconds an admitted device waits for its task before it is told to come back; nil uses
+  /// the plan's selection window.
+  public var taskWait: Double?
+  /// How often the server checks its round deadlines, in seconds.
+  public var tickInterval: Double
+  /// The seed of the initial model (the simulator's scenario seed gives the same model).
+  public var seed: UInt64
+
+  public init(
+    plan: Plan, planPath: String = "", host: String = "127.0.0.1", port: Int = 0, security: ServerSecurity,
+    population: String = "default", limits: TransportLimits? = nil, secureAggregationStepTimeout: Double = 30,
+    taskWait: Double? = nil, tickInterval: Double = 0.05, seed: UInt64 = 0
+  ) {
+    self.seed = seed
+    self.plan = plan
+    self.planPath = planPath
+    self.host = host
+    self.port = port
+    self.security = security
+    self.population = population
+    self.limits = limits
+    self.secureAggregationStepTimeout = secureAggregationStepTimeout
+    self.taskWait = taskWait
+    self.tickInterval = tickInterval
+  }
+}
+
+/// A Cohort server on the network: the Coordinator and Selector actors behind the gRPC
+/// `Federation` service over TLS, committing each round to the results store, resuming from
+/// the last committed round after a crash, and ticking round deadlines on the wall clock.
+public final class FederationServer: Sendable {
+  public let configuration: FederationServerConfiguration
+  public let coordinator: Coordinator
+  /// The run rounds are committed to (nil without a store).
+  public let run: RunID?
+  /// The round the server resumed after (0 for a new run).
+  public let resumedAfter: Int
+  let selector: Selector
+  let service: FederationService
+  let store: ResultsStore?
+  let logger: Logger
+  private let stopping = Mutex<(requested: Bool, server: GRPCServer<HTTP2ServerTransport.Posix>?)>(
+    (false, nil))
+
+  /// - Parameters:
+  ///   - store: where rounds are committed; a run of the same plan that did not finish is
+  ///     resumed from its last committed round.
+  public init(
+    configuration: FederationServerConfiguration, store: ResultsStore?, logger: Logger,
+    metrics: any MetricsFactory = MetricsSystem.factory
+  ) throws(CohortError) {
+    let plan = configuration.plan
+    if case .insecureLoopback = configuration.security, !Self.isLoopback(configuration.host) {
+      throw CohortError(
+        .invalidConfiguration, "plaintext is allowed only on a loopback address, not \(configuration.host)",
+        fix: "listen on 127.0.0.1 or ::1, or give --tls-cert and --tls-key")
+    }
+    if plan.secureAggregation.enabled, plan.secureAggregation.variant == .active {
+      throw CohortError(
+        .invalidConfiguration,
+        "secure_aggregation.variant active is not served over the network yet (devices have no identity keys "
+          + "in the PKI)",
+        fix: "use variant semi_honest for cohort serve")
+    }
+    self.configuration = configuration
+    self.store = store
+    self.logger = logger
+    let network = Network(plan: plan.model)
+    // The initial model comes from the seed, so a resumed run that committed nothing yet
+    // starts from the same model.
+    var initial = network.initialWeights(seed: configuration.seed)
+    var resumed = 0
+    var run: RunID?
+    if let store {
+      let existing = try store.runs().last { $0.planSHA256 == plan.sha256 && $0.status == .running }
+      if let existing {
+        run = existing.id
+        if let checkpoint = try store.latestCheckpoint(existing.id) {
+          initial = checkpoint.weights
+          resumed = checkpoint.round
+        }
+        logger.info("resuming run", metadata: ["run": "\(existing.id)", "after round": "\(resumed)"])
+      } else {
+        let scenario = Scenario(
+          planPath: configuration.planPath, plan: plan,
+          data: .syntheticFedProx(DataSource.SyntheticData(alpha: 0, beta: 0, devices: 0)),
+          partition: .natural,
+          devices: PopulationPlan(), seed: configuration.seed)
+        run = try store.createRun(name: plan.name, scenario: scenario, createdAt: Date())
+      }
+    }
+    self.run = run
+    resumedAfter = resumed
+    let limits = configuration.limits ?? TransportLimits(parameters: initial.count)
+    selector = Selector()
+    let secure =
+      plan.secureAggregation.enabled
+      ? NetworkSecureAggregation(
+        plan: plan, dimension: initial.count, stepTimeout: configuration.secureAggregationStepTimeout,
+        logger: logger) : nil
+    let clock = WallClock()
+    coordinator = Coordinator(
+      configuration: .init(
+        plan: plan, population: configuration.population, run: run, autoCommit: true,
+        secureAggregation: secure),
+      initial: initial, resumingAfter: resumed, store: store, link: selector, evaluator: nil, clock: clock,
+      logger: logger, metrics: metrics)
+    service = FederationService(
+      coordinator: coordinator, selector: selector, secureAggregation: secure, plan: plan,
+      planJSON: String(decoding: plan.canonicalJSON, as: UTF8.self), limits: limits, clock: clock,
+      metrics: TransportMetrics(factory: metrics), logger: logger,
+      taskWait: configuration.taskWait ?? max(5, plan.server.windows.selection))
+  }
+
+  static func isLoopback(_ host: String) -> Bool {
+    host == "localhost" || host == "::1" || host.hasPrefix("127.")
+  }
+
+  /// Serves until the plan's last round is committed or `shutdown()` is called; calls
+  /// `onListening` with the bound port once devices can connect.
+  public func run(onListening: @Sendable (Int) -> Void = { _ in }) async throws {
+    let limits = service.limits
+    let security: HTTP2ServerTransport.Posix.TransportSecurity
+    switch configuration.security {
+    case .insecureLoopback:
+      security = .plaintext
+    case .tls(let chain, let key, let clientCA):
+      let chainSource = TLSConfig.CertificateSource.bytes(Array(chain.utf8), format: .pem)
+      let keySource = TLSConfig.PrivateKeySource.bytes(Array(key.utf8), format: .pem)
+      if let clientCA {
+        security = .mTLS(certificateChain: [chainSource], privateKey: keySource) {
+          $0.trustRoots = .certificates([.bytes(Array(clientCA.utf8), format: .pem)])
+          $0.clientCertificateVerification = .noHostnameVerification
+        }
+      } else {
+        security = .tls(certificateChain: [chainSource], privateKey: keySource)
+      }
+    }
+    let transport = HTTP2ServerTransport.Posix(
+      address: .ipv4(
+        host: configuration.host == "localhost" ? "127.0.0.1" : configuration.host, port: configuration.port),
+      transportSecurity: security,
+      config: .defaults { $0.rpc.maxRequestPayloadSize = limits.maxMessageBytes })
+    let server = GRPCServer(transport: transport, services: [service])
+    let alreadyStopping = stopping.withLock { state in
+      state.server = server
+      return state.requested
+    }
+    if alreadyStopping { return }
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      group.addTask { try await server.serve() }
+      guard let address = try await transport.listeningAddress.ipv4 else {
+        server.beginGracefulShutdown()
+        try await group.waitForAll()
+        return
+      }
+      onListening(address.port)
+      logger.info(
+        "serving",
+        metadata: ["address": "\(address.host):\(address.port)", "plan": "\(configuration.plan.name)"])
+      await coordinator.start()
+      await tickUntilFinished()
+      if stopping.withLock({ $0.requested }) {
+        // The round in flight is abandoned and recorded; committed rounds stay.
+        await coordinator.shutdown()
+      }
+      server.beginGracefulShutdown()
+      try await group.waitForAll()
+    }
+    if let store, let run, await coordinator.isFinished {
+      try? store.setStatus(run, .finished, at: Date())
+    }
+  }
+
+  /// Closes round windows as their deadlines pass, until the run ends or a shutdown is asked for.
+  private func tickUntilFinished() async {
+    let clock = WallClock()
+    while !stopping.withLock({ $0.requested }) {
+      let status = await coordinator.status
+      if status.isFinished { return }
+      let wait = min(configuration.tickInterval, max(0.001, (status.nextDeadline ?? .infinity) - clock.now))
+      try? await Task.sleep(for: .seconds(wait))
+      await coordinator.tick()
+    }
+  }
+
+  /// Stops serving: the round in flight is abandoned, committed rounds are kept, and open
+  /// streams end.
+  public func shutdown() {
+    stopping.withLock { $0.requested = true }
+  }
+}

@@ -1,0 +1,420 @@
+import CohortCore
+import CohortProtocol
+import CohortServer
+import Foundation
+import GRPCCore
+import Logging
+import Metrics
+
+/// Limits the server enforces on what devices send, before spending memory on it.
+public struct TransportLimits: Sendable, Hashable {
+  /// The largest gRPC message, in bytes (gRPC refuses bigger ones before reading them).
+  public var maxMessageBytes: Int
+  /// The largest update a device may declare, in bytes.
+  public var maxUpdateBytes: Int
+  /// The largest checkpoint or update chunk, in bytes.
+  public var maxChunkBytes: Int
+
+  /// Limits for a model of `parameters` values: an update of at most its Float32 size (plus a
+  /// little for encodings' headers), chunks of 1 MiB, messages of 4 MiB.
+  public init(parameters: Int, maxChunkBytes: Int = 1 << 20, maxMessageBytes: Int = 4 << 20) {
+    self.maxUpdateBytes = parameters * MemoryLayout<Float>.size + 4096
+    self.maxChunkBytes = maxChunkBytes
+    self.maxMessageBytes = maxMessageBytes
+  }
+}
+
+/// The metrics the transport keeps on top of the Coordinator's.
+struct TransportMetrics: Sendable {
+  let connected: Meter
+  let streams: Counter
+  let bytesReceived: Counter
+  let bytesSent: Counter
+  let refused: @Sendable (String) -> Void
+
+  init(factory: any MetricsFactory) {
+    connected = Meter(label: "cohort_devices_connected", factory: factory)
+    streams = Counter(label: "cohort_participations_total", factory: factory)
+    bytesReceived = Counter(label: "cohort_bytes_received_total", factory: factory)
+    bytesSent = Counter(label: "cohort_bytes_sent_total", factory: factory)
+    // Refusals the transport makes itself (before a report reaches the Coordinator) go into
+    // the same family as the Coordinator's, by reason.
+    refused = { reason in
+      Counter(label: "cohort_reports_rejected_total", dimensions: [("reason", reason)], factory: factory)
+        .increment()
+    }
+  }
+}
+
+/// The `cohort.v1.Federation` service: one handler per participation stream, driving the
+/// device through check-in, configuration, reporting and (under secure aggregation) the
+/// protocol's steps, on top of the Coordinator and Selector actors.
+struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
+  let coordinator: Coordinator
+  let selector: Selector
+  let secureAggregation: NetworkSecureAggregation?
+  let plan: Plan
+  let planJSON: String
+  let limits: TransportLimits
+  let clock: any RoundClock
+  let metrics: TransportMetrics
+  let logger: Logger
+  /// How long an admitted device waits for its round's task before it is told to come back.
+  let taskWait: Double
+
+  func participate(
+    request: RPCAsyncSequence<Cohort_V1_DeviceMessage, any Error>,
+    response: RPCWriter<Cohort_V1_ServerMessage>, context: ServerContext
+  ) async throws {
+    metrics.streams.increment()
+    metrics.connected.increment()
+    defer { metrics.connected.decrement() }
+    var session = Participation(service: self, response: response)
+    do {
+      try await session.run(request)
+    } catch let refusal as ParticipationRefusal {
+      metrics.refused(refusal.reason)
+      logger.debug(
+        "participation refused",
+        metadata: ["device": "\(session.device.map(String.init) ?? "?")", "reason": "\(refusal)"])
+      await session.finish()
+      throw refusal.rpcError
+    } catch {
+      await session.finish()
+      throw error
+    }
+    await session.finish()
+  }
+}
+
+/// One participation stream's state, from check-in to acknowledgement.
+private struct Participation {
+  let service: FederationService
+  let response: RPCWriter<Cohort_V1_ServerMessage>
+  let mailbox = DeviceMailbox()
+  /// The one reader of the mailbox, kept for the whole participation.
+  var events: AsyncStream<SessionEvent>.AsyncIterator
+  var device: DeviceID?
+  /// The round the device trains for, once it has its task.
+  var round: Int?
+  var reported = false
+  var connected = false
+  var enrolledInSecureAggregation = false
+
+  init(service: FederationService, response: RPCWriter<Cohort_V1_ServerMessage>) {
+    self.service = service
+    self.response = response
+    events = mailbox.events.makeAsyncIterator()
+  }
+
+  func send(_ kind: Cohort_V1_ServerMessage.OneOf_Kind) async throws {
+    var message = Cohort_V1_ServerMessage()
+    message.protocolVersion = UInt32(protocolVersion)
+    message.kind = kind
+    service.metrics.bytesSent.increment(by: message.payloadBytes)
+    try await response.write(message)
+  }
+
+  func refuse(_ rejection: Rejection, _ detail: String) -> ParticipationRefusal {
+    ParticipationRefusal(rejection.rawValue, detail, code: rejection.statusCode)
+  }
+
+  /// Reads the next device message, checking its version; nil when the device closed the stream.
+  func next(_ messages: inout RPCAsyncSequence<Cohort_V1_DeviceMessage, any Error>.AsyncIterator)
+    async throws -> Cohort_V1_DeviceMessage?
+  {
+    guard let message = try await messages.next() else { return nil }
+    service.metrics.bytesReceived.increment(by: message.payloadBytes)
+    guard message.protocolVersion == UInt32(protocolVersion) else {
+      throw refuse(
+        .protocolVersion,
+        "the device speaks protocol version \(message.protocolVersion), this server version \(protocolVersion); "
+          + "run a device runtime of the same release as the server")
+    }
+    return message
+  }
+
+  mutating func run(_ request: RPCAsyncSequence<Cohort_V1_DeviceMessage, any Error>) async throws {
+    var messages = request.makeAsyncIterator()
+    guard let first = try await next(&messages) else { return }
+    switch first.kind {
+    case .checkIn(let checkIn):
+      try await checkInAndConfigure(checkIn)
+      guard let round else { return }
+      guard let header = try await nextReportHeader(&messages, round: round) else { return }
+      try await report(header, &messages)
+    case .report(let header):
+      // A device that trained but lost its connection uploads on a new stream.
+      device = Int(header.device)
+      guard device != nil, header.device > 0 else {
+        throw refuse(.malformed, "a report on a new stream must name its device")
+      }
+      try await report(header, &messages)
+    default:
+      throw refuse(.malformed, "a participation starts with a check-in or a report")
+    }
+  }
+
+  mutating func checkInAndConfigure(_ checkIn: Cohort_V1_CheckIn) async throws {
+    let id = Int(checkIn.device)
+    device = id
+    await service.selector.connect(id, link: mailbox)
+    connected = true
+    let reply = await service.coordinator.checkIn(
+      CheckIn(device: id, population: checkIn.population, protocolVersion: protocolVersion))
+    switch reply {
+    case .retry(let window):
+      let now = service.clock.now
+      try await send(
+        .retry(
+          .with {
+            $0.earliestSeconds = max(0, window.lowerBound - now)
+            $0.latestSeconds = max(0, window.upperBound - now)
+          }))
+      return
+    case .rejected(let reason):
+      throw refuse(reason, "check-in for population \"\(checkIn.population)\" refused")
+    case .waitForTask(let round):
+      try await send(.admitted(.with { $0.round = Int64(round) }))
+    default:
+      break
+    }
+    // The task comes through the Selector when the round starts (it may already be here).
+    let timer = mailbox.startTimer(seconds: service.taskWait)
+    var assignment: TaskAssignment?
+    while let event = await events.next() {
+      if case .task(let a) = event {
+        assignment = a
+        break
+      }
+      if case .timeout = event { break }
+    }
+    mailbox.cancelTimer(timer)
+    guard let assignment else {
+      // Not selected in time (the selection closed without it, or the round was abandoned).
+      let wait = service.plan.server.windows.selection
+      try await send(
+        .retry(
+          .with {
+            $0.earliestSeconds = 0
+            $0.latestSeconds = wait
+          }))
+      return
+    }
+    round = assignment.task.round
+    let now = service.clock.now
+    let checkpoint = assignment.checkpoint.values
+    let follows = checkIn.cachedCheckpointSha256 != assignment.task.checkpointSHA256
+    try await send(
+      .task(
+        .with {
+          $0.round = Int64(assignment.task.round)
+          $0.checkpointSha256 = assignment.task.checkpointSHA256
+          $0.checkpointBytes = Int64(checkpoint.count * 4)
+          $0.checkpointFollows = follows
+          $0.reportingDeadlineSeconds = max(0, assignment.task.reportingDeadline - now)
+          $0.evaluate = assignment.evaluate
+          $0.clipNorm = assignment.clipNorm ?? 0
+          $0.planJson = service.planJSON
+          $0.maxUpdateBytes = Int64(service.limits.maxUpdateBytes)
+          $0.maxChunkBytes = Int64(service.limits.maxChunkBytes)
+        }))
+    if follows {
+      let bytes = Float32Wire.bytes(checkpoint)
+      var start = 0
+      while start < bytes.count {
+        let end = min(bytes.count, start + service.limits.maxChunkBytes)
+        try await send(.checkpointChunk(.with { $0.data = Data(bytes[start..<end]) }))
+        start = end
+      }
+    }
+  }
+
+  /// Waits for the device's report; nil (and the device counted as dropped) if it gives up.
+  mutating func nextReportHeader(
+    _ messages: inout RPCAsyncSequence<Cohort_V1_DeviceMessage, any Error>.AsyncIterator, round: Int
+  ) async throws -> Cohort_V1_ReportHeader? {
+    guard let message = try await next(&messages) else { return nil }
+    switch message.kind {
+    case .report(let header): return header
+    case .abandon(let abandon):
+      service.logger.debug(
+        "device abandoned its participation",
+        metadata: ["device": "\(device ?? -1)", "round": "\(round)", "reason": "\(abandon.reason)"])
+      return nil
+    default:
+      throw refuse(.malformed, "expected the report of round \(round), got another message")
+    }
+  }
+
+  mutating func report(
+    _ header: Cohort_V1_ReportHeader,
+    _ messages: inout RPCAsyncSequence<Cohort_V1_DeviceMessage, any Error>.AsyncIterator
+  ) async throws {
+    guard let device else { return }
+    let round = Int(header.round)
+    let limits = service.limits
+    let secure = service.secureAggregation != nil
+    // Limits first: nothing is buffered for an upload the server would refuse anyway.
+    guard header.updateBytes >= 0, header.updateBytes <= limits.maxUpdateBytes else {
+      throw refuse(
+        .tooLarge, "the update declares \(header.updateBytes) bytes; the limit is \(limits.maxUpdateBytes)")
+    }
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(Int(header.updateBytes))
+    while bytes.count < Int(header.updateBytes) {
+      guard let message = try await next(&messages) else { return }
+      guard case .updateChunk(let chunk) = message.kind else {
+        throw refuse(.integrity, "the update ended after \(bytes.count) of \(header.updateBytes) bytes")
+      }
+      guard chunk.data.count <= limits.maxChunkBytes else {
+        throw refuse(.tooLarge, "a chunk of \(chunk.data.count) bytes; the limit is \(limits.maxChunkBytes)")
+      }
+      guard bytes.count + chunk.data.count <= Int(header.updateBytes) else {
+        throw refuse(.tooLarge, "the chunks exceed the declared \(header.updateBytes) bytes")
+      }
+      bytes.append(contentsOf: chunk.data)
+    }
+    if header.updateBytes > 0 || !header.updateSha256.isEmpty {
+      guard SHA256.hex(bytes) == header.updateSha256 else {
+        throw refuse(.integrity, "the update's SHA-256 does not match the declared \(header.updateSha256)")
+      }
+    }
+    guard let values = Float32Wire.values(bytes) else {
+      throw refuse(.malformed, "the update has \(bytes.count) bytes, not a whole number of Float32 values")
+    }
+    let layout = await service.coordinator.global.layout
+    let update =
+      secure && values.isEmpty
+      ? Weights(layout: WeightsLayout([]), values: [])
+      : Weights(
+        layout: values.count == layout.count ? layout : WeightsLayout([.init("update", [values.count])]),
+        values: values)
+    let evaluation =
+      header.evaluated
+      ? Evaluation(
+        loss: header.evaluationLoss, accuracy: header.evaluationAccuracy,
+        examples: Int(header.evaluationExamples))
+      : nil
+    let report = UpdateReport(
+      device: device, round: round, update: update, examples: Int(header.examples),
+      trainLoss: header.trainLoss,
+      bytes: bytes.count, evaluation: evaluation,
+      lossAtGlobal: header.reportsLossAtGlobal ? header.lossAtGlobal : nil,
+      withinClip: service.plan.privacy.adaptiveClipping != nil ? header.withinClip : nil)
+    if secure {
+      // Enrol before the report counts: the report that meets the goal closes the round, and
+      // the protocol then starts at once with every enrolled device.
+      await service.secureAggregation?.enrol(
+        round: round, device: device, examples: report.examples, mailbox: mailbox)
+      enrolledInSecureAggregation = true
+    }
+    let reply = await service.coordinator.report(report)
+    reported = true
+    switch reply {
+    case .accepted:
+      if secure {
+        try await secureAggregation(round: round, &messages)
+      } else {
+        try await send(
+          .acknowledgement(
+            .with {
+              $0.round = Int64(round)
+              $0.accepted = true
+            }))
+      }
+    case .rejected(let reason):
+      if secure { await service.secureAggregation?.leave(round: round, device: device) }
+      enrolledInSecureAggregation = false
+      throw refuse(reason, detail(reason, round: round, values: values.count, expected: layout.count))
+    default:
+      break
+    }
+  }
+
+  func detail(_ reason: Rejection, round: Int, values: Int, expected: Int) -> String {
+    switch reason {
+    case .malformed:
+      values != expected && !(service.secureAggregation != nil && values == 0)
+        ? "the update has \(values) values, the model \(expected)"
+        : "the update has a NaN or infinite value, no examples or a non-finite loss"
+    case .late: "round \(round) closed before the report arrived"
+    case .duplicate: "this device already reported in round \(round)"
+    case .notSelected: "this device was not selected for round \(round)"
+    case .unknownRound: "round \(round) is not running"
+    default: "the report for round \(round) was refused"
+    }
+  }
+
+  /// Relays the secure-aggregation protocol between the driver and the device.
+  mutating func secureAggregation(
+    round: Int, _ messages: inout RPCAsyncSequence<Cohort_V1_DeviceMessage, any Error>.AsyncIterator
+  ) async throws {
+    guard let driver = service.secureAggregation, let device else { return }
+    while let event = await events.next() {
+      switch event {
+      case .secAggBegin(let begin):
+        try await send(.secaggBegin(begin))
+      case .secAggRequest(let bytes):
+        try await send(.secagg(.with { $0.message = Data(bytes) }))
+      case .secAggFinished(let accepted, let reason):
+        enrolledInSecureAggregation = false
+        try await send(
+          .acknowledgement(
+            .with {
+              $0.round = Int64(round)
+              $0.accepted = accepted
+              $0.reason = reason
+            }))
+        return
+      case .task, .timeout:
+        continue
+      }
+      // Every server step expects one answer from the device.
+      guard let message = try await next(&messages) else {
+        await driver.leave(round: round, device: device)
+        enrolledInSecureAggregation = false
+        return
+      }
+      guard case .secagg(let answer) = message.kind else {
+        await driver.leave(round: round, device: device)
+        enrolledInSecureAggregation = false
+        if case .abandon = message.kind { return }
+        throw refuse(.malformed, "expected a secure-aggregation answer")
+      }
+      await driver.receive(round: round, device: device, bytes: [UInt8](answer.message))
+    }
+  }
+
+  /// Disconnects the device; one that had its task and never reported counts as dropped.
+  func finish() async {
+    mailbox.close()
+    guard let device else { return }
+    if connected { await service.selector.disconnect(device) }
+    if let round, !reported { await service.coordinator.dropped(device: device, round: round) }
+    if enrolledInSecureAggregation, let round {
+      await service.secureAggregation?.leave(round: round, device: device)
+    }
+  }
+}
+
+extension Cohort_V1_ServerMessage {
+  /// The bulk bytes a message carries (checkpoint chunks, secure-aggregation messages), for metrics.
+  var payloadBytes: Int {
+    switch kind {
+    case .checkpointChunk(let c): c.data.count
+    case .secagg(let m): m.message.count
+    default: 0
+    }
+  }
+}
+
+extension Cohort_V1_DeviceMessage {
+  var payloadBytes: Int {
+    switch kind {
+    case .updateChunk(let c): c.data.count
+    case .secagg(let m): m.message.count
+    default: 0
+    }
+  }
+}

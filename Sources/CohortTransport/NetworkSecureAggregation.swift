@@ -1,0 +1,208 @@
+import CohortCore
+import CohortProtocol
+import CohortSecAgg
+import CohortServer
+import CohortStore
+import Foundation
+import Logging
+
+/// Secure aggregation over device streams: the same `SecAggServer` state machine as the
+/// simulator's, fed by the devices that reported, each over its own participation stream.
+/// A step closes when every remaining device has answered or its time is up; a device that
+/// disconnects or stays silent is a dropout, and the protocol copes with it as designed.
+actor NetworkSecureAggregation: SecureAggregationDriver {
+  struct Member {
+    var examples: Int
+    var mailbox: DeviceMailbox
+  }
+
+  let plan: Plan
+  let dimension: Int
+  /// How long the server waits for a step's answers.
+  let stepTimeout: Double
+  let logger: Logger
+  /// Devices whose report was accepted, by round, with their stream's mailbox.
+  private var enrolled: [Int: [DeviceID: Member]] = [:]
+  /// The protocol of the round being aggregated.
+  private var server: SecAggServer?
+  private var running: (round: Int, indexOf: [DeviceID: SecAggIndex])?
+  private var stepWaiter: CheckedContinuation<Void, Never>?
+  private var stepNumber = 0
+
+  init(plan: Plan, dimension: Int, stepTimeout: Double, logger: Logger) {
+    self.plan = plan
+    self.dimension = dimension
+    self.stepTimeout = stepTimeout
+    self.logger = logger
+  }
+
+  func enrol(round: Int, device: DeviceID, examples: Int, mailbox: DeviceMailbox) {
+    // Anything older belongs to rounds that closed without the protocol.
+    for r in enrolled.keys where r < round { enrolled[r] = nil }
+    enrolled[round, default: [:]][device] = Member(examples: examples, mailbox: mailbox)
+  }
+
+  /// The device's stream ended or its report was refused.
+  func leave(round: Int, device: DeviceID) {
+    enrolled[round]?[device] = nil
+    if running?.round == round { wakeIfDone() }
+  }
+
+  /// A device's answer to the current step.
+  func receive(round: Int, device: DeviceID, bytes: [UInt8]) {
+    guard let running, running.round == round, let index = running.indexOf[device], server != nil else {
+      return
+    }
+    if let rejection = server!.receive(bytes: bytes, from: index) {
+      logger.debug(
+        "secure-aggregation message refused",
+        metadata: ["device": "\(device)", "round": "\(round)", "reason": "\(rejection.rawValue)"])
+    }
+    wakeIfDone()
+  }
+
+  /// Closes the step early once nobody it waits for can still answer.
+  private func wakeIfDone() {
+    if stepDone { wakeStep() }
+  }
+
+  private var stepDone: Bool {
+    guard let server else { return true }
+    return server.stepComplete || server.awaiting.allSatisfy { !isConnected($0) }
+  }
+
+  private func wakeStep() {
+    stepWaiter?.resume()
+    stepWaiter = nil
+  }
+
+  /// Waits until the step's answers are in, or its time is up.
+  private func waitForStep() async {
+    if stepDone { return }
+    stepNumber += 1
+    let step = stepNumber
+    let timeout = stepTimeout
+    let timer = Task { [weak self] in
+      try? await Task.sleep(for: .seconds(timeout))
+      await self?.stepTimedOut(step)
+    }
+    await withCheckedContinuation { stepWaiter = $0 }
+    timer.cancel()
+  }
+
+  private func stepTimedOut(_ step: Int) {
+    if step == stepNumber { wakeStep() }
+  }
+
+  private func isConnected(_ index: SecAggIndex) -> Bool {
+    guard let running else { return false }
+    guard let device = running.indexOf.first(where: { $0.value == index })?.key else { return false }
+    return enrolled[running.round]?[device] != nil
+  }
+
+  func secureSum(round: Int, devices: [DeviceID]) async -> SecureSum {
+    let members = devices.filter { enrolled[round]?[$0] != nil }
+    func failed(_ reason: String) -> SecureSum {
+      finishAll(round: round, survivors: [], reason: reason)
+      return SecureSum(
+        weightedSum: nil, totalWeight: 0, survivors: [], examples: 0, failure: reason, steps: [],
+        rejectedMessages: 0)
+    }
+    guard members.count >= 2 else {
+      return failed("secure aggregation needs at least 2 devices, got \(members.count)")
+    }
+    let parameters: SecAggParameters
+    switch SecAggParameters.resolve(plan.secureAggregation, count: members.count) {
+    case .success(let p): parameters = p
+    case .failure(let error): return failed(error.message)
+    }
+    var shared = SecAggCrypto.randomSeed()
+    let rotationSeed = shared.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+    SecAggCrypto.zero(&shared)
+    let encoding: SecureAggregationEncoding
+    switch SecureAggregationEncoding.make(
+      plan: plan, round: round, dimension: dimension, rotationSeed: rotationSeed)
+    {
+    case .success(let e): encoding = e
+    case .failure(let error): return failed(error.message)
+    }
+    let graphSeed = SecAggCrypto.randomSeed()
+    let configuration = SecAggConfiguration(
+      round: UInt64(round), count: members.count, degree: parameters.degree, threshold: parameters.threshold,
+      graphSeed: graphSeed, vectorLength: encoding.vectorLength, ringBits: encoding.ringBits,
+      variant: .semiHonest)
+    var indexOf: [DeviceID: SecAggIndex] = [:]
+    for (i, d) in members.enumerated() { indexOf[d] = SecAggIndex(i + 1) }
+    server = SecAggServer(configuration: configuration)
+    running = (round, indexOf)
+    let clock = ContinuousClock()
+    var serverSeconds: [SecAggServer.Step: Double] = [:]
+    for (device, index) in indexOf {
+      enrolled[round]?[device]?.mailbox.post(
+        .secAggBegin(
+          .with {
+            $0.round = Int64(round)
+            $0.index = UInt32(index)
+            $0.count = UInt32(configuration.count)
+            $0.degree = UInt32(configuration.degree)
+            $0.threshold = UInt32(configuration.threshold)
+            $0.graphSeed = Data(graphSeed)
+            $0.vectorLength = UInt32(configuration.vectorLength)
+            $0.ringBits = UInt32(configuration.ringBits)
+            $0.sharedSeed = rotationSeed
+          }))
+    }
+    while case .running(let step) = server!.state {
+      await waitForStep()
+      var outgoing: [SecAggIndex: SecAggMessage] = [:]
+      let elapsed = clock.measure { outgoing = server!.closeStep() }
+      serverSeconds[step, default: 0] +=
+        Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+      for (device, index) in indexOf {
+        guard let message = outgoing[index] else { continue }
+        enrolled[round]?[device]?.mailbox.post(.secAggRequest(message.encoded))
+      }
+    }
+    let steps = SecAggServer.Step.allCases.filter { $0 != .consistencyCheck }.map { step in
+      let r = server!.records[step] ?? SecAggServer.StepRecord()
+      return SecureAggregationStepRecord(
+        step: step.description, entered: r.entered, dropped: r.dropped, bytesUp: r.bytesReceived,
+        bytesDown: r.bytesSent, serverSeconds: serverSeconds[step] ?? 0)
+    }
+    let rejected = server!.rejections.values.reduce(0, +)
+    let outcome = server!
+    server = nil
+    running = nil
+    switch outcome.state {
+    case .finished(let survivorIndices):
+      guard let sum = outcome.sum else { return failed("secure aggregation gave no sum") }
+      let survivors = survivorIndices.map { i in members[Int(i) - 1] }
+      let decoded = encoding.decodeSum(sum, devices: survivors.count)
+      let examples = survivors.reduce(0) { $0 + (enrolled[round]?[$1]?.examples ?? 0) }
+      finishAll(round: round, survivors: Set(survivors), reason: "")
+      return SecureSum(
+        weightedSum: decoded.weightedSum, totalWeight: decoded.totalWeight, survivors: survivors,
+        examples: examples, failure: nil, steps: steps, rejectedMessages: rejected)
+    case .abandoned(let reason):
+      finishAll(round: round, survivors: [], reason: reason)
+      return SecureSum(
+        weightedSum: nil, totalWeight: 0, survivors: [], examples: 0, failure: reason, steps: steps,
+        rejectedMessages: rejected)
+    case .running:
+      return failed("secure aggregation stopped while running")
+    }
+  }
+
+  /// Tells every enrolled device of the round whether its input is in the sum.
+  private func finishAll(round: Int, survivors: Set<DeviceID>, reason: String) {
+    for (device, member) in enrolled[round] ?? [:] {
+      let accepted = survivors.contains(device)
+      member.mailbox.post(
+        .secAggFinished(
+          accepted: accepted,
+          reason: accepted
+            ? "" : (reason.isEmpty ? "secure_aggregation_dropout" : "secure_aggregation_failed")))
+    }
+    enrolled[round] = nil
+  }
+}

@@ -1,0 +1,69 @@
+import CohortProtocol
+import Foundation
+public import GRPCCore
+
+/// Float32 little-endian bytes: how checkpoints and plain updates travel (the same bytes a
+/// checkpoint's SHA-256 covers).
+enum Float32Wire {
+  static func bytes(_ values: [Float]) -> [UInt8] {
+    var out = [UInt8]()
+    out.reserveCapacity(values.count * 4)
+    for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
+    return out
+  }
+
+  /// Nil when the byte count is not a multiple of 4.
+  static func values(_ bytes: [UInt8]) -> [Float]? {
+    guard bytes.count % 4 == 0 else { return nil }
+    var out = [Float](repeating: 0, count: bytes.count / 4)
+    for i in 0..<out.count {
+      let b =
+        UInt32(bytes[4 * i]) | UInt32(bytes[4 * i + 1]) << 8 | UInt32(bytes[4 * i + 2]) << 16
+        | UInt32(bytes[4 * i + 3]) << 24
+      out[i] = Float(bitPattern: b)
+    }
+    return out
+  }
+}
+
+/// Why the server ended a participation: a gRPC status whose message starts with the reason and
+/// whose trailing metadata carries it under `cohort-reason`, so any client can tell refusals apart.
+public struct ParticipationRefusal: Error, Sendable, CustomStringConvertible {
+  public var reason: String
+  public var detail: String
+  public var code: RPCError.Code
+
+  public init(_ reason: String, _ detail: String, code: RPCError.Code = .invalidArgument) {
+    self.reason = reason
+    self.detail = detail
+    self.code = code
+  }
+
+  public static let reasonKey = "cohort-reason"
+
+  public var rpcError: RPCError {
+    RPCError(code: code, message: "\(reason): \(detail)", metadata: [Self.reasonKey: "\(reason)"])
+  }
+
+  public var description: String { "\(reason): \(detail)" }
+
+  /// The refusal an RPC error carries, if the server sent one.
+  public init?(_ error: RPCError) {
+    guard let reason = error.metadata[stringValues: Self.reasonKey].first(where: { _ in true }) else {
+      return nil
+    }
+    self.init(reason, error.message, code: error.code)
+  }
+}
+
+extension Rejection {
+  /// The gRPC status code a rejected report ends its stream with.
+  var statusCode: RPCError.Code {
+    switch self {
+    case .late, .duplicate, .notSelected, .unknownRound: .failedPrecondition
+    case .protocolVersion: .failedPrecondition
+    case .malformed, .tooLarge, .integrity: .invalidArgument
+    case .wrongPopulation: .permissionDenied
+    }
+  }
+}
