@@ -138,7 +138,10 @@ public struct RoundStateMachine: Sendable {
     if checkIn.population != configuration.population { return (.rejected(.wrongPopulation), []) }
     // The cohorts are mutated in place (`selection!.…`): copying them out and back would copy
     // every member on every check-in and report.
-    guard let round = selection?.round, reporting?.selected.contains(checkIn.device) != true else {
+    // A device still owing its report for the round in flight is busy; one that has reported
+    // may join the next round's cohort at once.
+    let busy = reporting.map { $0.selected.contains(checkIn.device) && !$0.reported.contains(checkIn.device) }
+    guard let round = selection?.round, busy != true else {
       return (nil, [])
     }
     if selection!.members.contains(checkIn.device) { return (.waitForTask(round: round), []) }

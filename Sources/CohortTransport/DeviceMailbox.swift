@@ -14,6 +14,9 @@ enum SessionEvent: Sendable {
   case secAggFinished(accepted: Bool, reason: String)
   /// A wait ran out (the handler's own timer).
   case timeout(UInt64)
+  /// The Coordinator's answer to the device's report (under secure aggregation the handler
+  /// keeps relaying protocol messages while the report that closes the round is processed).
+  case reportAnswered(ServerReply)
 }
 
 /// One participation's inbox: the Coordinator's task and the secure-aggregation driver's

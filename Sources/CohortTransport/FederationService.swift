@@ -309,20 +309,21 @@ private struct Participation {
         round: round, device: device, examples: report.examples, mailbox: mailbox)
       enrolledInSecureAggregation = true
     }
-    let reply = await service.coordinator.report(report)
     reported = true
+    if secure {
+      // The report that meets the goal closes the round inside the Coordinator, which then
+      // runs the protocol: this stream must keep relaying meanwhile, so the answer comes back
+      // through the mailbox.
+      let coordinator = service.coordinator
+      let mailbox = self.mailbox
+      Task { mailbox.post(.reportAnswered(await coordinator.report(report))) }
+      try await secureAggregation(round: round, &messages, report: report, layoutCount: layout.count)
+      return
+    }
+    let reply = await service.coordinator.report(report)
     switch reply {
     case .accepted:
-      if secure {
-        try await secureAggregation(round: round, &messages)
-      } else {
-        try await send(
-          .acknowledgement(
-            .with {
-              $0.round = Int64(round)
-              $0.accepted = true
-            }))
-      }
+      try await send(.acknowledgement(.with { $0.round = Int64(round); $0.accepted = true }))
     case .rejected(let reason):
       if secure { await service.secureAggregation?.leave(round: round, device: device) }
       enrolledInSecureAggregation = false
@@ -348,11 +349,18 @@ private struct Participation {
 
   /// Relays the secure-aggregation protocol between the driver and the device.
   mutating func secureAggregation(
-    round: Int, _ messages: inout RPCAsyncSequence<Cohort_V1_DeviceMessage, any Error>.AsyncIterator
+    round: Int, _ messages: inout RPCAsyncSequence<Cohort_V1_DeviceMessage, any Error>.AsyncIterator,
+    report: UpdateReport, layoutCount: Int
   ) async throws {
     guard let driver = service.secureAggregation, let device else { return }
     while let event = await events.next() {
       switch event {
+      case .reportAnswered(.rejected(let reason)):
+        await driver.leave(round: round, device: device)
+        enrolledInSecureAggregation = false
+        throw refuse(reason, detail(reason, round: round, values: report.update.count, expected: layoutCount))
+      case .reportAnswered:
+        continue
       case .secAggBegin(let begin):
         try await send(.secaggBegin(begin))
       case .secAggRequest(let bytes):

@@ -1,0 +1,60 @@
+import CohortCore
+import CohortDevice
+import CohortServer
+import CohortSimulator
+import CohortStore
+import Foundation
+import Logging
+import Testing
+
+@testable import CohortTransport
+
+/// A real server and 20 device runtimes over real sockets on loopback, against the simulator
+/// running the same plan, partitions and seed.
+@Suite(.serialized) struct EndToEndTests {
+  static let devices = 20
+
+  /// Runs the scenario's federation over the network; returns the server's final checkpoint.
+  func federate(_ scenario: Scenario, security: ServerSecurity, client: ClientSecurity, directory: String)
+    async throws -> (sha256: String, rounds: [RoundRecord])
+  {
+    let store = try ResultsStore(path: directory + "/server.sqlite")
+    let server = try FederationServer(
+      configuration: .init(plan: scenario.plan, security: security, seed: scenario.seed), store: store,
+      logger: Logger(label: "test-server"))
+    let data = try DeviceDataProvider(scenario: scenario)
+    let rounds = scenario.plan.server.rounds
+    try await withServer(server) { port in
+      try await withThrowingTaskGroup(of: Void.self) { group in
+        for device in 0..<Self.devices {
+          let connection = try FederationConnection(host: "127.0.0.1", port: port, security: client)
+          let local = data.data(device: device)
+          let runtime = DeviceRuntime(
+            configuration: .init(device: device, seed: scenario.seed, initialBackoff: 0.05, maximumBackoff: 0.5),
+            connection: connection,
+            examples: { LocalExamples(train: local.train, indices: local.trainIndices, test: local.test) },
+            logger: Logger(label: "test-device-\(device)"))
+          group.addTask {
+            await runtime.run(participations: rounds)
+            connection.close()
+          }
+        }
+        try await group.waitForAll()
+      }
+    }
+    let sha = await server.coordinator.global.sha256
+    return (sha, try store.rounds(server.run!))
+  }
+
+  @Test(arguments: [false, true])
+  func twentyDevicesEndAtTheSimulatorsCheckpoint(secure: Bool) async throws {
+    let scenario = try networkScenario(devices: Self.devices, rounds: 3, secure: secure)
+    let directory = try temporaryDirectory("e2e")
+    let expected = try await simulatedCheckpoint(scenario, directory: directory)
+    let network = try await federate(
+      scenario, security: .insecureLoopback, client: .insecure, directory: directory)
+    #expect(network.rounds.filter { $0.outcome == .committed }.count == 3, "seed \(scenario.seed)")
+    #expect(network.rounds.allSatisfy { $0.reported == Self.devices }, "seed \(scenario.seed)")
+    #expect(network.sha256 == expected, "seed \(scenario.seed): network \(network.sha256) vs simulator \(expected)")
+  }
+}
