@@ -22,5 +22,6 @@ struct Cohort: AsyncParsableCommand {
       ModelCommand.self,
       PrivacyCommand.self,
       BenchCommand.self,
+      CertsCommand.self,
     ])
 }
