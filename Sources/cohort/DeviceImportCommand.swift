@@ -9,20 +9,22 @@ struct DeviceImportCommand: ParsableCommand {
     commandName: "import",
     abstract: "Add a CSV file's labelled examples to a device's examples store.",
     discussion: """
-      The CSV file's header names a 'label' column (class numbers 0, 1, …), optionally a 'device'
-      column and an 'expires_at' column (seconds since 1970; an empty field means --expires-in from
-      now), and any number of numeric feature columns (f0, f1, … or any other names), as written by
-      `cohort data export`. Examples keep the file's order; a malformed row is reported with its
-      line and column, and then nothing is imported.
+      The file's header names a 'label' column (class numbers 0, 1, …), optionally
+      a 'device' column and an 'expires_at' column (seconds since 1970; an empty
+      field means --expires-in from now), and numeric feature columns (f0, f1, …
+      or any other names), as `cohort data export` writes them. Examples keep the
+      file's order. A malformed row is reported with its line and column, and
+      then nothing is imported.
 
-      With --device N, only the rows whose 'device' column is N are imported, so one exported file
-      can be split among devices:
+      With --device N, only the rows whose 'device' column is N are imported, so
+      one exported file can be split among devices:
 
         cohort data export --out data
         cohort device import data/train.csv --examples device-3.sqlite --device 3
 
-      The examples store is created if missing (with the device's identity). Every import into one
-      store must have the same number of feature columns. Expired examples are never trained on.
+      The examples store is created if missing, with the device's identity. All
+      imports into one store must have the same number of feature columns.
+      Expired examples are never trained on.
       """)
 
   @Argument(help: ArgumentHelp("The CSV file of examples to import.", valueName: "DATA.csv"))
@@ -74,7 +76,7 @@ struct DeviceImportCommand: ParsableCommand {
       skipped.append("\(Format.count(summary.alreadyExpired)) already expired")
     }
     if !skipped.isEmpty {
-      print("skipped \(skipped.joined(separator: ", ")) (of \(Format.count(summary.rows)) rows)")
+      print("skipped rows: \(skipped.joined(separator: ", ")) (of \(Format.count(summary.rows)) in the file)")
     }
     if let earliest = summary.earliestExpiry, let latest = summary.latestExpiry {
       print(
