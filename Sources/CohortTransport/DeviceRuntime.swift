@@ -49,7 +49,7 @@ public struct DeviceRuntimeConfiguration: Sendable {
 }
 
 /// How one participation ended.
-public enum ParticipationOutcome: Sendable, Equatable {
+public enum ParticipationResult: Sendable, Equatable {
   /// The server did not need the device now: come back within this many seconds.
   case retry(earliest: Double, latest: Double)
   /// The device reported for `round`; `accepted` says whether its update counts.
@@ -77,7 +77,7 @@ public actor DeviceRuntime {
   private var session: DeviceSession
   private var random: RandomStream
   /// Completed participations by outcome, for callers' summaries.
-  public private(set) var history: [ParticipationOutcome] = []
+  public private(set) var history: [ParticipationResult] = []
 
   public init(
     configuration: DeviceRuntimeConfiguration, connection: FederationConnection,
@@ -141,7 +141,7 @@ public actor DeviceRuntime {
   }
 
   /// One participation over one stream, from check-in to acknowledgement.
-  public func participate() async -> ParticipationOutcome {
+  public func participate() async -> ParticipationResult {
     do {
       let checkIn = Cohort_V1_CheckIn.with {
         $0.device = Int64(configuration.device)
@@ -191,7 +191,7 @@ extension [DeviceSession.Action] {
 private struct Conversation: Sendable {
   let runtime: DeviceRuntime
 
-  func run(checkIn: Cohort_V1_CheckIn) async throws -> ParticipationOutcome {
+  func run(checkIn: Cohort_V1_CheckIn) async throws -> ParticipationResult {
     let (outgoing, sink) = AsyncStream.makeStream(of: Cohort_V1_DeviceMessage.self)
     @Sendable func send(_ kind: Cohort_V1_DeviceMessage.OneOf_Kind) {
       var m = Cohort_V1_DeviceMessage()
@@ -215,7 +215,7 @@ private struct Conversation: Sendable {
   static func converse(
     runtime: DeviceRuntime, messages: inout RPCAsyncSequence<Cohort_V1_ServerMessage, any Error>.AsyncIterator,
     send: (Cohort_V1_DeviceMessage.OneOf_Kind) -> Void
-  ) async throws -> ParticipationOutcome {
+  ) async throws -> ParticipationResult {
     let configuration = runtime.configuration
     func next() async throws -> Cohort_V1_ServerMessage.OneOf_Kind? {
       guard let m = try await messages.next() else { return nil }
