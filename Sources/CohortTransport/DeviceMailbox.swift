@@ -64,3 +64,32 @@ final class DeviceMailbox: DeviceLink, Sendable {
     continuation.finish()
   }
 }
+
+/// The mailboxes of open participations, so a shutdown can end every stream that is waiting.
+final class OpenParticipations: Sendable {
+  private let open = Mutex<(closed: Bool, mailboxes: [ObjectIdentifier: DeviceMailbox])>((false, [:]))
+
+  /// False once the server is shutting down (the mailbox is closed at once).
+  func add(_ mailbox: DeviceMailbox) {
+    let closed = open.withLock { state in
+      if !state.closed { state.mailboxes[ObjectIdentifier(mailbox)] = mailbox }
+      return state.closed
+    }
+    if closed { mailbox.close() }
+  }
+
+  func remove(_ mailbox: DeviceMailbox) {
+    _ = open.withLock { $0.mailboxes.removeValue(forKey: ObjectIdentifier(mailbox)) }
+  }
+
+  var count: Int { open.withLock { $0.mailboxes.count } }
+
+  func closeAll() {
+    let all = open.withLock { state in
+      state.closed = true
+      defer { state.mailboxes = [:] }
+      return Array(state.mailboxes.values)
+    }
+    for mailbox in all { mailbox.close() }
+  }
+}

@@ -58,6 +58,8 @@ public enum ParticipationResult: Sendable, Equatable {
   case refused(reason: String, detail: String)
   /// The device gave up before reporting (not eligible, or the stream ended).
   case abandoned(String)
+  /// Admitted to a round's cohort (only from `checkInOnly()`, which stops there).
+  case admitted(round: Int)
 }
 
 /// The Linux client runtime: checks in, downloads the task and checkpoint, trains on local
@@ -127,6 +129,8 @@ public actor DeviceRuntime {
       case .refused(let reason, let detail):
         logger.notice("participation refused", metadata: ["reason": "\(reason)", "detail": "\(detail)"])
         await sleep(window: session.connectionLost(now: after).sleepWindow ?? after...(after + 1))
+      case .admitted:
+        continue
       case .abandoned(let why):
         logger.info("participation abandoned", metadata: ["reason": "\(why)"])
         await sleep(window: session.connectionLost(now: after).sleepWindow ?? after...(after + 1))
@@ -140,8 +144,17 @@ public actor DeviceRuntime {
     if at > now { try? await Task.sleep(for: .seconds(at - now)) }
   }
 
+  /// Checks in and ends the stream at the server's first answer (connectivity checks, `cohort load`).
+  public func checkInOnly() async -> ParticipationResult {
+    await participate(stopAfterCheckIn: true)
+  }
+
   /// One participation over one stream, from check-in to acknowledgement.
   public func participate() async -> ParticipationResult {
+    await participate(stopAfterCheckIn: false)
+  }
+
+  func participate(stopAfterCheckIn: Bool) async -> ParticipationResult {
     do {
       let checkIn = Cohort_V1_CheckIn.with {
         $0.device = Int64(configuration.device)
@@ -149,7 +162,7 @@ public actor DeviceRuntime {
         $0.runtimeVersion = "cohort-\(protocolVersion)"
         $0.cachedCheckpointSha256 = cached?.sha256 ?? ""
       }
-      let work = Conversation(runtime: self)
+      let work = Conversation(runtime: self, stopAfterCheckIn: stopAfterCheckIn)
       return try await work.run(checkIn: checkIn)
     } catch let error as RPCError {
       if let refusal = ParticipationRefusal(error) {
@@ -190,6 +203,7 @@ extension [DeviceSession.Action] {
 /// The device's half of one participation stream.
 private struct Conversation: Sendable {
   let runtime: DeviceRuntime
+  let stopAfterCheckIn: Bool
 
   func run(checkIn: Cohort_V1_CheckIn) async throws -> ParticipationResult {
     let (outgoing, sink) = AsyncStream.makeStream(of: Cohort_V1_DeviceMessage.self)
@@ -200,7 +214,13 @@ private struct Conversation: Sendable {
       sink.yield(m)
     }
     let runtime = self.runtime
+    let stopAfterCheckIn = self.stopAfterCheckIn
+    // Fail fast when the server cannot be reached (or refuses the handshake): the runtime backs
+    // off and tries again instead of the call waiting for a connection forever.
+    var options = CallOptions.defaults
+    options.waitForReady = false
     return try await runtime.connection.federation.participate(
+      options: options,
       requestProducer: { writer in
         for await message in outgoing { try await writer.write(message) }
       },
@@ -208,20 +228,23 @@ private struct Conversation: Sendable {
         defer { sink.finish() }
         send(.checkIn(checkIn))
         var messages = response.messages.makeAsyncIterator()
-        return try await Self.converse(runtime: runtime, messages: &messages, send: send)
+        return try await Self.converse(
+          runtime: runtime, messages: &messages, stopAfterCheckIn: stopAfterCheckIn, send: send)
       })
   }
 
   static func converse(
-    runtime: DeviceRuntime, messages: inout RPCAsyncSequence<Cohort_V1_ServerMessage, any Error>.AsyncIterator,
-    send: (Cohort_V1_DeviceMessage.OneOf_Kind) -> Void
+    runtime: DeviceRuntime,
+    messages: inout RPCAsyncSequence<Cohort_V1_ServerMessage, any Error>.AsyncIterator,
+    stopAfterCheckIn: Bool, send: (Cohort_V1_DeviceMessage.OneOf_Kind) -> Void
   ) async throws -> ParticipationResult {
     let configuration = runtime.configuration
     func next() async throws -> Cohort_V1_ServerMessage.OneOf_Kind? {
       guard let m = try await messages.next() else { return nil }
       guard m.protocolVersion == UInt32(protocolVersion) else {
         throw ParticipationRefusal(
-          "protocol_version", "the server speaks protocol version \(m.protocolVersion), this device \(protocolVersion)")
+          "protocol_version",
+          "the server speaks protocol version \(m.protocolVersion), this device \(protocolVersion)")
       }
       return m.kind
     }
@@ -230,8 +253,11 @@ private struct Conversation: Sendable {
     while task == nil {
       switch try await next() {
       case .retry(let r): return .retry(earliest: r.earliestSeconds, latest: r.latestSeconds)
-      case .admitted: continue
-      case .task(let t): task = t
+      case .admitted(let a):
+        if stopAfterCheckIn { return .admitted(round: Int(a.round)) }
+      case .task(let t):
+        if stopAfterCheckIn { return .admitted(round: Int(t.round)) }
+        task = t
       case nil: return .abandoned("the server ended the stream before a task")
       default: throw ParticipationRefusal("malformed", "unexpected message before the task")
       }
@@ -266,10 +292,16 @@ private struct Conversation: Sendable {
     let training = try await runtime.trainer(planJSON: t.planJson)
     let layout = training.network.initialWeights(seed: 0).layout
     guard layout.count == values.count else {
-      throw ParticipationRefusal("malformed", "the checkpoint has \(values.count) values, the plan's model \(layout.count)")
+      throw ParticipationRefusal(
+        "malformed", "the checkpoint has \(values.count) values, the plan's model \(layout.count)")
     }
     if let reason = runtime.ineligibility() {
-      send(.abandon(.with { $0.round = Int64(round); $0.reason = reason }))
+      send(
+        .abandon(
+          .with {
+            $0.round = Int64(round)
+            $0.reason = reason
+          }))
       return .abandoned(reason)
     }
     let local = try runtime.examples()
@@ -325,11 +357,13 @@ private struct Conversation: Sendable {
         let parameters = SecAggConfiguration(
           round: UInt64(b.round), count: Int(b.count), degree: Int(b.degree), threshold: Int(b.threshold),
           graphSeed: [UInt8](b.graphSeed), vectorLength: Int(b.vectorLength), ringBits: Int(b.ringBits))
-        guard parameters.vectorLength == encoding.vectorLength, parameters.ringBits == encoding.ringBits else {
+        guard parameters.vectorLength == encoding.vectorLength, parameters.ringBits == encoding.ringBits
+        else {
           throw ParticipationRefusal("malformed", "the secure-aggregation parameters do not match the plan")
         }
         var random = RandomStream(
-          seed: configuration.seed, purpose: encoding.streamPurpose, round: round, device: configuration.device)
+          seed: configuration.seed, purpose: encoding.streamPurpose, round: round,
+          device: configuration.device)
         input = encoding.encode(outcome.update.values, examples: outcome.examples, random: &random)
         var secret = SecAggCrypto.randomSeed()
         var device = SecAggDevice(configuration: parameters, index: SecAggIndex(b.index), seed: secret)

@@ -42,7 +42,8 @@ public final class FederationConnection: Sendable {
     let isIPv4 = host.split(separator: ".").count == 4 && host.allSatisfy { $0.isNumber || $0 == "." }
     let target: any ResolvableTarget =
       host.contains(":")
-      ? .ipv6(address: host, port: port) : isIPv4 ? .ipv4(address: host, port: port) : .dns(host: host, port: port)
+      ? .ipv6(address: host, port: port)
+      : isIPv4 ? .ipv4(address: host, port: port) : .dns(host: host, port: port)
     do {
       var config = HTTP2ClientTransport.Posix.Config.defaults
       config.connection.maxIdleTime = nil

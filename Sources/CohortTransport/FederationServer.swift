@@ -199,6 +199,8 @@ public final class FederationServer: Sendable {
         // The round in flight is abandoned and recorded; committed rounds stay.
         await coordinator.shutdown()
       }
+      // Streams still waiting (for a task, or for a protocol step) end now.
+      service.open.closeAll()
       server.beginGracefulShutdown()
       try await group.waitForAll()
     }

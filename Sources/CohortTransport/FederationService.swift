@@ -61,6 +61,8 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
   let logger: Logger
   /// How long an admitted device waits for its round's task before it is told to come back.
   let taskWait: Double
+  /// Streams in progress, ended together at shutdown.
+  let open = OpenParticipations()
 
   func participate(
     request: RPCAsyncSequence<Cohort_V1_DeviceMessage, any Error>,
@@ -70,6 +72,8 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
     metrics.connected.increment()
     defer { metrics.connected.decrement() }
     var session = Participation(service: self, response: response)
+    open.add(session.mailbox)
+    defer { open.remove(session.mailbox) }
     do {
       try await session.run(request)
     } catch let refusal as ParticipationRefusal {
@@ -323,7 +327,12 @@ private struct Participation {
     let reply = await service.coordinator.report(report)
     switch reply {
     case .accepted:
-      try await send(.acknowledgement(.with { $0.round = Int64(round); $0.accepted = true }))
+      try await send(
+        .acknowledgement(
+          .with {
+            $0.round = Int64(round)
+            $0.accepted = true
+          }))
     case .rejected(let reason):
       if secure { await service.secureAggregation?.leave(round: round, device: device) }
       enrolledInSecureAggregation = false

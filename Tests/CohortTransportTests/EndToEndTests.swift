@@ -30,7 +30,8 @@ import Testing
           let connection = try FederationConnection(host: "127.0.0.1", port: port, security: client)
           let local = data.data(device: device)
           let runtime = DeviceRuntime(
-            configuration: .init(device: device, seed: scenario.seed, initialBackoff: 0.05, maximumBackoff: 0.5),
+            configuration: .init(
+              device: device, seed: scenario.seed, initialBackoff: 0.05, maximumBackoff: 0.5),
             connection: connection,
             examples: { LocalExamples(train: local.train, indices: local.trainIndices, test: local.test) },
             logger: Logger(label: "test-device-\(device)"))
@@ -51,10 +52,62 @@ import Testing
     let scenario = try networkScenario(devices: Self.devices, rounds: 3, secure: secure)
     let directory = try temporaryDirectory("e2e")
     let expected = try await simulatedCheckpoint(scenario, directory: directory)
+    // TLS with a throwaway CA; mutual TLS, so every device also proves who it is.
+    let pki = try DevelopmentCertificates.make(devices: 1)
+    let device = pki.devices[0]
     let network = try await federate(
-      scenario, security: .insecureLoopback, client: .insecure, directory: directory)
+      scenario,
+      security: .tls(
+        certificateChainPEM: pki.serverCertificatePEM, privateKeyPEM: pki.serverKeyPEM,
+        clientCAPEM: pki.caCertificatePEM),
+      client: .tls(
+        caPEM: pki.caCertificatePEM, certificatePEM: device.certificatePEM, privateKeyPEM: device.keyPEM),
+      directory: directory)
     #expect(network.rounds.filter { $0.outcome == .committed }.count == 3, "seed \(scenario.seed)")
     #expect(network.rounds.allSatisfy { $0.reported == Self.devices }, "seed \(scenario.seed)")
-    #expect(network.sha256 == expected, "seed \(scenario.seed): network \(network.sha256) vs simulator \(expected)")
+    #expect(
+      network.sha256 == expected, "seed \(scenario.seed): network \(network.sha256) vs simulator \(expected)")
+  }
+
+  @Test func mutualTLSRefusesADeviceCertifiedByAnotherCA() async throws {
+    let scenario = try networkScenario(devices: 2, rounds: 1)
+    let directory = try temporaryDirectory("mtls")
+    let pki = try DevelopmentCertificates.make(devices: 1)
+    let stranger = try DevelopmentCertificates.make(devices: 1)
+    let server = try FederationServer(
+      configuration: .init(
+        plan: scenario.plan,
+        security: .tls(
+          certificateChainPEM: pki.serverCertificatePEM, privateKeyPEM: pki.serverKeyPEM,
+          clientCAPEM: pki.caCertificatePEM), seed: scenario.seed),
+      store: try ResultsStore(path: directory + "/server.sqlite"), logger: Logger(label: "test-server"))
+    let data = try DeviceDataProvider(scenario: scenario)
+    let results = try await withServer(server) { port in
+      var results: [ParticipationResult] = []
+      // The server trusts the device's CA only: a device of another CA is refused in the
+      // handshake, one of its own CA is admitted.
+      for (name, certificates) in [("stranger", stranger), ("member", pki)] {
+        let connection = try FederationConnection(
+          host: "127.0.0.1", port: port,
+          security: .tls(
+            caPEM: pki.caCertificatePEM, certificatePEM: certificates.devices[0].certificatePEM,
+            privateKeyPEM: certificates.devices[0].keyPEM))
+        let local = data.data(device: 0)
+        let runtime = DeviceRuntime(
+          configuration: .init(device: 0, seed: scenario.seed), connection: connection,
+          examples: { LocalExamples(train: local.train, indices: local.trainIndices, test: local.test) },
+          logger: Logger(label: "test-\(name)"))
+        results.append(await runtime.checkInOnly())
+        connection.close()
+      }
+      server.shutdown()
+      return results
+    }
+    guard case .abandoned(let why) = results[0] else {
+      Issue.record("a device of another CA got through: \(results[0])")
+      return
+    }
+    #expect(why.contains("connection"), "\(why)")
+    if case .abandoned(let why) = results[1] { Issue.record("the CA's own device was refused: \(why)") }
   }
 }

@@ -23,7 +23,7 @@ func networkScenario(devices: Int = 20, rounds: Int = 3, secure: Bool = false, s
       server:
         rounds: \(rounds)
         cohort: {goal: \(devices), over_selection: 1.0, minimum_fraction: 1.0}
-        windows: {selection: 600s, reporting: 600s}
+        windows: {selection: 1h, reporting: 1h}
         strategy: {kind: fedavg}
         evaluation: {every: 1}
       secure_aggregation: {enabled: \(secure)}
@@ -33,6 +33,7 @@ func networkScenario(devices: Int = 20, rounds: Int = 3, secure: Bool = false, s
       count: \(devices)
       compute: {kind: constant, value: 100}
       availability: {kind: always}
+      check_in_interval: 2m
       dropout: 0
     seed: \(seed)
     """
@@ -54,7 +55,11 @@ func simulatedCheckpoint(_ scenario: Scenario, directory: String) async throws -
   options.parallelism = 2
   let simulation = try Simulation(
     scenario: scenario, store: store, run: run, options: options, logger: Logger(label: "test-sim"))
-  return try await simulation.run().checkpointSHA256
+  let summary = try await simulation.run()
+  // Every round must commit with the whole population, or the comparison means nothing.
+  #expect(
+    summary.roundsCommitted == scenario.plan.server.rounds, "seed \(scenario.seed): the simulator's rounds")
+  return summary.checkpointSHA256
 }
 
 /// Runs `body` with the server serving on an OS-chosen loopback port; fails instead of hanging
