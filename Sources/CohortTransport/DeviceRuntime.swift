@@ -72,6 +72,8 @@ public actor DeviceRuntime {
   let examples: @Sendable () throws -> LocalExamples
   /// Nil when the device may work now; otherwise why not.
   let ineligibility: @Sendable () -> String?
+  /// Called after every participation with its result and start and end times (seconds since 1970).
+  let observe: @Sendable (ParticipationResult, Double, Double) -> Void
   let logger: Logger
   /// The last checkpoint received, so a task for the same model skips the download.
   private var cached: (sha256: String, values: [Float])?
@@ -84,8 +86,11 @@ public actor DeviceRuntime {
   public init(
     configuration: DeviceRuntimeConfiguration, connection: FederationConnection,
     examples: @escaping @Sendable () throws -> LocalExamples,
-    ineligibility: @escaping @Sendable () -> String? = { nil }, logger: Logger
+    ineligibility: @escaping @Sendable () -> String? = { nil },
+    observe: @escaping @Sendable (ParticipationResult, Double, Double) -> Void = { _, _, _ in },
+    logger: Logger
   ) {
+    self.observe = observe
     self.configuration = configuration
     self.connection = connection
     self.examples = examples
@@ -114,6 +119,7 @@ public actor DeviceRuntime {
       let outcome = await participate()
       history.append(outcome)
       let after = Date().timeIntervalSince1970
+      observe(outcome, now, after)
       switch outcome {
       case .retry(let earliest, let latest):
         let actions = session.received(.retry(window: (after + earliest)...(after + latest)), now: after)

@@ -23,5 +23,7 @@ struct Cohort: AsyncParsableCommand {
       PrivacyCommand.self,
       BenchCommand.self,
       CertsCommand.self,
+      ServeCommand.self,
+      DeviceCommand.self,
     ])
 }

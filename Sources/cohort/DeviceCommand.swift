@@ -1,0 +1,144 @@
+import ArgumentParser
+import CohortCore
+import CohortDevice
+import CohortTransport
+import Foundation
+import Logging
+
+/// `cohort device`: the Linux client runtime, and its examples store.
+struct DeviceCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "device",
+    abstract: "Run a device: train on local examples for a Cohort server, over TLS.",
+    subcommands: [DeviceRunCommand.self, DeviceImportCommand.self],
+    defaultSubcommand: DeviceRunCommand.self)
+}
+
+struct DeviceRunCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "run",
+    abstract: "Check in with a server, train when selected, report, and come back when told.",
+    discussion: """
+      The device trains only on its own examples store (fill it with `cohort device import`)
+      and only with Cohort's built-in training: the server's plan parameterizes the model and
+      the optimizer, it never names a command to run. Its identity (a device number) and
+      secret seed live in the examples store; --id sets the number once.
+
+      The device checks in, waits for its round's task if admitted, downloads the checkpoint
+      (verified by SHA-256), trains, uploads its update (or runs secure aggregation), and then
+      comes back when the server's pace steering says. After a refusal or a lost connection it
+      backs off exponentially with jitter. --hours and --max-load restrict when it works.
+
+        cohort device --server 127.0.0.1:7070 --ca certs/ca.pem \\
+          --cert certs/device-1.pem --key certs/device-1-key.pem --examples device-1.sqlite
+      """)
+
+  @Option(help: ArgumentHelp("The server to join.", valueName: "HOST:PORT"))
+  var server: String
+
+  @Option(help: ArgumentHelp("The CA that signed the server's certificate (PEM).", valueName: "CA"))
+  var ca: String?
+
+  @Option(help: ArgumentHelp("This device's certificate, for mutual TLS (PEM).", valueName: "CERT"))
+  var cert: String?
+
+  @Option(help: ArgumentHelp("This device's private key, for mutual TLS (PEM).", valueName: "KEY"))
+  var key: String?
+
+  @Flag(help: "Connect without TLS (only to a server started with --insecure on loopback).")
+  var insecure = false
+
+  @Option(help: ArgumentHelp("The device's examples store (see `cohort device import`).", valueName: "DB"))
+  var examples: String
+
+  @Option(help: "The population to join.")
+  var population: String = "default"
+
+  @Option(help: "Set the device's number (kept in the examples store).")
+  var id: Int64?
+
+  @Option(help: "Seed of the device's training randomness (default: the store's own secret seed).")
+  var seed: UInt64?
+
+  @Option(help: ArgumentHelp("Work only between these local hours, e.g. 22-6.", valueName: "START-END"))
+  var hours: String?
+
+  @Option(help: ArgumentHelp("Work only while the 1-minute load average is at most this.", valueName: "LOAD"))
+  var maxLoad: String?
+
+  @Flag(help: "Stop after one acknowledged report.")
+  var once = false
+
+  @Option(help: "Log level: trace, debug, info, notice, warning, error.")
+  var logLevel: String = "info"
+
+  func validate() throws {
+    if insecure == (ca != nil) {
+      throw ValidationError(
+        "give --ca (the CA of the server's certificate), or --insecure for a plaintext loopback server")
+    }
+    if (cert == nil) != (key == nil) { throw ValidationError("mutual TLS needs both --cert and --key") }
+    _ = try HostPort(server, option: "--server")
+  }
+
+  func run() async throws {
+    var logger = Logger(label: "cohort.device") { StreamLogHandler.standardError(label: $0) }
+    logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+    let address = try HostPort(server, option: "--server")
+    let security: ClientSecurity =
+      insecure
+      ? .insecure
+      : .tls(
+        caPEM: try readPEM(ca!, option: "--ca"),
+        certificatePEM: try cert.map { try readPEM($0, option: "--cert") },
+        privateKeyPEM: try key.map { try readPEM($0, option: "--key") })
+    do throws(CohortError) {
+      let store = try ExampleStore(path: examples)
+      if let id { try store.setIdentity(device: id) }
+      let identity = try store.identity()
+      let policy = try EligibilityPolicy(hours: hours, maximumLoad: maxLoad)
+      let now = Date().timeIntervalSince1970
+      guard try store.count(now: now) > 0 else {
+        throw CohortError(
+          .invalidData, "the examples store \(examples) holds no unexpired examples",
+          fix: "import some with `cohort device import DATA.csv --examples \(examples)`")
+      }
+      let rootSeed = seed ?? identity.seed.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+      let connection = try FederationConnection(host: address.host, port: address.port, security: security)
+      let population = self.population
+      let runtime = DeviceRuntime(
+        configuration: .init(device: Int(identity.device), population: population, seed: rootSeed),
+        connection: connection,
+        examples: {
+          LocalExamples(train: try store.examples(now: Date().timeIntervalSince1970))
+        },
+        ineligibility: {
+          let count = (try? store.count(now: Date().timeIntervalSince1970)) ?? 0
+          let decision = policy.decide(SystemConditions.read(), examples: count)
+          return decision.isEligible ? nil : decision.description
+        },
+        observe: { result, started, ended in
+          let (round, outcome): (Int, ParticipationOutcome)
+          switch result {
+          case .finished(let r, let accepted, let reason):
+            (round, outcome) = (r, accepted ? .accepted : .rejected(reason))
+          case .refused(let reason, _): (round, outcome) = (0, .rejected(reason))
+          case .abandoned: (round, outcome) = (0, .dropped)
+          case .retry, .admitted: return
+          }
+          try? store.recordParticipation(
+            ParticipationRecord(
+              round: round, population: population, startedAt: started, endedAt: ended, outcome: outcome))
+        },
+        logger: logger)
+      logger.info("device started", metadata: ["device": "\(identity.device)", "server": "\(server)"])
+      await runtime.run(participations: once ? 1 : nil)
+      connection.close()
+      if once, let last = await runtime.history.last {
+        print("participation: \(last)")
+      }
+    } catch {
+      throw error.exit()
+    }
+  }
+}

@@ -1,0 +1,172 @@
+import ArgumentParser
+import CohortCore
+import CohortStore
+import CohortTransport
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// `cohort serve`: a network server for one plan.
+struct ServeCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "serve",
+    abstract: "Serve a plan to real devices over gRPC with TLS.",
+    discussion: """
+      Runs the plan's rounds with devices that connect over the network (`cohort device`),
+      committing every round (its record and checkpoint) to the results database in one
+      transaction. After a crash (even kill -9), starting the same command again resumes the
+      run from its last committed round; devices reconnect by themselves.
+
+      TLS is required: --tls-cert and --tls-key (PEM). With --client-ca, devices must present a
+      certificate signed by that CA (mutual TLS). `cohort certs create --out certs` makes a
+      development CA, a server certificate and device certificates:
+
+        cohort certs create --out certs --devices 3
+        cohort serve --plan Plans/synthetic-fedavg.yaml --listen 127.0.0.1:7070 \\
+          --tls-cert certs/server.pem --tls-key certs/server-key.pem --client-ca certs/ca.pem \\
+          --db server.sqlite --metrics 127.0.0.1:9090
+
+      --insecure serves plaintext instead, and only on a loopback address (for experiments).
+      Prometheus metrics (rounds, devices connected, check-ins, reports accepted and rejected
+      by reason, bytes, round duration) are served at http://HOST:PORT/metrics with --metrics.
+      SIGTERM or SIGINT stops the server gracefully: the round in flight is abandoned and
+      recorded, committed rounds are kept. The server exits when the plan's last round commits.
+      """)
+
+  @Option(help: ArgumentHelp("The plan to serve (Plans/*.yaml).", valueName: "PLAN"))
+  var plan: String
+
+  @Option(help: ArgumentHelp("Address to listen on; port 0 lets the OS choose.", valueName: "HOST:PORT"))
+  var listen: String = "127.0.0.1:7070"
+
+  @Option(help: ArgumentHelp("The server's certificate chain (PEM).", valueName: "CERT"))
+  var tlsCert: String?
+
+  @Option(help: ArgumentHelp("The server's private key (PEM).", valueName: "KEY"))
+  var tlsKey: String?
+
+  @Option(help: ArgumentHelp("Require device certificates signed by this CA (mutual TLS).", valueName: "CA"))
+  var clientCa: String?
+
+  @Flag(help: "Serve plaintext without TLS; allowed only on a loopback address.")
+  var insecure = false
+
+  @Option(help: ArgumentHelp("The results database (SQLite).", valueName: "PATH"))
+  var db: String = "cohort-server.sqlite"
+
+  @Option(help: ArgumentHelp("Serve Prometheus metrics over HTTP here.", valueName: "HOST:PORT"))
+  var metrics: String?
+
+  @Option(help: "The device population this server coordinates.")
+  var population: String = "default"
+
+  @Option(help: "Seed of the initial model (a scenario's seed gives the simulator's initial model).")
+  var seed: UInt64 = 0
+
+  @Option(help: "Log level: trace, debug, info, notice, warning, error.")
+  var logLevel: String = "info"
+
+  func validate() throws {
+    if insecure, tlsCert != nil || tlsKey != nil {
+      throw ValidationError("--insecure serves plaintext: drop --tls-cert and --tls-key, or drop --insecure")
+    }
+    if !insecure, tlsCert == nil || tlsKey == nil {
+      throw ValidationError(
+        "TLS needs --tls-cert and --tls-key (make a development pair with `cohort certs create --out certs`); "
+          + "--insecure serves plaintext on loopback instead")
+    }
+    if clientCa != nil, insecure { throw ValidationError("--client-ca needs TLS; drop --insecure") }
+    _ = try HostPort(listen, option: "--listen")
+    if let metrics { _ = try HostPort(metrics, option: "--metrics") }
+  }
+
+  func run() async throws {
+    let level = Logger.Level(rawValue: logLevel) ?? .info
+    var logger = Logger(label: "cohort.serve") { StreamLogHandler.standardError(label: $0) }
+    logger.logLevel = level
+    let loadedPlan: Plan
+    do throws(ConfigurationError) { loadedPlan = try Plan.load(path: plan) } catch { throw error.exit() }
+    let address = try HostPort(listen, option: "--listen")
+    let security: ServerSecurity
+    if insecure {
+      security = .insecureLoopback
+    } else {
+      security = .tls(
+        certificateChainPEM: try readPEM(tlsCert!, option: "--tls-cert"),
+        privateKeyPEM: try readPEM(tlsKey!, option: "--tls-key"),
+        clientCAPEM: try clientCa.map { try readPEM($0, option: "--client-ca") })
+    }
+    let endpoint = MetricsEndpoint()
+    let server: FederationServer
+    do throws(CohortError) {
+      let store = try ResultsStore(path: db)
+      server = try FederationServer(
+        configuration: .init(
+          plan: loadedPlan, planPath: plan, host: address.host, port: address.port, security: security,
+          population: population, seed: seed),
+        store: store, logger: logger, metrics: endpoint.metricsFactory)
+    } catch {
+      throw error.exit()
+    }
+    if let metrics {
+      let m = try HostPort(metrics, option: "--metrics")
+      let port = try await endpoint.start(host: m.host, port: m.port)
+      FileHandle.standardOutput.write(Data("metrics on http://\(m.host):\(port)/metrics\n".utf8))
+    }
+    if server.resumedAfter > 0 {
+      print("resuming run \(server.run.map { "\($0)" } ?? "-") after round \(server.resumedAfter)")
+    }
+    let service = FederationServerService(server: server) { port in
+      // One line a script (or a test) can wait for.
+      FileHandle.standardOutput.write(Data("listening on \(address.host):\(port)\n".utf8))
+    }
+    let group = ServiceGroup(
+      configuration: .init(
+        services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+        gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    try await group.run()
+    try? await endpoint.stop()
+    let finished = await server.coordinator.isFinished
+    let round = await server.coordinator.globalRound
+    print(finished ? "run finished after round \(round)" : "stopped; the last committed round is \(round)")
+  }
+}
+
+/// The server as a service-lifecycle service: a graceful shutdown abandons the round in flight.
+struct FederationServerService: Service {
+  let server: FederationServer
+  let onListening: @Sendable (Int) -> Void
+
+  func run() async throws {
+    try await withGracefulShutdownHandler {
+      try await server.run(onListening: onListening)
+    } onGracefulShutdown: {
+      server.shutdown()
+    }
+  }
+}
+
+/// A HOST:PORT option.
+struct HostPort {
+  var host: String
+  var port: Int
+
+  init(_ text: String, option: String) throws {
+    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+      (0...65535).contains(port), colon != text.startIndex
+    else {
+      throw ValidationError("\(option) \(text) is not HOST:PORT (for example 127.0.0.1:7070)")
+    }
+    host = String(text[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+    self.port = port
+  }
+}
+
+/// Reads a PEM file, naming the option when it cannot.
+func readPEM(_ path: String, option: String) throws -> String {
+  guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+    throw ValidationError("\(option) \(path): cannot read the file (create one with `cohort certs create`)")
+  }
+  guard text.contains("-----BEGIN") else { throw ValidationError("\(option) \(path) is not a PEM file") }
+  return text
+}
