@@ -111,14 +111,22 @@ struct ServeCommand: AsyncParsableCommand {
     if let metrics {
       let m = try HostPort(metrics, option: "--metrics")
       let port = try await endpoint.start(host: m.host, port: m.port)
-      FileHandle.standardOutput.write(Data("metrics on http://\(m.host):\(port)/metrics\n".utf8))
+      say("metrics on http://\(m.host):\(port)/metrics")
     }
     if server.resumedAfter > 0 {
-      print("resuming run \(server.run.map { "\($0)" } ?? "-") after round \(server.resumedAfter)")
+      say("resuming run \(server.run.map { "\($0)" } ?? "-") after round \(server.resumedAfter)")
+    }
+    await server.coordinator.observeRounds { record in
+      // One line per round, for people and scripts following the run.
+      let detail =
+        record.outcome == .committed
+        ? "committed (\(record.reported) of \(record.selected) reported)"
+        : "abandoned: \(record.abandonReason ?? "-")"
+      say("round \(record.round) \(detail)")
     }
     let service = FederationServerService(server: server) { port in
       // One line a script (or a test) can wait for.
-      FileHandle.standardOutput.write(Data("listening on \(address.host):\(port)\n".utf8))
+      say("listening on \(address.host):\(port)")
     }
     let group = ServiceGroup(
       configuration: .init(
@@ -128,7 +136,7 @@ struct ServeCommand: AsyncParsableCommand {
     try? await endpoint.stop()
     let finished = await server.coordinator.isFinished
     let round = await server.coordinator.globalRound
-    print(finished ? "run finished after round \(round)" : "stopped; the last committed round is \(round)")
+    say(finished ? "run finished after round \(round)" : "stopped; the last committed round is \(round)")
   }
 }
 
@@ -169,4 +177,9 @@ func readPEM(_ path: String, option: String) throws -> String {
   }
   guard text.contains("-----BEGIN") else { throw ValidationError("\(option) \(path) is not a PEM file") }
   return text
+}
+
+/// A line on standard output at once (unbuffered, so a script or test reading a pipe sees it).
+func say(_ line: String) {
+  FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

@@ -1,0 +1,152 @@
+import CohortTesting
+import Foundation
+import Testing
+
+/// A child process whose standard output the test reads line by line.
+final class ChildProcess: @unchecked Sendable {
+  let process = Process()
+  private let output = Pipe()
+  private var buffer = ""
+  /// Everything read so far, for failure messages.
+  private(set) var transcript = ""
+
+  init(_ arguments: [String], in directory: URL, limit: Double = 180) throws {
+    process.executableURL = cohortBinary
+    process.arguments = arguments
+    process.currentDirectoryURL = directory
+    process.standardOutput = output
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    // Nothing hangs forever: a child still running after `limit` seconds is stopped, which
+    // ends its output and fails the test that waits on it.
+    let process = self.process
+    DispatchQueue.global().asyncAfter(deadline: .now() + limit) {
+      if process.isRunning { process.terminate() }
+    }
+  }
+
+  /// Reads lines until one contains `text` and returns it; nil when the output ends first.
+  func waitForLine(containing text: String) -> String? {
+    while true {
+      if let newline = buffer.firstIndex(of: "\n") {
+        let line = String(buffer[..<newline])
+        buffer.removeSubrange(...newline)
+        if line.contains(text) { return line }
+        continue
+      }
+      let data = output.fileHandleForReading.availableData
+      if data.isEmpty { return nil }
+      let text = String(decoding: data, as: UTF8.self)
+      buffer += text
+      transcript += text
+    }
+  }
+
+  func kill() {
+    Foundation.kill(process.processIdentifier, SIGKILL)
+    process.waitUntilExit()
+  }
+
+  func stop() {
+    if process.isRunning { process.terminate() }
+    process.waitUntilExit()
+  }
+}
+
+/// The `cohort` binary next to the test bundle.
+let cohortBinary: URL = {
+  var candidate = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    .appendingPathComponent("cohort")
+  while !FileManager.default.isExecutableFile(atPath: candidate.path) && candidate.path != "/cohort" {
+    candidate = candidate.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent(
+      "cohort")
+  }
+  return candidate
+}()
+
+@Suite(.serialized) struct ServeCLITests {
+  /// Certificates, a plan of `rounds` rounds for three devices, and their examples stores.
+  func federation(in dir: TemporaryDirectory, rounds: Int) throws -> String {
+    #expect(try cohort(["certs", "create", "--out", dir.path + "/certs", "--devices", "3"]).status == 0)
+    let plan = try String(
+      contentsOf: repositoryRoot.appendingPathComponent("Plans/network-demo.yaml"), encoding: .utf8
+    )
+    .replacingOccurrences(of: "rounds: 5", with: "rounds: \(rounds)")
+    let planPath = dir.write("plan.yaml", plan)
+    let export = try cohort(["data", "export", "Simulations/network-demo.yaml", "--out", dir.path + "/data"])
+    #expect(export.status == 0, "\(export.stderr)")
+    for i in 1...3 {
+      let imported = try cohort([
+        "device", "import", dir.path + "/data/train.csv", "--examples", dir.path + "/device-\(i).sqlite",
+        "--device", "\(i - 1)",
+      ])
+      #expect(imported.status == 0, "\(imported.stderr)")
+    }
+    return planPath
+  }
+
+  func serve(_ dir: TemporaryDirectory, plan: String, listen: String) throws -> ChildProcess {
+    try ChildProcess(
+      [
+        "serve", "--plan", plan, "--listen", listen, "--tls-cert", "certs/server.pem", "--tls-key",
+        "certs/server-key.pem", "--client-ca", "certs/ca.pem", "--db", "server.sqlite",
+      ], in: dir.url)
+  }
+
+  func devices(_ dir: TemporaryDirectory, port: String) throws -> [ChildProcess] {
+    try (1...3).map { i in
+      try ChildProcess(
+        [
+          "device", "--server", "127.0.0.1:\(port)", "--ca", "certs/ca.pem", "--cert",
+          "certs/device-\(i).pem",
+          "--key", "certs/device-\(i)-key.pem", "--examples", "device-\(i).sqlite", "--id", "\(i)",
+        ], in: dir.url)
+    }
+  }
+
+  /// The server is killed with SIGKILL right after it commits round 2; started again on the
+  /// same port it resumes after round 2, the devices reconnect by themselves, and the run ends
+  /// with every round committed once.
+  @Test func killedServerResumesFromItsLastCommittedRound() throws {
+    let dir = TemporaryDirectory()
+    let plan = try federation(in: dir, rounds: 5)
+    let first = try serve(dir, plan: plan, listen: "127.0.0.1:0")
+    guard let listening = first.waitForLine(containing: "listening on") else {
+      Issue.record("the server did not start: \(first.transcript)")
+      return
+    }
+    let port = String(listening.split(separator: ":").last!)
+    let devices = try devices(dir, port: port)
+    defer { for d in devices { d.stop() } }
+    guard first.waitForLine(containing: "round 2 committed") != nil else {
+      first.stop()
+      Issue.record("round 2 never committed: \(first.transcript)")
+      return
+    }
+    first.kill()
+    let second = try serve(dir, plan: plan, listen: "127.0.0.1:\(port)")
+    let resumed = second.waitForLine(containing: "resuming run")
+    #expect(resumed?.contains("after round 2") == true, "\(second.transcript)")
+    #expect(second.waitForLine(containing: "run finished after round 5") != nil, "\(second.transcript)")
+    second.process.waitUntilExit()
+    #expect(second.process.terminationStatus == 0)
+    let rounds = try cohort(["runs", "show", "1", "--db", dir.path + "/server.sqlite"])
+    #expect(rounds.stdout.contains("rounds committed 5 of"), "\(rounds.stdout)")
+    // No round ran twice: the first server committed 1–2, the second 3–5.
+    #expect(second.transcript.contains("round 3 committed"), "\(second.transcript)")
+    #expect(!second.transcript.contains("round 2 committed"), "\(second.transcript)")
+  }
+
+  @Test func serveRefusesPlaintextOffLoopbackAndMissingTLS() throws {
+    let dir = TemporaryDirectory()
+    let noTLS = try cohort(["serve", "--plan", "Plans/network-demo.yaml", "--db", dir.path + "/s.sqlite"])
+    #expect(noTLS.status != 0)
+    #expect(noTLS.stderr.contains("--tls-cert"), "\(noTLS.stderr)")
+    let open = try cohort([
+      "serve", "--plan", "Plans/network-demo.yaml", "--insecure", "--listen", "0.0.0.0:0", "--db",
+      dir.path + "/s.sqlite",
+    ])
+    #expect(open.status != 0)
+    #expect(open.stderr.contains("loopback"), "\(open.stderr)")
+  }
+}
