@@ -150,17 +150,32 @@ public actor DeviceRuntime {
     if at > now { try? await Task.sleep(for: .seconds(at - now)) }
   }
 
+  /// How far a participation goes.
+  enum Extent: Sendable {
+    case full
+    /// End the stream at the server's first answer.
+    case checkIn
+    /// After being admitted, keep the stream open (idle) until the task is cancelled.
+    case hold(@Sendable () -> Void)
+  }
+
   /// Checks in and ends the stream at the server's first answer (connectivity checks, `cohort load`).
   public func checkInOnly() async -> ParticipationResult {
-    await participate(stopAfterCheckIn: true)
+    await participate(extent: .checkIn)
+  }
+
+  /// Checks in and, once admitted, holds the stream open and idle until the calling task is
+  /// cancelled; `onAdmitted` is called when the server admits the device (`cohort load`).
+  public func holdSession(onAdmitted: @escaping @Sendable () -> Void) async -> ParticipationResult {
+    await participate(extent: .hold(onAdmitted))
   }
 
   /// One participation over one stream, from check-in to acknowledgement.
   public func participate() async -> ParticipationResult {
-    await participate(stopAfterCheckIn: false)
+    await participate(extent: .full)
   }
 
-  func participate(stopAfterCheckIn: Bool) async -> ParticipationResult {
+  func participate(extent: Extent) async -> ParticipationResult {
     do {
       let checkIn = Cohort_V1_CheckIn.with {
         $0.device = Int64(configuration.device)
@@ -168,7 +183,7 @@ public actor DeviceRuntime {
         $0.runtimeVersion = "cohort-\(protocolVersion)"
         $0.cachedCheckpointSha256 = cached?.sha256 ?? ""
       }
-      let work = Conversation(runtime: self, stopAfterCheckIn: stopAfterCheckIn)
+      let work = Conversation(runtime: self, extent: extent)
       return try await work.run(checkIn: checkIn)
     } catch let error as RPCError {
       if let refusal = ParticipationRefusal(error) {
@@ -209,7 +224,7 @@ extension [DeviceSession.Action] {
 /// The device's half of one participation stream.
 private struct Conversation: Sendable {
   let runtime: DeviceRuntime
-  let stopAfterCheckIn: Bool
+  let extent: DeviceRuntime.Extent
 
   func run(checkIn: Cohort_V1_CheckIn) async throws -> ParticipationResult {
     let (outgoing, sink) = AsyncStream.makeStream(of: Cohort_V1_DeviceMessage.self)
@@ -220,7 +235,7 @@ private struct Conversation: Sendable {
       sink.yield(m)
     }
     let runtime = self.runtime
-    let stopAfterCheckIn = self.stopAfterCheckIn
+    let extent = self.extent
     // Fail fast when the server cannot be reached (or refuses the handshake): the runtime backs
     // off and tries again instead of the call waiting for a connection forever.
     var options = CallOptions.defaults
@@ -235,14 +250,14 @@ private struct Conversation: Sendable {
         send(.checkIn(checkIn))
         var messages = response.messages.makeAsyncIterator()
         return try await Self.converse(
-          runtime: runtime, messages: &messages, stopAfterCheckIn: stopAfterCheckIn, send: send)
+          runtime: runtime, messages: &messages, extent: extent, send: send)
       })
   }
 
   static func converse(
     runtime: DeviceRuntime,
     messages: inout RPCAsyncSequence<Cohort_V1_ServerMessage, any Error>.AsyncIterator,
-    stopAfterCheckIn: Bool, send: (Cohort_V1_DeviceMessage.OneOf_Kind) -> Void
+    extent: DeviceRuntime.Extent, send: (Cohort_V1_DeviceMessage.OneOf_Kind) -> Void
   ) async throws -> ParticipationResult {
     let configuration = runtime.configuration
     func next() async throws -> Cohort_V1_ServerMessage.OneOf_Kind? {
@@ -260,10 +275,17 @@ private struct Conversation: Sendable {
       switch try await next() {
       case .retry(let r): return .retry(earliest: r.earliestSeconds, latest: r.latestSeconds)
       case .admitted(let a):
-        if stopAfterCheckIn { return .admitted(round: Int(a.round)) }
+        switch extent {
+        case .full: continue
+        case .checkIn: return .admitted(round: Int(a.round))
+        case .hold(let onAdmitted):
+          onAdmitted()
+          // Idle until cancelled (or until the server sends the task or ends the stream).
+          while (try? await messages.next()) != nil, !Task.isCancelled {}
+          return .admitted(round: Int(a.round))
+        }
       case .task(let t):
-        if stopAfterCheckIn { return .admitted(round: Int(t.round)) }
-        task = t
+        if case .full = extent { task = t } else { return .admitted(round: Int(t.round)) }
       case nil: return .abandoned("the server ended the stream before a task")
       default: throw ParticipationRefusal("malformed", "unexpected message before the task")
       }

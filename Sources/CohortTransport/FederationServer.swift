@@ -175,7 +175,12 @@ public final class FederationServer: Sendable {
       address: .ipv4(
         host: configuration.host == "localhost" ? "127.0.0.1" : configuration.host, port: configuration.port),
       transportSecurity: security,
-      config: .defaults { $0.rpc.maxRequestPayloadSize = limits.maxMessageBytes })
+      config: .defaults {
+        $0.rpc.maxRequestPayloadSize = limits.maxMessageBytes
+        // Many devices may share one connection (a gateway, `cohort load`); each waiting
+        // device holds a stream.
+        $0.http2.maxConcurrentStreams = 16_384
+      })
     let server = GRPCServer(transport: transport, services: [service])
     let alreadyStopping = stopping.withLock { state in
       state.server = server

@@ -25,5 +25,6 @@ struct Cohort: AsyncParsableCommand {
       CertsCommand.self,
       ServeCommand.self,
       DeviceCommand.self,
+      LoadCommand.self,
     ])
 }

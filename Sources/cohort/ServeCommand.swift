@@ -81,6 +81,8 @@ struct ServeCommand: AsyncParsableCommand {
   }
 
   func run() async throws {
+    // Every device session holds a socket or a stream; thousands need the hard limit.
+    raiseOpenFileLimit()
     let level = Logger.Level(rawValue: logLevel) ?? .info
     var logger = Logger(label: "cohort.serve") { StreamLogHandler.standardError(label: $0) }
     logger.logLevel = level
