@@ -97,6 +97,13 @@ public final class FederationServer: Sendable {
           + "in the PKI)",
         fix: "use variant semi_honest for cohort serve")
     }
+    if plan.compression.kind != .none {
+      throw CohortError(
+        .invalidConfiguration,
+        "compression.kind \(plan.compression.kind.rawValue) is not served over the network yet (encoded updates "
+          + "have no wire form)",
+        fix: "use compression.kind none for cohort serve (cohort simulate runs every codec)")
+    }
     self.configuration = configuration
     self.store = store
     self.logger = logger

@@ -111,3 +111,30 @@ import Testing
     if case .abandoned(let why) = results[1] { Issue.record("the CA's own device was refused: \(why)") }
   }
 }
+
+@Suite struct LoadGeneratorTests {
+  /// A small load run: every session is held, every check-in answered, nothing refused.
+  @Test func holdsSessionsAndMeasuresCheckIns() async throws {
+    let scenario = try networkScenario(devices: 1000, rounds: 1)
+    let directory = try temporaryDirectory("load")
+    let server = try FederationServer(
+      configuration: .init(plan: scenario.plan, security: .insecureLoopback, seed: scenario.seed),
+      store: try ResultsStore(path: directory + "/server.sqlite"), logger: Logger(label: "test-server"))
+    let report = try await withServer(server) { port in
+      let generator = LoadGenerator(
+        configuration: .init(
+          host: "127.0.0.1", port: port, security: .insecure, sessions: 50, checkInsPerSecond: 100,
+          duration: 0.3,
+          connections: 2),
+        logger: Logger(label: "test-load"))
+      let report = try await generator.run(serverPID: getpid())
+      server.shutdown()
+      return report
+    }
+    #expect(report.sessionsHeld == 50)
+    #expect(report.checkIns == 30, "\(report.errors)")
+    #expect(report.errors.isEmpty, "\(report.errors)")
+    #expect(report.latencyP50 <= report.latencyP99 && report.latencyP99 <= report.latencyMax)
+    #expect(report.serverResidentBytesHeld != nil)
+  }
+}
