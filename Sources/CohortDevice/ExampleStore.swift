@@ -551,8 +551,8 @@ struct ExampleCSV {
 
   static func parse(_ bytes: [UInt8], path: String, device: Int?) throws(CohortError) -> ExampleCSV {
     try bytes.withUnsafeBufferPointer { (buffer) throws(CohortError) -> ExampleCSV in
-      var scanner = RecordScanner(bytes: buffer, path: path)
-      var fields: [Field] = []
+      var scanner = CSVScanner(bytes: buffer, path: path)
+      var fields: [CSVField] = []
       repeat {
         guard try scanner.next(into: &fields) else {
           throw CohortError(
@@ -693,131 +693,6 @@ struct ExampleCSV {
   static func list(_ names: [String], limit: Int = 20) -> String {
     let shown = names.prefix(limit).map { "'\($0)'" }.joined(separator: ", ")
     return names.count > limit ? "\(shown), … (\(names.count) in all)" : shown
-  }
-}
-
-/// One field of a record: a byte range (without its quotes) and whether it was quoted.
-private struct Field {
-  var start: Int
-  var end: Int
-  var quoted: Bool
-}
-
-/// Splits bytes into records of fields as in RFC 4180, counting lines for error messages.
-private struct RecordScanner {
-  let bytes: UnsafeBufferPointer<UInt8>
-  let path: String
-  private var position = 0
-  /// The line the next record starts on (1-based).
-  private var line = 1
-  /// The line the last record returned started on.
-  private(set) var recordLine = 1
-
-  private static let comma = UInt8(ascii: ",")
-  private static let quote = UInt8(ascii: "\"")
-  private static let cr = UInt8(ascii: "\r")
-  private static let lf = UInt8(ascii: "\n")
-
-  init(bytes: UnsafeBufferPointer<UInt8>, path: String) {
-    self.bytes = bytes
-    self.path = path
-    // A UTF-8 byte-order mark, which spreadsheet programs like to write.
-    if bytes.count >= 3 && bytes[0] == 0xEF && bytes[1] == 0xBB && bytes[2] == 0xBF { position = 3 }
-  }
-
-  static func isSpace(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 }
-
-  /// Reads the next record into `fields`; false at the end of the input.
-  mutating func next(into fields: inout [Field]) throws(CohortError) -> Bool {
-    fields.removeAll(keepingCapacity: true)
-    let n = bytes.count
-    guard position < n else { return false }
-    recordLine = line
-    while true {
-      if bytes[position] == Self.quote {
-        let openedOn = line
-        var i = position + 1
-        var closed = false
-        while i < n {
-          if bytes[i] == Self.quote {
-            if i + 1 < n && bytes[i + 1] == Self.quote {
-              i += 2
-              continue
-            }
-            closed = true
-            break
-          }
-          if bytes[i] == Self.lf { line += 1 }
-          i += 1
-        }
-        guard closed else {
-          throw CohortError(
-            .invalidData,
-            "\(path):\(openedOn): field \(fields.count + 1) opens a quote that is never closed; "
-              + "expected a closing '\"'")
-        }
-        fields.append(Field(start: position + 1, end: i, quoted: true))
-        position = i + 1
-        while position < n && Self.isSpace(bytes[position]) { position += 1 }
-      } else {
-        let start = position
-        while position < n && bytes[position] != Self.comma && bytes[position] != Self.lf { position += 1 }
-        var end = position
-        if end > start && bytes[end - 1] == Self.cr { end -= 1 }
-        fields.append(Field(start: start, end: end, quoted: false))
-      }
-      guard position < n else { return true }
-      let b = bytes[position]
-      if b == Self.comma {
-        position += 1
-        if position == n {
-          fields.append(Field(start: n, end: n, quoted: false))
-          return true
-        }
-        continue
-      }
-      if b == Self.lf {
-        position += 1
-        line += 1
-        return true
-      }
-      if b == Self.cr && (position + 1 == n || bytes[position + 1] == Self.lf) {
-        position += position + 1 == n ? 1 : 2
-        line += 1
-        return true
-      }
-      throw CohortError(
-        .invalidData,
-        "\(path):\(line): unexpected '\(String(decoding: [b], as: UTF8.self))' after the closing quote "
-          + "of field \(fields.count); expected ',' or the end of the line")
-    }
-  }
-
-  /// A record with nothing but spaces: a blank line.
-  func isBlank(_ fields: [Field]) -> Bool {
-    guard fields.count == 1, !fields[0].quoted else { return false }
-    for i in fields[0].start..<fields[0].end where !Self.isSpace(bytes[i]) { return false }
-    return true
-  }
-
-  /// The text of a field: quotes undoubled; unquoted text trimmed of spaces.
-  func text(_ field: Field) -> String {
-    var s = field.start
-    var e = field.end
-    if !field.quoted {
-      while s < e && Self.isSpace(bytes[s]) { s += 1 }
-      while e > s && Self.isSpace(bytes[e - 1]) { e -= 1 }
-    }
-    let raw = String(decoding: UnsafeBufferPointer(rebasing: bytes[s..<e]), as: UTF8.self)
-    return field.quoted ? raw.replacingOccurrences(of: "\"\"", with: "\"") : raw
-  }
-
-  /// A short, quoted excerpt of a field for an error message.
-  func excerpt(_ field: Field) -> String {
-    let limit = 40
-    let stop = min(field.end, field.start + limit)
-    let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[field.start..<stop]), as: UTF8.self)
-    return stop < field.end ? "'\(text)…'" : "'\(text)'"
   }
 }
 
