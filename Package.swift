@@ -217,6 +217,8 @@ let package = Package(
       dependencies: [
         "CohortTransport", "CohortDevice", "CohortServer", "CohortSimulator", "CohortProtocol", "CohortStore",
         "CohortCore", "CohortML", "CohortTesting",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
       ],
       swiftSettings: swiftSettings),
     .testTarget(

@@ -77,7 +77,8 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
     do {
       try await session.run(request)
     } catch let refusal as ParticipationRefusal {
-      metrics.refused(refusal.reason)
+      // The Coordinator counts the reports it refuses itself; count only the transport's own.
+      if !session.refusalCounted { metrics.refused(refusal.reason) }
       logger.debug(
         "participation refused",
         metadata: ["device": "\(session.device.map(String.init) ?? "?")", "reason": "\(refusal)"])
@@ -102,6 +103,8 @@ private struct Participation {
   /// The round the device trains for, once it has its task.
   var round: Int?
   var reported = false
+  /// Whether the refusal ending this stream was already counted (by the Coordinator).
+  var refusalCounted = false
   var connected = false
   var enrolledInSecureAggregation = false
 
@@ -336,6 +339,10 @@ private struct Participation {
     case .rejected(let reason):
       if secure { await service.secureAggregation?.leave(round: round, device: device) }
       enrolledInSecureAggregation = false
+      // The report does not count: a selected device whose stream ends now is dropped, so
+      // the round does not wait for its deadline (the device may still report on a new stream).
+      reported = false
+      refusalCounted = true
       throw refuse(reason, detail(reason, round: round, values: values.count, expected: layout.count))
     default:
       break
@@ -367,6 +374,8 @@ private struct Participation {
       case .reportAnswered(.rejected(let reason)):
         await driver.leave(round: round, device: device)
         enrolledInSecureAggregation = false
+        reported = false
+        refusalCounted = true
         throw refuse(reason, detail(reason, round: round, values: report.update.count, expected: layoutCount))
       case .reportAnswered:
         continue
