@@ -183,7 +183,11 @@ public struct RoundStateMachine: Sendable {
     reporting!.dropped.remove(device)
     reporting!.counts.reported += 1
     var actions: [Action] = []
-    if reporting!.reported.count >= configuration.goal { actions = closeReporting(now: now) }
+    let r = reporting!
+    // The goal is met, or nobody else can still report (the rest dropped): close now.
+    if r.reported.count >= configuration.goal || r.reported.count + r.dropped.count == r.selected.count {
+      actions = closeReporting(now: now)
+    }
     return (.accepted(round: round), actions)
   }
 

@@ -151,11 +151,9 @@ private struct Participation {
       guard let header = try await nextReportHeader(&messages, round: round) else { return }
       try await report(header, &messages)
     case .report(let header):
-      // A device that trained but lost its connection uploads on a new stream.
+      // A device that trained but lost its connection uploads on a new stream. (Device 0 is
+      // a valid number; a report that names no device is refused as not selected unless 0 was.)
       device = Int(header.device)
-      guard device != nil, header.device > 0 else {
-        throw refuse(.malformed, "a report on a new stream must name its device")
-      }
       try await report(header, &messages)
     default:
       throw refuse(.malformed, "a participation starts with a check-in or a report")
