@@ -85,6 +85,8 @@ public func residentBytes(pid: Int32) -> Int? {
 /// Drives a load run: opens and holds `sessions` idle sessions, then makes check-ins at the
 /// asked rate on new streams, measuring each one's latency, and closes everything.
 public struct LoadGenerator: Sendable {
+  /// Check-ins per connection in the measured phase (below the servers' reset-flood limits).
+  static let checkInsPerConnection = 150
   public let configuration: LoadConfiguration
   let logger: Logger
 
@@ -161,12 +163,28 @@ public struct LoadGenerator: Sendable {
 
       // Phase 2: check-ins at a steady rate on new streams while the sessions stay open.
       let total = Int((c.checkInsPerSecond * c.duration).rounded())
+      // Each check-in here ends its stream as soon as the server answers, which HTTP/2 does with
+      // a reset; servers close a connection that resets too many streams in a short time
+      // (SwiftNIO's flood protection), so these check-ins are spread over fresh connections,
+      // at most `checkInsPerConnection` each.
+      var checkInPool: [FederationConnection] = []
+      for _ in 0..<max(1, (total + Self.checkInsPerConnection - 1) / Self.checkInsPerConnection) {
+        if let connection = try? FederationConnection(host: c.host, port: c.port, security: c.security) {
+          checkInPool.append(connection)
+        }
+      }
+      let checkInConnections = checkInPool.isEmpty ? pool : checkInPool
+      defer { for connection in checkInPool { connection.close() } }
       let start = clock.now
       await withTaskGroup(of: Void.self) { checkIns in
         for i in 0..<total {
           let due = start + .seconds(Double(i) / c.checkInsPerSecond)
           if due > clock.now { try? await clock.sleep(until: due) }
-          let runtime = runtimeFor(c.firstDevice + c.sessions + i)
+          let device = c.firstDevice + c.sessions + i
+          let runtime = DeviceRuntime(
+            configuration: .init(device: device, population: c.population, seed: UInt64(device)),
+            connection: checkInConnections[i / Self.checkInsPerConnection % checkInConnections.count],
+            examples: { throw CohortError(.invalidData, "load devices only check in") }, logger: logger)
           checkIns.addTask {
             let begun = clock.now
             let result = await runtime.checkInOnly()
