@@ -80,6 +80,9 @@ public actor DeviceRuntime {
   private var trainers: [String: LocalTraining] = [:]
   private var session: DeviceSession
   private var random: RandomStream
+  /// An upload the server has not acknowledged (the connection was lost during the report);
+  /// the next participation sends it on a new stream while the round's deadline allows.
+  private(set) var pendingUpload: PendingUpload?
   /// Completed participations by outcome, for callers' summaries.
   public private(set) var history: [ParticipationResult] = []
 
@@ -176,6 +179,10 @@ public actor DeviceRuntime {
   }
 
   func participate(extent: Extent) async -> ParticipationResult {
+    var resume: PendingUpload?
+    if case .full = extent, let pending = pendingUpload {
+      if Date().timeIntervalSince1970 < pending.deadline { resume = pending } else { pendingUpload = nil }
+    }
     do {
       let checkIn = Cohort_V1_CheckIn.with {
         $0.device = Int64(configuration.device)
@@ -184,9 +191,11 @@ public actor DeviceRuntime {
         $0.cachedCheckpointSha256 = cached?.sha256 ?? ""
       }
       let work = Conversation(runtime: self, extent: extent)
-      return try await work.run(checkIn: checkIn)
+      return try await work.run(checkIn: checkIn, resume: resume)
     } catch let error as RPCError {
       if let refusal = ParticipationRefusal(error) {
+        // A refusal is the server's last word on any upload it was sent.
+        pendingUpload = nil
         return .refused(reason: refusal.reason, detail: refusal.detail)
       }
       return .abandoned("connection: \(error.code): \(error.message)")
@@ -198,6 +207,7 @@ public actor DeviceRuntime {
   }
 
   func remember(checkpoint sha256: String, values: [Float]) { cached = (sha256, values) }
+  func setPendingUpload(_ upload: PendingUpload?) { pendingUpload = upload }
   func cachedCheckpoint(_ sha256: String) -> [Float]? { cached?.sha256 == sha256 ? cached?.values : nil }
 
   func trainer(planJSON: String) throws -> LocalTraining {
@@ -226,7 +236,7 @@ private struct Conversation: Sendable {
   let runtime: DeviceRuntime
   let extent: DeviceRuntime.Extent
 
-  func run(checkIn: Cohort_V1_CheckIn) async throws -> ParticipationResult {
+  func run(checkIn: Cohort_V1_CheckIn, resume: PendingUpload?) async throws -> ParticipationResult {
     let (outgoing, sink) = AsyncStream.makeStream(of: Cohort_V1_DeviceMessage.self)
     @Sendable func send(_ kind: Cohort_V1_DeviceMessage.OneOf_Kind) {
       var m = Cohort_V1_DeviceMessage()
@@ -247,8 +257,17 @@ private struct Conversation: Sendable {
       },
       onResponse: { response in
         defer { sink.finish() }
-        send(.checkIn(checkIn))
         var messages = response.messages.makeAsyncIterator()
+        if let resume {
+          // Resume a report whose stream was lost: the same header and bytes on a new stream.
+          resume.send(through: send)
+          guard case .acknowledgement(let ack) = try await messages.next()?.kind else {
+            return .abandoned("the server ended the stream before acknowledging the resumed upload")
+          }
+          await runtime.setPendingUpload(nil)
+          return .finished(round: Int(ack.round), accepted: ack.accepted, reason: ack.reason)
+        }
+        send(.checkIn(checkIn))
         return try await Self.converse(
           runtime: runtime, messages: &messages, extent: extent, send: send)
       })
@@ -340,39 +359,38 @@ private struct Conversation: Sendable {
       train: local.train, indices: local.indices, test: local.test, seed: configuration.seed)
     let secure = training.plan.secureAggregation.enabled
     let payload = secure ? [] : Float32Wire.bytes(outcome.update.values)
-    send(
-      .report(
-        .with {
-          $0.device = Int64(configuration.device)
-          $0.round = Int64(round)
-          $0.examples = Int64(outcome.examples)
-          $0.trainLoss = outcome.loss
-          $0.updateBytes = Int64(payload.count)
-          $0.updateSha256 = payload.isEmpty ? "" : SHA256.hex(payload)
-          if let e = outcome.evaluation {
-            $0.evaluated = true
-            $0.evaluationLoss = e.loss
-            $0.evaluationAccuracy = e.accuracy
-            $0.evaluationExamples = Int64(e.examples)
-          }
-          $0.withinClip = outcome.withinClip ?? false
-          if let l = outcome.lossAtGlobal {
-            $0.reportsLossAtGlobal = true
-            $0.lossAtGlobal = l
-          }
-        }))
-    let chunk = max(1, Int(t.maxChunkBytes))
-    var start = 0
-    while start < payload.count {
-      let end = min(payload.count, start + chunk)
-      send(.updateChunk(.with { $0.data = Data(payload[start..<end]) }))
-      start = end
+    let header = Cohort_V1_ReportHeader.with {
+      $0.device = Int64(configuration.device)
+      $0.round = Int64(round)
+      $0.examples = Int64(outcome.examples)
+      $0.trainLoss = outcome.loss
+      $0.updateBytes = Int64(payload.count)
+      $0.updateSha256 = payload.isEmpty ? "" : SHA256.hex(payload)
+      if let e = outcome.evaluation {
+        $0.evaluated = true
+        $0.evaluationLoss = e.loss
+        $0.evaluationAccuracy = e.accuracy
+        $0.evaluationExamples = Int64(e.examples)
+      }
+      $0.withinClip = outcome.withinClip ?? false
+      if let l = outcome.lossAtGlobal {
+        $0.reportsLossAtGlobal = true
+        $0.lossAtGlobal = l
+      }
     }
+    let upload = PendingUpload(
+      header: header, payload: payload, chunk: max(1, Int(t.maxChunkBytes)),
+      deadline: Date().timeIntervalSince1970 + t.reportingDeadlineSeconds)
+    // Kept until acknowledged, so a lost connection does not lose the round's work (secure
+    // aggregation cannot resume: its protocol runs on this stream).
+    if !secure { await runtime.setPendingUpload(upload) }
+    upload.send(through: send)
     var protocolDevice: SecAggDevice?
     var input: [UInt32] = []
     while true {
       switch try await next() {
       case .acknowledgement(let ack):
+        await runtime.setPendingUpload(nil)
         return .finished(round: Int(ack.round), accepted: ack.accepted, reason: ack.reason)
       case .secaggBegin(let b) where secure:
         let encoding: SecureAggregationEncoding
@@ -409,6 +427,25 @@ private struct Conversation: Sendable {
       default:
         throw ParticipationRefusal("malformed", "unexpected message while reporting round \(round)")
       }
+    }
+  }
+}
+
+/// A report and its update bytes, as sent (and as resent after a lost connection).
+struct PendingUpload: Sendable {
+  var header: Cohort_V1_ReportHeader
+  var payload: [UInt8]
+  var chunk: Int
+  /// When the round's report would be late (seconds since 1970).
+  var deadline: Double
+
+  func send(through send: (Cohort_V1_DeviceMessage.OneOf_Kind) -> Void) {
+    send(.report(header))
+    var start = 0
+    while start < payload.count {
+      let end = min(payload.count, start + chunk)
+      send(.updateChunk(.with { $0.data = Data(payload[start..<end]) }))
+      start = end
     }
   }
 }

@@ -366,6 +366,28 @@ struct Refusal: Equatable, CustomStringConvertible {
     #expect(outcome.rounds.first?.reported == Self.honest + 2)
   }
 
+  /// A device whose stream is lost after training keeps its upload and sends it on a new
+  /// stream: the server accepts it and the round commits with every device.
+  @Test func aDeviceThatLostItsStreamUploadsOnANewOne() async throws {
+    let outcome = try await round("resume", holderFirst: false) { connection, device in
+      let (header, bytes) = device.header()
+      // The connection is lost before the upload; the server counts the device as dropped.
+      device.stream.close()
+      _ = await device.stream.status()
+      let runtime = DeviceRuntime(
+        configuration: .init(device: device.device, seed: 1), connection: connection,
+        examples: { throw CohortError(.invalidData, "this device already trained") },
+        logger: Logger(label: "test-resume"))
+      await runtime.setPendingUpload(
+        PendingUpload(header: header, payload: bytes, chunk: device.maxChunkBytes, deadline: .infinity))
+      let result = await runtime.participate()
+      #expect(result == .finished(round: Int(device.task.round), accepted: true, reason: ""))
+      #expect(await runtime.pendingUpload == nil)
+    }
+    #expect(outcome.rounds.first?.outcome == .committed)
+    #expect(outcome.rounds.first?.reported == Self.honest + 2)
+  }
+
   @Test func aCheckInOfAnotherProtocolVersionIsRefused() async throws {
     let outcome = try await round("version") { connection, bad in
       var stream = RawParticipation(connection)
