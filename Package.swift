@@ -93,6 +93,7 @@ let package = Package(
       name: "CohortDevice",
       dependencies: [
         "CohortCore", "CohortML", "CohortProtocol", "CohortCompression", "CohortPrivacy", "CohortSecAgg",
+        "CohortStore",
         .product(name: "GRDB", package: "GRDB.swift"),
         .product(name: "Logging", package: "swift-log"),
       ],

@@ -1,5 +1,6 @@
 public import CohortCore
 public import CohortML
+import CohortStore
 import Foundation
 import GRDB
 
@@ -36,7 +37,8 @@ public final class ExampleStore: Sendable {
     do {
       queue = try DatabaseQueue(path: path, configuration: config)
     } catch {
-      throw DeviceStoreErrors.failure(error, path: path, doing: "opening the examples store")
+      throw StoreErrors.failure(
+        error, path: path, doing: "opening the examples store", store: "examples store")
     }
     let drawn = DeviceIdentity.draw()
     try access("preparing the examples store's tables") {
@@ -359,7 +361,7 @@ public final class ExampleStore: Sendable {
     } catch let error as CohortError {
       throw error
     } catch {
-      throw DeviceStoreErrors.failure(error, path: path, doing: doing)
+      throw StoreErrors.failure(error, path: path, doing: doing, store: "examples store")
     }
   }
 }
@@ -716,35 +718,5 @@ private enum Float32LittleEndian {
           Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))))
       }
     }
-  }
-}
-
-/// Turns SQLite and GRDB failures into errors a user can act on.
-private enum DeviceStoreErrors {
-  static func failure(_ error: any Error, path: String, doing: String) -> CohortError {
-    guard let db = error as? DatabaseError else {
-      return CohortError(.storage, "\(doing) in the examples store \(path) failed: \(error)")
-    }
-    let detail = db.message ?? "\(db.resultCode)"
-    let fix: String
-    switch db.resultCode.primaryResultCode {
-    case .SQLITE_NOTADB:
-      fix = "\(path) is not a Cohort examples store (not an SQLite file); give another path"
-    case .SQLITE_CANTOPEN:
-      fix = "check that the directory of \(path) exists and that you may write to it"
-    case .SQLITE_READONLY, .SQLITE_PERM, .SQLITE_AUTH:
-      fix = "check that you may write to \(path) and to its directory (SQLite adds -wal and -shm files)"
-    case .SQLITE_BUSY, .SQLITE_LOCKED:
-      fix = "another process kept \(path) busy; try again"
-    case .SQLITE_FULL:
-      fix = "the disk is full; free some space and try again"
-    case .SQLITE_CORRUPT:
-      fix = "the file is damaged; restore it from a backup, or start a new one and import the data again"
-    case .SQLITE_IOERR:
-      fix = "the disk or file system failed; check it and try again"
-    default:
-      fix = ""
-    }
-    return CohortError(.storage, "\(doing) in the examples store \(path) failed: \(detail)", fix: fix)
   }
 }

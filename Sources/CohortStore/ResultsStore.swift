@@ -552,33 +552,37 @@ public final class ResultsStore: Sendable {
   }
 }
 
-/// Turns SQLite and GRDB failures into errors a user can act on.
-enum StoreErrors {
-  static func failure(_ error: any Error, path: String, doing: String) -> CohortError {
+/// Turns SQLite and GRDB failures into errors a user can act on; shared by every SQLite file
+/// Cohort keeps (the results store, a device's examples store).
+public enum StoreErrors {
+  /// - Parameter store: what the file is, for the message ("results store", "examples store").
+  public static func failure(_ error: any Error, path: String, doing: String, store: String = "results store")
+    -> CohortError
+  {
     guard let db = error as? DatabaseError else {
-      return CohortError(.storage, "\(doing) in the results store \(path) failed: \(error)")
+      return CohortError(.storage, "\(doing) in the \(store) \(path) failed: \(error)")
     }
     let detail = db.message ?? "\(db.resultCode)"
     let fix: String
     switch db.resultCode.primaryResultCode {
     case .SQLITE_NOTADB:
-      fix = "\(path) is not a Cohort results store (not an SQLite file); give another path"
+      fix = "\(path) is not a Cohort \(store) (not an SQLite file); give another path"
     case .SQLITE_CANTOPEN:
       fix = "check that the directory of \(path) exists and that you may write to it"
     case .SQLITE_READONLY, .SQLITE_PERM, .SQLITE_AUTH:
       fix = "check that you may write to \(path) and to its directory (SQLite adds -wal and -shm files)"
     case .SQLITE_BUSY, .SQLITE_LOCKED:
-      fix = "another process is writing to \(path); wait for it, or give this run its own file"
+      fix = "another process is writing to \(path); wait for it, or give this work its own file"
     case .SQLITE_FULL:
       fix = "the disk is full; free some space and try again"
     case .SQLITE_CORRUPT:
-      fix = "the file is damaged; restore it from a backup"
+      fix = "the file is damaged; restore it from a backup, or start a new one"
     case .SQLITE_IOERR:
       fix = "the disk or file system failed; check it and try again"
     default:
       fix = ""
     }
-    return CohortError(.storage, "\(doing) in the results store \(path) failed: \(detail)", fix: fix)
+    return CohortError(.storage, "\(doing) in the \(store) \(path) failed: \(detail)", fix: fix)
   }
 }
 

@@ -36,17 +36,7 @@ struct DeviceRunCommand: AsyncParsableCommand {
   @Option(help: ArgumentHelp("The server to join.", valueName: "HOST:PORT"))
   var server: String
 
-  @Option(help: ArgumentHelp("The CA that signed the server's certificate (PEM).", valueName: "CA"))
-  var ca: String?
-
-  @Option(help: ArgumentHelp("This device's certificate, for mutual TLS (PEM).", valueName: "CERT"))
-  var cert: String?
-
-  @Option(help: ArgumentHelp("This device's private key, for mutual TLS (PEM).", valueName: "KEY"))
-  var key: String?
-
-  @Flag(help: "Connect without TLS (only to a server started with --insecure on loopback).")
-  var insecure = false
+  @OptionGroup var tls: ClientTLSOptions
 
   @Option(help: ArgumentHelp("The device's examples store (see `cohort device import`).", valueName: "DB"))
   var examples: String
@@ -73,11 +63,6 @@ struct DeviceRunCommand: AsyncParsableCommand {
   var logLevel: String = "info"
 
   func validate() throws {
-    if insecure == (ca != nil) {
-      throw ValidationError(
-        "give --ca (the CA of the server's certificate), or --insecure for a plaintext loopback server")
-    }
-    if (cert == nil) != (key == nil) { throw ValidationError("mutual TLS needs both --cert and --key") }
     _ = try HostPort(server, option: "--server")
   }
 
@@ -85,13 +70,7 @@ struct DeviceRunCommand: AsyncParsableCommand {
     var logger = Logger(label: "cohort.device") { StreamLogHandler.standardError(label: $0) }
     logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
     let address = try HostPort(server, option: "--server")
-    let security: ClientSecurity =
-      insecure
-      ? .insecure
-      : .tls(
-        caPEM: try readPEM(ca!, option: "--ca"),
-        certificatePEM: try cert.map { try readPEM($0, option: "--cert") },
-        privateKeyPEM: try key.map { try readPEM($0, option: "--key") })
+    let security = try tls.security()
     do throws(CohortError) {
       let store = try ExampleStore(path: examples)
       if let id { try store.setIdentity(device: id) }

@@ -31,17 +31,7 @@ struct LoadCommand: AsyncParsableCommand {
   @Option(help: ArgumentHelp("The server to load.", valueName: "HOST:PORT"))
   var server: String
 
-  @Option(help: ArgumentHelp("The CA of the server's certificate (PEM).", valueName: "CA"))
-  var ca: String?
-
-  @Option(help: ArgumentHelp("A device certificate for mutual TLS (PEM).", valueName: "CERT"))
-  var cert: String?
-
-  @Option(help: ArgumentHelp("Its private key (PEM).", valueName: "KEY"))
-  var key: String?
-
-  @Flag(help: "Connect without TLS (a server started with --insecure).")
-  var insecure = false
+  @OptionGroup var tls: ClientTLSOptions
 
   @Option(help: "Sessions to open and hold.")
   var devices: Int = 1000
@@ -65,9 +55,6 @@ struct LoadCommand: AsyncParsableCommand {
   var json = false
 
   func validate() throws {
-    if insecure == (ca != nil) {
-      throw ValidationError("give --ca, or --insecure for a plaintext loopback server")
-    }
     if devices < 0 || rate <= 0 || duration < 0 {
       throw ValidationError("--devices must be ≥ 0, --rate > 0 and --duration ≥ 0")
     }
@@ -76,13 +63,7 @@ struct LoadCommand: AsyncParsableCommand {
 
   func run() async throws {
     let address = try HostPort(server, option: "--server")
-    let security: ClientSecurity =
-      insecure
-      ? .insecure
-      : .tls(
-        caPEM: try readPEM(ca!, option: "--ca"),
-        certificatePEM: try cert.map { try readPEM($0, option: "--cert") },
-        privateKeyPEM: try key.map { try readPEM($0, option: "--key") })
+    let security = try tls.security()
     raiseOpenFileLimit()
     var logger = Logger(label: "cohort.load") { StreamLogHandler.standardError(label: $0) }
     logger.logLevel = .warning

@@ -185,3 +185,35 @@ func readPEM(_ path: String, option: String) throws -> String {
 func say(_ line: String) {
   FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
+
+/// How a device-side command (`cohort device`, `cohort load`) reaches the server.
+struct ClientTLSOptions: ParsableArguments {
+  @Option(help: ArgumentHelp("The CA that signed the server's certificate (PEM).", valueName: "CA"))
+  var ca: String?
+
+  @Option(help: ArgumentHelp("A device certificate, for mutual TLS (PEM).", valueName: "CERT"))
+  var cert: String?
+
+  @Option(help: ArgumentHelp("Its private key (PEM).", valueName: "KEY"))
+  var key: String?
+
+  @Flag(help: "Connect without TLS (only to a server started with --insecure on loopback).")
+  var insecure = false
+
+  func validate() throws {
+    if insecure == (ca != nil) {
+      throw ValidationError(
+        "give --ca (the CA of the server's certificate), or --insecure for a plaintext loopback server")
+    }
+    if (cert == nil) != (key == nil) { throw ValidationError("mutual TLS needs both --cert and --key") }
+  }
+
+  func security() throws -> ClientSecurity {
+    insecure
+      ? .insecure
+      : .tls(
+        caPEM: try readPEM(ca!, option: "--ca"),
+        certificatePEM: try cert.map { try readPEM($0, option: "--cert") },
+        privateKeyPEM: try key.map { try readPEM($0, option: "--key") })
+  }
+}
