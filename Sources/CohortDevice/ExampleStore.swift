@@ -42,15 +42,7 @@ public final class ExampleStore: Sendable {
     }
     let drawn = DeviceIdentity.draw()
     try access("preparing the examples store's tables") {
-      let migrator = Self.migrator
-      if try queue.read({ try migrator.hasBeenSuperseded($0) }) {
-        throw CohortError(
-          .storage,
-          "the examples store \(path) was written by a newer version of Cohort (its schema has changes "
-            + "this version does not know)",
-          fix: "open it with that newer version, or give this one another file")
-      }
-      try migrator.migrate(queue)
+      try StoreErrors.migrate(queue, with: Self.migrator, path: path, store: "examples store")
       try queue.write { db in
         try db.execute(
           sql: """
@@ -554,17 +546,8 @@ struct ExampleCSV {
   static func parse(_ bytes: [UInt8], path: String, device: Int?) throws(CohortError) -> ExampleCSV {
     try bytes.withUnsafeBufferPointer { (buffer) throws(CohortError) -> ExampleCSV in
       var scanner = CSVScanner(bytes: buffer, path: path)
+      let (names, headerLine) = try scanner.header(naming: "label")
       var fields: [CSVField] = []
-      repeat {
-        guard try scanner.next(into: &fields) else {
-          throw CohortError(
-            .invalidData,
-            "\(path): the file has no header row; expected a first line naming the columns, one of "
-              + "them 'label'")
-        }
-      } while scanner.isBlank(fields)
-      let headerLine = scanner.recordLine
-      let names = fields.map { scanner.text($0) }
 
       func column(_ name: String, required: Bool) throws(CohortError) -> Int? {
         let matches = names.indices.filter { names[$0] == name }

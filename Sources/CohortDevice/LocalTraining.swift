@@ -56,14 +56,16 @@ public struct LocalTraining: Sendable {
   public let training: TrainingConfiguration
   /// The plan's update codec; nil for `compression.kind: none`.
   public let codec: UpdateCodec?
+  /// The model's layout (what a checkpoint received for this plan must match).
+  public let layout: WeightsLayout
 
   public init(plan: Plan) throws(CohortError) {
     self.plan = plan
     network = Network(plan: plan.model)
     training = TrainingConfiguration(plan: plan.device)
-    let dimension = network.initialWeights(seed: 0).count
+    layout = network.initialWeights(seed: 0).layout
     codec =
-      plan.compression.kind == .none ? nil : try UpdateCodec(plan: plan.compression, dimension: dimension)
+      plan.compression.kind == .none ? nil : try UpdateCodec(plan: plan.compression, dimension: layout.count)
   }
 
   /// Trains `job` on `train` (only the examples at `indices` when given).

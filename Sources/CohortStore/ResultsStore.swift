@@ -1,6 +1,6 @@
 public import CohortCore
 public import Foundation
-import GRDB
+public import GRDB
 
 /// The results store and model registry: one SQLite file holding runs, the plans they ran
 /// (by SHA-256), their rounds, the checkpoint of every committed round, and per-device
@@ -58,15 +58,7 @@ public final class ResultsStore: Sendable {
     self.path = path
     self.writer = writer
     try access("preparing the results store's tables") {
-      let migrator = Schema.migrator
-      if try writer.read({ try migrator.hasBeenSuperseded($0) }) {
-        throw CohortError(
-          .storage,
-          "the results store \(path) was written by a newer version of Cohort (its schema has changes "
-            + "this version does not know)",
-          fix: "open it with that newer version, or give this one another file")
-      }
-      try migrator.migrate(writer)
+      try StoreErrors.migrate(writer, with: Schema.migrator, path: path, store: "results store")
     }
   }
 
@@ -555,6 +547,20 @@ public final class ResultsStore: Sendable {
 /// Turns SQLite and GRDB failures into errors a user can act on; shared by every SQLite file
 /// Cohort keeps (the results store, a device's examples store).
 public enum StoreErrors {
+  /// Brings the file's schema up to date, refusing a file a newer Cohort wrote.
+  public static func migrate(
+    _ writer: any DatabaseWriter, with migrator: DatabaseMigrator, path: String, store: String
+  ) throws {
+    if try writer.read({ try migrator.hasBeenSuperseded($0) }) {
+      throw CohortError(
+        .storage,
+        "the \(store) \(path) was written by a newer version of Cohort (its schema has changes this "
+          + "version does not know)",
+        fix: "open it with that newer version, or give this one another file")
+    }
+    try migrator.migrate(writer)
+  }
+
   /// - Parameter store: what the file is, for the message ("results store", "examples store").
   public static func failure(_ error: any Error, path: String, doing: String, store: String = "results store")
     -> CohortError

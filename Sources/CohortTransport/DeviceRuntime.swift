@@ -337,7 +337,7 @@ private struct Conversation: Sendable {
       values = held
     }
     let training = try await runtime.trainer(planJSON: t.planJson)
-    let layout = training.network.initialWeights(seed: 0).layout
+    let layout = training.layout
     guard layout.count == values.count else {
       throw ParticipationRefusal(
         "malformed", "the checkpoint has \(values.count) values, the plan's model \(layout.count)")

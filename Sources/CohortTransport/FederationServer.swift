@@ -74,8 +74,8 @@ public final class FederationServer: Sendable {
   let service: FederationService
   let store: ResultsStore?
   let logger: Logger
-  private let stopping = Mutex<(requested: Bool, server: GRPCServer<HTTP2ServerTransport.Posix>?)>(
-    (false, nil))
+  /// Set by `shutdown()`; the tick loop sees it and winds the server down.
+  private let stopRequested = Mutex(false)
 
   /// - Parameters:
   ///   - store: where rounds are committed; a run of the same plan that did not finish is
@@ -189,11 +189,7 @@ public final class FederationServer: Sendable {
         $0.http2.maxConcurrentStreams = 16_384
       })
     let server = GRPCServer(transport: transport, services: [service])
-    let alreadyStopping = stopping.withLock { state in
-      state.server = server
-      return state.requested
-    }
-    if alreadyStopping { return }
+    if stopRequested.withLock({ $0 }) { return }
     try await withThrowingTaskGroup(of: Void.self) { group in
       group.addTask { try await server.serve() }
       guard let address = try await transport.listeningAddress.ipv4 else {
@@ -207,7 +203,7 @@ public final class FederationServer: Sendable {
         metadata: ["address": "\(address.host):\(address.port)", "plan": "\(configuration.plan.name)"])
       await coordinator.start()
       await tickUntilFinished()
-      if stopping.withLock({ $0.requested }) {
+      if stopRequested.withLock({ $0 }) {
         // The round in flight is abandoned and recorded; committed rounds stay.
         await coordinator.shutdown()
       }
@@ -224,7 +220,7 @@ public final class FederationServer: Sendable {
   /// Closes round windows as their deadlines pass, until the run ends or a shutdown is asked for.
   private func tickUntilFinished() async {
     let clock = WallClock()
-    while !stopping.withLock({ $0.requested }) {
+    while !stopRequested.withLock({ $0 }) {
       let status = await coordinator.status
       if status.isFinished { return }
       let wait = min(configuration.tickInterval, max(0.001, (status.nextDeadline ?? .infinity) - clock.now))
@@ -236,6 +232,6 @@ public final class FederationServer: Sendable {
   /// Stops serving: the round in flight is abandoned, committed rounds are kept, and open
   /// streams end.
   public func shutdown() {
-    stopping.withLock { $0.requested = true }
+    stopRequested.withLock { $0 = true }
   }
 }

@@ -65,17 +65,8 @@ private struct CSVParser {
   }
 
   mutating func run() throws(CohortError) -> Dataset {
+    let (names, headerLine) = try scanner.header(naming: labelColumn)
     var fields: [CSVField] = []
-    repeat {
-      guard try scanner.next(into: &fields) else {
-        throw CohortError(
-          .invalidData,
-          "\(path): the file has no header row; expected a first line naming the columns, "
-            + "one of them '\(labelColumn)'")
-      }
-    } while scanner.isBlank(fields)
-    let headerLine = scanner.recordLine
-    let names = fields.map { scanner.text($0) }
     let labelIndex = try column(labelColumn, role: "label", in: names, line: headerLine)
     let clientIndex = try clientColumn.map { (name) throws(CohortError) -> Int in
       try column(name, role: "client", in: names, line: headerLine)

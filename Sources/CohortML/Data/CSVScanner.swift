@@ -135,4 +135,19 @@ public struct CSVScanner {
     let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[field.start..<stop]), as: UTF8.self)
     return stop < field.end ? "'\(text)…'" : "'\(text)'"
   }
+
+  /// Reads the header: the first record that is not blank. Returns the column names and the
+  /// line they stand on; a file without one is an error that names the column it needs.
+  public mutating func header(naming required: String) throws(CohortError) -> (names: [String], line: Int) {
+    var fields: [CSVField] = []
+    repeat {
+      guard try next(into: &fields) else {
+        throw CohortError(
+          .invalidData,
+          "\(path): the file has no header row; expected a first line naming the columns, one of them "
+            + "'\(required)'")
+      }
+    } while isBlank(fields)
+    return (fields.map { text($0) }, recordLine)
+  }
 }
