@@ -31,30 +31,63 @@ public struct RoundCounts: Sendable, Hashable {
 /// The server's rounds as a pure state machine: check-ins, reports and the time go in; replies
 /// and instructions for the shell (configure devices, aggregate, abandon) come out. It holds no
 /// model, no socket and no clock, so the network server and the simulator drive the same logic.
+/// Its one source of randomness (which waiting devices a uniform cohort keeps) is a stream it
+/// owns, seeded by the caller and saved with its state.
 ///
 /// Round r moves from selection (devices check in and wait) to reporting (selected devices train
 /// and report) to closed (aggregated or abandoned). Selection of round r + 1 opens when round r
 /// starts reporting, so the next cohort gathers while the current one trains; round r + 1 is
-/// configured as soon as round r's new checkpoint is committed.
+/// configured as soon as round r's new checkpoint is committed. Rounds are numbered by attempt;
+/// the run ends when `rounds` have committed, or after `maximumAttempts` attempts.
+///
+/// Check-ins that find no place are answered by pace steering, from a check-in rate that a burst
+/// cannot inflate and within the plan's bound on retry windows. While a commit has failed and
+/// waits for its retry, every check-in is told to come back after that retry.
 public struct RoundStateMachine: Sendable {
   public struct Configuration: Sendable, Hashable {
+    /// Rounds to commit.
     public var rounds: Int
+    /// Rounds that may be started, committed or not, before the run gives up.
+    public var maximumAttempts: Int
     public var goal: Int
     public var selectionTarget: Int
     public var minimumReports: Int
     public var selectionWindow: Double
     public var reportingWindow: Double
+    /// The latest a retry window may end after the check-in it answers.
+    public var maximumRetry: Double
+    public var sampling: CohortSampling
     /// The population this server serves; check-ins from others are refused.
     public var population: String
+    /// Seeds the stream that draws uniform cohorts.
+    public var seed: UInt64
+    /// Commit attempts for one round before the shell is told to stop, and the first wait
+    /// between them (doubling, at most a minute).
+    public var commitAttempts: Int
+    public var commitBackoff: Double
 
-    public init(plan: ServerPlan, population: String) {
+    /// - Parameters:
+    ///   - sampling: used when the plan does not say (`server.cohort.sampling`).
+    ///   - populationSize: the devices there are, when the driver knows (the simulator): a
+    ///     population no larger than the goal puts every device in every round.
+    public init(
+      plan: ServerPlan, population: String, sampling: CohortSampling = .checkIn, populationSize: Int? = nil,
+      seed: UInt64 = 0, commitAttempts: Int = 6, commitBackoff: Double = 1
+    ) {
+      let cap = populationSize.map { max(1, $0) } ?? Int.max
       rounds = plan.rounds
-      goal = plan.cohort.goal
-      selectionTarget = plan.cohort.selectionTarget
-      minimumReports = min(plan.cohort.minimumReports, plan.cohort.goal)
+      maximumAttempts = plan.attemptBudget
+      goal = min(plan.cohort.goal, cap)
+      selectionTarget = min(plan.cohort.selectionTarget, cap)
+      minimumReports = min(plan.cohort.minimumReports, goal)
       selectionWindow = plan.windows.selection
       reportingWindow = plan.windows.reporting
+      maximumRetry = plan.windows.retryBound
+      self.sampling = plan.cohort.sampling ?? sampling
       self.population = population
+      self.seed = seed
+      self.commitAttempts = max(1, commitAttempts)
+      self.commitBackoff = commitBackoff
     }
   }
 
@@ -62,11 +95,22 @@ public struct RoundStateMachine: Sendable {
   public enum Action: Sendable, Hashable {
     /// Send each device the round's task with the current global checkpoint.
     case configure(round: Int, devices: [DeviceID], reportingDeadline: Double)
+    /// Uniform sampling: the round can start and wants `count` more devices. A driver that knows
+    /// its available devices (the simulator) has that many, drawn uniformly, check in now.
+    case invite(round: Int, count: Int)
+    /// A device waiting for a task will not get one (a uniform cohort drew others, or the run
+    /// ended): tell it to come back in this window.
+    case release(device: DeviceID, window: ClosedRange<Double>)
     /// The round met its goal or its deadline with enough reports: aggregate the accepted
-    /// updates into the next global model, commit it, then call `committed(round:now:)`.
+    /// updates into the next global model, commit it, then call `committed(round:now:)` (or
+    /// `commitFailed(round:now:)`).
     case aggregate(round: Int, counts: RoundCounts)
     /// The round ends without a new model; nothing to commit but its record.
     case abandon(round: Int, reason: AbandonReason, counts: RoundCounts)
+    /// A failed commit's retry is due: write the round again.
+    case retryCommit(round: Int)
+    /// The round could not be committed after every attempt: stop serving.
+    case stop(round: Int, attempts: Int)
     /// Every round has ended.
     case finish
   }
@@ -78,6 +122,10 @@ public struct RoundStateMachine: Sendable {
     /// In check-in order, which is the order tasks go out in.
     var devices: [DeviceID] = []
     var members: Set<DeviceID> = []
+    /// Uniform sampling: devices offered a place so far (the reservoir's denominator), and
+    /// whether the driver was already asked for devices.
+    var candidates = 0
+    var invited = false
   }
 
   struct Reporting: Sendable {
@@ -89,23 +137,43 @@ public struct RoundStateMachine: Sendable {
     var counts: RoundCounts
   }
 
+  /// A round handed to the shell to commit, and how its commit attempts have gone.
+  struct Closing: Sendable, Hashable {
+    var round: Int
+    var failures = 0
+    /// When the next attempt is due after a failure.
+    var retryAt: Double?
+  }
+
   public let configuration: Configuration
   /// The round whose cohort is gathering, if any.
   private(set) var selection: Selection?
   /// The round whose cohort is training, if any.
   private(set) var reporting: Reporting?
   /// A round whose updates are being aggregated and committed by the shell.
-  private(set) var closing: Int?
-  /// The number the next round to open will get.
+  private(set) var closing: Closing?
+  /// The number the next round to open will get; rounds before it were attempted.
   private(set) var nextRound = 1
+  public private(set) var committedRounds = 0
   private(set) var finished = false
   /// Rounds that have closed (committed or abandoned), to tell late reports from unknown rounds.
   private(set) var lastClosedRound = 0
-  /// Round numbers start after this, for a run resumed from its last committed round.
-  public init(configuration: Configuration, resumingAfter round: Int = 0) {
+  private(set) var rate: CheckInRate
+  private(set) var sampler: RandomStream
+  private let pace: PaceSteering
+
+  /// Round numbers start after `round`, for a run resumed from its last committed round, of
+  /// which `committed` rounds had committed.
+  public init(configuration: Configuration, resumingAfter round: Int = 0, committed: Int? = nil) {
     self.configuration = configuration
     nextRound = round + 1
     lastClosedRound = round
+    committedRounds = committed ?? round
+    rate = CheckInRate(bucketSeconds: max(1, configuration.selectionWindow))
+    sampler = RandomStream(seed: configuration.seed, purpose: "cohort-sampling")
+    pace = PaceSteering(
+      wanted: max(1, configuration.selectionTarget), selectionWindow: configuration.selectionWindow,
+      maximumRetry: configuration.maximumRetry)
   }
 
   /// The round currently gathering devices.
@@ -113,6 +181,12 @@ public struct RoundStateMachine: Sendable {
   /// The round currently training and reporting.
   public var reportingRound: Int? { reporting?.round }
   public var isFinished: Bool { finished }
+  /// Rounds started so far (committed, abandoned or in flight).
+  public var attempts: Int { nextRound - 1 }
+  /// The round handed to the shell to aggregate and commit, if any.
+  public var closingRound: Int? { closing?.round }
+  /// Whether a commit failed and waits for its retry.
+  public var isRetryingCommit: Bool { closing?.retryAt != nil }
 
   /// The earliest time at which `tick` has something to do, for the shell's timer. A selection
   /// window that ends while the previous round still reports or aggregates cannot close then
@@ -120,37 +194,54 @@ public struct RoundStateMachine: Sendable {
   /// find nothing to do and be set to the same past time again, forever.
   public var nextDeadline: Double? {
     let selectionDeadline = reporting == nil && closing == nil ? selection?.deadline : nil
-    return [selectionDeadline, reporting?.deadline].compactMap { $0 }.min()
+    return [selectionDeadline, reporting?.deadline, closing?.retryAt].compactMap { $0 }.min()
   }
+
+  /// The population's check-in rate per second, as pace steering sees it at `now`.
+  public func checkInRate(now: Double) -> Double { rate.perSecond(now: now) }
 
   // MARK: Events
 
   /// Opens selection for the first round.
   public mutating func start(now: Double) -> [Action] {
     guard selection == nil, reporting == nil, closing == nil, !finished else { return [] }
-    return openSelection(now: now)
+    return openSelection(now: now) + closeSelectionIfPossible(now: now)
   }
 
-  /// A device checks in. It joins the cohort being selected if there is room; otherwise the
-  /// caller answers it with a pace-steering retry window.
-  public mutating func checkIn(_ checkIn: CheckIn, now: Double) -> (reply: ServerReply?, actions: [Action]) {
+  /// A device checks in: it joins the cohort being gathered, or is told when to come back.
+  public mutating func checkIn(_ checkIn: CheckIn, now: Double) -> (reply: ServerReply, actions: [Action]) {
     if checkIn.protocolVersion != protocolVersion { return (.rejected(.protocolVersion), []) }
     if checkIn.population != configuration.population { return (.rejected(.wrongPopulation), []) }
+    rate.record(now: now)
     // The cohorts are mutated in place (`selection!.…`): copying them out and back would copy
     // every member on every check-in and report.
     // A device still owing its report for the round in flight is busy; one that has reported
     // may join the next round's cohort at once.
     let busy = reporting.map { $0.selected.contains(checkIn.device) && !$0.reported.contains(checkIn.device) }
-    guard let round = selection?.round, busy != true else {
-      return (nil, [])
+    guard let round = selection?.round, busy != true, !isRetryingCommit else {
+      return (.retry(window: retryWindow(now: now)), [])
     }
     if selection!.members.contains(checkIn.device) { return (.waitForTask(round: round), []) }
-    guard selection!.devices.count < configuration.selectionTarget else { return (nil, []) }
-    selection!.devices.append(checkIn.device)
-    selection!.members.insert(checkIn.device)
     var actions: [Action] = []
+    if selection!.devices.count >= configuration.selectionTarget {
+      // Uniform sampling keeps a uniform sample of every device offered (reservoir sampling):
+      // the k-th newcomer takes a random place with probability target / k.
+      guard configuration.sampling == .uniform else { return (.retry(window: retryWindow(now: now)), []) }
+      selection!.candidates += 1
+      let place = sampler.int(below: selection!.candidates)
+      guard place < configuration.selectionTarget else { return (.retry(window: retryWindow(now: now)), []) }
+      let evicted = selection!.devices[place]
+      selection!.members.remove(evicted)
+      selection!.devices[place] = checkIn.device
+      selection!.members.insert(checkIn.device)
+      actions.append(.release(device: evicted, window: retryWindow(now: now)))
+    } else {
+      selection!.candidates += 1
+      selection!.devices.append(checkIn.device)
+      selection!.members.insert(checkIn.device)
+    }
     if selection!.devices.count == configuration.selectionTarget {
-      actions = closeSelectionIfPossible(now: now)
+      actions += closeSelectionIfPossible(now: now)
     }
     return (.waitForTask(round: round), actions)
   }
@@ -161,7 +252,7 @@ public struct RoundStateMachine: Sendable {
     device: DeviceID, round: Int, isWellFormed: Bool, now: Double
   ) -> (reply: ServerReply, actions: [Action]) {
     guard let deadline = reporting?.deadline, reporting?.round == round else {
-      if round <= lastClosedRound || round == closing { return (.rejected(.late), []) }
+      if round <= lastClosedRound || round == closing?.round { return (.rejected(.late), []) }
       return (.rejected(.unknownRound), [])
     }
     if now > deadline { return (.rejected(.late), tick(now: now)) }
@@ -210,10 +301,14 @@ public struct RoundStateMachine: Sendable {
     return []
   }
 
-  /// Time passes: closes windows whose deadline is due.
+  /// Time passes: closes windows whose deadline is due, and asks for a failed commit's retry.
   public mutating func tick(now: Double) -> [Action] {
     var actions: [Action] = []
     if let r = reporting, now >= r.deadline { actions += closeReporting(now: now) }
+    if let c = closing, let due = c.retryAt, now >= due {
+      closing!.retryAt = nil
+      actions.append(.retryCommit(round: c.round))
+    }
     if let s = selection, now >= s.deadline { actions += closeSelectionIfPossible(now: now) }
     return actions
   }
@@ -221,14 +316,40 @@ public struct RoundStateMachine: Sendable {
   /// The shell committed the round it was told to aggregate.
   public mutating func committed(round: Int, now: Double) -> [Action] {
     precondition(
-      closing == round, "committed round \(round) but round \(closing.map(String.init) ?? "none") was closing"
-    )
+      closing?.round == round,
+      "committed round \(round) but round \(closing.map { String($0.round) } ?? "none") was closing")
+    closing = nil
+    lastClosedRound = round
+    committedRounds += 1
+    return afterClose(now: now)
+  }
+
+  /// The round the shell was told to aggregate gave no model (secure aggregation failed): it
+  /// closes as abandoned and the run goes on.
+  public mutating func closedWithoutModel(round: Int, now: Double) -> [Action] {
+    guard closing?.round == round else { return [] }
     closing = nil
     lastClosedRound = round
     return afterClose(now: now)
   }
 
-  /// Abandons everything in flight (shutdown).
+  /// The shell could not commit the round it was told to aggregate (a full disk, a lost
+  /// database). The commit is retried with back-off, check-ins are told to come back after the
+  /// retry, and after `commitAttempts` failures the shell is told to stop.
+  public mutating func commitFailed(round: Int, now: Double) -> [Action] {
+    guard closing?.round == round else { return [] }
+    closing!.failures += 1
+    let failures = closing!.failures
+    if failures >= configuration.commitAttempts {
+      closing!.retryAt = nil
+      return [.stop(round: round, attempts: failures)]
+    }
+    let wait = min(60, configuration.commitBackoff * Double(1 << min(failures - 1, 20)))
+    closing!.retryAt = now + wait
+    return []
+  }
+
+  /// Abandons everything in flight (shutdown). A round being committed is the shell's to finish.
   public mutating func shutdown(now: Double) -> [Action] {
     var actions: [Action] = []
     if let r = reporting {
@@ -248,9 +369,21 @@ public struct RoundStateMachine: Sendable {
 
   // MARK: Transitions
 
+  private func retryWindow(now: Double) -> ClosedRange<Double> {
+    if let retryAt = closing?.retryAt {
+      return pace.retryWindow(now: now, nextSelectionOpens: retryAt, checkInRate: rate.perSecond(now: now))
+    }
+    let nextOpens = selection == nil ? (nextDeadline ?? now) : now
+    return pace.retryWindow(now: now, nextSelectionOpens: nextOpens, checkInRate: rate.perSecond(now: now))
+  }
+
+  /// Rounds that may still commit without another attempt: the one reporting and the one closing.
+  private var roundsInFlight: Int { (reporting == nil ? 0 : 1) + (closing == nil ? 0 : 1) }
+
   private mutating func openSelection(now: Double) -> [Action] {
     guard selection == nil else { return [] }
-    guard nextRound <= configuration.rounds else {
+    let enough = committedRounds + roundsInFlight >= configuration.rounds
+    guard !enough, attempts < configuration.maximumAttempts else {
       if reporting == nil && closing == nil && !finished {
         finished = true
         return [.finish]
@@ -264,24 +397,35 @@ public struct RoundStateMachine: Sendable {
 
   /// Selection ends when the target has checked in, or at the deadline. The cohort can only be
   /// configured once the previous round has committed its model; until then it keeps gathering.
+  /// Under uniform sampling the driver is asked, once, for the devices still missing as soon as
+  /// the round could start.
   private mutating func closeSelectionIfPossible(now: Double) -> [Action] {
     guard let s = selection else { return [] }
+    guard reporting == nil, closing == nil else { return [] }
     let full = s.devices.count >= configuration.selectionTarget
     let due = now >= s.deadline
-    guard full || due else { return [] }
-    guard reporting == nil, closing == nil else { return [] }
+    guard full || due else {
+      guard configuration.sampling == .uniform, !s.invited else { return [] }
+      selection!.invited = true
+      return [.invite(round: s.round, count: configuration.selectionTarget - s.devices.count)]
+    }
     selection = nil
     if s.devices.count < configuration.minimumReports {
       lastClosedRound = s.round
       var counts = RoundCounts()
       counts.selected = s.devices.count
-      let actions =
-        [Action.abandon(round: s.round, reason: .tooFewCheckIns, counts: counts)] + openSelection(now: now)
+      var actions = [Action.abandon(round: s.round, reason: .tooFewCheckIns, counts: counts)]
+      actions += openSelection(now: now)
       // The devices that did come keep waiting, for the next round: sending them away would
       // only make the next selection start from nothing again.
       if selection != nil {
         selection!.devices = s.devices
         selection!.members = s.members
+        selection!.candidates = s.devices.count
+        actions += closeSelectionIfPossible(now: now)
+      } else {
+        let window = retryWindow(now: now)
+        actions += s.devices.map { .release(device: $0, window: window) }
       }
       return actions
     }
@@ -304,7 +448,7 @@ public struct RoundStateMachine: Sendable {
     reporting = nil
     let counts = finalCounts(r)
     if r.reported.count >= configuration.minimumReports {
-      closing = r.round
+      closing = Closing(round: r.round)
       return [.aggregate(round: r.round, counts: counts)]
     }
     lastClosedRound = r.round
@@ -312,11 +456,9 @@ public struct RoundStateMachine: Sendable {
   }
 
   private mutating func afterClose(now: Double) -> [Action] {
-    var actions = closeSelectionIfPossible(now: now)
-    if selection == nil && reporting == nil && closing == nil {
-      actions += openSelection(now: now)
-    }
-    return actions
+    var actions: [Action] = []
+    if selection == nil && reporting == nil && closing == nil { actions += openSelection(now: now) }
+    return actions + closeSelectionIfPossible(now: now)
   }
 }
 
@@ -346,6 +488,8 @@ extension RoundStateMachine {
       w.write(s.opened)
       w.write(s.deadline)
       w.write(s.devices)
+      w.write(s.candidates)
+      w.write(s.invited)
     }
     w.write(reporting != nil)
     if let r = reporting {
@@ -356,10 +500,15 @@ extension RoundStateMachine {
       w.write(r.dropped.sorted())
       r.counts.save(into: &w)
     }
-    w.write(closing)
+    w.write(closing?.round)
+    w.write(closing?.failures ?? 0)
+    w.write(closing?.retryAt)
     w.write(nextRound)
+    w.write(committedRounds)
     w.write(finished)
     w.write(lastClosedRound)
+    rate.save(into: &w)
+    w.write(sampler)
   }
 
   public init(configuration: Configuration, restoring r: inout SnapshotReader) throws(CohortError) {
@@ -368,6 +517,8 @@ extension RoundStateMachine {
       var s = Selection(round: try r.int(), opened: try r.double(), deadline: try r.double())
       s.devices = try r.ints()
       s.members = Set(s.devices)
+      s.candidates = try r.int()
+      s.invited = try r.bool()
       selection = s
     }
     if try r.bool() {
@@ -380,9 +531,15 @@ extension RoundStateMachine {
         round: round, deadline: deadline, selected: selected, reported: reported, dropped: dropped,
         counts: try RoundCounts(restoring: &r))
     }
-    closing = try r.optionalInt()
+    let closingRound = try r.optionalInt()
+    let failures = try r.int()
+    let retryAt = try r.optionalDouble()
+    closing = closingRound.map { Closing(round: $0, failures: failures, retryAt: retryAt) }
     nextRound = try r.int()
+    committedRounds = try r.int()
     finished = try r.bool()
     lastClosedRound = try r.int()
+    rate = try CheckInRate(bucketSeconds: rate.bucketSeconds, restoring: &r)
+    sampler = try r.randomStream()
   }
 }

@@ -90,15 +90,33 @@ public struct CohortPlan: Codable, Sendable, Hashable {
   public var overSelection: Double = 1.3
   /// The round is abandoned below `goal × minimumFraction` reports.
   public var minimumFraction: Double = 0.8
+  /// How a round's cohort is drawn from the devices that are there; nil leaves it to the driver
+  /// (`cohort simulate`: uniform, `cohort serve`: check-in order). Absent from the JSON when nil,
+  /// so plans stored before the key existed keep their SHA-256.
+  public var sampling: CohortSampling?
 
-  public init(goal: Int = 100, overSelection: Double = 1.3, minimumFraction: Double = 0.8) {
+  public init(
+    goal: Int = 100, overSelection: Double = 1.3, minimumFraction: Double = 0.8,
+    sampling: CohortSampling? = nil
+  ) {
     self.goal = goal
     self.overSelection = overSelection
     self.minimumFraction = minimumFraction
+    self.sampling = sampling
   }
 
   public var selectionTarget: Int { Int((Double(goal) * overSelection).rounded(.up)) }
   public var minimumReports: Int { max(1, Int((Double(goal) * minimumFraction).rounded(.up))) }
+}
+
+/// How a round's cohort is drawn (`server.cohort.sampling`).
+public enum CohortSampling: String, Codable, Sendable, Hashable, CaseIterable {
+  /// A uniform random sample of the devices available when the round can start, as in the
+  /// FedAvg papers: the simulator samples its idle, available devices; a server samples
+  /// uniformly (reservoir sampling) among the devices waiting when the round can start.
+  case uniform
+  /// The first devices to check in, as a production fleet's check-in dynamics give them.
+  case checkIn = "check_in"
 }
 
 public struct WindowsPlan: Codable, Sendable, Hashable {
@@ -106,11 +124,21 @@ public struct WindowsPlan: Codable, Sendable, Hashable {
   public var selection: Double = 60
   /// Seconds from configuration until the reporting deadline.
   public var reporting: Double = 300
+  /// The latest a pace-steering retry window may end, in seconds from the check-in it answers;
+  /// nil for `defaultMaximumRetry`. Absent from the JSON when nil (stored plans keep their SHA-256).
+  public var maximumRetry: Double?
 
-  public init(selection: Double = 60, reporting: Double = 300) {
+  /// One hour: a device is never told to stay away longer, whatever the check-in rate looks like.
+  public static let defaultMaximumRetry: Double = 3600
+
+  public init(selection: Double = 60, reporting: Double = 300, maximumRetry: Double? = nil) {
     self.selection = selection
     self.reporting = reporting
+    self.maximumRetry = maximumRetry
   }
+
+  /// The bound in force on retry windows.
+  public var retryBound: Double { maximumRetry ?? Self.defaultMaximumRetry }
 }
 
 /// The server's aggregation strategy (`server.strategy`): which rule turns a round's updates into
@@ -340,22 +368,31 @@ public struct EvaluationPlan: Codable, Sendable, Hashable {
 
 /// The server part of the plan.
 public struct ServerPlan: Codable, Sendable, Hashable {
+  /// Rounds to commit.
   public var rounds: Int = 100
+  /// Rounds the server may start (committed or abandoned) before it gives up on reaching
+  /// `rounds`; nil for `3 × rounds`. Absent from the JSON when nil (stored plans keep their SHA-256).
+  public var maximumAttempts: Int?
   public var cohort = CohortPlan()
   public var windows = WindowsPlan()
   public var strategy = StrategyPlan()
   public var evaluation = EvaluationPlan()
 
   public init(
-    rounds: Int = 100, cohort: CohortPlan = CohortPlan(), windows: WindowsPlan = WindowsPlan(),
-    strategy: StrategyPlan = StrategyPlan(), evaluation: EvaluationPlan = EvaluationPlan()
+    rounds: Int = 100, maximumAttempts: Int? = nil, cohort: CohortPlan = CohortPlan(),
+    windows: WindowsPlan = WindowsPlan(), strategy: StrategyPlan = StrategyPlan(),
+    evaluation: EvaluationPlan = EvaluationPlan()
   ) {
     self.rounds = rounds
+    self.maximumAttempts = maximumAttempts
     self.cohort = cohort
     self.windows = windows
     self.strategy = strategy
     self.evaluation = evaluation
   }
+
+  /// The attempts in force: `maximumAttempts`, or three per round to commit.
+  public var attemptBudget: Int { max(rounds, maximumAttempts ?? 3 * rounds) }
 }
 
 /// Secure aggregation (`secure_aggregation`): devices send their clipped, fixed-point-encoded
@@ -787,6 +824,15 @@ extension Plan {
     if case .qfedavg(let q, nil) = strategy.rule {
       server.strategy.rule = .qfedavg(q: q, learningRate: device.optimizer.learningRate)
     }
+    if let attempts = server.maximumAttempts, attempts < server.rounds,
+      let field = m["server"]?.child("max_attempts")
+    {
+      m.owner.log.add(
+        keyPath: "server.max_attempts", line: field.line,
+        "server.max_attempts (\(attempts)) is below server.rounds (\(server.rounds)): the run could never "
+          + "commit its rounds; raise server.max_attempts to at least \(server.rounds) or remove it "
+          + "(the default is 3 × rounds)")
+    }
     let needed = strategy.minimumUpdates
     if needed > 1, server.cohort.goal < needed {
       let f: Int
@@ -901,26 +947,37 @@ extension DevicePlan {
 
 extension ServerPlan {
   static func read(_ field: YAMLField) -> ServerPlan? {
-    guard let m = field.mapping(allowed: ["rounds", "cohort", "windows", "strategy", "evaluation"]) else {
+    guard
+      let m = field.mapping(allowed: [
+        "rounds", "max_attempts", "cohort", "windows", "strategy", "evaluation",
+      ])
+    else {
       return nil
     }
     var plan = ServerPlan()
     plan.rounds = m.optional("rounds", default: plan.rounds) { $0.int(1...10_000_000) }
+    plan.maximumAttempts = m.optional("max_attempts") { $0.int(1...100_000_000) }
     plan.cohort = m.optional("cohort", default: plan.cohort) { f -> CohortPlan? in
-      guard let c = f.mapping(allowed: ["goal", "over_selection", "minimum_fraction"]) else { return nil }
+      guard let c = f.mapping(allowed: ["goal", "over_selection", "minimum_fraction", "sampling"]) else {
+        return nil
+      }
       var cohort = CohortPlan()
       cohort.goal = c.optional("goal", default: cohort.goal) { $0.int(1...10_000_000) }
       cohort.overSelection = c.optional("over_selection", default: cohort.overSelection) { $0.double(1...10) }
       cohort.minimumFraction = c.optional("minimum_fraction", default: cohort.minimumFraction) {
         $0.double(0...1, above: true)
       }
+      cohort.sampling = c.optional("sampling") {
+        $0.oneOf(CohortSampling.allCases.map(\.rawValue)).flatMap(CohortSampling.init)
+      }
       return cohort
     }
     plan.windows = m.optional("windows", default: plan.windows) { f -> WindowsPlan? in
-      guard let w = f.mapping(allowed: ["selection", "reporting"]) else { return nil }
+      guard let w = f.mapping(allowed: ["selection", "reporting", "max_retry"]) else { return nil }
       var windows = WindowsPlan()
       windows.selection = w.optional("selection", default: windows.selection) { $0.duration() }
       windows.reporting = w.optional("reporting", default: windows.reporting) { $0.duration() }
+      windows.maximumRetry = w.optional("max_retry") { $0.duration(1...(30 * 86400)) }
       return windows
     }
     plan.strategy = m.optional("strategy", default: plan.strategy) { StrategyPlan.read($0) }
