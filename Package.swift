@@ -191,6 +191,7 @@ let package = Package(
       name: "CohortServerTests",
       dependencies: [
         "CohortServer", "CohortProtocol", "CohortStore", "CohortCore", "CohortTesting", "CohortPrivacy",
+        .product(name: "MetricsTestKit", package: "swift-metrics"),
       ],
       swiftSettings: swiftSettings),
     .testTarget(

@@ -34,19 +34,43 @@ public actor Coordinator {
     /// The seed of central DP noise (the simulator passes the scenario's, so runs reproduce);
     /// nil draws one from the system's generator.
     public var privacySeed: UInt64?
+    /// How cohorts are drawn when the plan does not say (`server.cohort.sampling`).
+    public var sampling: CohortSampling
+    /// Seeds the draw of uniform cohorts.
+    public var samplingSeed: UInt64
+    /// Commit attempts for a round before the coordinator gives up (see `failure`), and the
+    /// first wait between them in seconds (it doubles).
+    public var commitAttempts: Int
+    public var commitBackoff: Double
 
     public init(
       plan: Plan, population: String = "default", run: RunID? = nil, autoCommit: Bool = true,
       populationSize: Int? = nil, secureAggregation: (any SecureAggregationDriver)? = nil,
-      privacySeed: UInt64? = nil
+      privacySeed: UInt64? = nil, sampling: CohortSampling = .checkIn, samplingSeed: UInt64 = 0,
+      commitAttempts: Int = 6, commitBackoff: Double = 1
     ) {
       self.privacySeed = privacySeed
+      self.sampling = sampling
+      self.samplingSeed = samplingSeed
+      self.commitAttempts = commitAttempts
+      self.commitBackoff = commitBackoff
       self.plan = plan
       self.population = population
       self.run = run
       self.autoCommit = autoCommit
       self.populationSize = populationSize
       self.secureAggregation = secureAggregation
+    }
+
+    /// The round machine's settings: the plan's server part (its rounds cut to the privacy
+    /// budget) with this coordinator's population, sampling and seed.
+    public var machine: RoundStateMachine.Configuration {
+      RoundStateMachine.Configuration(
+        plan: Coordinator.limitedServerPlan(plan, populationSize: populationSize).server,
+        population: population,
+        sampling: sampling, populationSize: populationSize, seed: samplingSeed,
+        commitAttempts: commitAttempts,
+        commitBackoff: commitBackoff)
     }
   }
 
@@ -80,24 +104,20 @@ public actor Coordinator {
     var machine: RoundStateMachine
     var books: [Int: RoundBook]
     var lateReports: [Int: Int]
-    var checkInRate: Double
-    var lastCheckIn: Double?
     var pendingRound: Int?
     var strategyState: StrategyState
     /// Adaptive clipping's current clip C; nil without it.
     var clipNorm: Double?
 
     init(
-      machine: RoundStateMachine, books: [Int: RoundBook], lateReports: [Int: Int], checkInRate: Double,
-      lastCheckIn: Double?, pendingRound: Int?, strategyState: StrategyState, clipNorm: Double?
+      machine: RoundStateMachine, books: [Int: RoundBook], lateReports: [Int: Int], pendingRound: Int?,
+      strategyState: StrategyState, clipNorm: Double?
     ) {
       self.strategyState = strategyState
       self.clipNorm = clipNorm
       self.machine = machine
       self.books = books
       self.lateReports = lateReports
-      self.checkInRate = checkInRate
-      self.lastCheckIn = lastCheckIn
       self.pendingRound = pendingRound
     }
 
@@ -120,8 +140,6 @@ public actor Coordinator {
         w.write(round)
         w.write(n)
       }
-      w.write(checkInRate)
-      w.write(lastCheckIn)
       w.write(pendingRound)
       for vector in [strategyState.velocity, strategyState.firstMoment, strategyState.secondMoment] {
         w.write(vector != nil)
@@ -133,17 +151,11 @@ public actor Coordinator {
       if let clipNorm { w.write(clipNorm) }
     }
 
-    /// The snapshot `save` wrote, for a coordinator running `plan` for `population` of
-    /// `populationSize` devices (a privacy budget may end the run before the plan's last round).
-    public init(plan: Plan, population: String, populationSize: Int? = nil, restoring r: inout SnapshotReader)
-      throws(CohortError)
-    {
+    /// The snapshot `save` wrote, for a coordinator of `configuration`.
+    public init(configuration: Configuration, restoring r: inout SnapshotReader) throws(CohortError) {
+      let plan = configuration.plan
       let adaptive = plan.privacy.isCentral && plan.privacy.adaptiveClipping != nil
-      machine = try RoundStateMachine(
-        configuration: .init(
-          plan: Coordinator.limitedServerPlan(plan, populationSize: populationSize).server,
-          population: population),
-        restoring: &r)
+      machine = try RoundStateMachine(configuration: configuration.machine, restoring: &r)
       books = [:]
       for _ in 0..<(try r.count()) {
         let round = try r.int()
@@ -165,8 +177,6 @@ public actor Coordinator {
         let round = try r.int()
         lateReports[round] = try r.int()
       }
-      checkInRate = try r.double()
-      lastCheckIn = try r.optionalDouble()
       pendingRound = try r.optionalInt()
       func vector() throws(CohortError) -> [Double]? { try r.bool() ? try r.doubles() : nil }
       strategyState = StrategyState(
@@ -189,24 +199,25 @@ public actor Coordinator {
     return (server, limit.reason)
   }
 
-  public let configuration: Configuration
+  public nonisolated let configuration: Configuration
   private var machine: RoundStateMachine
   private let aggregator: Aggregator
   private let strategy: ServerStrategy
   /// What the strategy carries between rounds (momentum, moments, SCAFFOLD's control variate).
   public private(set) var strategyState: StrategyState
-  private let store: ResultsStore?
+  private let store: (any RoundJournal)?
   private let link: any DeviceLink
   private let evaluator: (any CentralEvaluator)?
   private let clock: any RoundClock
   private let logger: Logger
-  private let pace: PaceSteering
   /// Central DP: noise on each round's sum, the clip, the accountant.
   private let privacy: CentralGaussianMechanism?
   /// The clip C devices use this round (adaptive clipping moves it after each commit).
   public private(set) var clipNorm: Double
   /// Why the run ends before the plan's last round (its privacy budget), if it does.
   public nonisolated let stopReason: String?
+  /// Why the coordinator stopped working (a round it could not commit); nil while it works.
+  public private(set) var failure: CohortError?
 
   /// The current global model and the round that produced it (0 for the initial model).
   public private(set) var global: Weights
@@ -223,36 +234,35 @@ public actor Coordinator {
   private var lateReports: [Int: Int] = [:]
   private var pending: PendingCommit?
   private var pendingRound: Int?
-  /// Exponentially weighted estimate of the population's check-in rate, for pace steering.
-  private var checkInRate = 0.0
-  private var lastCheckIn: Double?
+  /// The last error of a commit that is waiting for its retry.
+  private var commitError: CohortError?
   private var roundObservers: [@Sendable (RoundRecord) -> Void] = []
 
   private let checkIns: Counter
   private let reportsAccepted: Counter
   private let roundsCommitted: Counter
   private let roundsAbandoned: Counter
+  private let commitFailures: Counter
   private let roundDuration: Metrics.Timer
   /// One counter per reason, so a rejection costs an increment, not a registration.
   private let reportsRejected: [Rejection: Counter]
 
   /// - Parameters:
   ///   - initial: the model to start from: the plan's initial weights, or the latest checkpoint
-  ///     of a resumed run together with `resumingAfter` (its round).
+  ///     of a resumed run together with `resumingAfter` (its round) and `committed` (how many
+  ///     rounds the run has committed; by default `resumingAfter`).
   public init(
-    configuration: Configuration, initial: Weights, resumingAfter round: Int = 0, snapshot: Snapshot? = nil,
-    store: ResultsStore?, link: any DeviceLink, evaluator: (any CentralEvaluator)?, clock: any RoundClock,
-    logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory
+    configuration: Configuration, initial: Weights, resumingAfter round: Int = 0, committed: Int? = nil,
+    snapshot: Snapshot? = nil, store: (any RoundJournal)?, link: any DeviceLink,
+    evaluator: (any CentralEvaluator)?, clock: any RoundClock, logger: Logger,
+    metrics: any MetricsFactory = MetricsSystem.factory
   ) {
     self.configuration = configuration
     let plan = configuration.plan
-    let limited = Self.limitedServerPlan(plan, populationSize: configuration.populationSize)
-    stopReason = limited.reason
+    stopReason = Self.limitedServerPlan(plan, populationSize: configuration.populationSize).reason
     machine =
       snapshot?.machine
-      ?? RoundStateMachine(
-        configuration: .init(plan: limited.server, population: configuration.population), resumingAfter: round
-      )
+      ?? RoundStateMachine(configuration: configuration.machine, resumingAfter: round, committed: committed)
     privacy = CentralGaussianMechanism(
       plan: plan.privacy, expectedCohort: plan.server.cohort.goal,
       populationSize: configuration.populationSize,
@@ -269,22 +279,19 @@ public actor Coordinator {
     self.evaluator = evaluator
     self.clock = clock
     self.logger = logger
-    pace = PaceSteering(
-      wanted: plan.server.cohort.selectionTarget, selectionWindow: plan.server.windows.selection)
     global = initial
     globalRound = round
     globalSHA256 = initial.sha256
     if let snapshot {
       books = snapshot.books
       lateReports = snapshot.lateReports
-      checkInRate = snapshot.checkInRate
-      lastCheckIn = snapshot.lastCheckIn
       pendingRound = snapshot.pendingRound
     }
     checkIns = Counter(label: "cohort_check_ins_total", factory: metrics)
     reportsAccepted = Counter(label: "cohort_reports_accepted_total", factory: metrics)
     roundsCommitted = Counter(label: "cohort_rounds_committed_total", factory: metrics)
     roundsAbandoned = Counter(label: "cohort_rounds_abandoned_total", factory: metrics)
+    commitFailures = Counter(label: "cohort_commit_failures_total", factory: metrics)
     roundDuration = Metrics.Timer(label: "cohort_round_duration_seconds", factory: metrics)
     reportsRejected = Dictionary(
       uniqueKeysWithValues: Rejection.allCases.map {
@@ -315,18 +322,22 @@ public actor Coordinator {
     public var globalRound: Int
     public var hasPendingCommit: Bool
     public var nextDeadline: Double?
+    /// Set once the coordinator has stopped working (see `Coordinator.failure`).
+    public var failure: CohortError?
   }
 
   public var status: Status {
     Status(
       isFinished: machine.isFinished, globalRound: globalRound, hasPendingCommit: pending != nil,
-      nextDeadline: machine.nextDeadline)
+      nextDeadline: machine.nextDeadline, failure: failure)
   }
 
   public var isFinished: Bool { machine.isFinished }
   /// When the next window closes, for the caller's timer or event queue.
   public var nextDeadline: Double? { machine.nextDeadline }
   public var hasPendingCommit: Bool { pending != nil }
+  /// Rounds committed so far in this run (a resumed run counts those before the resume).
+  public var committedRounds: Int { machine.committedRounds }
 
   // MARK: Events
 
@@ -343,18 +354,10 @@ public actor Coordinator {
 
   /// A device checks in: it joins the cohort being gathered, or is told when to come back.
   public func checkIn(_ checkIn: CheckIn) async -> ServerReply {
-    let now = clock.now
     checkIns.increment()
-    if let last = lastCheckIn, now > last {
-      // An exponentially weighted rate over roughly the last hundred check-ins.
-      checkInRate = 0.99 * checkInRate + 0.01 / (now - last)
-    }
-    lastCheckIn = now
-    let (reply, actions) = machine.checkIn(checkIn, now: now)
+    let (reply, actions) = machine.checkIn(checkIn, now: clock.now)
     await perform(actions)
-    if let reply { return reply }
-    let nextOpens = machine.selectingRound == nil ? (machine.nextDeadline ?? now) : now
-    return .retry(window: pace.retryWindow(now: now, nextSelectionOpens: nextOpens, checkInRate: checkInRate))
+    return reply
   }
 
   /// A device reports its update; an accepted one is folded into the round's sum.
@@ -416,7 +419,7 @@ public actor Coordinator {
     await perform(machine.dropped(device: device, round: round, now: now))
   }
 
-  /// Time passed: closes whatever window is due.
+  /// Time passed: closes whatever window is due, and retries a failed commit when its time comes.
   public func tick() async {
     await perform(machine.tick(now: clock.now))
   }
@@ -456,6 +459,27 @@ public actor Coordinator {
     await advance()
   }
 
+  /// Writes the pending round; a committed round that fails to write is retried by the machine's
+  /// schedule (devices are told to come back meanwhile), an abandoned one is only logged.
+  private func commitAutomatically() async {
+    guard let p = pending else { return }
+    do {
+      try await commitPending(resumeState: nil)
+      commitError = nil
+    } catch {
+      commitFailures.increment()
+      commitError = error
+      logger.error(
+        "could not commit round", metadata: ["round": "\(p.record.round)", "error": "\(error.message)"])
+      guard p.record.outcome == .committed else {
+        // Nothing to retry for: the round has no model, and its record is the only loss.
+        pending = nil
+        return
+      }
+      await perform(machine.commitFailed(round: p.record.round, now: clock.now))
+    }
+  }
+
   private func advance() async -> ClosedRound? {
     guard let p = pending else { return nil }
     let closed = ClosedRound(
@@ -463,16 +487,27 @@ public actor Coordinator {
       secureAggregation: p.secureAggregation)
     lateReports = [:]
     pending = nil
+    // Counted only once written: metrics never show a round the store does not have.
+    if p.record.outcome == .committed {
+      roundsCommitted.increment()
+      roundDuration.recordSeconds(p.record.endedAt - p.record.startedAt)
+    } else {
+      roundsAbandoned.increment()
+    }
     for observer in roundObservers { observer(p.record) }
-    if p.record.outcome == .committed { await afterCommit(round: p.record.round) }
+    if p.record.outcome == .committed {
+      await afterCommit(round: p.record.round)
+    } else if machine.closingRound == p.record.round {
+      // Aggregation gave no model (secure aggregation failed): the round closes without one.
+      await perform(machine.closedWithoutModel(round: p.record.round, now: clock.now))
+    }
     return closed
   }
 
   /// The state to store with the pending round, so a resumed run continues exactly from here.
   public func snapshot() -> Snapshot {
     Snapshot(
-      machine: machine, books: books, lateReports: lateReports, checkInRate: checkInRate,
-      lastCheckIn: lastCheckIn,
+      machine: machine, books: books, lateReports: lateReports,
       pendingRound: pending?.record.outcome == .committed ? pending?.record.round : nil,
       strategyState: strategyState,
       clipNorm: configuration.plan.privacy.adaptiveClipping != nil && privacy != nil ? clipNorm : nil)
@@ -489,13 +524,26 @@ public actor Coordinator {
       switch action {
       case .configure(let round, let devices, let deadline):
         await configure(round: round, devices: devices, deadline: deadline)
+      case .invite(let round, let count):
+        await link.invite(round: round, count: count)
+      case .release(let device, let window):
+        await link.release([device], window: window)
       case .aggregate(let round, let counts):
         await close(round: round, counts: counts, abandoned: nil)
       case .abandon(let round, let reason, let counts):
         await close(round: round, counts: counts, abandoned: reason)
+      case .retryCommit:
+        await commitAutomatically()
+      case .stop(let round, let attempts):
+        let cause = commitError?.message ?? "the results store refused the write"
+        failure = CohortError(
+          .storage, "round \(round) could not be committed after \(attempts) attempts: \(cause)",
+          fix: "free disk space or repair the database, make sure no other process writes to it, then start "
+            + "the same command again to resume after the last committed round")
+        logger.critical("stopping: \(failure!.message)")
       case .finish:
         if let stopReason { logger.notice("\(stopReason)") }
-        logger.info("run finished", metadata: ["rounds": "\(machine.configuration.rounds)"])
+        logger.info("run finished", metadata: ["rounds committed": "\(machine.committedRounds)"])
       }
     }
   }
@@ -579,7 +627,8 @@ public actor Coordinator {
     if let model {
       record.outcome = .committed
       if let privacy {
-        record.epsilon = privacy.epsilon(afterRounds: round)
+        // ε counts the rounds released so far, this one included (abandoned attempts release nothing).
+        record.epsilon = privacy.epsilon(afterRounds: machine.committedRounds + 1)
         let next = privacy.nextClip(after: round, clip: clipNorm, unclipped: book?.withinClip ?? 0)
         if next != clipNorm {
           logger.debug("clip adapted", metadata: ["round": "\(round)", "clip": "\(next)"])
@@ -591,19 +640,16 @@ public actor Coordinator {
       globalSHA256 = model.sha256
       if let evaluator,
         round % configuration.plan.server.evaluation.every == 0
-          || round == configuration.plan.server.rounds
+          || machine.committedRounds + 1 == machine.configuration.rounds
       {
         let e = await evaluator.evaluate(model)
         record.evalLoss = e.loss
         record.evalAccuracy = e.accuracy
       }
-      roundsCommitted.increment()
-      roundDuration.recordSeconds(now - record.startedAt)
     } else {
       record.outcome = .abandoned
       record.abandonReason =
         (abandoned ?? (secureFailure != nil ? .secureAggregationFailed : .tooFewReports)).rawValue
-      roundsAbandoned.increment()
       logger.info(
         "round abandoned",
         metadata: [
@@ -617,12 +663,6 @@ public actor Coordinator {
     }
     pending = PendingCommit(
       record: record, model: model, participants: participants, secureAggregation: secureSteps)
-    if configuration.autoCommit {
-      do {
-        try await commitPending(resumeState: nil)
-      } catch {
-        logger.error("could not commit round", metadata: ["round": "\(round)", "error": "\(error)"])
-      }
-    }
+    if configuration.autoCommit { await commitAutomatically() }
   }
 }

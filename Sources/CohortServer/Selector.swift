@@ -35,4 +35,20 @@ public actor Selector: DeviceLink {
     }
     if let fallback, !rest.isEmpty { await fallback.assign(assignment, to: rest) }
   }
+
+  public func release(_ devices: [DeviceID], window: ClosedRange<Double>) async {
+    var rest: [DeviceID] = []
+    for device in devices {
+      if let link = links[device] {
+        await link.release([device], window: window)
+      } else {
+        rest.append(device)
+      }
+    }
+    if let fallback, !rest.isEmpty { await fallback.release(rest, window: window) }
+  }
+
+  public func invite(round: Int, count: Int) async {
+    await fallback?.invite(round: round, count: count)
+  }
 }

@@ -43,6 +43,8 @@ final class Engine {
     var sessions: [DeviceID: DeviceSession] = [:]
     var inFlight: [DeviceID: InFlight] = [:]
     var sleepRng: RandomStream
+    /// Uniform sampling: draws the devices invited to each round.
+    var inviteRng: RandomStream
     var scheduledDeadline: Double?
     var arrivalPending = false
     var sweepAt: Double?
@@ -60,24 +62,30 @@ final class Engine {
   /// The saved form: a format version, the loop's state, then the coordinator's.
   static func encode(_ state: State, _ coordinator: Coordinator.Snapshot) -> Data {
     var w = SnapshotWriter()
-    w.write(UInt8(3))
+    w.write(formatVersion)
     state.save(into: &w)
     coordinator.save(into: &w)
     return Data(w.bytes)
   }
 
-  static func decode(_ data: Data, population: Population, plan: Plan) throws(CohortError) -> (
-    State, Coordinator.Snapshot
-  ) {
+  /// Version 4 added the round machine's check-in rate, attempt count and cohort sampling.
+  static let formatVersion: UInt8 = 4
+
+  static func decode(_ data: Data, population: Population, coordinator: Coordinator.Configuration)
+    throws(CohortError) -> (State, Coordinator.Snapshot)
+  {
     var r = SnapshotReader(Array(data))
-    // Version 2 is version 3 without the clip norms (runs saved before DP-FedAvg).
     let version = try r.byte()
-    guard version == 2 || version == 3 else { throw SnapshotReader.corrupt("an unknown format version") }
-    let state = try State(population: population, restoring: &r, version: version)
-    let coordinator = try Coordinator.Snapshot(
-      plan: plan, population: "default", populationSize: population.count, restoring: &r)
+    guard version == formatVersion else {
+      throw CohortError(
+        .storage,
+        "the run's saved state has format version \(version); this release resumes version \(formatVersion)",
+        fix: "resume it with the release that started it, or start a new run")
+    }
+    let state = try State(population: population, restoring: &r)
+    let snapshot = try Coordinator.Snapshot(configuration: coordinator, restoring: &r)
     guard r.isAtEnd else { throw SnapshotReader.corrupt("data after its end") }
-    return (state, coordinator)
+    return (state, snapshot)
   }
 
   static func sessionConfiguration(_ device: DeviceID) -> DeviceSession.Configuration {
@@ -113,6 +121,8 @@ final class Engine {
   }
 
   var scenario: Scenario { simulation.scenario }
+  /// Uniform sampling: devices check in only when a round invites them (no spontaneous arrivals).
+  var uniform: Bool { coordinator.configuration.machine.sampling == .uniform }
 
   func run(resumed: Bool) async throws(CohortError) -> SimulationSummary {
     if resumed {
@@ -121,7 +131,7 @@ final class Engine {
     }
     await coordinator.start()
     var status = try await afterServerCall()
-    if !state.arrivalPending { scheduleArrival() }
+    if !state.arrivalPending && !uniform { scheduleArrival() }
 
     var eventsThisRound = 0
     var lastCommitted = status.globalRound
@@ -262,7 +272,15 @@ final class Engine {
         state.sessions[device] = nil
         state.inFlight[device] = nil
         results[device] = nil
-        state.process.release(device)
+        if uniform {
+          state.process.release(device)
+        } else {
+          // As the client runtime does, a device checks in again as soon as its participation
+          // ends, and pace steering tells it when it is next wanted. (Under uniform sampling a
+          // device waits to be drawn instead.)
+          state.process.hold(device, until: .infinity)
+          state.queue.push(.wake(device), at: state.now)
+        }
       case .train, .upload:
         // Training is scheduled when the task arrives (see `assign`); the upload event
         // was scheduled with it.
@@ -281,10 +299,20 @@ final class Engine {
   func afterServerCall() async throws(CohortError) -> Coordinator.Status {
     var status = await coordinator.status
     while true {
-      let sent = link.drain()
+      let (sent, invitations, released) = link.drain()
       if !sent.isEmpty {
         try await assign(sent, modelRound: status.globalRound)
         status = await coordinator.status
+      }
+      if !released.isEmpty || !invitations.isEmpty {
+        for (devices, window) in released {
+          for device in devices { await deliver(.retry(window: window), to: device) }
+        }
+        for count in invitations {
+          for device in drawAvailable(count) { await checkIn(device) }
+        }
+        status = await coordinator.status
+        continue
       }
       if status.hasPendingCommit {
         // The state saved with a round is the state just before the round is handed over, so
@@ -430,6 +458,40 @@ final class Engine {
   }
 
   static let nobody: DeviceID = -1
+
+  /// Up to `count` distinct devices drawn uniformly from those available now and not busy or
+  /// asleep. Draws at random first (cheap in a large, mostly idle population); when that finds
+  /// too few, falls back to listing every eligible device, so a small or busy population still
+  /// gets a uniform sample of all it has.
+  func drawAvailable(_ count: Int) -> [DeviceID] {
+    let population = simulation.population
+    let n = population.count
+    guard count > 0, n > 0 else { return [] }
+    let now = state.now
+    func eligible(_ d: DeviceID) -> Bool {
+      state.sessions[d] == nil && state.inFlight[d] == nil && state.process.isEligible(device: d, at: now)
+    }
+    var chosen: [DeviceID] = []
+    var taken = Set<DeviceID>()
+    if n > 20 * count {
+      for _ in 0..<(50 * count) where chosen.count < count {
+        let d = state.inviteRng.int(below: n)
+        if !taken.contains(d), eligible(d) {
+          taken.insert(d)
+          chosen.append(d)
+        }
+      }
+      if chosen.count == count { return chosen }
+    }
+    var pool = (0..<n).filter { eligible($0) }
+    // A partial Fisher–Yates shuffle: the first `count` places are a uniform sample.
+    let k = min(count, pool.count)
+    for i in 0..<k {
+      let j = i + state.inviteRng.int(below: pool.count - i)
+      pool.swapAt(i, j)
+    }
+    return Array(pool[0..<k])
+  }
 
   func summary() async throws(CohortError) -> SimulationSummary {
     try await writer.finish()

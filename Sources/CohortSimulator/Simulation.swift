@@ -123,8 +123,14 @@ public final class Simulation: Sendable {
     var coordinatorSnapshot: Coordinator.Snapshot?
     var startModel = initialModel
     var startRound = 0
+    // Simulations sample cohorts uniformly unless the plan asks for check-in order.
+    let configuration = Coordinator.Configuration(
+      plan: scenario.plan, run: run, autoCommit: false, populationSize: population.count,
+      secureAggregation: secureAggregation, privacySeed: scenario.seed, sampling: .uniform,
+      samplingSeed: scenario.seed)
     if let (round, blob) = try store.latestResumeState(run) {
-      (state, coordinatorSnapshot) = try Engine.decode(blob, population: population, plan: scenario.plan)
+      (state, coordinatorSnapshot) = try Engine.decode(
+        blob, population: population, coordinator: configuration)
       if let checkpoint = try store.latestCheckpoint(run) {
         startModel = checkpoint.weights
         startRound = checkpoint.round
@@ -134,14 +140,13 @@ public final class Simulation: Sendable {
     } else {
       state = Engine.State(
         process: CheckInProcess(population: population),
-        sleepRng: RandomStream(seed: scenario.seed, purpose: "sleep"))
+        sleepRng: RandomStream(seed: scenario.seed, purpose: "sleep"),
+        inviteRng: RandomStream(seed: scenario.seed, purpose: "invite"))
     }
     let evaluator = CentralTestEvaluator(
       network: network, test: data.centralTest, parallelism: options.parallelism)
     let coordinator = Coordinator(
-      configuration: .init(
-        plan: scenario.plan, run: run, autoCommit: false, populationSize: population.count,
-        secureAggregation: secureAggregation, privacySeed: scenario.seed),
+      configuration: configuration,
       initial: startModel,
       resumingAfter: startRound, snapshot: coordinatorSnapshot, store: store, link: selector,
       evaluator: evaluator,
@@ -235,16 +240,33 @@ public final class Simulation: Sendable {
 /// The in-memory network: assignments the coordinator sends are collected here and handed
 /// to the event loop after each call.
 final class SimulatedLink: DeviceLink {
-  private let pending = Mutex<[(TaskAssignment, [DeviceID])]>([])
+  struct Outbox {
+    var assignments: [(TaskAssignment, [DeviceID])] = []
+    /// Device counts the coordinator invited (uniform sampling), in order.
+    var invitations: [Int] = []
+    var releases: [([DeviceID], ClosedRange<Double>)] = []
+  }
+  private let pending = Mutex(Outbox())
 
   func assign(_ assignment: TaskAssignment, to devices: [DeviceID]) async {
-    pending.withLock { $0.append((assignment, devices)) }
+    pending.withLock { $0.assignments.append((assignment, devices)) }
   }
 
-  func drain() -> [(TaskAssignment, [DeviceID])] {
-    pending.withLock { queue in
-      defer { queue = [] }
-      return queue
+  func invite(round: Int, count: Int) async {
+    pending.withLock { $0.invitations.append(count) }
+  }
+
+  func release(_ devices: [DeviceID], window: ClosedRange<Double>) async {
+    pending.withLock { $0.releases.append((devices, window)) }
+  }
+
+  func drain() -> (
+    assignments: [(TaskAssignment, [DeviceID])], invitations: [Int],
+    releases: [([DeviceID], ClosedRange<Double>)]
+  ) {
+    pending.withLock { outbox in
+      defer { outbox = Outbox() }
+      return (outbox.assignments, outbox.invitations, outbox.releases)
     }
   }
 }

@@ -136,9 +136,10 @@ extension Engine.State {
       w.write(key)
       w.write(clip)
     }
+    w.write(inviteRng)
   }
 
-  init(population: Population, restoring r: inout SnapshotReader, version: UInt8 = 3) throws(CohortError) {
+  init(population: Population, restoring r: inout SnapshotReader) throws(CohortError) {
     let now = try r.double()
     var queue = EventQueue<Engine.Event>()
     queue.nextSequence = try r.uint64()
@@ -148,7 +149,7 @@ extension Engine.State {
       queue.heap.append(.init(time: time, sequence: sequence, event: try Engine.Event(restoring: &r)))
     }
     let process = try CheckInProcess(population: population, restoring: &r)
-    self.init(process: process, sleepRng: RandomStream(seed: 0))
+    self.init(process: process, sleepRng: RandomStream(seed: 0), inviteRng: RandomStream(seed: 0))
     self.now = now
     self.queue = queue
     for _ in 0..<(try r.count()) {
@@ -172,8 +173,7 @@ extension Engine.State {
     localTrainings = try r.int()
     for _ in 0..<(try r.count()) { controls[try r.int()] = try r.floats() }
     for _ in 0..<(try r.count()) { serverControls[try r.int()] = try r.floats() }
-    if version >= 3 {
-      for _ in 0..<(try r.count()) { clipNorms[try r.int()] = try r.double() }
-    }
+    for _ in 0..<(try r.count()) { clipNorms[try r.int()] = try r.double() }
+    inviteRng = try r.randomStream()
   }
 }

@@ -6,6 +6,8 @@ import Synchronization
 enum SessionEvent: Sendable {
   /// The round's task (from the Coordinator, through the Selector).
   case task(TaskAssignment)
+  /// No task will come (a uniform cohort drew others): come back in this window (server time).
+  case released(ClosedRange<Double>)
   /// Secure aggregation: the round's parameters and the device's place in it.
   case secAggBegin(Cohort_V1_SecAggBegin)
   /// Secure aggregation: a server message the device must answer.
@@ -32,6 +34,10 @@ final class DeviceMailbox: DeviceLink, Sendable {
 
   func assign(_ assignment: TaskAssignment, to devices: [DeviceID]) async {
     continuation.yield(.task(assignment))
+  }
+
+  func release(_ devices: [DeviceID], window: ClosedRange<Double>) async {
+    continuation.yield(.released(window))
   }
 
   func post(_ event: SessionEvent) {

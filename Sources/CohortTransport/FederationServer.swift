@@ -80,8 +80,10 @@ public final class FederationServer: Sendable {
   /// - Parameters:
   ///   - store: where rounds are committed; a run of the same plan that did not finish is
   ///     resumed from its last committed round.
+  ///   - journal: where rounds are written, when not `store` itself (tests inject failures).
   public init(
-    configuration: FederationServerConfiguration, store: ResultsStore?, logger: Logger,
+    configuration: FederationServerConfiguration, store: ResultsStore?, journal: (any RoundJournal)? = nil,
+    logger: Logger,
     metrics: any MetricsFactory = MetricsSystem.factory
   ) throws(CohortError) {
     let plan = configuration.plan
@@ -112,15 +114,21 @@ public final class FederationServer: Sendable {
     // starts from the same model.
     var initial = network.initialWeights(seed: configuration.seed)
     var resumed = 0
+    var committed = 0
     var run: RunID?
     if let store {
-      let existing = try store.runs().last { $0.planSHA256 == plan.sha256 && $0.status == .running }
+      // A run of this plan that was stopped (SIGTERM) or killed continues under its own id.
+      let existing = try store.runs().last {
+        $0.planSHA256 == plan.sha256 && ($0.status == .running || $0.status == .interrupted)
+      }
       if let existing {
         run = existing.id
-        if let checkpoint = try store.latestCheckpoint(existing.id) {
-          initial = checkpoint.weights
-          resumed = checkpoint.round
-        }
+        if let checkpoint = try store.latestCheckpoint(existing.id) { initial = checkpoint.weights }
+        // Round numbers go on after the last round recorded, committed or not.
+        let rounds = try store.rounds(existing.id)
+        resumed = rounds.map(\.round).max() ?? 0
+        committed = rounds.filter { $0.outcome == .committed }.count
+        try store.setStatus(existing.id, .running, at: Date())
         logger.info("resuming run", metadata: ["run": "\(existing.id)", "after round": "\(resumed)"])
       } else {
         let scenario = Scenario(
@@ -145,7 +153,8 @@ public final class FederationServer: Sendable {
       configuration: .init(
         plan: plan, population: configuration.population, run: run, autoCommit: true,
         secureAggregation: secure),
-      initial: initial, resumingAfter: resumed, store: store, link: selector, evaluator: nil, clock: clock,
+      initial: initial, resumingAfter: resumed, committed: committed,
+      store: journal ?? store, link: selector, evaluator: nil, clock: clock,
       logger: logger, metrics: metrics)
     service = FederationService(
       coordinator: coordinator, selector: selector, secureAggregation: secure, plan: plan,
@@ -202,8 +211,9 @@ public final class FederationServer: Sendable {
         "serving",
         metadata: ["address": "\(address.host):\(address.port)", "plan": "\(configuration.plan.name)"])
       await coordinator.start()
-      await tickUntilFinished()
-      if stopRequested.withLock({ $0 }) {
+      let failure = await tickUntilFinished()
+      let finished = await coordinator.isFinished
+      if !finished, failure == nil {
         // The round in flight is abandoned and recorded; committed rounds stay.
         await coordinator.shutdown()
       }
@@ -211,22 +221,28 @@ public final class FederationServer: Sendable {
       service.open.closeAll()
       server.beginGracefulShutdown()
       try await group.waitForAll()
-    }
-    if let store, let run, await coordinator.isFinished {
-      try? store.setStatus(run, .finished, at: Date())
+      // A stopped or failed run is `interrupted`: the same command resumes it. The store may be
+      // what failed, so this write is best effort.
+      if let store, let run {
+        try? store.setStatus(run, finished && failure == nil ? .finished : .interrupted, at: Date())
+      }
+      if let failure { throw failure }
     }
   }
 
-  /// Closes round windows as their deadlines pass, until the run ends or a shutdown is asked for.
-  private func tickUntilFinished() async {
+  /// Closes round windows as their deadlines pass (and retries failed commits when due), until
+  /// the run ends, a shutdown is asked for, or the coordinator gives up; returns why it gave up.
+  private func tickUntilFinished() async -> CohortError? {
     let clock = WallClock()
     while !stopRequested.withLock({ $0 }) {
       let status = await coordinator.status
-      if status.isFinished { return }
+      if let failure = status.failure { return failure }
+      if status.isFinished { return nil }
       let wait = min(configuration.tickInterval, max(0.001, (status.nextDeadline ?? .infinity) - clock.now))
       try? await Task.sleep(for: .seconds(wait))
       await coordinator.tick()
     }
+    return nil
   }
 
   /// Stops serving: the round in flight is abandoned, committed rounds are kept, and open

@@ -102,6 +102,8 @@ private struct Participation {
   var device: DeviceID?
   /// The round the device trains for, once it has its task.
   var round: Int?
+  /// The round whose cohort the device was admitted to, while it waits for the task.
+  var admittedRound: Int?
   var reported = false
   /// Whether the refusal ending this stream was already counted (by the Coordinator).
   var refusalCounted = false
@@ -169,17 +171,12 @@ private struct Participation {
       CheckIn(device: id, population: checkIn.population, protocolVersion: protocolVersion))
     switch reply {
     case .retry(let window):
-      let now = service.clock.now
-      try await send(
-        .retry(
-          .with {
-            $0.earliestSeconds = max(0, window.lowerBound - now)
-            $0.latestSeconds = max(0, window.upperBound - now)
-          }))
+      try await sendRetry(window)
       return
     case .rejected(let reason):
       throw refuse(reason, "check-in for population \"\(checkIn.population)\" refused")
     case .waitForTask(let round):
+      admittedRound = round
       try await send(.admitted(.with { $0.round = Int64(round) }))
     default:
       break
@@ -187,12 +184,18 @@ private struct Participation {
     // The task comes through the Selector when the round starts (it may already be here).
     let timer = mailbox.startTimer(seconds: service.taskWait)
     var assignment: TaskAssignment?
-    while let event = await events.next() {
-      if case .task(let a) = event {
+    wait: while let event = await events.next() {
+      switch event {
+      case .task(let a):
         assignment = a
-        break
+        break wait
+      case .released(let window):
+        mailbox.cancelTimer(timer)
+        try await sendRetry(window)
+        return
+      case .timeout: break wait
+      default: continue
       }
-      if case .timeout = event { break }
     }
     mailbox.cancelTimer(timer)
     guard let assignment else {
@@ -233,6 +236,17 @@ private struct Participation {
         start = end
       }
     }
+  }
+
+  /// Tells the device to come back within `window` (server time), as seconds from now.
+  func sendRetry(_ window: ClosedRange<Double>) async throws {
+    let now = service.clock.now
+    try await send(
+      .retry(
+        .with {
+          $0.earliestSeconds = max(0, window.lowerBound - now)
+          $0.latestSeconds = max(0, window.upperBound - now)
+        }))
   }
 
   /// Waits for the device's report; nil (and the device counted as dropped) if it gives up.
@@ -391,7 +405,7 @@ private struct Participation {
               $0.reason = reason
             }))
         return
-      case .task, .timeout:
+      case .task, .timeout, .released:
         continue
       }
       // Every server step expects one answer from the device.
@@ -416,6 +430,10 @@ private struct Participation {
     guard let device else { return }
     if connected { await service.selector.disconnect(device) }
     if let round, !reported { await service.coordinator.dropped(device: device, round: round) }
+    // A device that waited for a task and left takes no place in the cohort being gathered.
+    if round == nil, let admittedRound {
+      await service.coordinator.dropped(device: device, round: admittedRound)
+    }
     if enrolledInSecureAggregation, let round {
       await service.secureAggregation?.leave(round: round, device: device)
     }

@@ -136,9 +136,18 @@ struct ServeCommand: AsyncParsableCommand {
         gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     try await group.run()
     try? await endpoint.stop()
+    if let failure = await server.coordinator.failure {
+      Console.error("\(failure)")
+      throw ExitCode.failure
+    }
     let finished = await server.coordinator.isFinished
     let round = await server.coordinator.globalRound
-    say(finished ? "run finished after round \(round)" : "stopped; the last committed round is \(round)")
+    let committed = await server.coordinator.committedRounds
+    if finished {
+      say("run finished after round \(round) (\(committed) rounds committed)")
+    } else {
+      say("stopped; the last committed round is \(round); run the same command to resume")
+    }
   }
 }
 
@@ -149,7 +158,12 @@ struct FederationServerService: Service {
 
   func run() async throws {
     try await withGracefulShutdownHandler {
-      try await server.run(onListening: onListening)
+      do {
+        try await server.run(onListening: onListening)
+      } catch is CohortError {
+        // The coordinator gave up (it keeps the error in `failure`); the command reports it
+        // once the group has shut down.
+      }
     } onGracefulShutdown: {
       server.shutdown()
     }

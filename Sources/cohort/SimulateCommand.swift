@@ -4,6 +4,7 @@ import CohortSimulator
 import CohortStore
 import Foundation
 import Logging
+import Synchronization
 
 struct SimulateCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
@@ -95,6 +96,21 @@ struct SimulateCommand: AsyncParsableCommand {
       throw error.exit()
     }
     progress.finish()
+    if summary.roundsCommitted == 0 {
+      throw CohortError(
+        .invalidConfiguration,
+        "run \(runID) committed none of the \(summary.roundsAttempted) rounds it attempted",
+        fix: "lower server.cohort.goal or server.cohort.minimum_fraction (or raise devices.count), lengthen "
+          + "server.windows.selection or server.windows.reporting for the devices' speed and availability, "
+          + "or raise server.max_attempts"
+      ).exit()
+    }
+    if summary.roundsCommitted < s.plan.server.rounds, summary.stopReason == nil {
+      Console.error(
+        "run \(runID) committed \(summary.roundsCommitted) of \(s.plan.server.rounds) rounds in "
+          + "\(summary.roundsAttempted) attempts (server.max_attempts): see `cohort runs show \(runID)` for why "
+          + "rounds were abandoned")
+    }
     if let reason = summary.stopReason, !json { print(reason) }
     let wall = (ContinuousClock.now - wallStart) / .seconds(1)
     if json {
@@ -153,6 +169,8 @@ final class Progress: Sendable {
   let quiet: Bool
   let terminal = Console.isTerminal
   let start = ContinuousClock.now
+  /// Rounds committed so far: the bar counts them, since abandoned attempts do not.
+  let committed = Mutex(0)
 
   init(total: Int, quiet: Bool) {
     self.total = total
@@ -164,19 +182,23 @@ final class Progress: Sendable {
     let accuracy = r.evalAccuracy.map { Format.fixed($0, 4) } ?? "-"
     let outcome = r.outcome == .committed ? "" : " abandoned (\(r.abandonReason ?? ""))"
     let epsilon = r.epsilon.map { " ε \(Format.fixed($0, 3))" } ?? ""
+    let committedSoFar = committed.withLock { n in
+      if r.outcome == .committed { n += 1 }
+      return n
+    }
     if terminal {
-      let done = Double(r.round) / Double(max(1, total))
+      let done = Double(committedSoFar) / Double(max(1, total))
       let width = 30
       let filled = Int(done * Double(width))
       let elapsed = (ContinuousClock.now - start) / .seconds(1)
       let eta = done > 0 ? elapsed * (1 - done) / done : 0
       let bar = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
       let line =
-        "\r round \(r.round)/\(total) \(bar) acc \(accuracy)\(epsilon)  sim \(Format.duration(r.endedAt))  eta \(Format.duration(eta))\(outcome)"
+        "\r round \(r.round) (\(committedSoFar)/\(total) committed) \(bar) acc \(accuracy)\(epsilon)  sim \(Format.duration(r.endedAt))  eta \(Format.duration(eta))\(outcome)"
       FileHandle.standardOutput.write(Data((line + "\u{1B}[K").utf8))
     } else {
       print(
-        "round \(r.round)/\(total) \(r.outcome.rawValue)\(outcome) reported \(r.reported)/\(r.selected) "
+        "round \(r.round) (\(committedSoFar)/\(total)) \(r.outcome.rawValue)\(outcome) reported \(r.reported)/\(r.selected) "
           + "train loss \(Format.optional(r.trainLoss)) test accuracy \(accuracy)\(epsilon) sim time \(Format.duration(r.endedAt))"
       )
     }

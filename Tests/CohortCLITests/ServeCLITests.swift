@@ -137,6 +137,42 @@ let cohortBinary: URL = {
     #expect(!second.transcript.contains("round 2 committed"), "\(second.transcript)")
   }
 
+  /// SIGTERM stops the server gracefully after round 2; the run is `interrupted`, and the same
+  /// command resumes it under the same run id until every round is committed.
+  @Test func terminatedServerResumesTheSameRun() throws {
+    let dir = TemporaryDirectory()
+    let plan = try federation(in: dir, rounds: 5)
+    let first = try serve(dir, plan: plan, listen: "127.0.0.1:0")
+    guard let listening = first.waitForLine(containing: "listening on") else {
+      Issue.record("the server did not start: \(first.transcript)")
+      return
+    }
+    let port = String(listening.split(separator: ":").last!)
+    let devices = try devices(dir, port: port)
+    defer { for d in devices { d.stop() } }
+    guard first.waitForLine(containing: "round 2 committed") != nil else {
+      first.stop()
+      Issue.record("round 2 never committed: \(first.transcript)")
+      return
+    }
+    first.stop()
+    #expect(first.process.terminationStatus == 0, "\(first.transcript)")
+    let runs = try cohort(["runs", "list", "--db", dir.path + "/server.sqlite"])
+    #expect(runs.stdout.contains("interrupted"), "\(runs.stdout)")
+    let second = try serve(dir, plan: plan, listen: "127.0.0.1:\(port)")
+    let resumed = second.waitForLine(containing: "resuming run")
+    #expect(resumed?.contains("resuming run 1 ") == true, "\(second.transcript)")
+    #expect(second.waitForLine(containing: "5 rounds committed") != nil, "\(second.transcript)")
+    second.process.waitUntilExit()
+    #expect(second.process.terminationStatus == 0)
+    let after = try cohort(["runs", "list", "--db", dir.path + "/server.sqlite"])
+    // One run, resumed, not a second one started from the initial model.
+    let listed = after.stdout.split(separator: "\n").filter { $0.contains("network-demo") }
+    #expect(listed.count == 1 && listed[0].contains("finished"), "\(after.stdout)")
+    let rounds = try cohort(["runs", "show", "1", "--db", dir.path + "/server.sqlite"])
+    #expect(rounds.stdout.contains("rounds committed 5 of"), "\(rounds.stdout)")
+  }
+
   @Test func serveRefusesPlaintextOffLoopbackAndMissingTLS() throws {
     let dir = TemporaryDirectory()
     let noTLS = try cohort(["serve", "--plan", "Plans/network-demo.yaml", "--db", dir.path + "/s.sqlite"])

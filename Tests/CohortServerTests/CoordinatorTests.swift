@@ -229,7 +229,7 @@ final class FixedSecureSum: SecureAggregationDriver, @unchecked Sendable {
     #expect(round == 1 && stored == state)
     var reader = SnapshotReader(Array(stored))
     let restored = try Coordinator.Snapshot(
-      plan: makePlan(rounds: 2), population: "default", restoring: &reader)
+      configuration: .init(plan: makePlan(rounds: 2)), restoring: &reader)
     #expect(reader.isAtEnd)
     let link = RecordingLink()
     let resumed = Coordinator(
@@ -267,7 +267,7 @@ final class FixedSecureSum: SecureAggregationDriver, @unchecked Sendable {
     var writer = SnapshotWriter()
     await coordinator.snapshot().save(into: &writer)
     var reader = SnapshotReader(writer.bytes)
-    let restored = try Coordinator.Snapshot(plan: plan, population: "default", restoring: &reader)
+    let restored = try Coordinator.Snapshot(configuration: .init(plan: plan), restoring: &reader)
     #expect(reader.isAtEnd)
     let resumed = Coordinator(
       configuration: .init(plan: plan, autoCommit: false), initial: Weights(layout: layout, values: [1, 2]),
