@@ -1,3 +1,4 @@
+import CohortCore
 import CohortStore
 
 /// A comparison of runs grouped into series (one per configuration, one run per seed), rendered

@@ -1,3 +1,4 @@
+public import CohortCore
 public import CohortStore
 
 /// One line of a comparison: the runs of one configuration, one run per seed.

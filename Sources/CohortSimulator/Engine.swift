@@ -107,6 +107,8 @@ final class Engine {
   var trainingLog: [[DeviceID]] = []
   /// The model each in-flight round started from, by the round that produced it.
   var models: [Int: Weights] = [:]
+  /// Uniform sampling: devices check in only when a round invites them (no spontaneous arrivals).
+  let uniform: Bool
 
   init(
     simulation: Simulation, coordinator: Coordinator, link: SimulatedLink, clock: ManualClock, state: State
@@ -116,13 +118,12 @@ final class Engine {
     self.link = link
     self.clock = clock
     self.state = state
+    uniform = coordinator.configuration.pipeline.machine.sampling == .uniform
     writer = RoundWriter(
       store: simulation.store, run: simulation.run, crashAfterRound: simulation.options.crashAfterRound)
   }
 
   var scenario: Scenario { simulation.scenario }
-  /// Uniform sampling: devices check in only when a round invites them (no spontaneous arrivals).
-  var uniform: Bool { coordinator.configuration.machine.sampling == .uniform }
 
   func run(resumed: Bool) async throws(CohortError) -> SimulationSummary {
     if resumed {

@@ -37,84 +37,6 @@ public enum RunStatus: String, Sendable, Hashable, Codable, CaseIterable {
   case interrupted
 }
 
-/// How a round ended: its aggregate became the next global model, or it was given up
-/// (too few devices selected or reporting before the deadline).
-public enum RoundOutcome: String, Sendable, Hashable, Codable, CaseIterable {
-  case committed
-  case abandoned
-}
-
-/// One row of the `rounds` table: what happened in one round of one run.
-///
-/// Times are seconds on whatever clock the caller drives the round with: virtual time in a
-/// simulation, wall-clock seconds (e.g. since the run started) on a server. The run is not part
-/// of the record; it is the `RunID` the record is committed under.
-public struct RoundRecord: Sendable, Hashable, Codable {
-  /// The round number, from 1.
-  public var round: Int
-  public var startedAt: Double
-  public var endedAt: Double
-  public var outcome: RoundOutcome
-  /// Why the round was abandoned; nil when it was committed.
-  public var abandonReason: String?
-  /// Devices selected for the round (goal × over-selection, or fewer if fewer checked in).
-  public var selected: Int
-  /// Devices whose update was accepted into the aggregate.
-  public var reported: Int
-  /// Selected devices that dropped out before reporting.
-  public var dropped: Int
-  /// Reports that arrived after the round had closed.
-  public var late: Int
-  /// Reports rejected as malformed (wrong size, bad checksum, non-finite values).
-  public var rejected: Int
-  /// Bytes sent to devices (plans and checkpoints) and received from them (updates).
-  public var bytesDown: Int
-  public var bytesUp: Int
-  /// Mean local training loss reported by the devices.
-  public var trainLoss: Double?
-  /// Loss and accuracy of the new global model on the central test set, when evaluated.
-  public var evalLoss: Double?
-  public var evalAccuracy: Double?
-  /// Loss and accuracy measured by devices on their own held-out examples, and how many.
-  public var federatedEvalLoss: Double?
-  public var federatedEvalAccuracy: Double?
-  public var federatedEvalExamples: Int?
-  /// Cumulative differential-privacy ε after this round, when the plan adds DP noise.
-  public var epsilon: Double?
-  /// Wall-clock seconds the round took to compute, whatever clock `startedAt` is on.
-  public var wallSeconds: Double
-
-  public init(
-    round: Int, startedAt: Double, endedAt: Double, outcome: RoundOutcome = .committed,
-    abandonReason: String? = nil, selected: Int = 0, reported: Int = 0, dropped: Int = 0, late: Int = 0,
-    rejected: Int = 0, bytesDown: Int = 0, bytesUp: Int = 0, trainLoss: Double? = nil,
-    evalLoss: Double? = nil, evalAccuracy: Double? = nil, federatedEvalLoss: Double? = nil,
-    federatedEvalAccuracy: Double? = nil, federatedEvalExamples: Int? = nil, epsilon: Double? = nil,
-    wallSeconds: Double = 0
-  ) {
-    self.round = round
-    self.startedAt = startedAt
-    self.endedAt = endedAt
-    self.outcome = outcome
-    self.abandonReason = abandonReason
-    self.selected = selected
-    self.reported = reported
-    self.dropped = dropped
-    self.late = late
-    self.rejected = rejected
-    self.bytesDown = bytesDown
-    self.bytesUp = bytesUp
-    self.trainLoss = trainLoss
-    self.evalLoss = evalLoss
-    self.evalAccuracy = evalAccuracy
-    self.federatedEvalLoss = federatedEvalLoss
-    self.federatedEvalAccuracy = federatedEvalAccuracy
-    self.federatedEvalExamples = federatedEvalExamples
-    self.epsilon = epsilon
-    self.wallSeconds = wallSeconds
-  }
-}
-
 /// A run at a glance, as `cohort runs list` shows it.
 public struct RunSummary: Sendable, Hashable {
   public var id: RunID
@@ -151,22 +73,6 @@ public struct RunSummary: Sendable, Hashable {
   }
 }
 
-/// What one selected device did in a round, for the device counters.
-public struct DeviceParticipation: Sendable, Hashable {
-  /// The device's index in the population (simulation) or registry (server).
-  public var device: Int
-  /// Its update was accepted into the aggregate.
-  public var reported: Bool
-  /// It dropped out after being selected.
-  public var dropped: Bool
-
-  public init(device: Int, reported: Bool, dropped: Bool) {
-    self.device = device
-    self.reported = reported
-    self.dropped = dropped
-  }
-}
-
 /// One row of the `devices` table: a device's counters over a run.
 public struct DeviceRecord: Sendable, Hashable {
   public var device: Int
@@ -183,29 +89,5 @@ public struct DeviceRecord: Sendable, Hashable {
     self.reports = reports
     self.dropouts = dropouts
     self.lastRound = lastRound
-  }
-}
-
-/// One step of a round's secure aggregation: one row of `secure_aggregation_steps`.
-public struct SecureAggregationStepRecord: Sendable, Hashable, Codable {
-  /// `advertise_keys`, `share_keys`, `masked_input`, `consistency_check` or `unmasking`.
-  public var step: String
-  /// Devices the step started with.
-  public var entered: Int
-  /// Of those, devices that did not answer before the step closed.
-  public var dropped: Int
-  /// Bytes the devices sent the server, and the server sent the devices, in this step.
-  public var bytesUp: Int
-  public var bytesDown: Int
-  /// Wall-clock seconds the server spent on the step (processing messages and closing it).
-  public var serverSeconds: Double
-
-  public init(step: String, entered: Int, dropped: Int, bytesUp: Int, bytesDown: Int, serverSeconds: Double) {
-    self.step = step
-    self.entered = entered
-    self.dropped = dropped
-    self.bytesUp = bytesUp
-    self.bytesDown = bytesDown
-    self.serverSeconds = serverSeconds
   }
 }

@@ -1,3 +1,4 @@
+import CohortCore
 import CohortStore
 import Testing
 

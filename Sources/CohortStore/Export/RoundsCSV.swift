@@ -1,3 +1,5 @@
+public import CohortCore
+
 /// A run's rounds as CSV (RFC 4180 quoting, `\n` line ends), for spreadsheets and pandas.
 ///
 /// The columns are the `rounds` table's, in its order and with its names; a value that is
