@@ -474,7 +474,8 @@ public nonisolated struct Cohort_V1_SecAggBegin: Sendable {
 
   public var ringBits: UInt32 = 0
 
-  /// The seed of randomness every device of the round shares (rotation signs), from the server.
+  /// The seed of randomness every device of the round shares (rotation signs of fixed-range
+  /// quantization and of the distributed discrete Gaussian), drawn by the server from its run seed.
   public var sharedSeed: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
