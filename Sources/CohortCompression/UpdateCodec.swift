@@ -15,7 +15,8 @@ public struct EncodedUpdate: Sendable, Hashable {
   public var dimension: Int
   public var payload: Payload
   /// The seed of the rotation's signs (or of the random mask). It does not travel: device and
-  /// server derive it from the same (run seed, round, device) stream.
+  /// server derive it from the round's shared codec seed (`UpdateCodec.sharedSeed`), which the
+  /// server draws from its run seed and sends with the task.
   public var seed: UInt64
 
   public init(dimension: Int, payload: Payload, seed: UInt64) {
@@ -24,14 +25,15 @@ public struct EncodedUpdate: Sendable, Hashable {
     self.seed = seed
   }
 
-  /// The bytes actually sent: Float32 values (dense); packed levels plus the Float32 min and max
-  /// when the range is per vector (quantized); Float32 values plus UInt32 indices when they travel
-  /// (sparse). The dimension, bit width and seeds are known to both sides and are not sent.
+  /// The bytes actually sent (`wireForm`): Float32 values (dense); the bit width, the Float32 min
+  /// and max when the range is per vector, and the packed levels (quantized); the kept count,
+  /// UInt32 indices when they travel and Float32 values (sparse). The dimension and seeds are
+  /// known to both sides and are not sent.
   public var wireBytes: Int {
     switch payload {
     case .dense(let v): v.count * MemoryLayout<Float>.size
-    case .quantized(let q): q.wireBytes
-    case .sparse(let s): s.wireBytes
+    case .quantized(let q): 1 + q.wireBytes
+    case .sparse(let s): 4 + s.wireBytes
     }
   }
 }
@@ -78,12 +80,17 @@ public struct UpdateCodec: Sendable {
     }
   }
 
-  /// Encodes `update` (of `dimension` values). `stream` gives the shared seed (its first draw)
-  /// and then the rounding draws; the server decodes with the seed recorded in the result, which
-  /// it would derive from the same stream.
+  /// Encodes `update` (of `dimension` values). `stream` gives the seed (its first draw) and then
+  /// the rounding draws.
   public func encode(_ update: [Float], stream: inout RandomStream) -> EncodedUpdate {
-    precondition(update.count == dimension, "the codec expects \(dimension) values, got \(update.count)")
     let seed = stream.next()
+    return encode(update, seed: seed, stream: &stream)
+  }
+
+  /// Encodes `update` (of `dimension` values) with the rotation signs or random mask of `seed`,
+  /// which the server knows too; `stream` gives the rounding draws.
+  public func encode(_ update: [Float], seed: UInt64, stream: inout RandomStream) -> EncodedUpdate {
+    precondition(update.count == dimension, "the codec expects \(dimension) values, got \(update.count)")
     switch plan.kind {
     case .none:
       return EncodedUpdate(dimension: dimension, payload: .dense(update), seed: seed)
@@ -114,6 +121,23 @@ public struct UpdateCodec: Sendable {
         ? BlockHadamard(dimension: dimension, seed: encoded.seed).inverse(values) : values
     case .sparse(let s): return s.decoded()
     }
+  }
+
+  /// The round's shared codec seed of a run: every device of the round and the server use it
+  /// (the random mask under secure aggregation, and the root of each device's seed). The server
+  /// draws it from its run seed and sends it with the task; the simulator draws it from the
+  /// scenario seed, so a network run and a simulation with the same seed agree.
+  public static func sharedSeed(runSeed: UInt64, round: Int) -> UInt64 {
+    var stream = RandomStream(seed: runSeed, purpose: "codec-shared", round: round)
+    return stream.next()
+  }
+
+  /// The seed of one device's rotation signs or random mask when updates travel one by one:
+  /// from the round's shared seed and the device, so the server rebuilds it instead of reading it
+  /// from the upload, and devices do not all share one mask.
+  public static func deviceSeed(shared: UInt64, round: Int, device: Int) -> UInt64 {
+    var stream = RandomStream(seed: shared, purpose: "codec-device", round: round, device: device)
+    return stream.next()
   }
 
   /// The bytes an uncompressed update of this dimension takes: 4 per value.

@@ -17,11 +17,15 @@ public struct LocalTraining: Sendable {
     public var controls: ControlVariates?
     /// DP-FedAvg: the L2 norm the device clips its update to.
     public var clip: Double?
+    /// The round's shared codec seed (`UpdateCodec.sharedSeed`), as the server sent it; nil
+    /// draws it from the run seed, as the simulator's server would.
+    public var codecSeed: UInt64?
 
     public init(
       device: Int, round: Int, start: Weights, evaluate: Bool, controls: ControlVariates? = nil,
-      clip: Double? = nil
+      clip: Double? = nil, codecSeed: UInt64? = nil
     ) {
+      self.codecSeed = codecSeed
       self.device = device
       self.round = round
       self.start = start
@@ -47,8 +51,12 @@ public struct LocalTraining: Sendable {
     /// DP-FedAvg: whether the update's norm was within the clip before clipping (bᵢ).
     public var withinClip: Bool? = nil
 
-    /// The bytes the upload takes: the encoded size, or 4 per Float32 value.
-    public var uploadBytes: Int { encoded?.wireBytes ?? update.count * MemoryLayout<Float>.size }
+    /// The bytes the upload takes: the encoded size, or 4 per Float32 value, and SCAFFOLD's Δc_k
+    /// (4 per value) after it.
+    public var uploadBytes: Int {
+      (encoded?.wireBytes ?? update.count * MemoryLayout<Float>.size)
+        + (controlDelta?.count ?? 0) * MemoryLayout<Float>.size
+    }
   }
 
   public let plan: Plan
@@ -102,18 +110,23 @@ public struct LocalTraining: Sendable {
     if let clip = job.clip { withinClip = L2Clipping.clip(&update.values, to: clip) <= clip }
     var encoded: EncodedUpdate?
     if let codec {
+      let shared = job.codecSeed ?? UpdateCodec.sharedSeed(runSeed: seed, round: job.round)
       if plan.secureAggregation.enabled {
         // Under secure aggregation a random mask is shared by the round's devices: each keeps the
-        // masked coordinates, rescaled, and the ring encoding carries them (one stream per round,
-        // the same for every device). Quantization with a fixed range happens in the ring itself
-        // (`SecureAggregationEncoding`); the plan reader rejects the other codecs.
+        // masked coordinates, rescaled, and the ring encoding carries them. Quantization with a
+        // fixed range happens in the ring itself (`SecureAggregationEncoding`); the plan reader
+        // rejects the other codecs.
         if codec.plan.kind == .randomMask {
-          var stream = RandomStream(seed: seed, purpose: "codec-shared", round: job.round)
-          update.values = codec.decode(codec.encode(update.values, stream: &stream))
+          var unused = RandomStream(seed: shared)
+          update.values = codec.decode(codec.encode(update.values, seed: shared, stream: &unused))
         }
       } else {
+        // The rotation signs or mask come from the round's shared seed and the device (the server
+        // rebuilds them); the rounding draws are the device's own.
         var stream = RandomStream(seed: seed, purpose: "codec", round: job.round, device: job.device)
-        encoded = codec.encode(update.values, stream: &stream)
+        encoded = codec.encode(
+          update.values, seed: UpdateCodec.deviceSeed(shared: shared, round: job.round, device: job.device),
+          stream: &stream)
       }
     }
     return Outcome(

@@ -52,6 +52,15 @@ public struct SecureAggregationEncoding: Sendable {
         weightCap: cap))
   }
 
+  /// The rotation seed of `round` in a run with `runSeed`. The simulator and the network server
+  /// both draw it so, and send it to the round's devices, so the two agree for the same seed. The
+  /// signs are public (the server picks them either way); secrecy is the masks' job.
+  public static func rotationSeed(runSeed: UInt64, round: Int, plan: Plan) -> UInt64 {
+    var shared = RandomStream(
+      seed: runSeed, purpose: plan.privacy.isDistributed ? "ddg-rotation" : "secagg-rotation", round: round)
+    return shared.next()
+  }
+
   public var ringBits: Int { codec.ringBits }
   public var vectorLength: Int { codec.vectorLength }
   /// The purpose of the device stream its encoding draws from (one for every ring codec).

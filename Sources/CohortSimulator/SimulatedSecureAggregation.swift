@@ -134,12 +134,11 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
   }
 
   /// How this run's updates enter the ring in `round`. The rotation signs devices share come
-  /// from the scenario seed here; a network server draws them per round.
+  /// from the scenario seed, as a network server's come from its run seed.
   func encoding(round: Int, dimension: Int) -> Result<SecureAggregationEncoding, SecAggError> {
-    let purpose = privacy.isDistributed ? "ddg-rotation" : "secagg-rotation"
-    var shared = RandomStream(seed: seed, purpose: purpose, round: round)
-    return SecureAggregationEncoding.make(
-      plan: fullPlan, round: round, dimension: dimension, rotationSeed: shared.next())
+    SecureAggregationEncoding.make(
+      plan: fullPlan, round: round, dimension: dimension,
+      rotationSeed: SecureAggregationEncoding.rotationSeed(runSeed: seed, round: round, plan: fullPlan))
   }
 
   /// 32 secret bytes for one device, round and purpose, from the scenario seed.

@@ -1,3 +1,4 @@
+import CohortCompression
 import CohortCore
 import CohortDevice
 public import CohortML
@@ -78,6 +79,9 @@ public actor DeviceRuntime {
   /// The last checkpoint received, so a task for the same model skips the download.
   private var cached: (sha256: String, values: [Float])?
   private var trainers: [String: LocalTraining] = [:]
+  /// SCAFFOLD: this device's control variate c_k, kept from one participation to the next (nil
+  /// until it first trains: then zeros).
+  private var control: [Float]?
   private var session: DeviceSession
   private var random: RandomStream
   /// An upload the server has not acknowledged (the connection was lost during the report);
@@ -207,6 +211,11 @@ public actor DeviceRuntime {
   }
 
   func remember(checkpoint sha256: String, values: [Float]) { cached = (sha256, values) }
+  /// c_k for a model of `count` values (zeros before the first SCAFFOLD training).
+  func control(count: Int) -> [Float] {
+    control.flatMap { $0.count == count ? $0 : nil } ?? [Float](repeating: 0, count: count)
+  }
+  func keepControl(_ values: [Float]) { control = values }
   func setPendingUpload(_ upload: PendingUpload?) { pendingUpload = upload }
   func cachedCheckpoint(_ sha256: String) -> [Float]? { cached?.sha256 == sha256 ? cached?.values : nil }
 
@@ -342,6 +351,32 @@ private struct Conversation: Sendable {
       throw ParticipationRefusal(
         "malformed", "the checkpoint has \(values.count) values, the plan's model \(layout.count)")
     }
+    // SCAFFOLD's server control variate follows the checkpoint: one Float32 per parameter.
+    let scaffold = training.plan.server.strategy.kind == .scaffold
+    guard t.serverControlBytes == (scaffold ? Int64(layout.count * 4) : 0) else {
+      throw ParticipationRefusal(
+        "malformed",
+        "the task declares \(t.serverControlBytes) bytes of server control variate for a model of "
+          + "\(layout.count) values")
+    }
+    var controlBytes: [UInt8] = []
+    controlBytes.reserveCapacity(Int(t.serverControlBytes))
+    while controlBytes.count < Int(t.serverControlBytes) {
+      guard case .serverControlChunk(let c) = try await next() else {
+        return .abandoned(
+          "the server control variate ended after \(controlBytes.count) of \(t.serverControlBytes) bytes")
+      }
+      guard controlBytes.count + c.data.count <= Int(t.serverControlBytes) else {
+        throw ParticipationRefusal("too_large", "the server control variate exceeds its declared size")
+      }
+      controlBytes.append(contentsOf: c.data)
+    }
+    var controls: ControlVariates?
+    if scaffold, let server = Float32Wire.values(controlBytes) {
+      controls = ControlVariates(
+        server: Weights(layout: layout, values: server),
+        device: Weights(layout: layout, values: await runtime.control(count: layout.count)))
+    }
     if let reason = runtime.ineligibility() {
       send(
         .abandon(
@@ -355,16 +390,26 @@ private struct Conversation: Sendable {
     let outcome = training.run(
       .init(
         device: configuration.device, round: round, start: Weights(layout: layout, values: values),
-        evaluate: t.evaluate, clip: t.clipNorm > 0 ? t.clipNorm : nil),
+        evaluate: t.evaluate, controls: controls, clip: t.clipNorm > 0 ? t.clipNorm : nil,
+        codecSeed: t.codecSeed),
       train: local.train, indices: local.indices, test: local.test, seed: configuration.seed)
+    // SCAFFOLD: the device keeps c_k⁺ once it has trained, as the simulator's devices do.
+    if let c = outcome.control { await runtime.keepControl(c.values) }
     let secure = training.plan.secureAggregation.enabled
-    let payload = secure ? [] : Float32Wire.bytes(outcome.update.values)
+    // The update in the plan's encoding (the same bytes the simulator counts), then Δc_k.
+    let update = secure ? [] : outcome.encoded?.wireForm ?? Float32Wire.bytes(outcome.update.values)
+    let delta = outcome.controlDelta.map { Float32Wire.bytes($0.values) } ?? []
+    let payload = update + delta
     let header = Cohort_V1_ReportHeader.with {
       $0.device = Int64(configuration.device)
       $0.round = Int64(round)
       $0.examples = Int64(outcome.examples)
       $0.trainLoss = outcome.loss
-      $0.updateBytes = Int64(payload.count)
+      $0.updateBytes = Int64(update.count)
+      $0.controlDeltaBytes = Int64(delta.count)
+      if !secure, let kind = outcome.encoded?.wireKind {
+        $0.encoding = Cohort_V1_UpdateEncoding(rawValue: kind.rawValue) ?? .float32
+      }
       $0.updateSha256 = payload.isEmpty ? "" : SHA256.hex(payload)
       if let e = outcome.evaluation {
         $0.evaluated = true

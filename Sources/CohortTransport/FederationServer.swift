@@ -1,3 +1,4 @@
+import CohortCompression
 public import CohortCore
 import CohortML
 import CohortProtocol
@@ -38,15 +39,25 @@ public struct FederationServerConfiguration: Sendable {
   public var taskWait: Double?
   /// How often the server checks its round deadlines, in seconds.
   public var tickInterval: Double
-  /// The seed of the initial model (the simulator's scenario seed gives the same model).
+  /// The run seed: the initial model and the rounds' public codec randomness (rotation signs,
+  /// random masks) come from it. The simulator's scenario seed gives the same model and codecs.
   public var seed: UInt64
+  /// The seed of central DP noise; nil (production) draws one from the system's generator. Tests
+  /// pass the scenario seed, as the simulator does, to compare runs.
+  public var privacySeed: UInt64?
+  /// Devices in the population, N: SCAFFOLD scales its control update by |S|/N, and a privacy
+  /// budget's sampling rate uses it. Nil when unknown (then SCAFFOLD cannot be served).
+  public var populationSize: Int?
 
   public init(
     plan: Plan, planPath: String = "", host: String = "127.0.0.1", port: Int = 0, security: ServerSecurity,
     population: String = "default", limits: TransportLimits? = nil, secureAggregationStepTimeout: Double = 30,
-    taskWait: Double? = nil, tickInterval: Double = 0.05, seed: UInt64 = 0
+    taskWait: Double? = nil, tickInterval: Double = 0.05, seed: UInt64 = 0, privacySeed: UInt64? = nil,
+    populationSize: Int? = nil
   ) {
     self.seed = seed
+    self.privacySeed = privacySeed
+    self.populationSize = populationSize
     self.plan = plan
     self.planPath = planPath
     self.host = host
@@ -99,12 +110,13 @@ public final class FederationServer: Sendable {
           + "in the PKI)",
         fix: "use variant semi_honest for cohort serve")
     }
-    if plan.compression.kind != .none {
+    if plan.server.strategy.kind == .scaffold, (configuration.populationSize ?? 0) < 1 {
       throw CohortError(
         .invalidConfiguration,
-        "compression.kind \(plan.compression.kind.rawValue) is not served over the network yet (encoded updates "
-          + "have no wire form)",
-        fix: "use compression.kind none for cohort serve (cohort simulate runs every codec)")
+        "server.strategy.kind scaffold needs the population size N (its control update is scaled by |S|/N)",
+        fix:
+          "give the server the number of devices in the population (FederationServerConfiguration.populationSize)"
+      )
     }
     self.configuration = configuration
     self.store = store
@@ -141,24 +153,33 @@ public final class FederationServer: Sendable {
     }
     self.run = run
     resumedAfter = resumed
-    let limits = configuration.limits ?? TransportLimits(parameters: initial.count)
+    // Updates travel in the plan's encoding unless secure aggregation carries them.
+    let codec =
+      plan.compression.kind == .none || plan.secureAggregation.enabled
+      ? nil : try UpdateCodec(plan: plan.compression, dimension: initial.count)
+    let limits =
+      configuration.limits
+      ?? TransportLimits(parameters: initial.count, encodedUpdateBytes: codec?.wireBytes ?? 0)
     selector = Selector()
     let secure =
       plan.secureAggregation.enabled
       ? NetworkSecureAggregation(
-        plan: plan, dimension: initial.count, stepTimeout: configuration.secureAggregationStepTimeout,
-        logger: logger) : nil
+        plan: plan, dimension: initial.count, runSeed: configuration.seed,
+        stepTimeout: configuration.secureAggregationStepTimeout, logger: logger) : nil
     let clock = WallClock()
     coordinator = Coordinator(
       configuration: .init(
         plan: plan, population: configuration.population, run: run, autoCommit: true,
-        secureAggregation: secure),
+        populationSize: configuration.populationSize, secureAggregation: secure,
+        privacySeed: configuration.privacySeed),
       initial: initial, resumingAfter: resumed, committed: committed,
       store: journal ?? store, link: selector, evaluator: nil, clock: clock,
       logger: logger, metrics: metrics)
     service = FederationService(
       coordinator: coordinator, selector: selector, secureAggregation: secure, plan: plan,
-      planJSON: String(decoding: plan.canonicalJSON, as: UTF8.self), limits: limits, clock: clock,
+      planJSON: String(decoding: plan.canonicalJSON, as: UTF8.self), codec: codec,
+      runSeed: configuration.seed,
+      limits: limits, clock: clock,
       metrics: TransportMetrics(factory: metrics), logger: logger,
       taskWait: configuration.taskWait ?? max(5, plan.server.windows.selection))
   }

@@ -1,3 +1,4 @@
+import CohortCompression
 import CohortCore
 import CohortProtocol
 import CohortServer
@@ -15,10 +16,14 @@ public struct TransportLimits: Sendable, Hashable {
   /// The largest checkpoint or update chunk, in bytes.
   public var maxChunkBytes: Int
 
-  /// Limits for a model of `parameters` values: an update of at most its Float32 size (plus a
-  /// little for encodings' headers), chunks of 1 MiB, messages of 4 MiB.
-  public init(parameters: Int, maxChunkBytes: Int = 1 << 20, maxMessageBytes: Int = 4 << 20) {
-    self.maxUpdateBytes = parameters * MemoryLayout<Float>.size + 4096
+  /// Limits for a model of `parameters` values: an update of at most its Float32 size or its
+  /// encoded size (`encodedUpdateBytes`, when the plan compresses), whichever is larger, plus a
+  /// little; chunks of 1 MiB, messages of 4 MiB. SCAFFOLD's Δc_k, when it follows the update, has
+  /// its own limit: exactly one Float32 per parameter.
+  public init(
+    parameters: Int, encodedUpdateBytes: Int = 0, maxChunkBytes: Int = 1 << 20, maxMessageBytes: Int = 4 << 20
+  ) {
+    self.maxUpdateBytes = max(parameters * MemoryLayout<Float>.size, encodedUpdateBytes) + 4096
     self.maxChunkBytes = maxChunkBytes
     self.maxMessageBytes = maxMessageBytes
   }
@@ -55,6 +60,10 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
   let secureAggregation: NetworkSecureAggregation?
   let plan: Plan
   let planJSON: String
+  /// The plan's update codec when updates travel encoded (compression without secure aggregation).
+  let codec: UpdateCodec?
+  /// The run seed the rounds' shared codec seeds come from.
+  let runSeed: UInt64
   let limits: TransportLimits
   let clock: any RoundClock
   let metrics: TransportMetrics
@@ -212,6 +221,7 @@ private struct Participation {
     round = assignment.task.round
     let now = service.clock.now
     let checkpoint = assignment.checkpoint.values
+    let control = assignment.serverControl?.values ?? []
     let follows = checkIn.cachedCheckpointSha256 != assignment.task.checkpointSHA256
     try await send(
       .task(
@@ -226,15 +236,24 @@ private struct Participation {
           $0.planJson = service.planJSON
           $0.maxUpdateBytes = Int64(service.limits.maxUpdateBytes)
           $0.maxChunkBytes = Int64(service.limits.maxChunkBytes)
+          $0.codecSeed = UpdateCodec.sharedSeed(runSeed: service.runSeed, round: assignment.task.round)
+          $0.serverControlBytes = Int64(control.count * 4)
         }))
     if follows {
-      let bytes = Float32Wire.bytes(checkpoint)
-      var start = 0
-      while start < bytes.count {
-        let end = min(bytes.count, start + service.limits.maxChunkBytes)
-        try await send(.checkpointChunk(.with { $0.data = Data(bytes[start..<end]) }))
-        start = end
+      for chunk in chunks(Float32Wire.bytes(checkpoint)) {
+        try await send(.checkpointChunk(.with { $0.data = chunk }))
       }
+    }
+    // SCAFFOLD's c changes every round, so it always follows (a device cannot hold it already).
+    for chunk in chunks(Float32Wire.bytes(control)) {
+      try await send(.serverControlChunk(.with { $0.data = chunk }))
+    }
+  }
+
+  /// `bytes` cut into chunks of at most the server's chunk size.
+  func chunks(_ bytes: [UInt8]) -> [Data] {
+    stride(from: 0, to: bytes.count, by: service.limits.maxChunkBytes).map {
+      Data(bytes[$0..<min(bytes.count, $0 + service.limits.maxChunkBytes)])
     }
   }
 
@@ -274,41 +293,57 @@ private struct Participation {
     let round = Int(header.round)
     let limits = service.limits
     let secure = service.secureAggregation != nil
+    let layout = await service.coordinator.global.layout
+    let scaffold = service.plan.server.strategy.kind == .scaffold
     // Limits first: nothing is buffered for an upload the server would refuse anyway.
     guard header.updateBytes >= 0, header.updateBytes <= limits.maxUpdateBytes else {
       throw refuse(
         .tooLarge, "the update declares \(header.updateBytes) bytes; the limit is \(limits.maxUpdateBytes)")
     }
+    // Δc_k is one Float32 per parameter, and only SCAFFOLD's reports carry it.
+    let controlLimit = scaffold ? layout.count * 4 : 0
+    guard header.controlDeltaBytes >= 0, header.controlDeltaBytes <= controlLimit else {
+      throw refuse(
+        .tooLarge, "Δc_k declares \(header.controlDeltaBytes) bytes; the limit is \(controlLimit)")
+    }
+    if scaffold, !secure, header.controlDeltaBytes == 0 {
+      throw refuse(.malformed, "a SCAFFOLD report carries Δc_k after its update")
+    }
+    let declared = Int(header.updateBytes) + Int(header.controlDeltaBytes)
     var bytes: [UInt8] = []
-    bytes.reserveCapacity(Int(header.updateBytes))
-    while bytes.count < Int(header.updateBytes) {
+    bytes.reserveCapacity(declared)
+    while bytes.count < declared {
       guard let message = try await next(&messages) else { return }
       guard case .updateChunk(let chunk) = message.kind else {
-        throw refuse(.integrity, "the update ended after \(bytes.count) of \(header.updateBytes) bytes")
+        throw refuse(.integrity, "the update ended after \(bytes.count) of \(declared) bytes")
       }
       guard chunk.data.count <= limits.maxChunkBytes else {
         throw refuse(.tooLarge, "a chunk of \(chunk.data.count) bytes; the limit is \(limits.maxChunkBytes)")
       }
-      guard bytes.count + chunk.data.count <= Int(header.updateBytes) else {
-        throw refuse(.tooLarge, "the chunks exceed the declared \(header.updateBytes) bytes")
+      guard bytes.count + chunk.data.count <= declared else {
+        throw refuse(.tooLarge, "the chunks exceed the declared \(declared) bytes")
       }
       bytes.append(contentsOf: chunk.data)
     }
-    if header.updateBytes > 0 || !header.updateSha256.isEmpty {
+    if declared > 0 || !header.updateSha256.isEmpty {
       guard SHA256.hex(bytes) == header.updateSha256 else {
         throw refuse(.integrity, "the update's SHA-256 does not match the declared \(header.updateSha256)")
       }
     }
-    guard let values = Float32Wire.values(bytes) else {
-      throw refuse(.malformed, "the update has \(bytes.count) bytes, not a whole number of Float32 values")
+    let updateBytes = Array(bytes[..<Int(header.updateBytes)])
+    let values = try decodeUpdate(updateBytes, encoding: header.encoding, round: round, device: device)
+    guard let controlValues = Float32Wire.values(Array(bytes[Int(header.updateBytes)...])) else {
+      throw refuse(
+        .malformed, "Δc_k has \(header.controlDeltaBytes) bytes, not a whole number of Float32 values")
     }
-    let layout = await service.coordinator.global.layout
-    let update =
-      secure && values.isEmpty
-      ? Weights(layout: WeightsLayout([]), values: [])
-      : Weights(
-        layout: values.count == layout.count ? layout : WeightsLayout([.init("update", [values.count])]),
+    // A wrong length keeps its own layout, so the Coordinator refuses it as malformed.
+    func weights(_ values: [Float], _ name: String) -> Weights {
+      Weights(
+        layout: values.count == layout.count ? layout : WeightsLayout([.init(name, [values.count])]),
         values: values)
+    }
+    let update =
+      secure && values.isEmpty ? Weights(layout: WeightsLayout([]), values: []) : weights(values, "update")
     let evaluation =
       header.evaluated
       ? Evaluation(
@@ -320,6 +355,7 @@ private struct Participation {
       trainLoss: header.trainLoss,
       bytes: bytes.count, evaluation: evaluation,
       lossAtGlobal: header.reportsLossAtGlobal ? header.lossAtGlobal : nil,
+      controlDelta: header.controlDeltaBytes > 0 ? weights(controlValues, "control_delta") : nil,
       withinClip: service.plan.privacy.adaptiveClipping != nil ? header.withinClip : nil)
     if secure {
       // Enrol before the report counts: the report that meets the goal closes the round, and
@@ -355,14 +391,47 @@ private struct Participation {
       // the round does not wait for its deadline (the device may still report on a new stream).
       reported = false
       refusalCounted = true
-      throw refuse(reason, detail(reason, round: round, values: values.count, expected: layout.count))
+      throw refuse(
+        reason,
+        detail(
+          reason, round: round, values: values.count, controls: report.controlDelta?.count,
+          expected: layout.count))
     default:
       break
     }
   }
 
-  func detail(_ reason: Rejection, round: Int, values: Int, expected: Int) -> String {
+  /// The update's values from its bytes: Float32 values, or the plan's encoding decoded with the
+  /// seed the server derives itself. Anything that does not fit the plan is malformed.
+  func decodeUpdate(_ bytes: [UInt8], encoding: Cohort_V1_UpdateEncoding, round: Int, device: DeviceID) throws
+    -> [Float]
+  {
+    guard let codec = service.codec else {
+      guard encoding == .float32 else {
+        throw refuse(
+          .malformed, "the update is encoded as \(encoding); this plan's updates travel as float32")
+      }
+      guard let values = Float32Wire.values(bytes) else {
+        throw refuse(.malformed, "the update has \(bytes.count) bytes, not a whole number of Float32 values")
+      }
+      return values
+    }
+    guard let kind = EncodedUpdate.WireKind(rawValue: encoding.rawValue) else {
+      throw refuse(.malformed, "the update's encoding \(encoding.rawValue) is unknown")
+    }
+    let seed = UpdateCodec.deviceSeed(
+      shared: UpdateCodec.sharedSeed(runSeed: service.runSeed, round: round), round: round, device: device)
+    do {
+      return codec.decode(try codec.update(fromWire: bytes, kind: kind, seed: seed))
+    } catch {
+      throw refuse(.malformed, error.message)
+    }
+  }
+
+  func detail(_ reason: Rejection, round: Int, values: Int, controls: Int? = nil, expected: Int) -> String {
     switch reason {
+    case .malformed where controls.map { $0 != expected } ?? false:
+      "Δc_k has \(controls ?? 0) values, the model \(expected)"
     case .malformed:
       values != expected && !(service.secureAggregation != nil && values == 0)
         ? "the update has \(values) values, the model \(expected)"
@@ -445,6 +514,7 @@ extension Cohort_V1_ServerMessage {
   var payloadBytes: Int {
     switch kind {
     case .checkpointChunk(let c): c.data.count
+    case .serverControlChunk(let c): c.data.count
     case .secagg(let m): m.message.count
     default: 0
     }

@@ -18,6 +18,8 @@ actor NetworkSecureAggregation: SecureAggregationDriver {
 
   let plan: Plan
   let dimension: Int
+  /// The run seed the rounds' rotation signs come from.
+  let runSeed: UInt64
   /// How long the server waits for a step's answers.
   let stepTimeout: Double
   let logger: Logger
@@ -29,7 +31,8 @@ actor NetworkSecureAggregation: SecureAggregationDriver {
   private var stepWaiter: CheckedContinuation<Void, Never>?
   private var stepNumber = 0
 
-  init(plan: Plan, dimension: Int, stepTimeout: Double, logger: Logger) {
+  init(plan: Plan, dimension: Int, runSeed: UInt64, stepTimeout: Double, logger: Logger) {
+    self.runSeed = runSeed
     self.plan = plan
     self.dimension = dimension
     self.stepTimeout = stepTimeout
@@ -116,9 +119,9 @@ actor NetworkSecureAggregation: SecureAggregationDriver {
     case .success(let p): parameters = p
     case .failure(let error): return failed(error.message)
     }
-    var shared = SecAggCrypto.randomSeed()
-    let rotationSeed = shared.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-    SecAggCrypto.zero(&shared)
+    // The rotation is public randomness: drawn from the run seed, as the simulator does, so a run
+    // replays the simulation of the same seed. Masks and graph seeds stay cryptographic.
+    let rotationSeed = SecureAggregationEncoding.rotationSeed(runSeed: runSeed, round: round, plan: plan)
     let encoding: SecureAggregationEncoding
     switch SecureAggregationEncoding.make(
       plan: plan, round: round, dimension: dimension, rotationSeed: rotationSeed)

@@ -87,7 +87,7 @@ private func dot(_ x: [Float], _ y: [Float]) -> Double {
             error <= bound,
             "seed \(seed), \(bits) bits, \(rotation), \(rounding), range \(String(describing: range)): \(error) > \(bound)"
           )
-          #expect(e.wireBytes == (610 * bits + 7) / 8 + (range == nil ? 8 : 0), "seed \(seed)")
+          #expect(e.wireBytes == 1 + (610 * bits + 7) / 8 + (range == nil ? 8 : 0), "seed \(seed)")
         }
       }
     }
@@ -97,7 +97,8 @@ private func dot(_ x: [Float], _ y: [Float]) -> Double {
     let c = try codec(.quantization(bits: 8))
     var stream = RandomStream(seed: 42, purpose: "codec", round: 1, device: 0)
     let e = c.encode(gaussian(610, seed: 42), stream: &stream)
-    #expect(e.wireBytes == 618)
+    // The bit width, the range and 610 packed bytes.
+    #expect(e.wireBytes == 619)
     #expect(Double(c.uncompressedBytes) / Double(e.wireBytes) >= 3.9, "seed 42: \(e.wireBytes) bytes")
   }
 
@@ -138,7 +139,7 @@ private func dot(_ x: [Float], _ y: [Float]) -> Double {
     var stream = RandomStream(seed: 9, purpose: "codec")
     let top = try codec(CompressionPlan(kind: .topK, fraction: 0.1))
     let t = top.encode(x, stream: &stream)
-    #expect(t.wireBytes == 61 * 8, "seed 9: values and indices travel")
+    #expect(t.wireBytes == 4 + 61 * 8, "seed 9: the count, values and indices travel")
     let kept = top.decode(t)
     let threshold = kept.filter { $0 != 0 }.map { abs($0) }.min() ?? 0
     #expect(kept.filter { $0 != 0 }.count == 61)
@@ -146,7 +147,7 @@ private func dot(_ x: [Float], _ y: [Float]) -> Double {
 
     let mask = try codec(CompressionPlan(kind: .randomMask, fraction: 0.25))
     let m = mask.encode(x, stream: &stream)
-    #expect(m.wireBytes == 153 * 4, "seed 9: only the values travel")
+    #expect(m.wireBytes == 4 + 153 * 4, "seed 9: only the count and values travel")
     let decoded = mask.decode(m)
     let scale = Float(610.0 / 153.0)
     #expect(decoded.filter { $0 != 0 }.count == 153)
@@ -155,3 +156,102 @@ private func dot(_ x: [Float], _ y: [Float]) -> Double {
 }
 
 private func pow2(_ v: Double) -> Double { v * v }
+
+/// The binary form of encoded updates: every codec's update survives the round trip bit for bit
+/// at its declared size, and hostile bytes are refused with a reason, never a trap.
+@Suite struct UpdateWireTests {
+  static let plans: [CompressionPlan] = [
+    CompressionPlan(), .quantization(bits: 8), .quantization(bits: 3, rotation: .none),
+    .quantization(bits: 4, range: 0.5, rounding: .deterministic), CompressionPlan(kind: .topK, fraction: 0.1),
+    CompressionPlan(kind: .randomMask, fraction: 0.25),
+  ]
+
+  func encoded(_ plan: CompressionPlan, seed: UInt64 = 21) throws -> (UpdateCodec, EncodedUpdate) {
+    let codec = try UpdateCodec(plan: plan, dimension: 610)
+    var stream = RandomStream(seed: seed, purpose: "codec", round: 1, device: 3)
+    return (codec, codec.encode(gaussian(610, seed: seed, scale: 0.1), seed: seed &* 31, stream: &stream))
+  }
+
+  @Test(arguments: plans)
+  func everyCodecRoundTripsAtItsWireSize(plan: CompressionPlan) throws {
+    let (codec, e) = try encoded(plan)
+    let bytes = e.wireForm
+    #expect(bytes.count == e.wireBytes && bytes.count == codec.wireBytes, "seed 21, \(plan.kind)")
+    #expect(e.wireKind == codec.wireKind)
+    let back = try codec.update(fromWire: bytes, kind: e.wireKind, seed: e.seed)
+    #expect(back == e, "seed 21, \(plan.kind)")
+    #expect(codec.decode(back) == codec.decode(e), "seed 21, \(plan.kind)")
+  }
+
+  /// Refuses `bytes` for `plan`'s codec, with a message containing `reason`.
+  func expectRefused(
+    _ plan: CompressionPlan, _ bytes: [UInt8], kind: EncodedUpdate.WireKind? = nil, _ reason: String
+  )
+    throws
+  {
+    let codec = try UpdateCodec(plan: plan, dimension: 610)
+    do {
+      _ = try codec.update(fromWire: bytes, kind: kind ?? codec.wireKind, seed: 1)
+      Issue.record("\(plan.kind): accepted \(bytes.count) hostile bytes (expected \(reason))")
+    } catch {
+      #expect(error.code == .invalidData && error.message.contains(reason), "\(plan.kind): \(error.message)")
+    }
+  }
+
+  @Test(arguments: plans)
+  func wrongLengthsAreRefused(plan: CompressionPlan) throws {
+    let (_, e) = try encoded(plan)
+    let bytes = e.wireForm
+    try expectRefused(plan, Array(bytes.dropLast()), "bytes")
+    try expectRefused(plan, bytes + [0], "bytes")
+    try expectRefused(plan, [], "bytes")
+  }
+
+  @Test func anotherLayoutIsRefused() throws {
+    let (_, e) = try encoded(.quantization(bits: 8))
+    try expectRefused(.quantization(bits: 8), e.wireForm, kind: .sparse, "encoded as")
+  }
+
+  @Test(arguments: [0, 7, 9, 17, 255])
+  func aBitWidthOtherThanThePlansIsRefused(bits: Int) throws {
+    let (_, e) = try encoded(.quantization(bits: 8))
+    var bytes = e.wireForm
+    bytes[0] = UInt8(bits)
+    try expectRefused(.quantization(bits: 8), bytes, "bit width")
+  }
+
+  @Test func aRangeThatIsNotAFiniteIntervalIsRefused() throws {
+    let (_, e) = try encoded(.quantization(bits: 8))
+    for (low, high) in [(Float.nan, 1), (0, Float.infinity), (1, -1)] as [(Float, Float)] {
+      var bytes = e.wireForm
+      withUnsafeBytes(of: low.bitPattern.littleEndian) { bytes.replaceSubrange(1..<5, with: $0) }
+      withUnsafeBytes(of: high.bitPattern.littleEndian) { bytes.replaceSubrange(5..<9, with: $0) }
+      try expectRefused(.quantization(bits: 8), bytes, "range")
+    }
+  }
+
+  @Test func nonZeroPaddingBitsAreRefused() throws {
+    // 610 levels of 3 bits end 6 bits into their last byte.
+    let (_, e) = try encoded(.quantization(bits: 3, rotation: .none))
+    var bytes = e.wireForm
+    bytes[bytes.count - 1] |= 0x80
+    try expectRefused(.quantization(bits: 3, rotation: .none), bytes, "padding")
+  }
+
+  @Test func sparseCountsAndIndicesAreChecked() throws {
+    let plan = CompressionPlan(kind: .topK, fraction: 0.1)
+    let (_, e) = try encoded(plan)
+    let good = e.wireForm
+    func uint32(_ v: UInt32, at offset: Int) -> [UInt8] {
+      var bytes = good
+      withUnsafeBytes(of: v.littleEndian) { bytes.replaceSubrange(offset..<offset + 4, with: $0) }
+      return bytes
+    }
+    try expectRefused(plan, uint32(62, at: 0), "keeps 62 values")
+    try expectRefused(plan, uint32(UInt32.max, at: 0), "keeps")
+    // The first index is at offset 4, the last at 4 + 60·4.
+    try expectRefused(plan, uint32(610, at: 4 + 60 * 4), "index 610 is out of range")
+    try expectRefused(plan, uint32(UInt32.max, at: 4), "out of range")
+    try expectRefused(plan, uint32(0, at: 8), "ascending")
+  }
+}

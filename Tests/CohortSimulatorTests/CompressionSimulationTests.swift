@@ -14,12 +14,12 @@ private func compressedScenario(seed: UInt64, compression: String, secure: Bool 
 
 @Suite struct CompressionSimulationTests {
   /// Every upload of a 610-value update quantized to b bits with a per-vector range is
-  /// ⌈610·b/8⌉ + 8 bytes, so a round's bytes_up is a whole number of them, at least one per
+  /// 1 + 8 + ⌈610·b/8⌉ bytes (bit width, range, levels), so a round's bytes_up is a whole number of them, at least one per
   /// report, and far below the uncompressed 2,440 per upload.
   @Test(arguments: [8, 4, 2])
   func quantizedRoundsCountTheEncodedBytes(bits: Int) async throws {
     let seed: UInt64 = 11
-    let encoded = (610 * bits + 7) / 8 + 8
+    let encoded = 1 + 8 + (610 * bits + 7) / 8
     let (summary, rounds) = try await simulate(
       try compressedScenario(seed: seed, compression: "{kind: quantization, bits: \(bits)}"))
     let (plainSummary, plainRounds) = try await simulate(
@@ -49,7 +49,7 @@ private func compressedScenario(seed: UInt64, compression: String, secure: Bool 
   @Test(arguments: ["{kind: top_k, fraction: 0.1}", "{kind: random_mask, fraction: 0.5}"])
   func sparsifiedRoundsRun(_ compression: String) async throws {
     let seed: UInt64 = 12
-    let perUpload = compression.contains("top_k") ? 61 * 8 : 305 * 4
+    let perUpload = 4 + (compression.contains("top_k") ? 61 * 8 : 305 * 4)
     let (summary, rounds) = try await simulate(try compressedScenario(seed: seed, compression: compression))
     #expect(summary.roundsCommitted == 4, "seed \(seed)")
     for r in rounds {

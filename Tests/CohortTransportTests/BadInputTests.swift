@@ -1,3 +1,4 @@
+import CohortCompression
 import CohortCore
 import CohortDevice
 import CohortProtocol
@@ -92,25 +93,49 @@ struct SelectedDevice {
   var task: Cohort_V1_Task
   var parameters: Int
 
-  /// A well-formed report of an all-zero update for the task's round (or `round`).
-  func header(round: Int? = nil, values: [Float]? = nil) -> (Cohort_V1_ReportHeader, [UInt8]) {
-    let bytes = Float32Wire.bytes(values ?? [Float](repeating: 0, count: parameters))
+  /// A well-formed report of an all-zero update for the task's round (or `round`): Float32
+  /// values, or `encoded` in the plan's encoding, then under SCAFFOLD a zero Δc_k (or `controls`).
+  func header(
+    round: Int? = nil, values: [Float]? = nil, encoded: (EncodedUpdate.WireKind, [UInt8])? = nil,
+    controls: [Float]? = nil
+  ) -> (Cohort_V1_ReportHeader, [UInt8]) {
+    let update = encoded?.1 ?? Float32Wire.bytes(values ?? [Float](repeating: 0, count: parameters))
+    let delta =
+      task.serverControlBytes > 0 || controls != nil
+      ? Float32Wire.bytes(controls ?? [Float](repeating: 0, count: parameters)) : []
+    let bytes = update + delta
     let header = Cohort_V1_ReportHeader.with {
       $0.round = round.map(Int64.init) ?? task.round
       $0.examples = 10
       $0.trainLoss = 1
-      $0.updateBytes = Int64(bytes.count)
+      $0.updateBytes = Int64(update.count)
+      $0.controlDeltaBytes = Int64(delta.count)
+      $0.encoding = Cohort_V1_UpdateEncoding(rawValue: encoded?.0.rawValue ?? 0) ?? .float32
       $0.updateSha256 = SHA256.hex(bytes)
       $0.device = Int64(device)
     }
     return (header, bytes)
   }
 
+  /// The plan the task carries.
+  var plan: Plan {
+    get throws { try JSONDecoder().decode(Plan.self, from: Data(task.planJson.utf8)) }
+  }
+
+  /// An all-zero update in the plan's encoding, as an honest device of a compressing plan sends it.
+  func encodedZeros() throws -> (EncodedUpdate.WireKind, [UInt8]) {
+    let codec = try UpdateCodec(plan: try plan.compression, dimension: parameters)
+    var stream = RandomStream(seed: 1)
+    let e = codec.encode([Float](repeating: 0, count: parameters), seed: task.codecSeed, stream: &stream)
+    return (e.wireKind, e.wireForm)
+  }
+
   var maxChunkBytes: Int { Int(task.maxChunkBytes) }
 
   /// Reports a well-formed update on the device's own stream and expects it accepted.
   mutating func reportHonestly() async throws {
-    let (header, bytes) = header()
+    let compressed = try plan.compression.kind != .none
+    let (header, bytes) = header(encoded: compressed ? try encodedZeros() : nil)
     stream.report(header, bytes: bytes, chunk: maxChunkBytes)
     guard case .acknowledgement(let ack) = try await stream.next() else {
       Issue.record("device \(device): no acknowledgement for a well-formed report")
@@ -178,10 +203,10 @@ struct Refusal: Equatable, CustomStringConvertible {
   /// raw devices have their tasks and the runtimes have reported, the holder reports (first, or
   /// after the misbehaviour when `holderFirst` is false) and `misbehave` runs.
   func round(
-    _ name: String, holderFirst: Bool = true,
+    _ name: String, holderFirst: Bool = true, strategy: String = "{kind: fedavg}", planKeys: [String] = [],
     misbehave: @escaping @Sendable (FederationConnection, inout SelectedDevice) async throws -> Void
   ) async throws -> Outcome {
-    var planned = try networkScenario(devices: Self.honest, rounds: 1)
+    var planned = try networkScenario(devices: Self.honest, rounds: 1, strategy: strategy, planKeys: planKeys)
     let cohort = Self.honest + 2
     planned.plan.server.cohort = CohortPlan(
       goal: cohort, overSelection: 1, minimumFraction: Double(cohort - 1) / Double(cohort))
@@ -191,7 +216,8 @@ struct Refusal: Equatable, CustomStringConvertible {
     let store = try ResultsStore(path: directory + "/server.sqlite")
     let registry = PrometheusCollectorRegistry()
     let server = try FederationServer(
-      configuration: .init(plan: scenario.plan, security: .insecureLoopback, seed: scenario.seed),
+      configuration: .init(
+        plan: scenario.plan, security: .insecureLoopback, seed: scenario.seed, populationSize: cohort),
       store: store,
       logger: Logger(label: "test-server"), metrics: PrometheusMetricsFactory(registry: registry))
     let data = try DeviceDataProvider(scenario: scenario)
@@ -255,6 +281,13 @@ struct Refusal: Equatable, CustomStringConvertible {
         throw CohortError(.io, "device \(device): the checkpoint ended after \(received) bytes")
       }
       received += chunk.data.count
+    }
+    var control = 0
+    while control < task.serverControlBytes {
+      guard case .serverControlChunk(let chunk) = try await stream.next() else {
+        throw CohortError(.io, "device \(device): the server control variate ended after \(control) bytes")
+      }
+      control += chunk.data.count
     }
     return SelectedDevice(device: device, stream: stream, task: task, parameters: received / 4)
   }
@@ -403,5 +436,98 @@ struct Refusal: Equatable, CustomStringConvertible {
       try await bad.reportHonestly()
     }
     expectRecovered(outcome, counted: .protocolVersion)
+  }
+
+  // MARK: Bad encodings and control variates
+
+  /// Sends `header` and `bytes` on the misbehaving device's stream and expects the refusal
+  /// `reason` with a message that contains `detail`.
+  static func expectRefused(
+    _ bad: inout SelectedDevice, _ report: (Cohort_V1_ReportHeader, [UInt8]), _ reason: Rejection,
+    _ detail: String
+  ) async {
+    bad.stream.report(report.0, bytes: report.1, chunk: bad.maxChunkBytes)
+    let refusal = Refusal(await bad.stream.status())
+    #expect(refusal?.code == .invalidArgument, "\(String(describing: refusal))")
+    #expect(refusal?.reason == reason.rawValue, "\(String(describing: refusal))")
+    #expect(refusal?.message.contains(detail) == true, "\(String(describing: refusal))")
+  }
+
+  static let quantized = ["compression: {kind: quantization, bits: 8}"]
+
+  @Test func anEncodedUpdateOfTheWrongLengthIsMalformed() async throws {
+    let outcome = try await round("encoded-length", planKeys: Self.quantized) { _, bad in
+      let (kind, bytes) = try bad.encodedZeros()
+      await Self.expectRefused(
+        &bad, bad.header(encoded: (kind, Array(bytes.dropLast()))), .malformed, "bytes")
+    }
+    expectRecovered(outcome, counted: .malformed)
+  }
+
+  @Test func anUpdateInAnotherEncodingThanThePlansIsMalformed() async throws {
+    let outcome = try await round("encoding", planKeys: Self.quantized) { _, bad in
+      await Self.expectRefused(&bad, bad.header(), .malformed, "encoded as")
+    }
+    expectRecovered(outcome, counted: .malformed)
+  }
+
+  @Test func aBitWidthOtherThanThePlansIsMalformed() async throws {
+    let outcome = try await round("bit-width", planKeys: Self.quantized) { _, bad in
+      var (kind, bytes) = try bad.encodedZeros()
+      bytes[0] = 9
+      await Self.expectRefused(&bad, bad.header(encoded: (kind, bytes)), .malformed, "bit width is 9")
+    }
+    expectRecovered(outcome, counted: .malformed)
+  }
+
+  @Test func aSparseIndexOutOfRangeIsMalformed() async throws {
+    let outcome = try await round("index", planKeys: ["compression: {kind: top_k, fraction: 0.1}"]) {
+      _, bad in
+      var (kind, bytes) = try bad.encodedZeros()
+      // The count, then the kept indices: the last index is set to the parameter count.
+      let kept = Int(bytes[0]) | Int(bytes[1]) << 8
+      withUnsafeBytes(of: UInt32(bad.parameters).littleEndian) {
+        bytes.replaceSubrange((4 * kept)..<(4 * kept + 4), with: $0)
+      }
+      await Self.expectRefused(
+        &bad, bad.header(encoded: (kind, bytes)), .malformed, "index \(bad.parameters) is out of range")
+    }
+    expectRecovered(outcome, counted: .malformed)
+  }
+
+  @Test func aControlDeltaOfTheWrongShapeIsMalformed() async throws {
+    let outcome = try await round("control-shape", strategy: "{kind: scaffold}") { _, bad in
+      let controls = [Float](repeating: 0.5, count: bad.parameters - 3)
+      await Self.expectRefused(
+        &bad, bad.header(controls: controls), .malformed,
+        "Δc_k has \(bad.parameters - 3) values, the model \(bad.parameters)")
+    }
+    expectRecovered(outcome, counted: .malformed)
+  }
+
+  @Test func aControlDeltaAboveTheModelsSizeIsTooLarge() async throws {
+    let outcome = try await round("control-size", strategy: "{kind: scaffold}") { _, bad in
+      let controls = [Float](repeating: 0, count: bad.parameters + 1)
+      await Self.expectRefused(&bad, bad.header(controls: controls), .tooLarge, "Δc_k declares")
+    }
+    expectRecovered(outcome, counted: .tooLarge)
+  }
+
+  @Test func aControlDeltaWithoutScaffoldIsTooLarge() async throws {
+    let outcome = try await round("control-fedavg") { _, bad in
+      await Self.expectRefused(&bad, bad.header(controls: [0, 0]), .tooLarge, "the limit is 0")
+    }
+    expectRecovered(outcome, counted: .tooLarge)
+  }
+
+  @Test func aScaffoldReportWithoutControlDeltaIsMalformed() async throws {
+    let outcome = try await round("control-missing", strategy: "{kind: scaffold}") { _, bad in
+      var (header, bytes) = bad.header()
+      bytes = Array(bytes.prefix(Int(header.updateBytes)))
+      header.controlDeltaBytes = 0
+      header.updateSha256 = SHA256.hex(bytes)
+      await Self.expectRefused(&bad, (header, bytes), .malformed, "Δc_k")
+    }
+    expectRecovered(outcome, counted: .malformed)
   }
 }

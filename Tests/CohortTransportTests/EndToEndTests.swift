@@ -1,3 +1,4 @@
+import CohortCompression
 import CohortCore
 import CohortDevice
 import CohortServer
@@ -9,24 +10,65 @@ import Testing
 
 @testable import CohortTransport
 
+/// A plan feature the network must carry exactly as the simulator does.
+struct Feature: Sendable, CustomTestStringConvertible {
+  var name: String
+  var secure = false
+  var strategy = "{kind: fedavg}"
+  var planKeys: [String] = []
+
+  var testDescription: String { name }
+
+  static let all: [Feature] = [
+    Feature(name: "fedavg"),
+    Feature(name: "fedadam", strategy: "{kind: fedadam, server_learning_rate: 0.1}"),
+    Feature(name: "fedavgm", strategy: "{kind: fedavgm, server_learning_rate: 1, momentum: 0.9}"),
+    Feature(name: "scaffold", strategy: "{kind: scaffold}"),
+    Feature(name: "8-bit rotated quantization", planKeys: ["compression: {kind: quantization, bits: 8}"]),
+    Feature(name: "top-k", planKeys: ["compression: {kind: top_k, fraction: 0.1}"]),
+    Feature(name: "random mask", planKeys: ["compression: {kind: random_mask, fraction: 0.5}"]),
+    Feature(name: "secure aggregation", secure: true),
+    Feature(
+      name: "secure aggregation with a random mask", secure: true,
+      planKeys: ["compression: {kind: random_mask, fraction: 0.5}"]),
+    Feature(
+      name: "secure aggregation with fixed-range quantization", secure: true,
+      planKeys: ["compression: {kind: quantization, bits: 8, range: 0.5}"]),
+    Feature(
+      name: "DP-FedAvg, fixed clip",
+      planKeys: ["privacy: {kind: central_gaussian, clip: 0.5, noise_multiplier: 0.5}"]),
+    Feature(
+      name: "DP-FedAvg, adaptive clip",
+      planKeys: ["privacy: {kind: central_gaussian, clip: 0.5, noise_multiplier: 0.5, adaptive_clipping: {}}"]
+    ),
+    Feature(
+      name: "distributed DP", secure: true,
+      planKeys: ["privacy: {kind: distributed_discrete_gaussian, clip: 0.5, noise_multiplier: 0.5}"]),
+  ]
+}
+
 /// A real server and 20 device runtimes over real sockets on loopback, against the simulator
 /// running the same plan, partitions and seed.
 @Suite(.serialized) struct EndToEndTests {
   static let devices = 20
 
-  /// Runs the scenario's federation over the network; returns the server's final checkpoint.
+  /// Runs the scenario's federation over the network with every one of its devices; returns
+  /// the server's final checkpoint and rounds.
   func federate(_ scenario: Scenario, security: ServerSecurity, client: ClientSecurity, directory: String)
     async throws -> (sha256: String, rounds: [RoundRecord])
   {
+    let devices = scenario.devices.count ?? Self.devices
     let store = try ResultsStore(path: directory + "/server.sqlite")
     let server = try FederationServer(
-      configuration: .init(plan: scenario.plan, security: security, seed: scenario.seed), store: store,
-      logger: Logger(label: "test-server"))
+      configuration: .init(
+        plan: scenario.plan, security: security, seed: scenario.seed, privacySeed: scenario.seed,
+        populationSize: devices),
+      store: store, logger: Logger(label: "test-server"))
     let data = try DeviceDataProvider(scenario: scenario)
     let rounds = scenario.plan.server.rounds
     try await withServer(server) { port in
       try await withThrowingTaskGroup(of: Void.self) { group in
-        for device in 0..<Self.devices {
+        for device in 0..<devices {
           let connection = try FederationConnection(host: "127.0.0.1", port: port, security: client)
           let local = data.data(device: device)
           let runtime = DeviceRuntime(
@@ -47,11 +89,18 @@ import Testing
     return (sha, try store.rounds(server.run!))
   }
 
-  @Test(arguments: [false, true])
-  func twentyDevicesEndAtTheSimulatorsCheckpoint(secure: Bool) async throws {
-    let scenario = try networkScenario(devices: Self.devices, rounds: 3, secure: secure)
+  /// Each feature over TLS with mutual authentication: the final checkpoint is the simulator's bit
+  /// for bit, every round commits with all 20 reports, and the bytes uploaded are the ones the
+  /// simulator counts (the encoded sizes, Δc_k included); under secure aggregation the protocol's
+  /// bytes depend on the graph drawn per round, so only the model is compared.
+  @Test(arguments: Feature.all)
+  func twentyDevicesEndAtTheSimulatorsCheckpoint(feature: Feature) async throws {
+    let scenario = try networkScenario(
+      devices: Self.devices, rounds: 3, secure: feature.secure, strategy: feature.strategy,
+      planKeys: feature.planKeys)
     let directory = try temporaryDirectory("e2e")
-    let expected = try await simulatedCheckpoint(scenario, directory: directory)
+    let simulation = try await simulated(scenario, directory: directory)
+    let expected = simulation.checkpointSHA256
     // TLS with a throwaway CA; mutual TLS, so every device also proves who it is.
     let pki = try DevelopmentCertificates.make(devices: 1)
     let device = pki.devices[0]
@@ -63,10 +112,21 @@ import Testing
       client: .tls(
         caPEM: pki.caCertificatePEM, certificatePEM: device.certificatePEM, privateKeyPEM: device.keyPEM),
       directory: directory)
-    #expect(network.rounds.filter { $0.outcome == .committed }.count == 3, "seed \(scenario.seed)")
-    #expect(network.rounds.allSatisfy { $0.reported == Self.devices }, "seed \(scenario.seed)")
     #expect(
-      network.sha256 == expected, "seed \(scenario.seed): network \(network.sha256) vs simulator \(expected)")
+      network.rounds.filter { $0.outcome == .committed }.count == 3, "\(feature), seed \(scenario.seed)")
+    #expect(network.rounds.allSatisfy { $0.reported == Self.devices }, "\(feature), seed \(scenario.seed)")
+    #expect(
+      network.sha256 == expected,
+      "\(feature), seed \(scenario.seed): network \(network.sha256) vs simulator \(expected)")
+    if !feature.secure {
+      // Every upload is the codec's wire size (4 bytes a value uncompressed), then Δc_k for SCAFFOLD.
+      let plan = scenario.plan
+      let codec = try UpdateCodec(plan: plan.compression, dimension: 610)
+      let perUpload = codec.wireBytes + (plan.server.strategy.kind == .scaffold ? 610 * 4 : 0)
+      let bytesUp = network.rounds.reduce(0) { $0 + $1.bytesUp }
+      #expect(bytesUp == simulation.bytesUp, "\(feature), seed \(scenario.seed)")
+      #expect(bytesUp == 3 * Self.devices * perUpload, "\(feature), seed \(scenario.seed)")
+    }
   }
 
   @Test func mutualTLSRefusesADeviceCertifiedByAnotherCA() async throws {

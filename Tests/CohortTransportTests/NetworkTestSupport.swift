@@ -12,9 +12,14 @@ import Testing
 /// A small federation both the simulator and the network run: `devices` devices, all of them
 /// in every round (target = population, minimum = all), windows long enough that no round is
 /// abandoned in either, so the two must end at the same checkpoint.
-func networkScenario(devices: Int = 20, rounds: Int = 3, secure: Bool = false, seed: UInt64 = 7) throws
-  -> Scenario
-{
+/// - Parameters:
+///   - strategy: the plan's `server.strategy`.
+///   - planKeys: further plan sections (`compression: …`, `privacy: …`), one per line.
+func networkScenario(
+  devices: Int = 20, rounds: Int = 3, secure: Bool = false, seed: UInt64 = 7,
+  strategy: String = "{kind: fedavg}",
+  planKeys: [String] = []
+) throws -> Scenario {
   let yaml = """
     plan:
       name: network-e2e\(secure ? "-secagg" : "")
@@ -24,10 +29,10 @@ func networkScenario(devices: Int = 20, rounds: Int = 3, secure: Bool = false, s
         rounds: \(rounds)
         cohort: {goal: \(devices), over_selection: 1.0, minimum_fraction: 1.0}
         windows: {selection: 1h, reporting: 1h}
-        strategy: {kind: fedavg}
+        strategy: \(strategy)
         evaluation: {every: 1}
       secure_aggregation: {enabled: \(secure)}
-    data: {kind: synthetic_fedprox, alpha: 0, beta: 0, iid: true, devices: \(devices)}
+    \(planKeys.map { "  " + $0 + "\n" }.joined())data: {kind: synthetic_fedprox, alpha: 0, beta: 0, iid: true, devices: \(devices)}
     partition: {kind: natural}
     devices:
       count: \(devices)
@@ -49,6 +54,11 @@ func temporaryDirectory(_ name: String) throws -> String {
 
 /// The simulator's final checkpoint for `scenario`.
 func simulatedCheckpoint(_ scenario: Scenario, directory: String) async throws -> String {
+  try await simulated(scenario, directory: directory).checkpointSHA256
+}
+
+/// The simulator's summary of `scenario`, every round committed.
+func simulated(_ scenario: Scenario, directory: String) async throws -> SimulationSummary {
   let store = try ResultsStore(path: directory + "/simulation.sqlite")
   let run = try store.createRun(name: "simulation", scenario: scenario, createdAt: Date())
   var options = SimulationOptions()
@@ -59,7 +69,7 @@ func simulatedCheckpoint(_ scenario: Scenario, directory: String) async throws -
   // Every round must commit with the whole population, or the comparison means nothing.
   #expect(
     summary.roundsCommitted == scenario.plan.server.rounds, "seed \(scenario.seed): the simulator's rounds")
-  return summary.checkpointSHA256
+  return summary
 }
 
 /// Runs `body` with the server serving on an OS-chosen loopback port; fails instead of hanging

@@ -7,9 +7,10 @@
 ///   CheckIn                        ─────▶
 ///                                  ◀─────    Retry (come back later; the server ends the stream)
 ///                                  ◀─────    Admitted (wait on this stream for the round's task)
-///                                  ◀─────    Task, then CheckpointChunk… unless the device holds it
+///                                  ◀─────    Task, then CheckpointChunk… unless the device holds it,
+///                                            then ServerControlChunk… (SCAFFOLD)
 ///   (trains locally)
-///   ReportHeader, UpdateChunk…     ─────▶
+///   ReportHeader, UpdateChunk…     ─────▶    (the encoded update, then Δc_k under SCAFFOLD)
 ///   (with secure aggregation, the protocol's steps follow on the same stream)
 ///                                  ◀─────    SecAggBegin, SecAggRequest…
 ///   SecAggResponse…                ─────▶
@@ -21,6 +22,17 @@
 /// "malformed: the update has 12 values, the model 610") and whose trailing metadata carries the
 /// same reason under `cohort-reason`. Checkpoints and updates travel in chunks after a header that
 /// declares their total size and SHA-256, so limits are enforced before memory is spent.
+///
+/// What travels, by plan feature:
+///   - the model: the checkpoint as float32 little-endian values, addressed by its SHA-256;
+///   - compression: the update in the plan's encoding (`UpdateEncoding`, byte layouts below),
+///     encoded with the round's `Task.codec_seed`; the server decodes it with the same seed and
+///     checks every length, count, bit width and index against the plan and the model;
+///   - SCAFFOLD: the server control variate c in the task (`server_control_bytes`, then
+///     ServerControlChunk messages); the device keeps its own c_k and reports Δc_k after its update;
+///   - DP-FedAvg: the clip in the task (`clip_norm`), and whether the update was within it in the
+///     report (`within_clip`); the noise is the server's. Distributed DP: the device adds its
+///     share of the noise inside secure aggregation, whose parameters `SecAggBegin` carries.
 
 // DO NOT EDIT.
 // swift-format-ignore-file

@@ -17,9 +17,10 @@
 ///   CheckIn                        ─────▶
 ///                                  ◀─────    Retry (come back later; the server ends the stream)
 ///                                  ◀─────    Admitted (wait on this stream for the round's task)
-///                                  ◀─────    Task, then CheckpointChunk… unless the device holds it
+///                                  ◀─────    Task, then CheckpointChunk… unless the device holds it,
+///                                            then ServerControlChunk… (SCAFFOLD)
 ///   (trains locally)
-///   ReportHeader, UpdateChunk…     ─────▶
+///   ReportHeader, UpdateChunk…     ─────▶    (the encoded update, then Δc_k under SCAFFOLD)
 ///   (with secure aggregation, the protocol's steps follow on the same stream)
 ///                                  ◀─────    SecAggBegin, SecAggRequest…
 ///   SecAggResponse…                ─────▶
@@ -31,6 +32,17 @@
 /// "malformed: the update has 12 values, the model 610") and whose trailing metadata carries the
 /// same reason under `cohort-reason`. Checkpoints and updates travel in chunks after a header that
 /// declares their total size and SHA-256, so limits are enforced before memory is spent.
+///
+/// What travels, by plan feature:
+///   - the model: the checkpoint as float32 little-endian values, addressed by its SHA-256;
+///   - compression: the update in the plan's encoding (`UpdateEncoding`, byte layouts below),
+///     encoded with the round's `Task.codec_seed`; the server decodes it with the same seed and
+///     checks every length, count, bit width and index against the plan and the model;
+///   - SCAFFOLD: the server control variate c in the task (`server_control_bytes`, then
+///     ServerControlChunk messages); the device keeps its own c_k and reports Δc_k after its update;
+///   - DP-FedAvg: the clip in the task (`clip_norm`), and whether the update was within it in the
+///     report (`within_clip`); the noise is the server's. Distributed DP: the device adds its
+///     share of the noise inside secure aggregation, whose parameters `SecAggBegin` carries.
 
 #if canImport(FoundationEssentials)
 public import FoundationEssentials
@@ -47,6 +59,55 @@ public import SwiftProtobuf
 fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobuf.ProtobufAPIVersionCheck {
   struct _2: SwiftProtobuf.ProtobufAPIVersion_2 {}
   typealias Version = _2
+}
+
+/// How the update bytes of a report are laid out (all numbers little-endian).
+public nonisolated enum Cohort_V1_UpdateEncoding: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// One float32 per model parameter (compression kind none).
+  case float32 // = 0
+
+  /// Quantization: uint8 bit width b (the plan's), then with a per-vector range float32 min and
+  /// max, then one b-bit level per parameter packed least significant bit first (levels of the
+  /// rotated update when the plan rotates).
+  case quantized // = 1
+
+  /// Sparsification: uint32 count k (the plan's kept count), then for top_k k ascending uint32
+  /// indices (below the parameter count), then k float32 values. A random mask sends no indices:
+  /// both sides draw them from the codec seed.
+  case sparse // = 2
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .float32
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .float32
+    case 1: self = .quantized
+    case 2: self = .sparse
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .float32: return 0
+    case .quantized: return 1
+    case .sparse: return 2
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Cohort_V1_UpdateEncoding] = [
+    .float32,
+    .quantized,
+    .sparse,
+  ]
+
 }
 
 public nonisolated struct Cohort_V1_DeviceMessage: Sendable {
@@ -180,6 +241,15 @@ public nonisolated struct Cohort_V1_ServerMessage: Sendable {
     set {kind = .acknowledgement(newValue)}
   }
 
+  /// SCAFFOLD: the server control variate, after the checkpoint's chunks.
+  public var serverControlChunk: Cohort_V1_ServerControlChunk {
+    get {
+      if case .serverControlChunk(let v)? = kind {return v}
+      return Cohort_V1_ServerControlChunk()
+    }
+    set {kind = .serverControlChunk(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
@@ -190,6 +260,8 @@ public nonisolated struct Cohort_V1_ServerMessage: Sendable {
     case secaggBegin(Cohort_V1_SecAggBegin)
     case secagg(Cohort_V1_SecAggRequest)
     case acknowledgement(Cohort_V1_Acknowledgement)
+    /// SCAFFOLD: the server control variate, after the checkpoint's chunks.
+    case serverControlChunk(Cohort_V1_ServerControlChunk)
 
   }
 
@@ -281,12 +353,32 @@ public nonisolated struct Cohort_V1_Task: Sendable {
 
   public var maxChunkBytes: Int64 = 0
 
+  /// The seed of the round's shared codec randomness (the rotation signs, the random mask), drawn
+  /// by the server from its run seed: the device encodes with it and the server decodes with it.
+  public var codecSeed: UInt64 = 0
+
+  /// SCAFFOLD: bytes of the server control variate c (float32 little-endian, one value per model
+  /// parameter) that follow the checkpoint in ServerControlChunk messages; 0 for other strategies.
+  public var serverControlBytes: Int64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
 public nonisolated struct Cohort_V1_CheckpointChunk: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var data: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cohort_V1_ServerControlChunk: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
@@ -309,11 +401,11 @@ public nonisolated struct Cohort_V1_ReportHeader: Sendable {
 
   public var trainLoss: Double = 0
 
-  /// Bytes of the update that follow in UpdateChunk messages (float32 little-endian values, or
-  /// the plan's encoding); 0 under secure aggregation, where the update travels masked.
+  /// Bytes of the update that follow in UpdateChunk messages, in `encoding`; 0 under secure
+  /// aggregation, where the update travels masked.
   public var updateBytes: Int64 = 0
 
-  /// SHA-256 (hex) of those bytes.
+  /// SHA-256 (hex) of every byte that follows in UpdateChunk messages (the update, then Δc_k).
   public var updateSha256: String = String()
 
   /// Federated evaluation of the received model, when the task asked for it.
@@ -335,6 +427,13 @@ public nonisolated struct Cohort_V1_ReportHeader: Sendable {
 
   /// The reporting device (needed when the report opens a new stream after a lost connection).
   public var device: Int64 = 0
+
+  /// The layout of the update bytes; it must be the plan's.
+  public var encoding: Cohort_V1_UpdateEncoding = .float32
+
+  /// SCAFFOLD: bytes of Δc_k = c_k⁺ − c_k (float32 little-endian, one value per model parameter)
+  /// that follow the update in the UpdateChunk messages; 0 for other strategies.
+  public var controlDeltaBytes: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -375,7 +474,8 @@ public nonisolated struct Cohort_V1_SecAggBegin: Sendable {
 
   public var ringBits: UInt32 = 0
 
-  /// The seed of randomness every device of the round shares (rotation signs), from the server.
+  /// The seed of randomness every device of the round shares (rotation signs of fixed-range
+  /// quantization and of the distributed discrete Gaussian), drawn by the server from its run seed.
   public var sharedSeed: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -442,6 +542,10 @@ public nonisolated struct Cohort_V1_Acknowledgement: Sendable {
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "cohort.v1"
+
+nonisolated extension Cohort_V1_UpdateEncoding: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0UPDATE_ENCODING_FLOAT32\0\u{1}UPDATE_ENCODING_QUANTIZED\0\u{1}UPDATE_ENCODING_SPARSE\0")
+}
 
 nonisolated extension Cohort_V1_DeviceMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeviceMessage"
@@ -568,7 +672,7 @@ nonisolated extension Cohort_V1_DeviceMessage: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Cohort_V1_ServerMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ServerMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}retry\0\u{1}admitted\0\u{1}task\0\u{3}checkpoint_chunk\0\u{3}secagg_begin\0\u{1}secagg\0\u{1}acknowledgement\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}retry\0\u{1}admitted\0\u{1}task\0\u{3}checkpoint_chunk\0\u{3}secagg_begin\0\u{1}secagg\0\u{1}acknowledgement\0\u{3}server_control_chunk\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -668,6 +772,19 @@ nonisolated extension Cohort_V1_ServerMessage: SwiftProtobuf.Message, SwiftProto
           self.kind = .acknowledgement(v)
         }
       }()
+      case 9: try {
+        var v: Cohort_V1_ServerControlChunk?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .serverControlChunk(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .serverControlChunk(v)
+        }
+      }()
       default: break
       }
     }
@@ -709,6 +826,10 @@ nonisolated extension Cohort_V1_ServerMessage: SwiftProtobuf.Message, SwiftProto
     case .acknowledgement?: try {
       guard case .acknowledgement(let v)? = self.kind else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    }()
+    case .serverControlChunk?: try {
+      guard case .serverControlChunk(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
     }()
     case nil: break
     }
@@ -835,7 +956,7 @@ nonisolated extension Cohort_V1_Admitted: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Cohort_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Task"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}round\0\u{3}checkpoint_sha256\0\u{3}checkpoint_bytes\0\u{3}checkpoint_follows\0\u{3}reporting_deadline_seconds\0\u{1}evaluate\0\u{3}clip_norm\0\u{3}plan_json\0\u{3}max_update_bytes\0\u{3}max_chunk_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}round\0\u{3}checkpoint_sha256\0\u{3}checkpoint_bytes\0\u{3}checkpoint_follows\0\u{3}reporting_deadline_seconds\0\u{1}evaluate\0\u{3}clip_norm\0\u{3}plan_json\0\u{3}max_update_bytes\0\u{3}max_chunk_bytes\0\u{3}codec_seed\0\u{3}server_control_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -853,6 +974,8 @@ nonisolated extension Cohort_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Mess
       case 8: try { try decoder.decodeSingularStringField(value: &self.planJson) }()
       case 9: try { try decoder.decodeSingularInt64Field(value: &self.maxUpdateBytes) }()
       case 10: try { try decoder.decodeSingularInt64Field(value: &self.maxChunkBytes) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.codecSeed) }()
+      case 12: try { try decoder.decodeSingularInt64Field(value: &self.serverControlBytes) }()
       default: break
       }
     }
@@ -889,6 +1012,12 @@ nonisolated extension Cohort_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if self.maxChunkBytes != 0 {
       try visitor.visitSingularInt64Field(value: self.maxChunkBytes, fieldNumber: 10)
     }
+    if self.codecSeed != 0 {
+      try visitor.visitSingularUInt64Field(value: self.codecSeed, fieldNumber: 11)
+    }
+    if self.serverControlBytes != 0 {
+      try visitor.visitSingularInt64Field(value: self.serverControlBytes, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -903,6 +1032,8 @@ nonisolated extension Cohort_V1_Task: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if lhs.planJson != rhs.planJson {return false}
     if lhs.maxUpdateBytes != rhs.maxUpdateBytes {return false}
     if lhs.maxChunkBytes != rhs.maxChunkBytes {return false}
+    if lhs.codecSeed != rhs.codecSeed {return false}
+    if lhs.serverControlBytes != rhs.serverControlBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -938,9 +1069,39 @@ nonisolated extension Cohort_V1_CheckpointChunk: SwiftProtobuf.Message, SwiftPro
   }
 }
 
+nonisolated extension Cohort_V1_ServerControlChunk: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ServerControlChunk"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}data\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.data) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.data.isEmpty {
+      try visitor.visitSingularBytesField(value: self.data, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cohort_V1_ServerControlChunk, rhs: Cohort_V1_ServerControlChunk) -> Bool {
+    if lhs.data != rhs.data {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Cohort_V1_ReportHeader: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReportHeader"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}round\0\u{1}examples\0\u{3}train_loss\0\u{3}update_bytes\0\u{3}update_sha256\0\u{1}evaluated\0\u{3}evaluation_loss\0\u{3}evaluation_accuracy\0\u{3}evaluation_examples\0\u{3}within_clip\0\u{3}reports_loss_at_global\0\u{3}loss_at_global\0\u{1}device\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}round\0\u{1}examples\0\u{3}train_loss\0\u{3}update_bytes\0\u{3}update_sha256\0\u{1}evaluated\0\u{3}evaluation_loss\0\u{3}evaluation_accuracy\0\u{3}evaluation_examples\0\u{3}within_clip\0\u{3}reports_loss_at_global\0\u{3}loss_at_global\0\u{1}device\0\u{1}encoding\0\u{3}control_delta_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -961,6 +1122,8 @@ nonisolated extension Cohort_V1_ReportHeader: SwiftProtobuf.Message, SwiftProtob
       case 11: try { try decoder.decodeSingularBoolField(value: &self.reportsLossAtGlobal) }()
       case 12: try { try decoder.decodeSingularDoubleField(value: &self.lossAtGlobal) }()
       case 13: try { try decoder.decodeSingularInt64Field(value: &self.device) }()
+      case 14: try { try decoder.decodeSingularEnumField(value: &self.encoding) }()
+      case 15: try { try decoder.decodeSingularInt64Field(value: &self.controlDeltaBytes) }()
       default: break
       }
     }
@@ -1006,6 +1169,12 @@ nonisolated extension Cohort_V1_ReportHeader: SwiftProtobuf.Message, SwiftProtob
     if self.device != 0 {
       try visitor.visitSingularInt64Field(value: self.device, fieldNumber: 13)
     }
+    if self.encoding != .float32 {
+      try visitor.visitSingularEnumField(value: self.encoding, fieldNumber: 14)
+    }
+    if self.controlDeltaBytes != 0 {
+      try visitor.visitSingularInt64Field(value: self.controlDeltaBytes, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1023,6 +1192,8 @@ nonisolated extension Cohort_V1_ReportHeader: SwiftProtobuf.Message, SwiftProtob
     if lhs.reportsLossAtGlobal != rhs.reportsLossAtGlobal {return false}
     if lhs.lossAtGlobal != rhs.lossAtGlobal {return false}
     if lhs.device != rhs.device {return false}
+    if lhs.encoding != rhs.encoding {return false}
+    if lhs.controlDeltaBytes != rhs.controlDeltaBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
