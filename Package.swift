@@ -103,7 +103,7 @@ let package = Package(
     .target(
       name: "CohortTransport",
       dependencies: [
-        "CohortCore", "CohortProtocol", "CohortServer", "CohortDevice", "CohortSecAgg", "CohortStore",
+        "CohortCore", "CohortProtocol", "CohortDevice", "CohortSecAgg", "CohortCompression", "CohortML",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -117,6 +117,16 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "Prometheus", package: "swift-prometheus"),
+      ],
+      swiftSettings: swiftSettings),
+    // `cohort serve`'s composition: a served run (CohortServer) behind the gRPC endpoint
+    // (CohortTransport), so neither of the two knows the other.
+    .target(
+      name: "CohortServing",
+      dependencies: [
+        "CohortCore", "CohortML", "CohortProtocol", "CohortServer", "CohortStore", "CohortTransport",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
       ],
       swiftSettings: swiftSettings),
     .target(
@@ -156,6 +166,7 @@ let package = Package(
       dependencies: [
         "CohortCore", "CohortML", "CohortStore", "CohortServer", "CohortSimulator", "CohortReport",
         "CohortPrivacy", "CohortSecAgg", "CBLAS", "CohortDevice", "CohortTransport", "CohortProtocol",
+        "CohortServing",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -217,7 +228,9 @@ let package = Package(
     .testTarget(
       name: "CohortTransportTests",
       dependencies: [
-        "CohortTransport", "CohortDevice", "CohortServer", "CohortSimulator", "CohortProtocol", "CohortStore",
+        "CohortTransport", "CohortServing", "CohortDevice", "CohortServer", "CohortSimulator",
+        "CohortProtocol",
+        "CohortStore",
         "CohortCore", "CohortML", "CohortTesting",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "Prometheus", package: "swift-prometheus"),

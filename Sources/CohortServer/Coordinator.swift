@@ -50,6 +50,9 @@ public actor Coordinator {
   /// The last error of a commit that is waiting for its retry.
   private var commitError: CohortError?
   private var roundObservers: [@Sendable (RoundRecord) -> Void] = []
+  /// Told when the next deadline changes, so a server loop sleeps until it and no longer.
+  private var deadlineObserver: (@Sendable () -> Void)?
+  private var observedDeadline: Double?
 
   /// - Parameters:
   ///   - initial: the model to start from: the plan's initial weights, or the latest checkpoint
@@ -100,6 +103,11 @@ public actor Coordinator {
   /// Calls `observer` with every round record as it is written (progress bars, logs).
   public func observeRounds(_ observer: @escaping @Sendable (RoundRecord) -> Void) {
     roundObservers.append(observer)
+  }
+
+  /// Calls `observer` whenever the next deadline changes (a server loop wakes to sleep anew).
+  public func observeDeadlines(_ observer: @escaping @Sendable () -> Void) {
+    deadlineObserver = observer
   }
 
   public var status: Status {
@@ -236,6 +244,12 @@ public actor Coordinator {
   // MARK: Actions
 
   private func perform(_ actions: [RoundPipeline.Action]) async {
+    defer {
+      if pipeline.nextDeadline != observedDeadline || failure != nil {
+        observedDeadline = pipeline.nextDeadline
+        deadlineObserver?()
+      }
+    }
     for action in actions {
       switch action {
       case .configure(let start):

@@ -62,3 +62,73 @@ public final class RecordingLink: DeviceLink, @unchecked Sendable {
     }
   }
 }
+
+/// A `Clock` that moves only when a test says so: `sleep` suspends until `advance` passes its
+/// deadline, and `waitForSleepers` lets a test wait (without sleeping) until code under test
+/// has gone to sleep on it.
+public final class TestClock: Clock, @unchecked Sendable {
+  public struct Instant: InstantProtocol, Sendable {
+    public var offset: Duration
+    public func advanced(by duration: Duration) -> Instant { Instant(offset: offset + duration) }
+    public func duration(to other: Instant) -> Duration { other.offset - offset }
+    public static func < (a: Instant, b: Instant) -> Bool { a.offset < b.offset }
+  }
+
+  private let lock = NSLock()
+  private var current = Instant(offset: .zero)
+  private var sleepers: [UUID: (deadline: Instant, continuation: CheckedContinuation<Void, any Error>)] = [:]
+  private var watchers: [(count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+
+  public init() {}
+
+  public var now: Instant { lock.withLock { current } }
+  public var minimumResolution: Duration { .zero }
+
+  public func sleep(until deadline: Instant, tolerance: Duration?) async throws {
+    let id = UUID()
+    try await withTaskCancellationHandler {
+      try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+        let (ready, woken) = lock.withLock { () -> (Bool, [CheckedContinuation<Void, Never>]) in
+          if deadline <= current || Task.isCancelled { return (true, []) }
+          sleepers[id] = (deadline, continuation)
+          return (false, takeWatchers())
+        }
+        if ready { continuation.resume() }
+        for w in woken { w.resume() }
+      }
+    } onCancel: {
+      let sleeper = lock.withLock { sleepers.removeValue(forKey: id) }
+      sleeper?.continuation.resume(throwing: CancellationError())
+    }
+  }
+
+  /// Moves time forward and wakes every sleeper whose deadline has come.
+  public func advance(by duration: Duration) {
+    let due = lock.withLock { () -> [CheckedContinuation<Void, any Error>] in
+      current = current.advanced(by: duration)
+      let ready = sleepers.filter { $0.value.deadline <= current }
+      for id in ready.keys { sleepers.removeValue(forKey: id) }
+      return ready.values.map(\.continuation)
+    }
+    for c in due { c.resume() }
+  }
+
+  /// Returns once at least `count` tasks are asleep on this clock.
+  public func waitForSleepers(_ count: Int = 1) async {
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+      let ready = lock.withLock { () -> Bool in
+        if sleepers.count >= count { return true }
+        watchers.append((count, continuation))
+        return false
+      }
+      if ready { continuation.resume() }
+    }
+  }
+
+  /// Watchers satisfied by the current sleepers (called with the lock held).
+  private func takeWatchers() -> [CheckedContinuation<Void, Never>] {
+    let ready = watchers.filter { $0.count <= sleepers.count }
+    watchers.removeAll { $0.count <= sleepers.count }
+    return ready.map(\.continuation)
+  }
+}

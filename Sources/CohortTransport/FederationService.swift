@@ -1,7 +1,6 @@
 import CohortCompression
 import CohortCore
 import CohortProtocol
-import CohortServer
 import Foundation
 import GRPCCore
 import Logging
@@ -55,8 +54,8 @@ struct TransportMetrics: Sendable {
 /// device through check-in, configuration, reporting and (under secure aggregation) the
 /// protocol's steps, on top of the Coordinator and Selector actors.
 struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
-  let coordinator: Coordinator
-  let selector: Selector
+  /// The server behind the wire: the protocol machines, reached only through this interface.
+  let handler: any FederationHandler
   let secureAggregation: NetworkSecureAggregation?
   let plan: Plan
   let planJSON: String
@@ -174,9 +173,9 @@ private struct Participation {
   mutating func checkInAndConfigure(_ checkIn: Cohort_V1_CheckIn) async throws {
     let id = Int(checkIn.device)
     device = id
-    await service.selector.connect(id, link: mailbox)
+    await service.handler.connect(id, link: mailbox)
     connected = true
-    let reply = await service.coordinator.checkIn(
+    let reply = await service.handler.checkIn(
       CheckIn(device: id, population: checkIn.population, protocolVersion: protocolVersion))
     switch reply {
     case .retry(let window):
@@ -293,7 +292,7 @@ private struct Participation {
     let round = Int(header.round)
     let limits = service.limits
     let secure = service.secureAggregation != nil
-    let layout = await service.coordinator.global.layout
+    let layout = await service.handler.modelLayout
     let scaffold = service.plan.server.strategy.kind == .scaffold
     // Limits first: nothing is buffered for an upload the server would refuse anyway.
     guard header.updateBytes >= 0, header.updateBytes <= limits.maxUpdateBytes else {
@@ -369,13 +368,13 @@ private struct Participation {
       // The report that meets the goal closes the round inside the Coordinator, which then
       // runs the protocol: this stream must keep relaying meanwhile, so the answer comes back
       // through the mailbox.
-      let coordinator = service.coordinator
+      let handler = service.handler
       let mailbox = self.mailbox
-      Task { mailbox.post(.reportAnswered(await coordinator.report(report))) }
+      Task { mailbox.post(.reportAnswered(await handler.report(report))) }
       try await secureAggregation(round: round, &messages, report: report, layoutCount: layout.count)
       return
     }
-    let reply = await service.coordinator.report(report)
+    let reply = await service.handler.report(report)
     switch reply {
     case .accepted:
       try await send(
@@ -497,11 +496,11 @@ private struct Participation {
   func finish() async {
     mailbox.close()
     guard let device else { return }
-    if connected { await service.selector.disconnect(device) }
-    if let round, !reported { await service.coordinator.dropped(device: device, round: round) }
+    if connected { await service.handler.disconnect(device) }
+    if let round, !reported { await service.handler.dropped(device: device, round: round) }
     // A device that waited for a task and left takes no place in the cohort being gathered.
     if round == nil, let admittedRound {
-      await service.coordinator.dropped(device: device, round: admittedRound)
+      await service.handler.dropped(device: device, round: admittedRound)
     }
     if enrolledInSecureAggregation, let round {
       await service.secureAggregation?.leave(round: round, device: device)

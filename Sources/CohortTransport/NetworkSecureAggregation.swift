@@ -1,16 +1,14 @@
-import CohortCore
-import CohortProtocol
+public import CohortCore
+public import CohortProtocol
 import CohortSecAgg
-import CohortServer
-import CohortStore
 import Foundation
-import Logging
+public import Logging
 
 /// Secure aggregation over device streams: the same `SecAggServer` state machine as the
 /// simulator's, fed by the devices that reported, each over its own participation stream.
 /// A step closes when every remaining device has answered or its time is up; a device that
 /// disconnects or stays silent is a dropout, and the protocol copes with it as designed.
-actor NetworkSecureAggregation: SecureAggregationDriver {
+public actor NetworkSecureAggregation: SecureAggregationDriver {
   struct Member {
     var examples: Int
     var mailbox: DeviceMailbox
@@ -31,7 +29,7 @@ actor NetworkSecureAggregation: SecureAggregationDriver {
   private var stepWaiter: CheckedContinuation<Void, Never>?
   private var stepNumber = 0
 
-  init(plan: Plan, dimension: Int, runSeed: UInt64, stepTimeout: Double, logger: Logger) {
+  public init(plan: Plan, dimension: Int, runSeed: UInt64, stepTimeout: Double, logger: Logger) {
     self.runSeed = runSeed
     self.plan = plan
     self.dimension = dimension
@@ -103,7 +101,7 @@ actor NetworkSecureAggregation: SecureAggregationDriver {
     return enrolled[running.round]?[device] != nil
   }
 
-  func secureSum(round: Int, devices: [DeviceID]) async -> SecureSum {
+  public func secureSum(round: Int, devices: [DeviceID]) async -> SecureSum {
     let members = devices.filter { enrolled[round]?[$0] != nil }
     func failed(_ reason: String) -> SecureSum {
       finishAll(round: round, survivors: [], reason: reason)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CohortCore
+import CohortServing
 import CohortStore
 import CohortTransport
 import Foundation
@@ -30,7 +31,11 @@ struct ServeCommand: AsyncParsableCommand {
       Prometheus metrics (rounds, devices connected, check-ins, reports accepted and rejected
       by reason, bytes, round duration) are served at http://HOST:PORT/metrics with --metrics.
       SIGTERM or SIGINT stops the server gracefully: the round in flight is abandoned and
-      recorded, committed rounds are kept. The server exits when the plan's last round commits.
+      recorded, committed rounds are kept, and the run is left `interrupted`: the same command
+      resumes it under the same run id. If a round cannot be committed (a full disk, a database
+      another process holds), the server retries with back-off while telling devices to come
+      back later, and after six attempts exits non-zero naming the cause. The server exits when
+      the plan's rounds are committed (or server.max_attempts rounds were tried).
       """)
 
   @Option(help: ArgumentHelp("The plan to serve (Plans/*.yaml).", valueName: "PLAN"))
@@ -63,6 +68,12 @@ struct ServeCommand: AsyncParsableCommand {
   @Option(help: "Seed of the initial model (a scenario's seed gives the simulator's initial model).")
   var seed: UInt64 = 0
 
+  @Option(
+    help: ArgumentHelp(
+      "Devices in the population, N: SCAFFOLD needs it, and the privacy accountant's sampling rate uses it.",
+      valueName: "N"))
+  var populationSize: Int?
+
   @Option(help: "Log level: trace, debug, info, notice, warning, error.")
   var logLevel: String = "info"
 
@@ -78,6 +89,9 @@ struct ServeCommand: AsyncParsableCommand {
     if clientCa != nil, insecure { throw ValidationError("--client-ca needs TLS; drop --insecure") }
     _ = try HostPort(listen, option: "--listen")
     if let metrics { _ = try HostPort(metrics, option: "--metrics") }
+    if let populationSize, populationSize < 1 {
+      throw ValidationError("--population-size must be at least 1, not \(populationSize)")
+    }
   }
 
   func run() async throws {
@@ -105,7 +119,7 @@ struct ServeCommand: AsyncParsableCommand {
       server = try FederationServer(
         configuration: .init(
           plan: loadedPlan, planPath: plan, host: address.host, port: address.port, security: security,
-          population: population, seed: seed),
+          population: population, seed: seed, populationSize: populationSize),
         store: store, logger: logger, metrics: endpoint.metricsFactory)
     } catch {
       throw error.exit()

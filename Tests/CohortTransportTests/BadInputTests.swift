@@ -3,6 +3,7 @@ import CohortCore
 import CohortDevice
 import CohortProtocol
 import CohortServer
+import CohortServing
 import CohortSimulator
 import CohortStore
 import Foundation

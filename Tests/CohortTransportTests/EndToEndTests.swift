@@ -2,6 +2,7 @@ import CohortCompression
 import CohortCore
 import CohortDevice
 import CohortServer
+import CohortServing
 import CohortSimulator
 import CohortStore
 import Foundation

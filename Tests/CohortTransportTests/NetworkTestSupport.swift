@@ -1,6 +1,7 @@
 import CohortCore
 import CohortDevice
 import CohortServer
+import CohortServing
 import CohortSimulator
 import CohortStore
 import Foundation

@@ -1,6 +1,4 @@
 public import CohortCore
-public import CohortProtocol
-import CohortStore
 
 /// Runs secure aggregation among the devices that reported for a round and hands the
 /// Coordinator only the decoded sum. The simulator drives the protocol between in-memory

@@ -1,0 +1,137 @@
+public import CohortCore
+import CohortML
+import CohortProtocol
+public import CohortServer
+public import CohortStore
+public import CohortTransport
+import Foundation
+public import Logging
+public import Metrics
+import Synchronization
+
+/// Settings of a network server.
+public struct FederationServerConfiguration: Sendable {
+  public var plan: Plan
+  /// Where the plan came from (recorded with the run).
+  public var planPath: String
+  public var host: String
+  /// 0 lets the OS choose (read it from `onListening`).
+  public var port: Int
+  public var security: ServerSecurity
+  public var population: String
+  /// Size limits; nil derives them from the plan's model.
+  public var limits: TransportLimits?
+  /// Seconds the server waits for the answers of one secure-aggregation step.
+  public var secureAggregationStepTimeout: Double
+  /// Seconds an admitted device waits for its task before it is told to come back; nil uses
+  /// the plan's selection window.
+  public var taskWait: Double?
+  /// The run seed: the initial model and the rounds' public codec randomness (rotation signs,
+  /// random masks) come from it. The simulator's scenario seed gives the same model and codecs.
+  public var seed: UInt64
+  /// The seed of central DP noise; nil (production) draws one from the system's generator. Tests
+  /// pass the scenario seed, as the simulator does, to compare runs.
+  public var privacySeed: UInt64?
+  /// Devices in the population, N: SCAFFOLD scales its control update by |S|/N, and a privacy
+  /// budget's sampling rate uses it. Nil when unknown (then SCAFFOLD cannot be served).
+  public var populationSize: Int?
+
+  public init(
+    plan: Plan, planPath: String = "", host: String = "127.0.0.1", port: Int = 0, security: ServerSecurity,
+    population: String = "default", limits: TransportLimits? = nil, secureAggregationStepTimeout: Double = 30,
+    taskWait: Double? = nil, seed: UInt64 = 0, privacySeed: UInt64? = nil,
+    populationSize: Int? = nil
+  ) {
+    self.seed = seed
+    self.privacySeed = privacySeed
+    self.populationSize = populationSize
+    self.plan = plan
+    self.planPath = planPath
+    self.host = host
+    self.port = port
+    self.security = security
+    self.population = population
+    self.limits = limits
+    self.secureAggregationStepTimeout = secureAggregationStepTimeout
+    self.taskWait = taskWait
+  }
+}
+
+/// A Cohort server on the network: a `ServedRun` (the Coordinator and Selector, the results
+/// store, resume, deadlines) behind a `FederationEndpoint` (gRPC over TLS). This is what
+/// `cohort serve` runs; the transport never sees the server's types, only `FederationHandler`.
+public final class FederationServer: Sendable {
+  public let configuration: FederationServerConfiguration
+  public let served: ServedRun
+  let endpoint: FederationEndpoint
+
+  public var coordinator: Coordinator { served.coordinator }
+  /// The run rounds are committed to (nil without a store).
+  public var run: RunID? { served.run }
+  /// The last round recorded before this server started (0 for a new run).
+  public var resumedAfter: Int { served.resumedAfter }
+
+  /// - Parameters:
+  ///   - store: where rounds are committed; a run of the same plan that did not finish is
+  ///     resumed after its last recorded round.
+  ///   - journal: where rounds are written, when not `store` itself (tests inject failures).
+  public init(
+    configuration: FederationServerConfiguration, store: ResultsStore?, journal: (any RoundJournal)? = nil,
+    logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory
+  ) throws(CohortError) {
+    let plan = configuration.plan
+    if plan.secureAggregation.enabled, plan.secureAggregation.variant == .active {
+      throw CohortError(
+        .invalidConfiguration,
+        "secure_aggregation.variant active is not served over the network yet (devices have no identity keys "
+          + "in the PKI)",
+        fix: "use variant semi_honest for cohort serve")
+    }
+    if plan.server.strategy.kind == .scaffold, (configuration.populationSize ?? 0) < 1 {
+      throw CohortError(
+        .invalidConfiguration,
+        "server.strategy.kind scaffold needs the population size N (its control update is scaled by |S|/N)",
+        fix: "give cohort serve --population-size N, the number of devices in the population")
+    }
+    self.configuration = configuration
+    // The initial model comes from the seed, so a resumed run that committed nothing yet
+    // starts from the same model.
+    let initial = Network(plan: plan.model).initialWeights(seed: configuration.seed)
+    let secure =
+      plan.secureAggregation.enabled
+      ? NetworkSecureAggregation(
+        plan: plan, dimension: initial.count, runSeed: configuration.seed,
+        stepTimeout: configuration.secureAggregationStepTimeout, logger: logger) : nil
+    served = try ServedRun(
+      configuration: .init(
+        plan: plan, planPath: configuration.planPath, population: configuration.population,
+        seed: configuration.seed, privacySeed: configuration.privacySeed,
+        populationSize: configuration.populationSize, secureAggregation: secure),
+      initial: initial, store: store, journal: journal, logger: logger, metrics: metrics)
+    endpoint = try FederationEndpoint(
+      configuration: .init(
+        plan: plan, host: configuration.host, port: configuration.port, security: configuration.security,
+        limits: configuration.limits, taskWait: configuration.taskWait, seed: configuration.seed),
+      handler: served, modelParameters: initial.count, secureAggregation: secure, logger: logger,
+      metrics: metrics)
+  }
+
+  /// Serves until the plan's last round is committed, `shutdown()` is called (the run is left
+  /// `interrupted`, to resume) or the coordinator gives up (thrown); calls `onListening` with the
+  /// bound port once devices can connect.
+  public func run(onListening: @Sendable (Int) -> Void = { _ in }) async throws {
+    let served = self.served
+    let ending = Mutex<ServedRun.Ending?>(nil)
+    try await endpoint.serve(onListening: onListening) {
+      let end = await served.drive(clock: ContinuousClock())
+      ending.withLock { $0 = end }
+    }
+    if case .failed(let failure) = ending.withLock({ $0 }) { throw failure }
+  }
+
+  /// Stops serving: the round in flight is abandoned, committed rounds are kept, and open
+  /// streams end.
+  public func shutdown() {
+    served.stop()
+  }
+}

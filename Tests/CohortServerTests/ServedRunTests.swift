@@ -1,0 +1,62 @@
+import CohortCore
+import CohortProtocol
+import CohortServer
+import CohortStore
+import CohortTesting
+import Foundation
+import Logging
+import Synchronization
+import Testing
+
+/// The server loop sleeps on an injected clock until the next deadline, wakes when a new one
+/// appears, and ends on finish, stop or failure.
+@Suite(.timeLimit(.minutes(1))) struct ServedRunTests {
+  /// goal 2, target 3, minimum 2; one round to commit in at most one attempt; windows 60 s / 300 s.
+  func served(clock: ManualClock, store: ResultsStore? = nil) throws -> ServedRun {
+    var plan = makePlan(rounds: 1)
+    plan.server.maximumAttempts = 1
+    return try ServedRun(
+      configuration: .init(plan: plan), initial: Weights(layout: layout, values: [0, 0]), store: store,
+      clock: clock, logger: Logger(label: "test"))
+  }
+
+  @Test func theLoopSleepsUntilEachDeadlineAndFinishes() async throws {
+    let time = ManualClock()
+    let sleeper = TestClock()
+    let run = try served(clock: time)
+    let records = Mutex<[RoundRecord]>([])
+    await run.coordinator.observeRounds { record in records.withLock { $0.append(record) } }
+    let driving = Task { await run.drive(clock: sleeper, now: time) }
+    // Asleep until the selection deadline (60 s).
+    await sleeper.waitForSleepers()
+    // Three devices check in: the round starts with a reporting deadline at 300 s, which wakes
+    // the loop to sleep until that one instead.
+    for d in 1...3 { _ = await run.checkIn(CheckIn(device: d, population: "default")) }
+    await sleeper.waitForSleepers()
+    time.set(299)
+    sleeper.advance(by: .seconds(299))
+    await sleeper.waitForSleepers()
+    #expect(records.withLock { $0.isEmpty }, "nothing is due before 300 s")
+    time.set(300)
+    sleeper.advance(by: .seconds(1))
+    // Nobody reported: the round is abandoned at its deadline, and with its one attempt spent
+    // the run ends.
+    #expect(await driving.value == .finished)
+    #expect(records.withLock { $0.map(\.abandonReason) } == [AbandonReason.tooFewReports.rawValue])
+  }
+
+  @Test func stopEndsTheLoopAndLeavesTheRunInterrupted() async throws {
+    let store = try ResultsStore.inMemory()
+    let time = ManualClock()
+    let sleeper = TestClock()
+    let run = try served(clock: time, store: store)
+    let driving = Task { await run.drive(clock: sleeper, now: time) }
+    await sleeper.waitForSleepers()
+    run.stop()
+    #expect(await driving.value == .stopped)
+    #expect(try store.run(run.run!).status == .interrupted)
+    // The same plan on the same store resumes that run.
+    let again = try served(clock: time, store: store)
+    #expect(again.run == run.run)
+  }
+}
