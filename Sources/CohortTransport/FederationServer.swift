@@ -103,12 +103,21 @@ public final class FederationServer: Sendable {
         .invalidConfiguration, "plaintext is allowed only on a loopback address, not \(configuration.host)",
         fix: "listen on 127.0.0.1 or ::1, or give --tls-cert and --tls-key")
     }
+    // The active variant's identity keys come from device certificates (their signing-key
+    // extension). Under mutual TLS the server checks them against the client CA; without it the
+    // server has no CA and checks only their form, and each device's own check of its peers
+    // against its --ca is what stands between a wrong key and its signature.
+    var certificates: DeviceCertificateVerifier?
     if plan.secureAggregation.enabled, plan.secureAggregation.variant == .active {
-      throw CohortError(
-        .invalidConfiguration,
-        "secure_aggregation.variant active is not served over the network yet (devices have no identity keys "
-          + "in the PKI)",
-        fix: "use variant semi_honest for cohort serve")
+      if case .tls(_, _, let clientCA?) = configuration.security {
+        certificates = try DeviceCertificateVerifier(caPEM: clientCA)
+      } else {
+        certificates = .formOnly
+        let warning =
+          "active secure aggregation without mutual TLS: device certificates are not checked against a CA here; "
+          + "each device checks its peers' against its own --ca and refuses the round on a certificate it cannot verify"
+        logger.warning("\(warning)")
+      }
     }
     if plan.server.strategy.kind == .scaffold, (configuration.populationSize ?? 0) < 1 {
       throw CohortError(
@@ -176,7 +185,8 @@ public final class FederationServer: Sendable {
       store: journal ?? store, link: selector, evaluator: nil, clock: clock,
       logger: logger, metrics: metrics)
     service = FederationService(
-      coordinator: coordinator, selector: selector, secureAggregation: secure, plan: plan,
+      coordinator: coordinator, selector: selector, secureAggregation: secure, certificates: certificates,
+      plan: plan,
       planJSON: String(decoding: plan.canonicalJSON, as: UTF8.self), codec: codec,
       runSeed: configuration.seed,
       limits: limits, clock: clock,
