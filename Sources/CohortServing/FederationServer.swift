@@ -80,13 +80,6 @@ public final class FederationServer: Sendable {
     logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory
   ) throws(CohortError) {
     let plan = configuration.plan
-    if plan.secureAggregation.enabled, plan.secureAggregation.variant == .active {
-      throw CohortError(
-        .invalidConfiguration,
-        "secure_aggregation.variant active is not served over the network yet (devices have no identity keys "
-          + "in the PKI)",
-        fix: "use variant semi_honest for cohort serve")
-    }
     if plan.server.strategy.kind == .scaffold, (configuration.populationSize ?? 0) < 1 {
       throw CohortError(
         .invalidConfiguration,

@@ -1,4 +1,5 @@
 import CohortCore
+import CohortSecAgg
 import Crypto
 import Foundation
 import X509
@@ -12,25 +13,31 @@ import X509
 #endif
 
 /// A throwaway public-key infrastructure for development and tests: a CA, a server certificate and
-/// device (client) certificates, all P-256 and signed by the CA.
+/// device (client) certificates, all P-256 and signed by the CA. Each device also gets a long-term
+/// Ed25519 signing key (libsodium), whose public half its certificate carries in the extension
+/// ``DeviceSigningKeyExtension``: the identity key of the active secure-aggregation variant.
 ///
 /// The server presents `server.pem` and trusts devices whose certificates chain to `ca.pem` (mTLS);
 /// devices trust the server through the same `ca.pem`. Keys are PKCS#8 PEM. Not for production:
 /// the CA key sits next to the certificates it signs.
 public struct DevelopmentCertificates: Sendable, Hashable {
-  /// One device's certificate (common name `device-<number>`, extended key usage clientAuth) and
-  /// its private key.
+  /// One device's certificate (common name `device-<number>`, extended key usage clientAuth, its
+  /// signing key in ``DeviceSigningKeyExtension``), its TLS private key and its signing key.
   public struct Device: Sendable, Hashable {
     /// The device's number, from 1; its common name is `device-<number>`.
     public var number: Int
     public var certificatePEM: String
     /// PKCS#8 PEM.
     public var keyPEM: String
+    /// The Ed25519 signing key, PKCS#8 PEM (``DeviceSigningKeyFile``); empty for a device made
+    /// without one.
+    public var signingKeyPEM: String
 
-    public init(number: Int, certificatePEM: String, keyPEM: String) {
+    public init(number: Int, certificatePEM: String, keyPEM: String, signingKeyPEM: String = "") {
       self.number = number
       self.certificatePEM = certificatePEM
       self.keyPEM = keyPEM
+      self.signingKeyPEM = signingKeyPEM
     }
 
     /// `device-<number>`: the certificate's common name and the stem of its file names.
@@ -39,17 +46,25 @@ public struct DevelopmentCertificates: Sendable, Hashable {
     public var certificateFileName: String { "\(name).pem" }
     /// `device-<number>-key.pem`.
     public var keyFileName: String { "\(name)-key.pem" }
+    /// `device-<number>-signing.key`.
+    public var signingKeyFileName: String { "\(name)-signing.key" }
 
-    /// Writes `device-<number>.pem` and `device-<number>-key.pem` (mode 0600) into `directory`,
-    /// creating it if needed, and returns the paths written. Refuses to replace an existing file
-    /// unless `force` is set.
+    /// The files of this device: certificate, TLS key, signing key (when it has one).
+    fileprivate var files: [PEMFile] {
+      [
+        PEMFile(name: certificateFileName, contents: certificatePEM, isPrivateKey: false),
+        PEMFile(name: keyFileName, contents: keyPEM, isPrivateKey: true),
+      ]
+        + (signingKeyPEM.isEmpty
+          ? [] : [PEMFile(name: signingKeyFileName, contents: signingKeyPEM, isPrivateKey: true)])
+    }
+
+    /// Writes `device-<number>.pem`, `device-<number>-key.pem` and `device-<number>-signing.key`
+    /// (the keys with mode 0600) into `directory`, creating it if needed, and returns the paths
+    /// written. Refuses to replace an existing file unless `force` is set.
     @discardableResult
     public func write(to directory: String, force: Bool = false) throws -> [String] {
-      try DevelopmentCertificates.write(
-        [
-          PEMFile(name: certificateFileName, contents: certificatePEM, isPrivateKey: false),
-          PEMFile(name: keyFileName, contents: keyPEM, isPrivateKey: true),
-        ], to: directory, force: force)
+      try DevelopmentCertificates.write(files, to: directory, force: force)
     }
   }
 
@@ -86,17 +101,23 @@ public struct DevelopmentCertificates: Sendable, Hashable {
   }
 
   /// Makes a new CA, a server certificate for `hosts` (plus ``defaultHosts``) and `devices` device
-  /// certificates, valid from an hour ago (to tolerate clock skew) for `validity`.
+  /// certificates numbered from `firstDevice` (1 for `cohort certs create`; tests whose devices
+  /// count from 0 pass 0), valid from an hour ago (to tolerate clock skew) for `validity`.
   ///
   /// Each host that is an IPv4 or IPv6 literal (`10.0.0.5`, `fe80::1`, `[::1]`) becomes an IP
   /// address subject alternative name; anything else becomes a DNS name.
   public static func make(
-    hosts: [String] = [], devices: Int = 3, validity: Duration = defaultValidity
+    hosts: [String] = [], devices: Int = 3, firstDevice: Int = 1, validity: Duration = defaultValidity
   ) throws -> DevelopmentCertificates {
     guard devices >= 0 else {
       throw CohortError(
         .invalidConfiguration, "the number of devices must be 0 or more, got \(devices)",
         fix: "pass --devices N with N ≥ 0")
+    }
+    guard firstDevice >= 0 else {
+      throw CohortError(
+        .invalidConfiguration, "device numbers start at 0 or more, got \(firstDevice)",
+        fix: "pass a first device number of 0 or more")
     }
     let names = try subjectAlternativeNames(for: hosts)
     let (notBefore, notAfter) = try validityPeriod(validity)
@@ -131,7 +152,7 @@ public struct DevelopmentCertificates: Sendable, Hashable {
       usage: .serverAuth, subjectAlternativeNames: names)
 
     var deviceCredentials: [Device] = []
-    for number in stride(from: 1, through: devices, by: 1) {
+    for number in firstDevice..<(firstDevice + devices) {
       deviceCredentials.append(
         try issuer.issueDevice(number: number, notBefore: notBefore, notAfter: notAfter))
     }
@@ -163,8 +184,8 @@ public struct DevelopmentCertificates: Sendable, Hashable {
       source: (caCertificatePEM: caCertificateFile, caKeyPEM: caKeyFile))
   }
 
-  /// Writes `ca.pem`, `ca-key.pem`, `server.pem`, `server-key.pem`, `device-<n>.pem` and
-  /// `device-<n>-key.pem` into `directory`, creating it if needed, and returns the paths written.
+  /// Writes `ca.pem`, `ca-key.pem`, `server.pem`, `server-key.pem`, `device-<n>.pem`,
+  /// `device-<n>-key.pem` and `device-<n>-signing.key` into `directory`, creating it if needed, and returns the paths written.
   /// Private keys get mode 0600. Refuses to replace any existing file (and then writes nothing)
   /// unless `force` is set.
   @discardableResult
@@ -175,11 +196,7 @@ public struct DevelopmentCertificates: Sendable, Hashable {
       PEMFile(name: Self.serverCertificateFileName, contents: serverCertificatePEM, isPrivateKey: false),
       PEMFile(name: Self.serverKeyFileName, contents: serverKeyPEM, isPrivateKey: true),
     ]
-    for device in devices {
-      files.append(
-        PEMFile(name: device.certificateFileName, contents: device.certificatePEM, isPrivateKey: false))
-      files.append(PEMFile(name: device.keyFileName, contents: device.keyPEM, isPrivateKey: true))
-    }
+    for device in devices { files += device.files }
     return try Self.write(files, to: directory, force: force)
   }
 
@@ -196,7 +213,8 @@ extension DevelopmentCertificates {
 
     func issue(
       subject: DistinguishedName, publicKey: Certificate.PublicKey, notBefore: Date, notAfter: Date,
-      usage: ExtendedKeyUsage.Usage, subjectAlternativeNames names: SubjectAlternativeNames?
+      usage: ExtendedKeyUsage.Usage, subjectAlternativeNames names: SubjectAlternativeNames?,
+      signingKey: [UInt8]? = nil
     ) throws -> Certificate {
       let authorityKey = (try? certificate.extensions.subjectKeyIdentifier)?.keyIdentifier
       return try DevelopmentCertificates.issue(
@@ -212,6 +230,7 @@ extension DevelopmentCertificates {
             SubjectKeyIdentifier(hash: publicKey)
             if let authorityKey { AuthorityKeyIdentifier(keyIdentifier: authorityKey) }
             if let names { names }
+            if let signingKey { DeviceSigningKeyExtension.extension(publicKey: signingKey) }
           },
           issuerPrivateKey: key),
         what: "certificate \(subject)")
@@ -220,16 +239,24 @@ extension DevelopmentCertificates {
     func issueDevice(number: Int, notBefore: Date, notAfter: Date) throws -> Device {
       let deviceKey = P256.Signing.PrivateKey()
       let name = DevelopmentCertificates.deviceName(number)
+      // The signing key is libsodium's (the secure-aggregation code signs with it), from a seed
+      // of the system's generator; only the seed is kept, in the key file.
+      var seed = SecAggCrypto.randomSeed()
+      var pair = SecAggCrypto.signingPair(seed: seed)
+      defer {
+        SecAggCrypto.zero(&seed)
+        SecAggCrypto.zero(&pair.secretKey)
+      }
       let certificate = try issue(
         subject: DistinguishedName {
           OrganizationName("Cohort")
           CommonName(name)
         },
         publicKey: Certificate.PublicKey(deviceKey.publicKey), notBefore: notBefore, notAfter: notAfter,
-        usage: .clientAuth, subjectAlternativeNames: nil)
+        usage: .clientAuth, subjectAlternativeNames: nil, signingKey: pair.publicKey)
       return Device(
         number: number, certificatePEM: try DevelopmentCertificates.pem(certificate, what: name),
-        keyPEM: deviceKey.pemRepresentation)
+        keyPEM: deviceKey.pemRepresentation, signingKeyPEM: DeviceSigningKeyFile.pem(seed: seed))
     }
   }
 

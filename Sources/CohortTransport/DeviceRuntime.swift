@@ -35,11 +35,15 @@ public struct DeviceRuntimeConfiguration: Sendable {
   public var maximumBackoff: Double
   /// The largest checkpoint the device accepts, in bytes.
   public var maxCheckpointBytes: Int
+  /// The device's certificate, signing key and CA for the active secure-aggregation variant
+  /// (`--signing-key`); nil: the device cannot take part in that variant.
+  public var identity: DeviceSigningIdentity?
 
   public init(
     device: DeviceID, population: String = "default", seed: UInt64, initialBackoff: Double = 1,
-    maximumBackoff: Double = 300, maxCheckpointBytes: Int = 1 << 30
+    maximumBackoff: Double = 300, maxCheckpointBytes: Int = 1 << 30, identity: DeviceSigningIdentity? = nil
   ) {
+    self.identity = identity
     self.device = device
     self.population = population
     self.seed = seed
@@ -89,6 +93,8 @@ public actor DeviceRuntime {
   private(set) var pendingUpload: PendingUpload?
   /// Completed participations by outcome, for callers' summaries.
   public private(set) var history: [ParticipationResult] = []
+  /// Peers' certificates this device refused in secure-aggregation rounds, by reason.
+  public private(set) var refusedCertificates: [DeviceCertificateRefusal.Reason: Int] = [:]
 
   public init(
     configuration: DeviceRuntimeConfiguration, connection: FederationConnection,
@@ -193,6 +199,7 @@ public actor DeviceRuntime {
         $0.population = configuration.population
         $0.runtimeVersion = "cohort-\(protocolVersion)"
         $0.cachedCheckpointSha256 = cached?.sha256 ?? ""
+        if let identity = configuration.identity { $0.certificate = Data(identity.certificate.der) }
       }
       let work = Conversation(runtime: self, extent: extent)
       return try await work.run(checkIn: checkIn, resume: resume)
@@ -211,6 +218,9 @@ public actor DeviceRuntime {
   }
 
   func remember(checkpoint sha256: String, values: [Float]) { cached = (sha256, values) }
+  func refused(_ certificate: DeviceCertificateRefusal) {
+    refusedCertificates[certificate.reason, default: 0] += 1
+  }
   /// c_k for a model of `count` values (zeros before the first SCAFFOLD training).
   func control(count: Int) -> [Float] {
     control.flatMap { $0.count == count ? $0 : nil } ?? [Float](repeating: 0, count: count)
@@ -445,9 +455,42 @@ private struct Conversation: Sendable {
         case .success(let e): encoding = e
         case .failure(let e): throw ParticipationRefusal("malformed", e.message)
         }
+        // Active variant: the members' signing keys come from the certificates the server relays,
+        // each checked against this device's own CA, never from the server's word.
+        let active = training.plan.secureAggregation.variant == .active
+        var identityKeys: [SecAggIndex: [UInt8]] = [:]
+        if active {
+          guard let identity = configuration.identity else {
+            let reason =
+              "the plan's active secure aggregation needs this device's signing key (--signing-key)"
+            send(
+              .abandon(
+                .with {
+                  $0.round = Int64(round)
+                  $0.reason = reason
+                }))
+            return .abandoned(reason)
+          }
+          let peers = b.peers.map { (index: Int($0.index), der: [UInt8]($0.certificate)) }
+          switch await identity.identityKeys(peers: peers, count: Int(b.count), ownIndex: Int(b.index)) {
+          case .success(let keys): identityKeys = keys
+          case .failure(let refusal):
+            // The device signs nothing for a round whose keys it cannot check: it leaves, and
+            // the server sees a dropout.
+            await runtime.refused(refusal)
+            send(
+              .abandon(
+                .with {
+                  $0.round = Int64(round)
+                  $0.reason = refusal.description
+                }))
+            return .abandoned("secure aggregation: \(refusal)")
+          }
+        }
         let parameters = SecAggConfiguration(
           round: UInt64(b.round), count: Int(b.count), degree: Int(b.degree), threshold: Int(b.threshold),
-          graphSeed: [UInt8](b.graphSeed), vectorLength: Int(b.vectorLength), ringBits: Int(b.ringBits))
+          graphSeed: [UInt8](b.graphSeed), vectorLength: Int(b.vectorLength), ringBits: Int(b.ringBits),
+          variant: active ? .active : .semiHonest, identityKeys: identityKeys)
         guard parameters.vectorLength == encoding.vectorLength, parameters.ringBits == encoding.ringBits
         else {
           throw ParticipationRefusal("malformed", "the secure-aggregation parameters do not match the plan")
@@ -457,8 +500,12 @@ private struct Conversation: Sendable {
           device: configuration.device)
         input = encoding.encode(outcome.update.values, examples: outcome.examples, random: &random)
         var secret = SecAggCrypto.randomSeed()
-        var device = SecAggDevice(configuration: parameters, index: SecAggIndex(b.index), seed: secret)
+        // The device's copy of the signing key; the protocol machine wipes its own when done.
+        var signingKey = active ? configuration.identity?.secretKey() ?? [] : []
+        var device = SecAggDevice(
+          configuration: parameters, index: SecAggIndex(b.index), seed: secret, identitySecretKey: signingKey)
         SecAggCrypto.zero(&secret)
+        SecAggCrypto.zero(&signingKey)
         let keys = try device.advertiseKeys()
         protocolDevice = device
         send(.secagg(.with { $0.message = Data(SecAggMessage.advertiseKeys(keys).encoded) }))

@@ -69,6 +69,22 @@ public final class FederationEndpoint: Sendable {
         .invalidConfiguration, "plaintext is allowed only on a loopback address, not \(configuration.host)",
         fix: "listen on 127.0.0.1 or ::1, or give --tls-cert and --tls-key")
     }
+    // The active variant's identity keys come from device certificates (their signing-key
+    // extension). Under mutual TLS the server checks them against the client CA; without it the
+    // server has no CA and checks only their form, and each device's own check of its peers
+    // against its --ca is what stands between a wrong key and its signature.
+    var certificates: DeviceCertificateVerifier?
+    if plan.secureAggregation.enabled, plan.secureAggregation.variant == .active {
+      if case .tls(_, _, let clientCA?) = configuration.security {
+        certificates = try DeviceCertificateVerifier(caPEM: clientCA)
+      } else {
+        certificates = .formOnly
+        let warning =
+          "active secure aggregation without mutual TLS: device certificates are not checked against a CA here; "
+          + "each device checks its peers' against its own --ca and refuses the round on a certificate it cannot verify"
+        logger.warning("\(warning)")
+      }
+    }
     self.configuration = configuration
     self.logger = logger
     // Updates travel in the plan's encoding unless secure aggregation carries them.
@@ -79,7 +95,7 @@ public final class FederationEndpoint: Sendable {
       configuration.limits
       ?? TransportLimits(parameters: modelParameters, encodedUpdateBytes: codec?.wireBytes ?? 0)
     service = FederationService(
-      handler: handler, secureAggregation: secureAggregation, plan: plan,
+      handler: handler, secureAggregation: secureAggregation, certificates: certificates, plan: plan,
       planJSON: String(decoding: plan.canonicalJSON, as: UTF8.self), codec: codec,
       runSeed: configuration.seed,
       limits: limits, clock: clock, metrics: TransportMetrics(factory: metrics), logger: logger,

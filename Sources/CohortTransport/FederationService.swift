@@ -57,6 +57,9 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
   /// The server behind the wire: the protocol machines, reached only through this interface.
   let handler: any FederationHandler
   let secureAggregation: NetworkSecureAggregation?
+  /// Active secure aggregation: what device certificates are checked against at check-in (the
+  /// mutual-TLS client CA, or only their form without one); nil for other plans.
+  let certificates: DeviceCertificateVerifier?
   let plan: Plan
   let planJSON: String
   /// The plan's update codec when updates travel encoded (compression without secure aggregation).
@@ -117,6 +120,8 @@ private struct Participation {
   var refusalCounted = false
   var connected = false
   var enrolledInSecureAggregation = false
+  /// The certificate the device presented at check-in, once verified (active secure aggregation).
+  var certificate: VerifiedDeviceCertificate?
 
   init(service: FederationService, response: RPCWriter<Cohort_V1_ServerMessage>) {
     self.service = service
@@ -134,6 +139,12 @@ private struct Participation {
 
   func refuse(_ rejection: Rejection, _ detail: String) -> ParticipationRefusal {
     ParticipationRefusal(rejection.rawValue, detail, code: rejection.statusCode)
+  }
+
+  /// A certificate that cannot vouch for the device's signing key: the device is not
+  /// authenticated for this plan.
+  func refuse(_ refusal: DeviceCertificateRefusal) -> ParticipationRefusal {
+    ParticipationRefusal(refusal.reason.rawValue, refusal.detail, code: .unauthenticated)
   }
 
   /// Reads the next device message, checking its version; nil when the device closed the stream.
@@ -173,6 +184,19 @@ private struct Participation {
   mutating func checkInAndConfigure(_ checkIn: Cohort_V1_CheckIn) async throws {
     let id = Int(checkIn.device)
     device = id
+    if let verifier = service.certificates {
+      // Before the device takes a place in a cohort: the round's members must all hold keys
+      // their peers can check.
+      guard !checkIn.certificate.isEmpty else {
+        throw refuse(
+          DeviceCertificateRefusal(
+            .missing, "the plan's active secure aggregation needs the device's certificate in the check-in"))
+      }
+      switch await verifier.verify(der: [UInt8](checkIn.certificate), device: id) {
+      case .success(let verified): certificate = verified
+      case .failure(let refusal): throw refuse(refusal)
+      }
+    }
     await service.handler.connect(id, link: mailbox)
     connected = true
     let reply = await service.handler.checkIn(
@@ -356,11 +380,19 @@ private struct Participation {
       lossAtGlobal: header.reportsLossAtGlobal ? header.lossAtGlobal : nil,
       controlDelta: header.controlDeltaBytes > 0 ? weights(controlValues, "control_delta") : nil,
       withinClip: service.plan.privacy.adaptiveClipping != nil ? header.withinClip : nil)
+    if secure, service.certificates != nil, certificate == nil {
+      // A report on a stream without a check-in brings no certificate; the protocol cannot
+      // resume on a new stream anyway.
+      throw refuse(
+        DeviceCertificateRefusal(
+          .missing,
+          "active secure aggregation runs on the stream of the check-in that carried the certificate"))
+    }
     if secure {
       // Enrol before the report counts: the report that meets the goal closes the round, and
       // the protocol then starts at once with every enrolled device.
       await service.secureAggregation?.enrol(
-        round: round, device: device, examples: report.examples, mailbox: mailbox)
+        round: round, device: device, examples: report.examples, mailbox: mailbox, certificate: certificate)
       enrolledInSecureAggregation = true
     }
     reported = true

@@ -8,10 +8,16 @@ public import Logging
 /// simulator's, fed by the devices that reported, each over its own participation stream.
 /// A step closes when every remaining device has answered or its time is up; a device that
 /// disconnects or stays silent is a dropout, and the protocol copes with it as designed.
+///
+/// In the active variant every member's signing key comes from the certificate it presented at
+/// check-in (checked by the service); `SecAggBegin` hands every member the others' certificates,
+/// so each device checks the keys itself instead of trusting this server.
 public actor NetworkSecureAggregation: SecureAggregationDriver {
   struct Member {
     var examples: Int
     var mailbox: DeviceMailbox
+    /// The device's verified certificate (active variant).
+    var certificate: VerifiedDeviceCertificate?
   }
 
   let plan: Plan
@@ -37,10 +43,16 @@ public actor NetworkSecureAggregation: SecureAggregationDriver {
     self.logger = logger
   }
 
-  func enrol(round: Int, device: DeviceID, examples: Int, mailbox: DeviceMailbox) {
+  var isActive: Bool { plan.secureAggregation.variant == .active }
+
+  func enrol(
+    round: Int, device: DeviceID, examples: Int, mailbox: DeviceMailbox,
+    certificate: VerifiedDeviceCertificate? = nil
+  ) {
     // Anything older belongs to rounds that closed without the protocol.
     for r in enrolled.keys where r < round { enrolled[r] = nil }
-    enrolled[round, default: [:]][device] = Member(examples: examples, mailbox: mailbox)
+    enrolled[round, default: [:]][device] = Member(
+      examples: examples, mailbox: mailbox, certificate: certificate)
   }
 
   /// The device's stream ended or its report was refused.
@@ -58,6 +70,12 @@ public actor NetworkSecureAggregation: SecureAggregationDriver {
       logger.debug(
         "secure-aggregation message refused",
         metadata: ["device": "\(device)", "round": "\(round)", "reason": "\(rejection.rawValue)"])
+      // A device answers each step once, so a refused answer (a key not signed by its
+      // certificate's key, a malformed vector) is the last it gives: it is out of the protocol
+      // now, as a dropout, and the step need not wait for it until its time is up.
+      enrolled[round]?[device]?.mailbox.post(
+        .secAggFinished(accepted: false, reason: "secure_aggregation_\(rejection.rawValue)"))
+      enrolled[round]?[device] = nil
     }
     wakeIfDone()
   }
@@ -102,7 +120,11 @@ public actor NetworkSecureAggregation: SecureAggregationDriver {
   }
 
   public func secureSum(round: Int, devices: [DeviceID]) async -> SecureSum {
-    let members = devices.filter { enrolled[round]?[$0] != nil }
+    // In the active variant a member needs a verified certificate (the service refuses a report
+    // without one, so this only guards the invariant).
+    let members = devices.filter { device in
+      enrolled[round]?[device].map { !isActive || $0.certificate != nil } ?? false
+    }
     func failed(_ reason: String) -> SecureSum {
       finishAll(round: round, survivors: [], reason: reason)
       return SecureSum(
@@ -128,12 +150,28 @@ public actor NetworkSecureAggregation: SecureAggregationDriver {
     case .failure(let error): return failed(error.message)
     }
     let graphSeed = SecAggCrypto.randomSeed()
+    var indexOf: [DeviceID: SecAggIndex] = [:]
+    for (i, d) in members.enumerated() { indexOf[d] = SecAggIndex(i + 1) }
+    // Active variant: each member's identity key is the one its certificate carries.
+    var identityKeys: [SecAggIndex: [UInt8]] = [:]
+    var peers: [Cohort_V1_SecAggPeer] = []
+    if isActive {
+      for (device, index) in indexOf.sorted(by: { $0.value < $1.value }) {
+        guard let certificate = enrolled[round]?[device]?.certificate else {
+          return failed("device \(device) has no verified certificate for the active variant")
+        }
+        identityKeys[index] = certificate.signingPublicKey
+        peers.append(
+          .with {
+            $0.index = index
+            $0.certificate = Data(certificate.der)
+          })
+      }
+    }
     let configuration = SecAggConfiguration(
       round: UInt64(round), count: members.count, degree: parameters.degree, threshold: parameters.threshold,
       graphSeed: graphSeed, vectorLength: encoding.vectorLength, ringBits: encoding.ringBits,
-      variant: .semiHonest)
-    var indexOf: [DeviceID: SecAggIndex] = [:]
-    for (i, d) in members.enumerated() { indexOf[d] = SecAggIndex(i + 1) }
+      variant: isActive ? .active : .semiHonest, identityKeys: identityKeys)
     server = SecAggServer(configuration: configuration)
     running = (round, indexOf)
     let clock = ContinuousClock()
@@ -151,6 +189,7 @@ public actor NetworkSecureAggregation: SecureAggregationDriver {
             $0.vectorLength = UInt32(configuration.vectorLength)
             $0.ringBits = UInt32(configuration.ringBits)
             $0.sharedSeed = rotationSeed
+            $0.peers = peers
           }))
     }
     while case .running(let step) = server!.state {
@@ -164,7 +203,7 @@ public actor NetworkSecureAggregation: SecureAggregationDriver {
         enrolled[round]?[device]?.mailbox.post(.secAggRequest(message.encoded))
       }
     }
-    let steps = SecAggServer.Step.allCases.filter { $0 != .consistencyCheck }.map { step in
+    let steps = SecAggServer.Step.allCases.filter { $0 != .consistencyCheck || isActive }.map { step in
       let r = server!.records[step] ?? SecAggServer.StepRecord()
       return SecureAggregationStepRecord(
         step: step.description, entered: r.entered, dropped: r.dropped, bytesUp: r.bytesReceived,

@@ -35,6 +35,10 @@ extension CertsCommand {
           device-<n>.pem      device n's certificate (clientAuth, common name
                               device-<n>), for n = 1 … --devices
           device-<n>-key.pem  device n's private key
+          device-<n>-signing.key
+                              device n's Ed25519 signing key (libsodium), for
+                              active secure aggregation; its public half is in
+                              device-<n>.pem, extension 2.25.7311430286612045917
 
         Keys are PKCS#8 PEM with mode 0600; certificates are PEM. A --hosts entry
         that is an IPv4 or IPv6 address becomes an IP subject alternative name,
@@ -111,7 +115,7 @@ extension CertsCommand {
           """
           and a device with:
             cohort device --ca \(join(out, "ca.pem")) --cert \(join(out, "device-1.pem")) \
-          --key \(join(out, "device-1-key.pem"))
+          --key \(join(out, "device-1-key.pem")) --signing-key \(join(out, "device-1-signing.key"))
           """)
       }
     }

@@ -29,8 +29,14 @@ struct DeviceRunCommand: AsyncParsableCommand {
       comes back when the server's pace steering says. After a refusal or a lost connection it
       backs off exponentially with jitter. --hours and --max-load restrict when it works.
 
+      A plan with `secure_aggregation.variant: active` needs --signing-key: the device's Ed25519
+      key (device-<n>-signing.key from `cohort certs create`), whose public half its --cert
+      carries. The device sends its certificate at check-in and checks every peer's certificate
+      against --ca before it trusts a signature, so the server cannot substitute a key.
+
         cohort device --server 127.0.0.1:7070 --ca certs/ca.pem \\
-          --cert certs/device-1.pem --key certs/device-1-key.pem --examples device-1.sqlite
+          --cert certs/device-1.pem --key certs/device-1-key.pem --examples device-1.sqlite \\
+          --signing-key certs/device-1-signing.key
       """)
 
   @Option(help: ArgumentHelp("The server to join.", valueName: "HOST:PORT"))
@@ -43,6 +49,13 @@ struct DeviceRunCommand: AsyncParsableCommand {
 
   @Option(help: "The population to join.")
   var population: String = "default"
+
+  @Option(
+    help: ArgumentHelp(
+      "The device's Ed25519 signing key (PKCS#8 PEM, device-<n>-signing.key), for active secure aggregation; "
+        + "needs --cert carrying its public key and --ca.",
+      valueName: "KEY"))
+  var signingKey: String?
 
   @Option(help: "Set the device's number (kept in the examples store).")
   var id: Int64?
@@ -64,6 +77,9 @@ struct DeviceRunCommand: AsyncParsableCommand {
 
   func validate() throws {
     _ = try HostPort(server, option: "--server")
+    if signingKey != nil, tls.cert == nil || tls.ca == nil {
+      throw ValidationError("--signing-key needs --cert (the certificate carrying its public key) and --ca")
+    }
   }
 
   func run() async throws {
@@ -83,10 +99,18 @@ struct DeviceRunCommand: AsyncParsableCommand {
           fix: "import some with `cohort device import DATA.csv --examples \(examples)`")
       }
       let rootSeed = seed ?? identity.seed.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+      var signing: DeviceSigningIdentity?
+      if let signingKey, let cert = tls.cert, let ca = tls.ca {
+        signing = try await DeviceSigningIdentity.load(
+          certificatePEM: try readText(cert, option: "--cert"),
+          signingKeyPEM: try readText(signingKey, option: "--signing-key"),
+          caPEM: try readText(ca, option: "--ca"), device: Int(identity.device))
+      }
       let connection = try FederationConnection(host: address.host, port: address.port, security: security)
       let population = self.population
       let runtime = DeviceRuntime(
-        configuration: .init(device: Int(identity.device), population: population, seed: rootSeed),
+        configuration: .init(
+          device: Int(identity.device), population: population, seed: rootSeed, identity: signing),
         connection: connection,
         examples: {
           LocalExamples(train: try store.examples(now: Date().timeIntervalSince1970))
@@ -120,4 +144,13 @@ struct DeviceRunCommand: AsyncParsableCommand {
       throw error.exit()
     }
   }
+}
+
+/// A file's text for `option`, as a CohortError (inside the typed-throws body of `run`).
+private func readText(_ path: String, option: String) throws(CohortError) -> String {
+  guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+    throw CohortError(
+      .io, "\(option) \(path): cannot read the file", fix: "create it with `cohort certs create`")
+  }
+  return text
 }

@@ -93,15 +93,48 @@ let cohortBinary: URL = {
       ], in: dir.url)
   }
 
-  func devices(_ dir: TemporaryDirectory, port: String) throws -> [ChildProcess] {
+  /// Devices 1…3; with `signing`, each with its signing key (the active secure-aggregation variant).
+  func devices(_ dir: TemporaryDirectory, port: String, signing: Bool = false) throws -> [ChildProcess] {
     try (1...3).map { i in
       try ChildProcess(
         [
           "device", "--server", "127.0.0.1:\(port)", "--ca", "certs/ca.pem", "--cert",
           "certs/device-\(i).pem",
           "--key", "certs/device-\(i)-key.pem", "--examples", "device-\(i).sqlite", "--id", "\(i)",
-        ], in: dir.url)
+        ] + (signing ? ["--signing-key", "certs/device-\(i)-signing.key"] : []), in: dir.url)
     }
+  }
+
+  /// The active secure-aggregation variant through the binaries: `cohort certs create` gives each
+  /// device its signing key and certificate, the devices load them with --signing-key, and both
+  /// rounds commit over mutual TLS.
+  @Test func activeSecureAggregationRunsWithTheCertificatesSigningKeys() throws {
+    let dir = TemporaryDirectory()
+    let planPath = try federation(in: dir, rounds: 2)
+    let plan = try String(contentsOfFile: planPath, encoding: .utf8)
+    let active = dir.write("active.yaml", plan + "secure_aggregation: {enabled: true, variant: active}\n")
+    let server = try serve(dir, plan: active, listen: "127.0.0.1:0")
+    guard let listening = server.waitForLine(containing: "listening on") else {
+      Issue.record("the server did not start: \(server.transcript)")
+      return
+    }
+    let port = String(listening.split(separator: ":").last!)
+    let devices = try devices(dir, port: port, signing: true)
+    defer { for d in devices { d.stop() } }
+    #expect(server.waitForLine(containing: "run finished after round 2") != nil, "\(server.transcript)")
+    server.process.waitUntilExit()
+    #expect(server.process.terminationStatus == 0)
+    let rounds = try cohort(["runs", "show", "1", "--db", dir.path + "/server.sqlite"])
+    #expect(rounds.stdout.contains("rounds committed 2 of"), "\(rounds.stdout)")
+  }
+
+  @Test func aSigningKeyNeedsTheCertificateThatCarriesIt() throws {
+    let result = try cohort([
+      "device", "--server", "127.0.0.1:1", "--ca", "certs/ca.pem", "--examples", "d.sqlite", "--signing-key",
+      "certs/device-1-signing.key",
+    ])
+    #expect(result.status != 0)
+    #expect(result.stderr.contains("--signing-key needs --cert"), "\(result.stderr)")
   }
 
   /// The server is killed with SIGKILL right after it commits round 2; started again on the

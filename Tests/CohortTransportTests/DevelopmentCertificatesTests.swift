@@ -125,14 +125,13 @@ import X509
     let paths = try Self.pki.write(to: out)
     let expected = [
       "ca.pem", "ca-key.pem", "server.pem", "server-key.pem", "device-1.pem", "device-1-key.pem",
-      "device-2.pem",
-      "device-2-key.pem",
+      "device-1-signing.key", "device-2.pem", "device-2-key.pem", "device-2-signing.key",
     ]
     #expect(paths == expected.map { out + "/" + $0 })
     for name in expected {
       let path = out + "/" + name
       let mode = try Self.permissions(path)
-      if name.hasSuffix("-key.pem") {
+      if name.hasSuffix("-key.pem") || name.hasSuffix("-signing.key") {
         #expect(mode == 0o600, "\(name) has mode \(String(mode, radix: 8))")
       } else {
         #expect(mode & 0o077 != 0o077 && mode & 0o600 == 0o600)
@@ -170,8 +169,13 @@ import X509
     let device = try DevelopmentCertificates.makeDevice(
       number: 3, caCertificateFile: directory.path + "/ca.pem", caKeyFile: directory.path + "/ca-key.pem")
     let paths = try device.write(to: directory.path)
-    #expect(paths == [directory.path + "/device-3.pem", directory.path + "/device-3-key.pem"])
+    #expect(
+      paths == [
+        directory.path + "/device-3.pem", directory.path + "/device-3-key.pem",
+        directory.path + "/device-3-signing.key",
+      ])
     #expect(try Self.permissions(directory.path + "/device-3-key.pem") == 0o600)
+    #expect(try Self.permissions(directory.path + "/device-3-signing.key") == 0o600)
 
     let certificate = try Certificate(pemEncoded: device.certificatePEM)
     #expect(Self.commonName(certificate) == "device-3")

@@ -15,6 +15,8 @@ import Testing
 struct Feature: Sendable, CustomTestStringConvertible {
   var name: String
   var secure = false
+  /// Secure aggregation's active variant: every device has its own certificate and signing key.
+  var active = false
   var strategy = "{kind: fedavg}"
   var planKeys: [String] = []
 
@@ -29,6 +31,7 @@ struct Feature: Sendable, CustomTestStringConvertible {
     Feature(name: "top-k", planKeys: ["compression: {kind: top_k, fraction: 0.1}"]),
     Feature(name: "random mask", planKeys: ["compression: {kind: random_mask, fraction: 0.5}"]),
     Feature(name: "secure aggregation", secure: true),
+    Feature(name: "active secure aggregation", secure: true, active: true),
     Feature(
       name: "secure aggregation with a random mask", secure: true,
       planKeys: ["compression: {kind: random_mask, fraction: 0.5}"]),
@@ -54,9 +57,16 @@ struct Feature: Sendable, CustomTestStringConvertible {
   static let devices = 20
 
   /// Runs the scenario's federation over the network with every one of its devices; returns
-  /// the server's final checkpoint and rounds.
-  func federate(_ scenario: Scenario, security: ServerSecurity, client: ClientSecurity, directory: String)
-    async throws -> (sha256: String, rounds: [RoundRecord])
+  /// the server's final checkpoint and rounds. With `identities`, device d connects with its own
+  /// certificate (`pki.devices[d]`, mutual TLS) and signs with its own signing key.
+  func federate(
+    _ scenario: Scenario, security: ServerSecurity, client: ClientSecurity, directory: String,
+    identities pki: DevelopmentCertificates? = nil
+  )
+    async throws -> (
+      sha256: String, rounds: [RoundRecord],
+      secureAggregationSteps: [(round: Int, SecureAggregationStepRecord)]
+    )
   {
     let devices = scenario.devices.count ?? Self.devices
     let store = try ResultsStore(path: directory + "/server.sqlite")
@@ -70,11 +80,23 @@ struct Feature: Sendable, CustomTestStringConvertible {
     try await withServer(server) { port in
       try await withThrowingTaskGroup(of: Void.self) { group in
         for device in 0..<devices {
-          let connection = try FederationConnection(host: "127.0.0.1", port: port, security: client)
+          var security = client
+          var identity: DeviceSigningIdentity?
+          if let pki {
+            let own = pki.devices[device]
+            security = .tls(
+              caPEM: pki.caCertificatePEM, certificatePEM: own.certificatePEM, privateKeyPEM: own.keyPEM)
+            identity = try await DeviceSigningIdentity.load(
+              certificatePEM: own.certificatePEM, signingKeyPEM: own.signingKeyPEM,
+              caPEM: pki.caCertificatePEM,
+              device: device)
+          }
+          let connection = try FederationConnection(host: "127.0.0.1", port: port, security: security)
           let local = data.data(device: device)
           let runtime = DeviceRuntime(
             configuration: .init(
-              device: device, seed: scenario.seed, initialBackoff: 0.05, maximumBackoff: 0.5),
+              device: device, seed: scenario.seed, initialBackoff: 0.05, maximumBackoff: 0.5,
+              identity: identity),
             connection: connection,
             examples: { LocalExamples(train: local.train, indices: local.trainIndices, test: local.test) },
             logger: Logger(label: "test-device-\(device)"))
@@ -87,23 +109,26 @@ struct Feature: Sendable, CustomTestStringConvertible {
       }
     }
     let sha = await server.coordinator.global.sha256
-    return (sha, try store.rounds(server.run!))
+    return (sha, try store.rounds(server.run!), try store.secureAggregationSteps(server.run!))
   }
 
   /// Each feature over TLS with mutual authentication: the final checkpoint is the simulator's bit
   /// for bit, every round commits with all 20 reports, and the bytes uploaded are the ones the
   /// simulator counts (the encoded sizes, Δc_k included); under secure aggregation the protocol's
-  /// bytes depend on the graph drawn per round, so only the model is compared.
+  /// bytes depend on the graph drawn per round, so only the model is compared. In the active
+  /// variant each device has its own certificate and signing key (the simulator derives other
+  /// identity keys from its seed: only signatures differ, not the sum).
   @Test(arguments: Feature.all)
   func twentyDevicesEndAtTheSimulatorsCheckpoint(feature: Feature) async throws {
     let scenario = try networkScenario(
-      devices: Self.devices, rounds: 3, secure: feature.secure, strategy: feature.strategy,
+      devices: Self.devices, rounds: 3, secure: feature.secure, active: feature.active,
+      strategy: feature.strategy,
       planKeys: feature.planKeys)
     let directory = try temporaryDirectory("e2e")
     let simulation = try await simulated(scenario, directory: directory)
     let expected = simulation.checkpointSHA256
     // TLS with a throwaway CA; mutual TLS, so every device also proves who it is.
-    let pki = try DevelopmentCertificates.make(devices: 1)
+    let pki = try DevelopmentCertificates.make(devices: feature.active ? Self.devices : 1, firstDevice: 0)
     let device = pki.devices[0]
     let network = try await federate(
       scenario,
@@ -112,13 +137,26 @@ struct Feature: Sendable, CustomTestStringConvertible {
         clientCAPEM: pki.caCertificatePEM),
       client: .tls(
         caPEM: pki.caCertificatePEM, certificatePEM: device.certificatePEM, privateKeyPEM: device.keyPEM),
-      directory: directory)
+      directory: directory, identities: feature.active ? pki : nil)
     #expect(
       network.rounds.filter { $0.outcome == .committed }.count == 3, "\(feature), seed \(scenario.seed)")
     #expect(network.rounds.allSatisfy { $0.reported == Self.devices }, "\(feature), seed \(scenario.seed)")
     #expect(
       network.sha256 == expected,
       "\(feature), seed \(scenario.seed): network \(network.sha256) vs simulator \(expected)")
+    if feature.active {
+      // The active variant's five steps ran in every round, all 20 devices signing throughout.
+      for round in 1...3 {
+        let steps = network.secureAggregationSteps.filter { $0.round == round }.map(\.1)
+        #expect(
+          steps.map(\.step) == [
+            "advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking",
+          ],
+          "round \(round)")
+        #expect(
+          steps.allSatisfy { $0.entered == Self.devices && $0.dropped == 0 }, "round \(round): \(steps)")
+      }
+    }
     if !feature.secure {
       // Every upload is the codec's wire size (4 bytes a value uncompressed), then Δc_k for SCAFFOLD.
       let plan = scenario.plan

@@ -16,8 +16,9 @@ import Testing
 /// - Parameters:
 ///   - strategy: the plan's `server.strategy`.
 ///   - planKeys: further plan sections (`compression: …`, `privacy: …`), one per line.
+///   - active: secure aggregation's active variant (signed keys, consistency check).
 func networkScenario(
-  devices: Int = 20, rounds: Int = 3, secure: Bool = false, seed: UInt64 = 7,
+  devices: Int = 20, rounds: Int = 3, secure: Bool = false, active: Bool = false, seed: UInt64 = 7,
   strategy: String = "{kind: fedavg}",
   planKeys: [String] = []
 ) throws -> Scenario {
@@ -32,7 +33,7 @@ func networkScenario(
         windows: {selection: 1h, reporting: 1h}
         strategy: \(strategy)
         evaluation: {every: 1}
-      secure_aggregation: {enabled: \(secure)}
+      secure_aggregation: {enabled: \(secure || active)\(active ? ", variant: active" : "")}
     \(planKeys.map { "  " + $0 + "\n" }.joined())data: {kind: synthetic_fedprox, alpha: 0, beta: 0, iid: true, devices: \(devices)}
     partition: {kind: natural}
     devices:

@@ -32,7 +32,11 @@
 ///     ServerControlChunk messages); the device keeps its own c_k and reports Δc_k after its update;
 ///   - DP-FedAvg: the clip in the task (`clip_norm`), and whether the update was within it in the
 ///     report (`within_clip`); the noise is the server's. Distributed DP: the device adds its
-///     share of the noise inside secure aggregation, whose parameters `SecAggBegin` carries.
+///     share of the noise inside secure aggregation, whose parameters `SecAggBegin` carries;
+///   - the active secure-aggregation variant: the device's X.509 certificate in the check-in (its
+///     Ed25519 signing key sits in the extension 2.25.7311430286612045917, see the README); the
+///     server checks it and sends every member the other members' certificates in `SecAggBegin`,
+///     and each device checks them against its own CA before trusting a signature.
 
 // DO NOT EDIT.
 // swift-format-ignore-file

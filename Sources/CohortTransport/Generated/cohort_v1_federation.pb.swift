@@ -42,7 +42,11 @@
 ///     ServerControlChunk messages); the device keeps its own c_k and reports Δc_k after its update;
 ///   - DP-FedAvg: the clip in the task (`clip_norm`), and whether the update was within it in the
 ///     report (`within_clip`); the noise is the server's. Distributed DP: the device adds its
-///     share of the noise inside secure aggregation, whose parameters `SecAggBegin` carries.
+///     share of the noise inside secure aggregation, whose parameters `SecAggBegin` carries;
+///   - the active secure-aggregation variant: the device's X.509 certificate in the check-in (its
+///     Ed25519 signing key sits in the extension 2.25.7311430286612045917, see the README); the
+///     server checks it and sends every member the other members' certificates in `SecAggBegin`,
+///     and each device checks them against its own CA before trusting a signature.
 
 #if canImport(FoundationEssentials)
 public import FoundationEssentials
@@ -285,6 +289,12 @@ public nonisolated struct Cohort_V1_CheckIn: Sendable {
   /// checkpoint is then sent without its chunks.
   public var cachedCheckpointSha256: String = String()
 
+  /// The device's X.509 certificate (DER), naming it `device-<device>` and carrying its long-term
+  /// Ed25519 signing key in a non-critical extension (OID 2.25.7311430286612045917, value the DER
+  /// SubjectPublicKeyInfo of the key, RFC 8410). Required when the plan's secure aggregation is
+  /// the active variant (else the check-in is refused: `certificate_missing`); ignored otherwise.
+  public var certificate: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -477,6 +487,26 @@ public nonisolated struct Cohort_V1_SecAggBegin: Sendable {
   /// The seed of randomness every device of the round shares (rotation signs of fixed-range
   /// quantization and of the distributed discrete Gaussian), drawn by the server from its run seed.
   public var sharedSeed: UInt64 = 0
+
+  /// Active variant: every member's certificate by index (1...count, this device's own included),
+  /// as each presented it at check-in. A device verifies each against its own trust root and takes
+  /// the signing keys from them, so a server cannot substitute a key; empty for semi_honest.
+  public var peers: [Cohort_V1_SecAggPeer] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One member of a secure-aggregation round: its index and its certificate (DER).
+public nonisolated struct Cohort_V1_SecAggPeer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var index: UInt32 = 0
+
+  public var certificate: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -846,7 +876,7 @@ nonisolated extension Cohort_V1_ServerMessage: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Cohort_V1_CheckIn: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CheckIn"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}device\0\u{1}population\0\u{3}runtime_version\0\u{3}cached_checkpoint_sha256\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}device\0\u{1}population\0\u{3}runtime_version\0\u{3}cached_checkpoint_sha256\0\u{1}certificate\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -858,6 +888,7 @@ nonisolated extension Cohort_V1_CheckIn: SwiftProtobuf.Message, SwiftProtobuf._M
       case 2: try { try decoder.decodeSingularStringField(value: &self.population) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.runtimeVersion) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.cachedCheckpointSha256) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.certificate) }()
       default: break
       }
     }
@@ -876,6 +907,9 @@ nonisolated extension Cohort_V1_CheckIn: SwiftProtobuf.Message, SwiftProtobuf._M
     if !self.cachedCheckpointSha256.isEmpty {
       try visitor.visitSingularStringField(value: self.cachedCheckpointSha256, fieldNumber: 4)
     }
+    if !self.certificate.isEmpty {
+      try visitor.visitSingularBytesField(value: self.certificate, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -884,6 +918,7 @@ nonisolated extension Cohort_V1_CheckIn: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.population != rhs.population {return false}
     if lhs.runtimeVersion != rhs.runtimeVersion {return false}
     if lhs.cachedCheckpointSha256 != rhs.cachedCheckpointSha256 {return false}
+    if lhs.certificate != rhs.certificate {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1231,7 +1266,7 @@ nonisolated extension Cohort_V1_UpdateChunk: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Cohort_V1_SecAggBegin: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SecAggBegin"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}round\0\u{1}index\0\u{1}count\0\u{1}degree\0\u{1}threshold\0\u{3}graph_seed\0\u{3}vector_length\0\u{3}ring_bits\0\u{3}shared_seed\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}round\0\u{1}index\0\u{1}count\0\u{1}degree\0\u{1}threshold\0\u{3}graph_seed\0\u{3}vector_length\0\u{3}ring_bits\0\u{3}shared_seed\0\u{1}peers\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1248,6 +1283,7 @@ nonisolated extension Cohort_V1_SecAggBegin: SwiftProtobuf.Message, SwiftProtobu
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.vectorLength) }()
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.ringBits) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.sharedSeed) }()
+      case 10: try { try decoder.decodeRepeatedMessageField(value: &self.peers) }()
       default: break
       }
     }
@@ -1281,6 +1317,9 @@ nonisolated extension Cohort_V1_SecAggBegin: SwiftProtobuf.Message, SwiftProtobu
     if self.sharedSeed != 0 {
       try visitor.visitSingularUInt64Field(value: self.sharedSeed, fieldNumber: 9)
     }
+    if !self.peers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.peers, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1294,6 +1333,42 @@ nonisolated extension Cohort_V1_SecAggBegin: SwiftProtobuf.Message, SwiftProtobu
     if lhs.vectorLength != rhs.vectorLength {return false}
     if lhs.ringBits != rhs.ringBits {return false}
     if lhs.sharedSeed != rhs.sharedSeed {return false}
+    if lhs.peers != rhs.peers {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cohort_V1_SecAggPeer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SecAggPeer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}index\0\u{1}certificate\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.index) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.certificate) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.index != 0 {
+      try visitor.visitSingularUInt32Field(value: self.index, fieldNumber: 1)
+    }
+    if !self.certificate.isEmpty {
+      try visitor.visitSingularBytesField(value: self.certificate, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cohort_V1_SecAggPeer, rhs: Cohort_V1_SecAggPeer) -> Bool {
+    if lhs.index != rhs.index {return false}
+    if lhs.certificate != rhs.certificate {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
