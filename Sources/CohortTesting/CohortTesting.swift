@@ -77,7 +77,7 @@ public final class TestClock: Clock, @unchecked Sendable {
   private let lock = NSLock()
   private var current = Instant(offset: .zero)
   private var sleepers: [UUID: (deadline: Instant, continuation: CheckedContinuation<Void, any Error>)] = [:]
-  private var watchers: [(count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+  private var watchers: [(count: Int, from: Duration, continuation: CheckedContinuation<Void, Never>)] = []
 
   public init() {}
 
@@ -113,22 +113,27 @@ public final class TestClock: Clock, @unchecked Sendable {
     for c in due { c.resume() }
   }
 
-  /// Returns once at least `count` tasks are asleep on this clock.
-  public func waitForSleepers(_ count: Int = 1) async {
+  /// Returns once at least `count` tasks are asleep on this clock until `from` (since the
+  /// clock's start) or later: a test waits for code under test to have gone to sleep anew.
+  public func waitForSleepers(_ count: Int = 1, until from: Duration = .zero) async {
     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
       let ready = lock.withLock { () -> Bool in
-        if sleepers.count >= count { return true }
-        watchers.append((count, continuation))
+        if sleeping(until: from) >= count { return true }
+        watchers.append((count, from, continuation))
         return false
       }
       if ready { continuation.resume() }
     }
   }
 
+  private func sleeping(until from: Duration) -> Int {
+    sleepers.values.filter { $0.deadline.offset >= from }.count
+  }
+
   /// Watchers satisfied by the current sleepers (called with the lock held).
   private func takeWatchers() -> [CheckedContinuation<Void, Never>] {
-    let ready = watchers.filter { $0.count <= sleepers.count }
-    watchers.removeAll { $0.count <= sleepers.count }
+    let ready = watchers.filter { $0.count <= sleeping(until: $0.from) }
+    watchers.removeAll { $0.count <= sleeping(until: $0.from) }
     return ready.map(\.continuation)
   }
 }

@@ -59,4 +59,40 @@ import Testing
     let again = try served(clock: time, store: store)
     #expect(again.run == run.run)
   }
+
+  @Test func aCommitThatKeepsFailingStopsTheLoopWithTheCause() async throws {
+    let store = try ResultsStore.inMemory()
+    let time = ManualClock()
+    let sleeper = TestClock()
+    let run = try ServedRun(
+      configuration: .init(plan: makePlan(rounds: 2)), initial: Weights(layout: layout, values: [0, 0]),
+      store: store, journal: FailingJournal(store: store, failures: .max), clock: time,
+      logger: Logger(label: "test"))
+    let driving = Task { await run.drive(clock: sleeper, now: time) }
+    await sleeper.waitForSleepers()
+    for d in 1...3 { _ = await run.checkIn(CheckIn(device: d, population: "default")) }
+    for d in 1...2 {
+      _ = await run.report(
+        UpdateReport(
+          device: d, round: 1, update: Weights(layout: layout, values: [1, 1]), examples: 1, trainLoss: 0,
+          bytes: 8))
+    }
+    // The first write failed; retries follow after 1, 2, 4, 8 and 16 s, and the sixth failure
+    // ends the loop.
+    var elapsed = 0.0
+    for wait in [1.0, 2, 4, 8, 16] {
+      // The loop has gone to sleep until this retry (not still on the last one).
+      await sleeper.waitForSleepers(until: .seconds(elapsed + wait))
+      elapsed += wait
+      time.set(elapsed)
+      sleeper.advance(by: .seconds(wait))
+    }
+    guard case .failed(let failure) = await driving.value else {
+      Issue.record("the loop did not stop on the failed commit")
+      return
+    }
+    #expect(failure.code == .storage && failure.message.contains("after 6 attempts"))
+    #expect(try store.rounds(run.run!).isEmpty)
+    #expect(try store.run(run.run!).status == .interrupted)
+  }
 }
