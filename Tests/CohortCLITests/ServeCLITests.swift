@@ -137,25 +137,35 @@ let cohortBinary: URL = {
     #expect(result.stderr.contains("--signing-key needs --cert"), "\(result.stderr)")
   }
 
+  /// A server of a 5-round plan with its three devices, once it has committed round 2; nil (with
+  /// the issue recorded) when it did not get there.
+  func federationPastRoundTwo(in dir: TemporaryDirectory) throws -> (
+    plan: String, server: ChildProcess, port: String, devices: [ChildProcess]
+  )? {
+    let plan = try federation(in: dir, rounds: 5)
+    let server = try serve(dir, plan: plan, listen: "127.0.0.1:0")
+    guard let listening = server.waitForLine(containing: "listening on") else {
+      Issue.record("the server did not start: \(server.transcript)")
+      return nil
+    }
+    let port = String(listening.split(separator: ":").last!)
+    let devices = try devices(dir, port: port)
+    guard server.waitForLine(containing: "round 2 committed") != nil else {
+      server.stop()
+      for d in devices { d.stop() }
+      Issue.record("round 2 never committed: \(server.transcript)")
+      return nil
+    }
+    return (plan, server, port, devices)
+  }
+
   /// The server is killed with SIGKILL right after it commits round 2; started again on the
   /// same port it resumes after round 2, the devices reconnect by themselves, and the run ends
   /// with every round committed once.
   @Test func killedServerResumesFromItsLastCommittedRound() throws {
     let dir = TemporaryDirectory()
-    let plan = try federation(in: dir, rounds: 5)
-    let first = try serve(dir, plan: plan, listen: "127.0.0.1:0")
-    guard let listening = first.waitForLine(containing: "listening on") else {
-      Issue.record("the server did not start: \(first.transcript)")
-      return
-    }
-    let port = String(listening.split(separator: ":").last!)
-    let devices = try devices(dir, port: port)
+    guard let (plan, first, port, devices) = try federationPastRoundTwo(in: dir) else { return }
     defer { for d in devices { d.stop() } }
-    guard first.waitForLine(containing: "round 2 committed") != nil else {
-      first.stop()
-      Issue.record("round 2 never committed: \(first.transcript)")
-      return
-    }
     first.kill()
     let second = try serve(dir, plan: plan, listen: "127.0.0.1:\(port)")
     let resumed = second.waitForLine(containing: "resuming run")
@@ -174,20 +184,8 @@ let cohortBinary: URL = {
   /// command resumes it under the same run id until every round is committed.
   @Test func terminatedServerResumesTheSameRun() throws {
     let dir = TemporaryDirectory()
-    let plan = try federation(in: dir, rounds: 5)
-    let first = try serve(dir, plan: plan, listen: "127.0.0.1:0")
-    guard let listening = first.waitForLine(containing: "listening on") else {
-      Issue.record("the server did not start: \(first.transcript)")
-      return
-    }
-    let port = String(listening.split(separator: ":").last!)
-    let devices = try devices(dir, port: port)
+    guard let (plan, first, port, devices) = try federationPastRoundTwo(in: dir) else { return }
     defer { for d in devices { d.stop() } }
-    guard first.waitForLine(containing: "round 2 committed") != nil else {
-      first.stop()
-      Issue.record("round 2 never committed: \(first.transcript)")
-      return
-    }
     first.stop()
     #expect(first.process.terminationStatus == 0, "\(first.transcript)")
     let runs = try cohort(["runs", "list", "--db", dir.path + "/server.sqlite"])
