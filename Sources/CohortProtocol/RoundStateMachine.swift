@@ -403,12 +403,14 @@ public struct RoundStateMachine: Sendable {
     guard let s = selection else { return [] }
     guard reporting == nil, closing == nil else { return [] }
     let full = s.devices.count >= configuration.selectionTarget
-    let due = now >= s.deadline
-    guard full || due else {
-      guard configuration.sampling == .uniform, !s.invited else { return [] }
+    if configuration.sampling == .uniform, !s.invited, !full {
+      // The invited devices get a whole selection window from now: the window that passed
+      // while the previous round still reported could not be used.
       selection!.invited = true
+      selection!.deadline = max(s.deadline, now + configuration.selectionWindow)
       return [.invite(round: s.round, count: configuration.selectionTarget - s.devices.count)]
     }
+    guard full || now >= s.deadline else { return [] }
     selection = nil
     if s.devices.count < configuration.minimumReports {
       lastClosedRound = s.round

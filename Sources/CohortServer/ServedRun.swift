@@ -26,12 +26,18 @@ public final class ServedRun: FederationHandler {
     public var populationSize: Int?
     /// Secure aggregation over the devices' streams, when the plan enables it.
     public var secureAggregation: (any SecureAggregationDriver)?
+    /// Commit attempts for a round before the server gives up, and the first wait between them.
+    public var commitAttempts: Int
+    public var commitBackoff: Double
 
     public init(
       plan: Plan, planPath: String = "", population: String = "default", seed: UInt64 = 0,
       privacySeed: UInt64? = nil, populationSize: Int? = nil,
-      secureAggregation: (any SecureAggregationDriver)? = nil
+      secureAggregation: (any SecureAggregationDriver)? = nil, commitAttempts: Int = 6,
+      commitBackoff: Double = 1
     ) {
+      self.commitAttempts = commitAttempts
+      self.commitBackoff = commitBackoff
       self.plan = plan
       self.planPath = planPath
       self.population = population
@@ -109,7 +115,8 @@ public final class ServedRun: FederationHandler {
       configuration: .init(
         plan: plan, population: configuration.population, run: run, autoCommit: true,
         populationSize: configuration.populationSize, secureAggregation: configuration.secureAggregation,
-        privacySeed: configuration.privacySeed),
+        privacySeed: configuration.privacySeed, commitAttempts: configuration.commitAttempts,
+        commitBackoff: configuration.commitBackoff),
       initial: start, resumingAfter: resumed, committed: committed, store: journal ?? store, link: selector,
       evaluator: nil, clock: clock, logger: logger, metrics: metrics)
     (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))

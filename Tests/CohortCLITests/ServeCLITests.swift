@@ -170,7 +170,8 @@ let cohortBinary: URL = {
     let second = try serve(dir, plan: plan, listen: "127.0.0.1:\(port)")
     let resumed = second.waitForLine(containing: "resuming run")
     #expect(resumed?.contains("after round 2") == true, "\(second.transcript)")
-    #expect(second.waitForLine(containing: "run finished after round 5") != nil, "\(second.transcript)")
+    // A round may be abandoned while the devices reconnect on a loaded machine: count commits.
+    #expect(second.waitForLine(containing: "5 rounds committed") != nil, "\(second.transcript)")
     second.process.waitUntilExit()
     #expect(second.process.terminationStatus == 0)
     let rounds = try cohort(["runs", "show", "1", "--db", dir.path + "/server.sqlite"])

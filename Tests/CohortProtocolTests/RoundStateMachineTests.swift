@@ -340,6 +340,19 @@ func machineReporting() -> RoundStateMachine {
     #expect(m.committed(round: 1, now: 11) == [.invite(round: 2, count: 4)])
   }
 
+  @Test func invitedDevicesGetAWholeSelectionWindowAfterALongRound() {
+    var m = RoundStateMachine(configuration: .init(plan: plan(), population: "p"))
+    _ = m.start(now: 0)
+    for d in 1...4 { _ = checkIn(&m, d, at: 0) }
+    // Round 1 reports for 100 s, longer than round 2's selection window (0…60 s).
+    for d in 1...4 { _ = m.report(device: d, round: 1, isWellFormed: true, now: 100) }
+    #expect(m.committed(round: 1, now: 100) == [.invite(round: 2, count: 4)])
+    #expect(m.nextDeadline == 160, "the window starts when the round can start")
+    #expect(m.tick(now: 100).isEmpty)
+    for d in 5...8 { _ = checkIn(&m, d, at: 100) }
+    #expect(m.reportingRound == 2)
+  }
+
   @Test func aFullPoolKeepsAUniformSampleOfEveryoneWhoCame() {
     // While round 1 reports, 400 devices check in for round 2's 4 places: each should keep a
     // place with probability 1/100.
