@@ -156,7 +156,7 @@ public final class ExampleStore: Sendable {
             alreadyExpired += 1
             continue
           }
-          let blob = Float32LittleEndian.bytes(table.features[(r * d)..<((r + 1) * d)])
+          let blob = Float32LittleEndian.data(Array(table.features[(r * d)..<((r + 1) * d)]))
           try insert.execute(arguments: [Int(row.label), blob, now, expiresAt])
           imported += 1
           earliest = min(earliest ?? expiresAt, expiresAt)
@@ -202,7 +202,7 @@ public final class ExampleStore: Sendable {
             + "need \(4 * d)",
           fix: "the file was changed outside Cohort or damaged; purge it and import the data again")
       }
-      Float32LittleEndian.append(blob, to: &features)
+      features.append(contentsOf: Float32LittleEndian.values(blob) ?? [])
     }
     return Dataset(features: features, labels: labels, featureShape: [d], classes: metadata.classes ?? 0)
   }
@@ -678,28 +678,5 @@ struct ExampleCSV {
   static func list(_ names: [String], limit: Int = 20) -> String {
     let shown = names.prefix(limit).map { "'\($0)'" }.joined(separator: ", ")
     return names.count > limit ? "\(shown), … (\(names.count) in all)" : shown
-  }
-}
-
-// MARK: - Blobs and errors
-
-/// IEEE-754 binary32, little-endian, whatever the host's byte order: the features blob.
-private enum Float32LittleEndian {
-  static func bytes(_ values: ArraySlice<Float>) -> Data {
-    var data = Data(capacity: 4 * values.count)
-    for v in values {
-      let bits = v.bitPattern.littleEndian
-      withUnsafeBytes(of: bits) { data.append(contentsOf: $0) }
-    }
-    return data
-  }
-
-  static func append(_ data: Data, to values: inout [Float]) {
-    data.withUnsafeBytes { raw in
-      for i in 0..<(raw.count / 4) {
-        values.append(
-          Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))))
-      }
-    }
   }
 }
