@@ -90,13 +90,13 @@ let package = Package(
       ],
       swiftSettings: swiftSettings),
     // The device's side: local training and encoding of an update (shared with the simulator's
-    // virtual devices), the example store, eligibility, and the participation loop.
+    // virtual devices), eligibility, and CSV imports into the example store (which is
+    // CohortStore's).
     .target(
       name: "CohortDevice",
       dependencies: [
         "CohortCore", "CohortML", "CohortProtocol", "CohortCompression", "CohortPrivacy", "CohortSecAgg",
         "CohortStore",
-        .product(name: "GRDB", package: "GRDB.swift"),
         .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: swiftSettings),
@@ -226,7 +226,9 @@ let package = Package(
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortDeviceTests",
-      dependencies: ["CohortDevice", "CohortCore", "CohortML", "CohortProtocol", "CohortTesting"],
+      dependencies: [
+        "CohortDevice", "CohortStore", "CohortCore", "CohortML", "CohortProtocol", "CohortTesting",
+      ],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortTransportTests",
@@ -241,7 +243,9 @@ let package = Package(
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortStoreTests",
-      dependencies: ["CohortStore", "CohortCore", .product(name: "GRDB", package: "GRDB.swift")],
+      dependencies: [
+        "CohortStore", "CohortCore", "CohortTesting", .product(name: "GRDB", package: "GRDB.swift"),
+      ],
       swiftSettings: swiftSettings),
   ]
 )
