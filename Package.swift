@@ -101,7 +101,7 @@ let package = Package(
       ],
       swiftSettings: swiftSettings),
     // gRPC service and client over TLS/mTLS (generated code in Generated/, from Protos/ by
-    // scripts/generate-protos), development certificates, Prometheus metrics over HTTP.
+    // scripts/generate-protos), and the device certificates' verification it needs at run time.
     .target(
       name: "CohortTransport",
       dependencies: [
@@ -112,13 +112,25 @@ let package = Package(
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
-        .product(name: "NIOHTTP1", package: "swift-nio"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "SwiftASN1", package: "swift-asn1"),
-        .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
+      ],
+      swiftSettings: swiftSettings),
+    // Operations: development certificates (`cohort certs create`), the load generator
+    // (`cohort load`) and the Prometheus endpoint (`cohort serve --metrics`).
+    .target(
+      name: "CohortOperations",
+      dependencies: [
+        "CohortCore", "CohortProtocol", "CohortSecAgg", "CohortTransport",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "Logging", package: "swift-log"),
         .product(name: "Prometheus", package: "swift-prometheus"),
       ],
       swiftSettings: swiftSettings),
@@ -169,7 +181,7 @@ let package = Package(
       dependencies: [
         "CohortCore", "CohortML", "CohortStore", "CohortServer", "CohortSimulator", "CohortReport",
         "CohortPrivacy", "CohortSecAgg", "CBLAS", "CohortDevice", "CohortTransport", "CohortProtocol",
-        "CohortServing",
+        "CohortServing", "CohortOperations",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -233,12 +245,23 @@ let package = Package(
     .testTarget(
       name: "CohortTransportTests",
       dependencies: [
-        "CohortTransport", "CohortServing", "CohortDevice", "CohortServer", "CohortSimulator",
+        "CohortTransport", "CohortOperations", "CohortServing", "CohortDevice", "CohortServer",
+        "CohortSimulator",
         "CohortProtocol",
         "CohortStore",
         "CohortCore", "CohortML", "CohortTesting",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "Prometheus", package: "swift-prometheus"),
+      ],
+      swiftSettings: swiftSettings),
+    .testTarget(
+      name: "CohortOperationsTests",
+      dependencies: [
+        "CohortOperations", "CohortTransport", "CohortCore",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "X509", package: "swift-certificates"),
       ],
       swiftSettings: swiftSettings),
     .testTarget(
