@@ -90,18 +90,18 @@ let package = Package(
       ],
       swiftSettings: swiftSettings),
     // The device's side: local training and encoding of an update (shared with the simulator's
-    // virtual devices), the example store, eligibility, and the participation loop.
+    // virtual devices), eligibility, and CSV imports into the example store (which is
+    // CohortStore's).
     .target(
       name: "CohortDevice",
       dependencies: [
         "CohortCore", "CohortML", "CohortProtocol", "CohortCompression", "CohortPrivacy", "CohortSecAgg",
         "CohortStore",
-        .product(name: "GRDB", package: "GRDB.swift"),
         .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: swiftSettings),
     // gRPC service and client over TLS/mTLS (generated code in Generated/, from Protos/ by
-    // scripts/generate-protos), development certificates, Prometheus metrics over HTTP.
+    // scripts/generate-protos), and the device certificates' verification it needs at run time.
     .target(
       name: "CohortTransport",
       dependencies: [
@@ -112,13 +112,25 @@ let package = Package(
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
-        .product(name: "NIOHTTP1", package: "swift-nio"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "SwiftASN1", package: "swift-asn1"),
-        .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
+      ],
+      swiftSettings: swiftSettings),
+    // Operations: development certificates (`cohort certs create`), the load generator
+    // (`cohort load`) and the Prometheus endpoint (`cohort serve --metrics`).
+    .target(
+      name: "CohortOperations",
+      dependencies: [
+        "CohortCore", "CohortProtocol", "CohortSecAgg", "CohortTransport",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "Logging", package: "swift-log"),
         .product(name: "Prometheus", package: "swift-prometheus"),
       ],
       swiftSettings: swiftSettings),
@@ -169,7 +181,7 @@ let package = Package(
       dependencies: [
         "CohortCore", "CohortML", "CohortStore", "CohortServer", "CohortSimulator", "CohortReport",
         "CohortPrivacy", "CohortSecAgg", "CBLAS", "CohortDevice", "CohortTransport", "CohortProtocol",
-        "CohortServing",
+        "CohortServing", "CohortOperations",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -226,12 +238,15 @@ let package = Package(
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortDeviceTests",
-      dependencies: ["CohortDevice", "CohortCore", "CohortML", "CohortProtocol", "CohortTesting"],
+      dependencies: [
+        "CohortDevice", "CohortStore", "CohortCore", "CohortML", "CohortProtocol", "CohortTesting",
+      ],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortTransportTests",
       dependencies: [
-        "CohortTransport", "CohortServing", "CohortDevice", "CohortServer", "CohortSimulator",
+        "CohortTransport", "CohortOperations", "CohortServing", "CohortDevice", "CohortServer",
+        "CohortSimulator",
         "CohortProtocol",
         "CohortStore",
         "CohortCore", "CohortML", "CohortTesting",
@@ -240,8 +255,20 @@ let package = Package(
       ],
       swiftSettings: swiftSettings),
     .testTarget(
+      name: "CohortOperationsTests",
+      dependencies: [
+        "CohortOperations", "CohortTransport", "CohortCore",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "X509", package: "swift-certificates"),
+      ],
+      swiftSettings: swiftSettings),
+    .testTarget(
       name: "CohortStoreTests",
-      dependencies: ["CohortStore", "CohortCore", .product(name: "GRDB", package: "GRDB.swift")],
+      dependencies: [
+        "CohortStore", "CohortCore", "CohortTesting", .product(name: "GRDB", package: "GRDB.swift"),
+      ],
       swiftSettings: swiftSettings),
   ]
 )

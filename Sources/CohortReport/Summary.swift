@@ -1,5 +1,5 @@
 public import CohortCore
-public import CohortStore
+import CohortStore
 
 /// One line of a comparison: the runs of one configuration, one run per seed.
 public struct ReportSeries: Sendable {

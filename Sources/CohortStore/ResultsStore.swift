@@ -169,7 +169,7 @@ public final class ResultsStore: Sendable {
     secureAggregation: [SecureAggregationStepRecord] = []
   ) throws(CohortError) {
     // Encode outside the transaction: pure work that can be large.
-    let blob = checkpoint.map { Float32LE.bytes($0.values) }
+    let blob = checkpoint.map { Float32LittleEndian.data($0.values) }
     let digest = blob.map { SHA256.hex($0) }
     let layoutJSON = try checkpoint.map { (w: Weights) throws(CohortError) -> String in
       try StoreJSON.encode(w.layout, what: "the checkpoint layout")
@@ -420,7 +420,7 @@ public final class ResultsStore: Sendable {
       )
     }
     let layout = try decodeLayout(stored.layoutJSON, run: run, round: stored.round)
-    guard let values = Float32LE.values(stored.blob), values.count == layout.count else {
+    guard let values = Float32LittleEndian.values(stored.blob), values.count == layout.count else {
       throw CohortError(
         .storage,
         "\(what) holds \(stored.blob.count) bytes but its layout \(Self.describe(layout)) needs "

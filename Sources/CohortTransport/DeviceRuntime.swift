@@ -344,7 +344,7 @@ private struct Conversation: Sendable {
         }
         bytes.append(contentsOf: c.data)
       }
-      guard SHA256.hex(bytes) == t.checkpointSha256, let decoded = Float32Wire.values(bytes) else {
+      guard SHA256.hex(bytes) == t.checkpointSha256, let decoded = Float32LittleEndian.values(bytes) else {
         throw ParticipationRefusal("integrity", "the checkpoint does not match its SHA-256")
       }
       values = decoded
@@ -382,7 +382,7 @@ private struct Conversation: Sendable {
       controlBytes.append(contentsOf: c.data)
     }
     var controls: ControlVariates?
-    if scaffold, let server = Float32Wire.values(controlBytes) {
+    if scaffold, let server = Float32LittleEndian.values(controlBytes) {
       controls = ControlVariates(
         server: Weights(layout: layout, values: server),
         device: Weights(layout: layout, values: await runtime.control(count: layout.count)))
@@ -407,8 +407,8 @@ private struct Conversation: Sendable {
     if let c = outcome.control { await runtime.keepControl(c.values) }
     let secure = training.plan.secureAggregation.enabled
     // The update in the plan's encoding (the same bytes the simulator counts), then Δc_k.
-    let update = secure ? [] : outcome.encoded?.wireForm ?? Float32Wire.bytes(outcome.update.values)
-    let delta = outcome.controlDelta.map { Float32Wire.bytes($0.values) } ?? []
+    let update = secure ? [] : outcome.encoded?.wireForm ?? Float32LittleEndian.bytes(outcome.update.values)
+    let delta = outcome.controlDelta.map { Float32LittleEndian.bytes($0.values) } ?? []
     let payload = update + delta
     let header = Cohort_V1_ReportHeader.with {
       $0.device = Int64(configuration.device)

@@ -58,7 +58,7 @@ public enum DeviceSigningKeyFile {
   ]
 
   /// PEM text of the key whose seed is `seed` (32 bytes).
-  static func pem(seed: [UInt8]) -> String {
+  public static func pem(seed: [UInt8]) -> String {
     var der = privateKeyInfoHead + seed
     defer { SecAggCrypto.zero(&der) }
     let body = Data(der).base64EncodedString(options: [.lineLength64Characters, .endLineWithLineFeed])

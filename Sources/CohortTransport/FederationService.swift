@@ -263,12 +263,12 @@ private struct Participation {
           $0.serverControlBytes = Int64(control.count * 4)
         }))
     if follows {
-      for chunk in chunks(Float32Wire.bytes(checkpoint)) {
+      for chunk in chunks(Float32LittleEndian.bytes(checkpoint)) {
         try await send(.checkpointChunk(.with { $0.data = chunk }))
       }
     }
     // SCAFFOLD's c changes every round, so it always follows (a device cannot hold it already).
-    for chunk in chunks(Float32Wire.bytes(control)) {
+    for chunk in chunks(Float32LittleEndian.bytes(control)) {
       try await send(.serverControlChunk(.with { $0.data = chunk }))
     }
   }
@@ -355,7 +355,7 @@ private struct Participation {
     }
     let updateBytes = Array(bytes[..<Int(header.updateBytes)])
     let values = try decodeUpdate(updateBytes, encoding: header.encoding, round: round, device: device)
-    guard let controlValues = Float32Wire.values(Array(bytes[Int(header.updateBytes)...])) else {
+    guard let controlValues = Float32LittleEndian.values(Array(bytes[Int(header.updateBytes)...])) else {
       throw refuse(
         .malformed, "Δc_k has \(header.controlDeltaBytes) bytes, not a whole number of Float32 values")
     }
@@ -442,7 +442,7 @@ private struct Participation {
         throw refuse(
           .malformed, "the update is encoded as \(encoding); this plan's updates travel as float32")
       }
-      guard let values = Float32Wire.values(bytes) else {
+      guard let values = Float32LittleEndian.values(bytes) else {
         throw refuse(.malformed, "the update has \(bytes.count) bytes, not a whole number of Float32 values")
       }
       return values

@@ -2,30 +2,6 @@ import CohortProtocol
 import Foundation
 public import GRPCCore
 
-/// Float32 little-endian bytes: how checkpoints and plain updates travel (the same bytes a
-/// checkpoint's SHA-256 covers).
-enum Float32Wire {
-  static func bytes(_ values: [Float]) -> [UInt8] {
-    var out = [UInt8]()
-    out.reserveCapacity(values.count * 4)
-    for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
-    return out
-  }
-
-  /// Nil when the byte count is not a multiple of 4.
-  static func values(_ bytes: [UInt8]) -> [Float]? {
-    guard bytes.count % 4 == 0 else { return nil }
-    var out = [Float](repeating: 0, count: bytes.count / 4)
-    for i in 0..<out.count {
-      let b =
-        UInt32(bytes[4 * i]) | UInt32(bytes[4 * i + 1]) << 8 | UInt32(bytes[4 * i + 2]) << 16
-        | UInt32(bytes[4 * i + 3]) << 24
-      out[i] = Float(bitPattern: b)
-    }
-    return out
-  }
-}
-
 /// Why the server ended a participation: a gRPC status whose message starts with the reason and
 /// whose trailing metadata carries it under `cohort-reason`, so any client can tell refusals apart.
 public struct ParticipationRefusal: Error, Sendable, CustomStringConvertible {

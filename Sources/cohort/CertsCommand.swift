@@ -1,5 +1,6 @@
 import ArgumentParser
 import CohortCore
+import CohortOperations
 import CohortTransport
 
 struct CertsCommand: ParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CohortCore
 import CohortDevice
+import CohortStore
 import CohortTransport
 import Foundation
 import Logging

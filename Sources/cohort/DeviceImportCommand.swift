@@ -1,6 +1,7 @@
 import ArgumentParser
 import CohortCore
 import CohortDevice
+import CohortStore
 import Foundation
 
 /// `cohort device import`: adds a CSV file's examples to a device's examples store.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CohortCore
+import CohortOperations
 import CohortServing
 import CohortStore
 import CohortTransport

@@ -1,4 +1,5 @@
 import CohortCore
+import CohortOperations
 import CohortSecAgg
 import CohortServing
 import CohortSimulator

@@ -100,10 +100,10 @@ struct SelectedDevice {
     round: Int? = nil, values: [Float]? = nil, encoded: (EncodedUpdate.WireKind, [UInt8])? = nil,
     controls: [Float]? = nil
   ) -> (Cohort_V1_ReportHeader, [UInt8]) {
-    let update = encoded?.1 ?? Float32Wire.bytes(values ?? [Float](repeating: 0, count: parameters))
+    let update = encoded?.1 ?? Float32LittleEndian.bytes(values ?? [Float](repeating: 0, count: parameters))
     let delta =
       task.serverControlBytes > 0 || controls != nil
-      ? Float32Wire.bytes(controls ?? [Float](repeating: 0, count: parameters)) : []
+      ? Float32LittleEndian.bytes(controls ?? [Float](repeating: 0, count: parameters)) : []
     let bytes = update + delta
     let header = Cohort_V1_ReportHeader.with {
       $0.round = round.map(Int64.init) ?? task.round

@@ -1,6 +1,7 @@
 import CohortCompression
 import CohortCore
 import CohortDevice
+import CohortOperations
 import CohortServer
 import CohortServing
 import CohortSimulator

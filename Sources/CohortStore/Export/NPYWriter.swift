@@ -37,7 +37,7 @@ public enum NPYWriter {
     out.append(contentsOf: [1, 0])
     withUnsafeBytes(of: UInt16(headerLength).littleEndian) { out.append(contentsOf: $0) }
     out.append(contentsOf: Array(header.utf8))
-    out.append(Float32LE.bytes(values))
+    out.append(Float32LittleEndian.data(values))
     return out
   }
 

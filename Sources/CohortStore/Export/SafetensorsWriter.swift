@@ -48,7 +48,7 @@ public enum SafetensorsWriter {
     out.reserveCapacity(8 + header.count + weights.count * 4)
     withUnsafeBytes(of: UInt64(header.count).littleEndian) { out.append(contentsOf: $0) }
     out.append(contentsOf: header)
-    out.append(Float32LE.bytes(weights.values))
+    out.append(Float32LittleEndian.data(weights.values))
     return out
   }
 }

@@ -1,4 +1,5 @@
 import CohortCore
+import CohortOperations
 import CohortTransport
 import Foundation
 import NIOCore

@@ -1,5 +1,6 @@
 public import CohortCore
 import CohortProtocol
+public import CohortTransport
 import Foundation
 public import Logging
 import Synchronization

@@ -1,5 +1,6 @@
 import CohortCore
 import CohortSecAgg
+import CohortTransport
 import Crypto
 import Foundation
 import X509
