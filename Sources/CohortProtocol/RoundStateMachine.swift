@@ -183,8 +183,6 @@ public struct RoundStateMachine: Sendable {
   public var isFinished: Bool { finished }
   /// Rounds started so far (committed, abandoned or in flight).
   public var attempts: Int { nextRound - 1 }
-  /// The round handed to the shell to aggregate and commit, if any.
-  public var closingRound: Int? { closing?.round }
   /// Whether a commit failed and waits for its retry.
   public var isRetryingCommit: Bool { closing?.retryAt != nil }
 
@@ -196,9 +194,6 @@ public struct RoundStateMachine: Sendable {
     let selectionDeadline = reporting == nil && closing == nil ? selection?.deadline : nil
     return [selectionDeadline, reporting?.deadline, closing?.retryAt].compactMap { $0 }.min()
   }
-
-  /// The population's check-in rate per second, as pace steering sees it at `now`.
-  public func checkInRate(now: Double) -> Double { rate.perSecond(now: now) }
 
   // MARK: Events
 

@@ -56,10 +56,12 @@ public actor Coordinator {
 
   /// - Parameters:
   ///   - initial: the model to start from: the plan's initial weights, or the latest checkpoint
-  ///     of a resumed run together with `resumingAfter` (its last recorded round) and
-  ///     `committed` (how many rounds the run has committed; by default `resumingAfter`).
+  ///     of a resumed run together with `resumingAfter` (its last recorded round), `committed`
+  ///     (how many rounds the run has committed; by default `resumingAfter`) and `modelRound`
+  ///     (the round that produced the checkpoint; by default `resumingAfter`).
   public init(
     configuration: Configuration, initial: Weights, resumingAfter round: Int = 0, committed: Int? = nil,
+    modelRound: Int? = nil,
     snapshot: Snapshot? = nil, store: (any RoundJournal)?, link: any DeviceLink,
     evaluator: (any CentralEvaluator)?, clock: any RoundClock, logger: Logger,
     metrics: any MetricsFactory = MetricsSystem.factory
@@ -89,7 +91,7 @@ public actor Coordinator {
     self.logger = logger
     self.metrics = CoordinatorMetrics(factory: metrics)
     global = initial
-    globalRound = round
+    globalRound = modelRound ?? round
     globalSHA256 = initial.sha256
     pendingRound = snapshot?.pendingRound
   }

@@ -83,6 +83,7 @@ public final class ServedRun: FederationHandler {
     var start = initial
     var resumed = 0
     var committed = 0
+    var modelRound = 0
     var run: RunID?
     if let store {
       let existing = try store.runs().last {
@@ -90,7 +91,10 @@ public final class ServedRun: FederationHandler {
       }
       if let existing {
         run = existing.id
-        if let checkpoint = try store.latestCheckpoint(existing.id) { start = checkpoint.weights }
+        if let checkpoint = try store.latestCheckpoint(existing.id) {
+          start = checkpoint.weights
+          modelRound = checkpoint.round
+        }
         // Round numbers go on after the last round recorded, committed or not.
         let rounds = try store.rounds(existing.id)
         resumed = rounds.map(\.round).max() ?? 0
@@ -117,7 +121,8 @@ public final class ServedRun: FederationHandler {
         populationSize: configuration.populationSize, secureAggregation: configuration.secureAggregation,
         privacySeed: configuration.privacySeed, commitAttempts: configuration.commitAttempts,
         commitBackoff: configuration.commitBackoff),
-      initial: start, resumingAfter: resumed, committed: committed, store: journal ?? store, link: selector,
+      initial: start, resumingAfter: resumed, committed: committed, modelRound: modelRound,
+      store: journal ?? store, link: selector,
       evaluator: nil, clock: clock, logger: logger, metrics: metrics)
     (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
   }

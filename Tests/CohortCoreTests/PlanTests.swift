@@ -117,4 +117,27 @@ func planIssues(_ yaml: String) -> [ConfigurationIssue] {
       #expect(error.description.contains("does not exist"))
     }
   }
+
+  @Test func cohortSamplingRetryBoundAndAttemptsAreReadAndChecked() throws {
+    let plan = try Plan.parse(
+      yaml: minimal
+        + "server: {rounds: 5, max_attempts: 9, cohort: {sampling: check_in}, windows: {max_retry: 10m}}\n",
+      file: "p.yaml")
+    #expect(plan.server.cohort.sampling == .checkIn && plan.server.attemptBudget == 9)
+    #expect(plan.server.windows.retryBound == 600)
+    // Absent keys keep the plan's SHA-256 as before they existed, and take their defaults.
+    let bare = try Plan.parse(yaml: minimal + "server: {rounds: 5}\n", file: "p.yaml")
+    #expect(bare.server.cohort.sampling == nil && bare.server.attemptBudget == 15)
+    #expect(!String(decoding: bare.canonicalJSON, as: UTF8.self).contains("sampling"))
+    let tooFew = planIssues(minimal + "server: {rounds: 5, max_attempts: 4}\n")
+    #expect(tooFew.map(\.keyPath) == ["server.max_attempts"], "\(tooFew)")
+    #expect(
+      planIssues(minimal + "server: {cohort: {sampling: random}}\n").map(\.keyPath) == [
+        "server.cohort.sampling"
+      ])
+    #expect(
+      planIssues(minimal + "server: {windows: {max_retry: 0s}}\n").map(\.keyPath) == [
+        "server.windows.max_retry"
+      ])
+  }
 }
