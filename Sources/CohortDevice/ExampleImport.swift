@@ -192,15 +192,8 @@ struct ExampleCSV {
       var maxLabel: Int32 = -1
       var devicesSeen = Set<Int>()
       var row: [Float] = []
-      while try scanner.next(into: &fields) {
-        if scanner.isBlank(fields) { continue }
+      while try scanner.nextRow(into: &fields, columns: names.count, headerLine: headerLine) {
         let line = scanner.recordLine
-        guard fields.count == names.count else {
-          throw CohortError(
-            .invalidData,
-            "\(path):\(line): expected \(names.count) fields as in the header on line \(headerLine), "
-              + "found \(fields.count)")
-        }
         table.rowsRead += 1
         func bad(_ k: Int, _ expected: String) -> CohortError {
           CohortError(

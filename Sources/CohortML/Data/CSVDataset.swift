@@ -92,15 +92,8 @@ private struct CSVParser {
     var ownerIndex: [String: Int32] = [:]
     let bytes = scanner.bytes
 
-    while try scanner.next(into: &fields) {
-      if scanner.isBlank(fields) { continue }
+    while try scanner.nextRow(into: &fields, columns: names.count, headerLine: headerLine) {
       let line = scanner.recordLine
-      guard fields.count == names.count else {
-        throw CohortError(
-          .invalidData,
-          "\(path):\(line): expected \(names.count) fields as in the header on line \(headerLine), "
-            + "found \(fields.count)")
-      }
       if labels.isEmpty {
         // Size the arrays from the first row's length: appends then rarely reallocate.
         let rowBytes = Swift.max(1, scanner.position - fields[0].start)

@@ -109,6 +109,25 @@ public struct CSVScanner {
     }
   }
 
+  /// Reads the next data record into `fields`, skipping blank lines, and refuses one whose field
+  /// count differs from the header's (`columns` names, read on line `headerLine`); false at the end.
+  public mutating func nextRow(into fields: inout [CSVField], columns: Int, headerLine: Int)
+    throws(CohortError)
+    -> Bool
+  {
+    while try next(into: &fields) {
+      if isBlank(fields) { continue }
+      guard fields.count == columns else {
+        throw CohortError(
+          .invalidData,
+          "\(path):\(recordLine): expected \(columns) fields as in the header on line \(headerLine), "
+            + "found \(fields.count)")
+      }
+      return true
+    }
+    return false
+  }
+
   /// A record with nothing but spaces: a blank line, skipped.
   public func isBlank(_ fields: [CSVField]) -> Bool {
     guard fields.count == 1, !fields[0].quoted else { return false }
