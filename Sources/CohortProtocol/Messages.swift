@@ -1,3 +1,4 @@
+public import CohortCompression
 public import CohortCore
 
 /// A device's identity within a population: its index for simulated devices, its registered
@@ -68,6 +69,9 @@ public struct UpdateReport: Sendable {
   public var device: DeviceID
   public var round: Int
   public var update: Weights
+  /// The update as the device encoded it (the plan compresses); `update` is then empty and the
+  /// server decodes this with its own codec and seed (`decoded(by:layout:)`).
+  public var encoded: EncodedUpdate?
   public var examples: Int
   public var trainLoss: Double
   /// Bytes the upload took on the wire.
@@ -84,8 +88,9 @@ public struct UpdateReport: Sendable {
   public init(
     device: DeviceID, round: Int, update: Weights, examples: Int, trainLoss: Double, bytes: Int,
     evaluation: Evaluation? = nil, lossAtGlobal: Double? = nil, controlDelta: Weights? = nil,
-    withinClip: Bool? = nil
+    withinClip: Bool? = nil, encoded: EncodedUpdate? = nil
   ) {
+    self.encoded = encoded
     self.withinClip = withinClip
     self.lossAtGlobal = lossAtGlobal
     self.controlDelta = controlDelta
@@ -107,10 +112,26 @@ public struct UpdateReport: Sendable {
     return update.values.allSatisfy { $0.isFinite }
   }
 
+  /// The report with its encoded update decoded by the server's `codec` into `layout`. An
+  /// encoded update the codec cannot decode (no codec, another dimension) keeps an empty update
+  /// of another layout, so `isWellFormed(for:)` refuses it as malformed; nothing traps.
+  public func decoded(by codec: UpdateCodec?, layout: WeightsLayout) -> UpdateReport {
+    guard let encoded else { return self }
+    var report = self
+    report.encoded = nil
+    guard let codec, encoded.dimension == codec.dimension, codec.dimension == layout.count else {
+      report.update = Weights(layout: WeightsLayout([.init("undecodable", [0])]), values: [])
+      return report
+    }
+    report.update = Weights(layout: layout, values: codec.decode(encoded))
+    return report
+  }
+
   /// Under secure aggregation a report only says training is done: its update must be empty,
   /// since the update travels masked inside the protocol.
   public var isWellFormedWithoutUpdate: Bool {
-    update.count == 0 && examples > 0 && trainLoss.isFinite && (lossAtGlobal?.isFinite ?? true)
+    update.count == 0 && encoded == nil && examples > 0 && trainLoss.isFinite
+      && (lossAtGlobal?.isFinite ?? true)
       && controlDelta == nil
   }
 }

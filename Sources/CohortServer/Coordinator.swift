@@ -1,4 +1,5 @@
 public import CohortAggregation
+import CohortCompression
 public import CohortCore
 import CohortPrivacy
 public import CohortProtocol
@@ -21,6 +22,8 @@ public actor Coordinator {
   private var pipeline: RoundPipeline
   private let aggregator: Aggregator
   private let strategy: ServerStrategy
+  /// Decodes updates that travel encoded (the plan compresses, without secure aggregation).
+  private let codec: UpdateCodec?
   /// What the strategy carries between rounds (momentum, moments, SCAFFOLD's control variate).
   public private(set) var strategyState: StrategyState
   private let store: (any RoundJournal)?
@@ -82,6 +85,9 @@ public actor Coordinator {
       plan: plan.server.strategy, layout: initial.layout, population: configuration.populationSize,
       equalWeights: plan.privacy.isPrivate)
     strategy = serverStrategy
+    codec =
+      plan.compression.kind == .none || plan.secureAggregation.enabled
+      ? nil : try? UpdateCodec(plan: plan.compression, dimension: initial.count)
     aggregator = Aggregator(strategy: serverStrategy)
     strategyState = snapshot?.strategyState ?? serverStrategy.initialState()
     self.store = store
@@ -150,6 +156,7 @@ public actor Coordinator {
 
   /// A device reports its update; an accepted one is folded into the round's sum.
   public func report(_ report: UpdateReport) async -> ServerReply {
+    let report = report.decoded(by: codec, layout: global.layout)
     // Under secure aggregation the update travels only inside the protocol, never in the clear.
     let secure = configuration.secureAggregation != nil
     let wellFormed = secure ? report.isWellFormedWithoutUpdate : report.isWellFormed(for: global.layout)

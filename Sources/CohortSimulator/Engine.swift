@@ -213,11 +213,9 @@ final class Engine {
         await deliver(reply, to: device)
         return
       }
-      // The server decodes what the device sent; the bytes are what travelled.
-      var update = trained.update
-      if let encoded = trained.encoded, let codec = simulation.codec {
-        update = Weights(layout: update.layout, values: codec.decode(encoded))
-      }
+      // An encoded update goes to the server as sent, and the server decodes it; the bytes are
+      // what travelled.
+      let update = trained.encoded == nil ? trained.update : Weights(layout: WeightsLayout([]), values: [])
       let bytes = trained.uploadBytes
       state.bytesUp += bytes
       let reply = await coordinator.report(
@@ -225,7 +223,7 @@ final class Engine {
           device: device, round: round, update: update, examples: trained.examples,
           trainLoss: trained.loss, bytes: bytes, evaluation: trained.evaluation,
           lossAtGlobal: trained.lossAtGlobal,
-          controlDelta: trained.controlDelta, withinClip: trained.withinClip))
+          controlDelta: trained.controlDelta, withinClip: trained.withinClip, encoded: trained.encoded))
       await deliver(reply, to: device)
     case .dropout(let device, let round):
       results.removeValue(forKey: device)

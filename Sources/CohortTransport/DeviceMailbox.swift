@@ -9,7 +9,7 @@ enum SessionEvent: Sendable {
   /// No task will come (a uniform cohort drew others): come back in this window (server time).
   case released(ClosedRange<Double>)
   /// Secure aggregation: the round's parameters and the device's place in it.
-  case secAggBegin(Cohort_V1_SecAggBegin)
+  case secAggBegin(SecureAggregationBegin)
   /// Secure aggregation: a server message the device must answer.
   case secAggRequest([UInt8])
   /// Secure aggregation is over for this device; `accepted` says whether its input is in the sum.

@@ -354,7 +354,8 @@ private struct Participation {
       }
     }
     let updateBytes = Array(bytes[..<Int(header.updateBytes)])
-    let values = try decodeUpdate(updateBytes, encoding: header.encoding, round: round, device: device)
+    let (values, encoded) = try readUpdate(
+      updateBytes, encoding: header.encoding, round: round, device: device)
     guard let controlValues = Float32LittleEndian.values(Array(bytes[Int(header.updateBytes)...])) else {
       throw refuse(
         .malformed, "Δc_k has \(header.controlDeltaBytes) bytes, not a whole number of Float32 values")
@@ -379,7 +380,7 @@ private struct Participation {
       bytes: bytes.count, evaluation: evaluation,
       lossAtGlobal: header.reportsLossAtGlobal ? header.lossAtGlobal : nil,
       controlDelta: header.controlDeltaBytes > 0 ? weights(controlValues, "control_delta") : nil,
-      withinClip: service.plan.privacy.adaptiveClipping != nil ? header.withinClip : nil)
+      withinClip: service.plan.privacy.adaptiveClipping != nil ? header.withinClip : nil, encoded: encoded)
     if secure, service.certificates != nil, certificate == nil {
       // A report on a stream without a check-in brings no certificate; the protocol cannot
       // resume on a new stream anyway.
@@ -432,10 +433,11 @@ private struct Participation {
     }
   }
 
-  /// The update's values from its bytes: Float32 values, or the plan's encoding decoded with the
-  /// seed the server derives itself. Anything that does not fit the plan is malformed.
-  func decodeUpdate(_ bytes: [UInt8], encoding: Cohort_V1_UpdateEncoding, round: Int, device: DeviceID) throws
-    -> [Float]
+  /// The update from its bytes: Float32 values, or the plan's encoding read (not decoded: the
+  /// server decodes it) with the seed the server derives itself. Anything that does not fit the
+  /// plan is malformed.
+  func readUpdate(_ bytes: [UInt8], encoding: Cohort_V1_UpdateEncoding, round: Int, device: DeviceID) throws
+    -> (values: [Float], encoded: EncodedUpdate?)
   {
     guard let codec = service.codec else {
       guard encoding == .float32 else {
@@ -445,7 +447,7 @@ private struct Participation {
       guard let values = Float32LittleEndian.values(bytes) else {
         throw refuse(.malformed, "the update has \(bytes.count) bytes, not a whole number of Float32 values")
       }
-      return values
+      return (values, nil)
     }
     guard let kind = EncodedUpdate.WireKind(rawValue: encoding.rawValue) else {
       throw refuse(.malformed, "the update's encoding \(encoding.rawValue) is unknown")
@@ -453,7 +455,7 @@ private struct Participation {
     let seed = UpdateCodec.deviceSeed(
       shared: UpdateCodec.sharedSeed(runSeed: service.runSeed, round: round), round: round, device: device)
     do {
-      return codec.decode(try codec.update(fromWire: bytes, kind: kind, seed: seed))
+      return ([], try codec.update(fromWire: bytes, kind: kind, seed: seed))
     } catch {
       throw refuse(.malformed, error.message)
     }
@@ -492,7 +494,7 @@ private struct Participation {
       case .reportAnswered:
         continue
       case .secAggBegin(let begin):
-        try await send(.secaggBegin(begin))
+        try await response.write(ServerMessage.secureAggregationBegin(begin).wire)
       case .secAggRequest(let bytes):
         try await send(.secagg(.with { $0.message = Data(bytes) }))
       case .secAggFinished(let accepted, let reason):

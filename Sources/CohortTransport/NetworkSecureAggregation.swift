@@ -154,18 +154,14 @@ public actor NetworkSecureAggregation: SecureAggregationDriver {
     for (i, d) in members.enumerated() { indexOf[d] = SecAggIndex(i + 1) }
     // Active variant: each member's identity key is the one its certificate carries.
     var identityKeys: [SecAggIndex: [UInt8]] = [:]
-    var peers: [Cohort_V1_SecAggPeer] = []
+    var peers: [SecureAggregationBegin.Peer] = []
     if isActive {
       for (device, index) in indexOf.sorted(by: { $0.value < $1.value }) {
         guard let certificate = enrolled[round]?[device]?.certificate else {
           return failed("device \(device) has no verified certificate for the active variant")
         }
         identityKeys[index] = certificate.signingPublicKey
-        peers.append(
-          .with {
-            $0.index = index
-            $0.certificate = Data(certificate.der)
-          })
+        peers.append(.init(index: Int(index), certificate: certificate.der))
       }
     }
     let configuration = SecAggConfiguration(
@@ -179,18 +175,11 @@ public actor NetworkSecureAggregation: SecureAggregationDriver {
     for (device, index) in indexOf {
       enrolled[round]?[device]?.mailbox.post(
         .secAggBegin(
-          .with {
-            $0.round = Int64(round)
-            $0.index = UInt32(index)
-            $0.count = UInt32(configuration.count)
-            $0.degree = UInt32(configuration.degree)
-            $0.threshold = UInt32(configuration.threshold)
-            $0.graphSeed = Data(graphSeed)
-            $0.vectorLength = UInt32(configuration.vectorLength)
-            $0.ringBits = UInt32(configuration.ringBits)
-            $0.sharedSeed = rotationSeed
-            $0.peers = peers
-          }))
+          SecureAggregationBegin(
+            round: round, index: Int(index), count: configuration.count, degree: configuration.degree,
+            threshold: configuration.threshold, graphSeed: graphSeed,
+            vectorLength: configuration.vectorLength,
+            ringBits: configuration.ringBits, sharedSeed: rotationSeed, peers: peers)))
     }
     while case .running(let step) = server!.state {
       await waitForStep()
