@@ -137,7 +137,7 @@ public struct UpdateReport: Sendable {
 }
 
 /// Why the server refused a check-in or a report. Every refusal is counted by reason.
-public enum Rejection: String, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+public enum Rejection: String, Error, Sendable, Hashable, CaseIterable, CustomStringConvertible {
   /// The report came after its round closed (deadline passed or the goal was met).
   case late
   /// The device already reported in this round.
@@ -156,6 +156,9 @@ public enum Rejection: String, Sendable, Hashable, CaseIterable, CustomStringCon
   case tooLarge = "too_large"
   /// An upload does not match its declared size or SHA-256, or arrived out of sequence.
   case integrity
+  /// A figure beyond the plan's bounds (`server.reports`): too many examples, a negative loss,
+  /// an accuracy outside [0, 1], an update norm above the bound.
+  case outOfRange = "out_of_range"
 
   public var description: String { rawValue }
 }

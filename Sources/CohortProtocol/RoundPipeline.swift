@@ -130,12 +130,20 @@ public struct RoundPipeline: Sendable {
   }
 
   /// A report arrives; `isWellFormed` is the caller's check of its update against the model.
-  /// Bytes count whatever the answer; an accepted report's losses and evaluation enter the book.
   public mutating func report(_ report: UpdateReport, isWellFormed: Bool, now: Double) -> (
     reply: ServerReply, actions: [Action]
   ) {
+    self.report(report, refusal: isWellFormed ? nil : .malformed, now: now)
+  }
+
+  /// A report arrives; `refusal` is the caller's verdict on its content (`ReportRules`), nil
+  /// when it may count. Bytes count whatever the answer; an accepted report's losses and
+  /// evaluation enter the book.
+  public mutating func report(_ report: UpdateReport, refusal: Rejection?, now: Double) -> (
+    reply: ServerReply, actions: [Action]
+  ) {
     let (reply, actions) = machine.report(
-      device: report.device, round: report.round, isWellFormed: isWellFormed, now: now)
+      device: report.device, round: report.round, refusal: refusal, now: now)
     books[report.round]?.bytesUp += report.bytes
     switch reply {
     case .accepted:

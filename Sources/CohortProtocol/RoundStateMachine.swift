@@ -246,6 +246,14 @@ public struct RoundStateMachine: Sendable {
   public mutating func report(
     device: DeviceID, round: Int, isWellFormed: Bool, now: Double
   ) -> (reply: ServerReply, actions: [Action]) {
+    report(device: device, round: round, refusal: isWellFormed ? nil : .malformed, now: now)
+  }
+
+  /// A report of `device` for `round`; `refusal` is the server's verdict on its content (nil:
+  /// it may count). The machine decides the rest: late, unknown round, not selected, duplicate.
+  public mutating func report(
+    device: DeviceID, round: Int, refusal contentRefusal: Rejection?, now: Double
+  ) -> (reply: ServerReply, actions: [Action]) {
     guard let deadline = reporting?.deadline, reporting?.round == round else {
       if round <= lastClosedRound || round == closing?.round { return (.rejected(.late), []) }
       return (.rejected(.unknownRound), [])
@@ -256,10 +264,8 @@ public struct RoundStateMachine: Sendable {
         .notSelected
       } else if reporting!.reported.contains(device) {
         .duplicate
-      } else if !isWellFormed {
-        .malformed
       } else {
-        nil
+        contentRefusal
       }
     if let refusal {
       reporting!.counts.rejected += 1

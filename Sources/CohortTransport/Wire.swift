@@ -38,7 +38,7 @@ extension Rejection {
     switch self {
     case .late, .duplicate, .notSelected, .unknownRound: .failedPrecondition
     case .protocolVersion: .failedPrecondition
-    case .malformed, .tooLarge, .integrity: .invalidArgument
+    case .malformed, .tooLarge, .integrity, .outOfRange: .invalidArgument
     case .wrongPopulation: .permissionDenied
     }
   }

@@ -27,12 +27,10 @@ struct PlanCommand: AsyncParsableCommand {
       for file in files {
         do throws(ConfigurationError) {
           let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
-          if Scenario.looksLikeScenario(yaml: text) {
-            _ = try Scenario.load(path: file)
-          } else {
-            _ = try Plan.load(path: file)
-          }
-          print("\(file): ok")
+          let plan =
+            Scenario.looksLikeScenario(yaml: text)
+            ? try Scenario.load(path: file).plan : try Plan.load(path: file)
+          print("\(file): ok (\(Self.sizes(of: plan.model)))")
         } catch {
           failed += 1
           Console.error(error.description)
@@ -42,6 +40,24 @@ struct PlanCommand: AsyncParsableCommand {
         Console.error("\(failed) of \(files.count) file\(files.count == 1 ? "" : "s") failed validation")
         throw ExitCode.failure
       }
+    }
+
+    /// The model's size and what a simulation of it holds in memory, roughly: the global model,
+    /// the next one, the running sum (Float64) and, per training device, its weights, gradient,
+    /// momentum and update (one device per core train at once).
+    static func sizes(of model: ModelPlan) -> String {
+      let parameters = model.parameterCount
+      let workers = ProcessInfo.processInfo.activeProcessorCount
+      let perParameter = 4 + 4 + 8 + 16 * workers
+      return
+        "model: \(parameters) parameters, \(megabytes(parameters * 4)) per copy; a simulation needs about "
+        + "\(megabytes(parameters * perParameter)) for the model with \(workers) devices training at once"
+    }
+
+    static func megabytes(_ bytes: Int) -> String {
+      bytes >= 1 << 30
+        ? String(format: "%.1f GB", Double(bytes) / Double(1 << 30))
+        : String(format: "%.1f MB", Double(bytes) / Double(1 << 20))
     }
   }
 }

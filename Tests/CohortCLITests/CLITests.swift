@@ -45,7 +45,34 @@ func cohort(_ arguments: [String], in directory: URL = repositoryRoot) throws ->
     let result = try cohort(["plan", "validate"] + plans + scenarios)
     #expect(result.status == 0, "\(result.stderr)")
     #expect(result.stdout.split(separator: "\n").count == plans.count + scenarios.count)
-    #expect(result.stdout.split(separator: "\n").allSatisfy { $0.hasSuffix(": ok") })
+    #expect(result.stdout.split(separator: "\n").allSatisfy { $0.contains(": ok (model: ") })
+  }
+
+  @Test func validatePrintsTheModelsSizeAndRefusesAHugeModelAndAnAliasBomb() throws {
+    let dir = TemporaryDirectory()
+    func write(_ name: String, _ text: String) throws -> String {
+      let path = dir.file(name)
+      try text.write(toFile: path, atomically: true, encoding: .utf8)
+      return path
+    }
+    let small = try write(
+      "small.yaml", "name: small\nmodel: {kind: logistic_regression, inputs: 60, classes: 10}\n")
+    let ok = try cohort(["plan", "validate", small])
+    #expect(ok.status == 0, "\(ok.stderr)")
+    #expect(ok.stdout.contains("model: 610 parameters, 0.0 MB per copy"), "\(ok.stdout)")
+    // 2·10^10 parameters: refused by validation, before anything is allocated.
+    let huge = try write(
+      "huge.yaml", "name: huge\nmodel: {kind: mlp, inputs: 10000000, hidden: [2000], classes: 10}\n")
+    let refused = try cohort(["plan", "validate", huge])
+    #expect(refused.status != 0)
+    #expect(refused.stderr.contains("parameters; the limit is 100000000"), "\(refused.stderr)")
+    // Nested aliases that would expand to 2^30 nodes: refused quickly by the node budget.
+    var bomb = "a0: &a0 [x, x]\n"
+    for i in 1...30 { bomb += "a\(i): &a\(i) [*a\(i - 1), *a\(i - 1)]\n" }
+    let aliases = try write("bomb.yaml", bomb + "name: bomb\nmodel: *a30\n")
+    let bombed = try cohort(["plan", "validate", aliases])
+    #expect(bombed.status != 0)
+    #expect(bombed.stderr.contains("expands to more than 100000 YAML nodes"), "\(bombed.stderr)")
   }
 
   @Test func validateNamesAMisspeltKeyAndFails() throws {

@@ -140,4 +140,33 @@ func planIssues(_ yaml: String) -> [ConfigurationIssue] {
         "server.windows.max_retry"
       ])
   }
+
+  @Test func reportBoundsAreReadAndChecked() throws {
+    let plan = try Plan.parse(
+      yaml: minimal + "server: {reports: {max_examples: 5000, max_update_norm: 2.5, over_norm: clip}}\n",
+      file: "p.yaml")
+    #expect(
+      plan.server.reports == ReportsPlan(maximumExamples: 5000, maximumUpdateNorm: 2.5, overNorm: .clip))
+    let bare = try Plan.parse(yaml: minimal, file: "p.yaml")
+    #expect(
+      bare.server.reports == nil && !String(decoding: bare.canonicalJSON, as: UTF8.self).contains("reports"))
+    #expect(
+      planIssues(minimal + "server: {reports: {max_examples: 0}}\n").map(\.keyPath) == [
+        "server.reports.max_examples"
+      ])
+    #expect(
+      planIssues(minimal + "server: {reports: {over_norm: clip}}\n").map(\.keyPath) == [
+        "server.reports.over_norm"
+      ])
+    // The server never sees an update under secure aggregation, so it cannot bound its norm.
+    let secure = planIssues(
+      minimal + "server: {reports: {max_update_norm: 1}}\nsecure_aggregation: {enabled: true}\n")
+    #expect(secure.map(\.keyPath).contains("server.reports.max_update_norm"), "\(secure)")
+  }
+
+  @Test func aModelBeyondTheParameterLimitIsRefused() {
+    let issues = planIssues("name: p\nmodel: {kind: mlp, inputs: 10000000, hidden: [2000], classes: 10}\n")
+    #expect(issues.map(\.keyPath) == ["model"], "\(issues)")
+    #expect(issues.first?.message.contains("the limit is 100000000") == true)
+  }
 }

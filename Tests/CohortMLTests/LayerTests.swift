@@ -94,3 +94,22 @@ import Testing
     }
   }
 }
+
+/// The plan's parameter count (what `plan validate` checks against its limit) is the networks'.
+@Suite struct ParameterCountTests {
+  @Test(arguments: [
+    ModelPlan(kind: .logisticRegression, inputShape: [60], classes: 10),
+    ModelPlan(kind: .mlp, inputShape: [784], hidden: [200, 200], classes: 10),
+    ModelPlan(kind: .cnn, inputShape: [1, 28, 28], classes: 62),
+    ModelPlan(kind: .cnn, inputShape: [3, 13, 17], classes: 5),
+  ])
+  func planCountsWhatTheNetworkLaysOut(model: ModelPlan) {
+    #expect(model.parameterCount == Network(plan: model).layout.count)
+  }
+
+  @Test func anOverflowingModelCountsAsTooLarge() {
+    let model = ModelPlan(
+      kind: .mlp, inputShape: [10_000_000], hidden: Array(repeating: 100_000, count: 16), classes: 10)
+    #expect(model.parameterCount > ModelPlan.maximumParameters)
+  }
+}

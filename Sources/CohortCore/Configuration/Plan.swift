@@ -48,6 +48,41 @@ public struct ModelPlan: Codable, Sendable, Hashable {
   }
 
   public var inputCount: Int { inputShape.reduce(1, *) }
+
+  /// The most parameters a plan's model may have: 400 MB as Float32 per copy, and a server or
+  /// simulation holds several copies (the global model, the running sum, each training device's).
+  public static let maximumParameters = 100_000_000
+
+  /// The number of parameters (weights and biases) of this model, as CohortML's networks lay them
+  /// out; `Int.max` when the count overflows (such a model is refused by the parameter limit).
+  public var parameterCount: Int {
+    func dense(_ inputs: Int, _ outputs: Int) -> Int {
+      let (w, o1) = inputs.multipliedReportingOverflow(by: outputs)
+      let (total, o2) = w.addingReportingOverflow(outputs)
+      return o1 || o2 ? .max : total
+    }
+    func sum(_ parts: [Int]) -> Int {
+      parts.reduce(0) { a, b in
+        let (t, o) = a.addingReportingOverflow(b)
+        return o ? .max : t
+      }
+    }
+    switch kind {
+    case .logisticRegression:
+      return dense(inputCount, classes)
+    case .mlp:
+      let widths = [inputCount] + hidden + [classes]
+      return sum(zip(widths, widths.dropFirst()).map { dense($0, $1) })
+    case .cnn:
+      // Two 5×5 convolutions (32 and 64 filters, padded) each followed by 2×2 pooling, a dense
+      // layer of 512 and the output layer (McMahan et al. 2017; `Network.cnn`).
+      guard inputShape.count == 3 else { return .max }
+      let pixels = (inputShape[1] / 2 / 2) * (inputShape[2] / 2 / 2)
+      return sum([
+        dense(inputShape[0] * 25, 32), dense(32 * 25, 64), dense(64 * pixels, 512), dense(512, classes),
+      ])
+    }
+  }
 }
 
 public struct OptimizerPlan: Codable, Sendable, Hashable {
@@ -377,12 +412,16 @@ public struct ServerPlan: Codable, Sendable, Hashable {
   public var windows = WindowsPlan()
   public var strategy = StrategyPlan()
   public var evaluation = EvaluationPlan()
+  /// What the server accepts in a report beyond its shape (`server.reports`); nil for the
+  /// defaults. Absent from the JSON when nil (stored plans keep their SHA-256).
+  public var reports: ReportsPlan?
 
   public init(
     rounds: Int = 100, maximumAttempts: Int? = nil, cohort: CohortPlan = CohortPlan(),
     windows: WindowsPlan = WindowsPlan(), strategy: StrategyPlan = StrategyPlan(),
-    evaluation: EvaluationPlan = EvaluationPlan()
+    evaluation: EvaluationPlan = EvaluationPlan(), reports: ReportsPlan? = nil
   ) {
+    self.reports = reports
     self.rounds = rounds
     self.maximumAttempts = maximumAttempts
     self.cohort = cohort
@@ -393,6 +432,36 @@ public struct ServerPlan: Codable, Sendable, Hashable {
 
   /// The attempts in force: `maximumAttempts`, or three per round to commit.
   public var attemptBudget: Int { max(rounds, maximumAttempts ?? 3 * rounds) }
+}
+
+/// Bounds on what a device reports (`server.reports`): a report beyond them is refused
+/// (`out_of_range`), so one device cannot outweigh the cohort or destroy the model.
+public struct ReportsPlan: Codable, Sendable, Hashable {
+  public enum OverNorm: String, Codable, Sendable, CaseIterable {
+    /// Refuse an update whose L2 norm exceeds the bound.
+    case reject
+    /// Scale it down to the bound (as DP-FedAvg's clipping does).
+    case clip
+  }
+
+  /// The default cap on the examples one device reports in a round.
+  public static let defaultMaximumExamples = 10_000_000
+
+  /// The most examples one device may report in a round (its weight under FedAvg); nil for
+  /// `defaultMaximumExamples`.
+  public var maximumExamples: Int?
+  /// An L2 bound on each update; nil for none.
+  public var maximumUpdateNorm: Double?
+  /// What happens to an update beyond `maximumUpdateNorm`; nil for `reject`.
+  public var overNorm: OverNorm?
+
+  public init(maximumExamples: Int? = nil, maximumUpdateNorm: Double? = nil, overNorm: OverNorm? = nil) {
+    self.maximumExamples = maximumExamples
+    self.maximumUpdateNorm = maximumUpdateNorm
+    self.overNorm = overNorm
+  }
+
+  public var examplesCap: Int { maximumExamples ?? Self.defaultMaximumExamples }
 }
 
 /// Secure aggregation (`secure_aggregation`): devices send their clipped, fixed-point-encoded
@@ -833,6 +902,16 @@ extension Plan {
           + "commit its rounds; raise server.max_attempts to at least \(server.rounds) or remove it "
           + "(the default is 3 × rounds)")
     }
+    if server.reports?.maximumUpdateNorm != nil,
+      SecureAggregationPlan.requestsEnabled(m["secure_aggregation"])
+    {
+      m.owner.log.add(
+        keyPath: "server.reports.max_update_norm",
+        line: m["server"]?.child("reports")?.child("max_update_norm")?.line ?? kindLine,
+        "server.reports.max_update_norm is checked by the server on each update, but "
+          + "secure_aggregation.enabled: true shows it only their sum: remove max_update_norm (clip on the "
+          + "devices with privacy.clip instead) or turn secure aggregation off")
+    }
     let needed = strategy.minimumUpdates
     if needed > 1, server.cohort.goal < needed {
       let f: Int
@@ -913,7 +992,15 @@ extension ModelPlan {
       }
     }
     guard let inputShape, let classes else { return nil }
-    return ModelPlan(kind: kind, inputShape: inputShape, hidden: hidden, classes: classes)
+    let model = ModelPlan(kind: kind, inputShape: inputShape, hidden: hidden, classes: classes)
+    guard model.parameterCount <= maximumParameters else {
+      let count = model.parameterCount == .max ? "more than 2^63" : "\(model.parameterCount)"
+      field.fail(
+        "the model has \(count) parameters; the limit is \(maximumParameters) (400 MB as Float32): "
+          + "use fewer inputs, narrower hidden layers or a smaller image")
+      return nil
+    }
+    return model
   }
 }
 
@@ -949,7 +1036,7 @@ extension ServerPlan {
   static func read(_ field: YAMLField) -> ServerPlan? {
     guard
       let m = field.mapping(allowed: [
-        "rounds", "max_attempts", "cohort", "windows", "strategy", "evaluation",
+        "rounds", "max_attempts", "cohort", "windows", "strategy", "evaluation", "reports",
       ])
     else {
       return nil
@@ -984,6 +1071,19 @@ extension ServerPlan {
     plan.evaluation = m.optional("evaluation", default: plan.evaluation) { f -> EvaluationPlan? in
       guard let e = f.mapping(allowed: ["every"]) else { return nil }
       return EvaluationPlan(every: e.optional("every", default: 1) { $0.int(1...1_000_000) })
+    }
+    plan.reports = m.optional("reports") { f -> ReportsPlan? in
+      guard let r = f.mapping(allowed: ["max_examples", "max_update_norm", "over_norm"]) else { return nil }
+      var reports = ReportsPlan()
+      reports.maximumExamples = r.optional("max_examples") { $0.int(1...1_000_000_000) }
+      reports.maximumUpdateNorm = r.optional("max_update_norm") { $0.double(0...1e12, above: true) }
+      reports.overNorm = r.optional("over_norm") {
+        $0.oneOf(ReportsPlan.OverNorm.allCases.map(\.rawValue)).flatMap(ReportsPlan.OverNorm.init)
+      }
+      if reports.overNorm != nil, reports.maximumUpdateNorm == nil, let field = r["over_norm"] {
+        field.fail("over_norm says what happens beyond max_update_norm; set max_update_norm too")
+      }
+      return reports
     }
     return plan
   }

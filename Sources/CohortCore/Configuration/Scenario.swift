@@ -548,14 +548,14 @@ extension Scenario {
       strategy[kv[0]] = Node(kv[1])
     }
     do {
-      guard var root = try Yams.compose(yaml: text), let planNode = root["plan"] else {
+      guard var root = try YAMLDocument.compose(yaml: text), let planNode = root["plan"] else {
         return try parse(yaml: text, file: path)  // reports what is missing
       }
       // A plan in its own file is brought inline, so its strategy can be replaced.
       var plan = planNode
       if case .scalar(let s) = planNode {
         let planPath = resolve(s.string, in: URL(fileURLWithPath: path).deletingLastPathComponent())
-        guard let planRoot = try Yams.compose(yaml: try ConfigurationFile.read(planPath)) else {
+        guard let planRoot = try YAMLDocument.compose(yaml: try ConfigurationFile.read(planPath)) else {
           return try parse(yaml: text, file: path)
         }
         plan = planRoot

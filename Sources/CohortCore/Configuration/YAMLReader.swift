@@ -296,18 +296,64 @@ struct YAMLMapping {
 
 /// Parses YAML text into a root field, turning parser errors into issues with line numbers.
 enum YAMLDocument {
+  /// The most nodes a configuration file may expand to, aliases counted at every use. Plans
+  /// and scenarios have a few hundred; the bound stops a small file of nested aliases (a
+  /// "billion laughs") from taking minutes and gigabytes to read.
+  static let maximumNodes = 100_000
+
+  /// The file's root node, refused when it expands to more than `maximumNodes` nodes.
+  static func compose(yaml: String) throws -> Node? {
+    guard let node = try Yams.compose(yaml: yaml) else { return nil }
+    var budget = maximumNodes
+    guard node.fitsExpanded(within: &budget) else {
+      throw YAMLTooLarge(
+        message:
+          "the file expands to more than \(maximumNodes) YAML nodes (through nested aliases); "
+          + "write the values out or use fewer aliases")
+    }
+    return node
+  }
+
   static func root(yaml: String, log: IssueLog) -> YAMLField? {
     do {
-      guard let node = try Yams.compose(yaml: yaml) else {
+      guard let node = try compose(yaml: yaml) else {
         log.add(keyPath: "", line: nil, "the file is empty; expected a YAML mapping")
         return nil
       }
       return YAMLField(node: node, path: [], log: log)
+    } catch let error as YAMLTooLarge {
+      log.add(keyPath: "", line: nil, error.message)
     } catch let error as YamlError {
       log.add(keyPath: "", line: nil, "not valid YAML: \(error)")
     } catch {
       log.add(keyPath: "", line: nil, "not valid YAML: \(error)")
     }
     return nil
+  }
+}
+
+/// A configuration file that expands to too many nodes.
+struct YAMLTooLarge: Error, CustomStringConvertible {
+  var message: String
+  var description: String { message }
+}
+
+extension Node {
+  /// Whether the tree, with every alias expanded where it is used, has at most `budget` nodes.
+  /// Stops as soon as the budget is spent, so the check itself costs at most the budget.
+  func fitsExpanded(within budget: inout Int) -> Bool {
+    budget -= 1
+    guard budget >= 0 else { return false }
+    switch self {
+    case .scalar, .alias: return true
+    case .sequence(let sequence):
+      for child in sequence where !child.fitsExpanded(within: &budget) { return false }
+      return true
+    case .mapping(let mapping):
+      for (key, value) in mapping {
+        guard key.fitsExpanded(within: &budget), value.fitsExpanded(within: &budget) else { return false }
+      }
+      return true
+    }
   }
 }
