@@ -195,7 +195,7 @@ let package = Package(
     // Runs the built `cohort` binary end to end, as a user would.
     .testTarget(
       name: "CohortCLITests",
-      dependencies: ["cohort", "CohortTesting"],
+      dependencies: ["cohort", "CohortTesting", "CohortStore"],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortAggregationTests",

@@ -27,9 +27,19 @@ public final class ResultsStore: Sendable {
   /// The file the store lives in, or `:memory:`.
   public let path: String
   private let writer: any DatabaseWriter
+  /// Held while this store is the database's one writer (`exclusiveWriter`).
+  private let writerLock: DatabaseWriterLock?
 
   /// Opens the store at `path`, creating the file if needed, and brings its schema up to date.
-  public convenience init(path: String, durability: Durability = .powerLoss) throws(CohortError) {
+  /// - Parameter holder: when given, this store is the database's only writer until it is
+  ///   released: another process that asks the same refuses at start, told who holds it
+  ///   (`holder`, e.g. the command line). Readers pass nil.
+  public convenience init(
+    path: String, durability: Durability = .powerLoss, exclusiveWriter holder: String? = nil
+  ) throws(CohortError) {
+    let lock = try holder.flatMap { holder throws(CohortError) in
+      try DatabaseWriterLock.acquire(database: path, holder: holder)
+    }
     let pool: DatabasePool
     do {
       pool = try DatabasePool(path: path, configuration: Self.configuration())
@@ -40,7 +50,7 @@ public final class ResultsStore: Sendable {
     } catch {
       throw StoreErrors.failure(error, path: path, doing: "opening the results store")
     }
-    try self.init(path: path, writer: pool)
+    try self.init(path: path, writer: pool, writerLock: lock)
   }
 
   /// A store that lives in memory and vanishes with this object; for tests and dry runs.
@@ -54,9 +64,12 @@ public final class ResultsStore: Sendable {
     return try ResultsStore(path: ":memory:", writer: queue)
   }
 
-  private init(path: String, writer: any DatabaseWriter) throws(CohortError) {
+  private init(path: String, writer: any DatabaseWriter, writerLock: DatabaseWriterLock? = nil)
+    throws(CohortError)
+  {
     self.path = path
     self.writer = writer
+    self.writerLock = writerLock
     try access("preparing the results store's tables") {
       try StoreErrors.migrate(writer, with: Schema.migrator, path: path, store: "results store")
     }

@@ -13,6 +13,11 @@ struct DatabaseOption: ParsableArguments {
   @Option(name: .customLong("db"), help: "The results database (SQLite).")
   var path: String = defaultDatabase
 
+  /// This process as the writer lock names it for whoever finds the database taken.
+  static var commandLine: String {
+    (["cohort"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+  }
+
   /// Opens the database; readers refuse to create one that is not there.
   func open(creating: Bool = false, durability: ResultsStore.Durability = .powerLoss) throws -> ResultsStore {
     if !creating && !FileManager.default.fileExists(atPath: path) {
@@ -27,7 +32,11 @@ struct DatabaseOption: ParsableArguments {
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
       }
     }
-    do throws(CohortError) { return try ResultsStore(path: path, durability: durability) } catch {
+    do throws(CohortError) {
+      // A command that creates runs is the database's one writer while it runs.
+      return try ResultsStore(
+        path: path, durability: durability, exclusiveWriter: creating ? Self.commandLine : nil)
+    } catch {
       throw error.exit()
     }
   }

@@ -116,7 +116,7 @@ struct ServeCommand: AsyncParsableCommand {
     let endpoint = MetricsEndpoint()
     let server: FederationServer
     do throws(CohortError) {
-      let store = try ResultsStore(path: db)
+      let store = try ResultsStore(path: db, exclusiveWriter: DatabaseOption.commandLine)
       server = try FederationServer(
         configuration: .init(
           plan: loadedPlan, planPath: plan, host: address.host, port: address.port, security: security,

@@ -1,3 +1,4 @@
+import CohortStore
 import CohortTesting
 import Foundation
 import Testing
@@ -143,6 +144,20 @@ func simulateJSON(_ arguments: [String]) throws -> [String: Any] {
     #expect(sha != nil && sha == b["checkpoint_sha256"] as? String)
     #expect(sha != c["checkpoint_sha256"] as? String)
     #expect(a["rounds_attempted"] as? Int == 6)
+  }
+
+  @Test func aSecondWriterOfTheSameDatabaseRefusesAtStart() throws {
+    let dir = TemporaryDirectory()
+    let scenario = dir.write("small.yaml", smallScenario)
+    let db = dir.file("held.sqlite")
+    // This test process holds the database as `cohort serve` would.
+    let held = try DatabaseWriterLock.acquire(database: db, holder: "cohort serve plan.yaml")
+    let refused = try cohort(["simulate", scenario, "--db", db])
+    #expect(refused.status != 0)
+    #expect(
+      refused.stderr.contains("being written by another process (pid \(getpid()): cohort serve"),
+      "\(refused.stderr)")
+    withExtendedLifetime(held) {}
   }
 
   @Test func killedRunResumesToTheSameCheckpoint() throws {

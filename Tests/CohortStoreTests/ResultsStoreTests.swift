@@ -274,4 +274,36 @@ import Testing
       #expect(cannotOpen?.fix.contains("directory") == true, "\(String(describing: cannotOpen))")
     }
   }
+
+  @Test func aDatabaseHasOneWriterAtATimeAndReadersNeedNone() throws {
+    try withTemporaryDirectory { dir in
+      let path = dir.appendingPathComponent("results.sqlite").path
+      do {
+        let first = try ResultsStore(path: path, exclusiveWriter: "cohort serve plan.yaml")
+        do throws(CohortError) {
+          _ = try ResultsStore(path: path, exclusiveWriter: "cohort simulate")
+          Issue.record("a second writer opened a database that has one")
+        } catch {
+          #expect(error.code == .storage)
+          #expect(error.message.contains("being written by another process"), "\(error)")
+          #expect(error.message.contains("pid \(getpid()): cohort serve plan.yaml"), "\(error)")
+        }
+        // Readers (runs list, reports) read while the writer writes.
+        #expect(try ResultsStore(path: path).runs().isEmpty)
+        _ = first
+      }
+      // Released with the store (or the process, however it ends): the next writer may start.
+      _ = try ResultsStore(path: path, exclusiveWriter: "cohort serve plan.yaml")
+    }
+  }
+
+  @Test func theWriterLockDoesNotFollowASymlink() throws {
+    try withTemporaryDirectory { dir in
+      let path = dir.appendingPathComponent("results.sqlite").path
+      let target = dir.appendingPathComponent("elsewhere").path
+      try FileManager.default.createSymbolicLink(atPath: path + ".lock", withDestinationPath: target)
+      #expect(throws: CohortError.self) { try ResultsStore(path: path, exclusiveWriter: "cohort simulate") }
+      #expect(!FileManager.default.fileExists(atPath: target))
+    }
+  }
 }
