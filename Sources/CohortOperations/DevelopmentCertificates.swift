@@ -434,11 +434,17 @@ extension DevelopmentCertificates {
   /// Creates (or with `force` truncates) `path` with `mode`, so a key is never readable by others,
   /// not even while it is being written.
   private static func writeFile(_ path: String, contents: String, mode: mode_t, force: Bool) throws {
-    let flags = O_WRONLY | O_CREAT | O_CLOEXEC | (force ? O_TRUNC : O_EXCL)
+    // O_NOFOLLOW: a symlink planted where a key goes is not followed (with --force too).
+    let flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | (force ? O_TRUNC : O_EXCL)
     let descriptor = open(path, flags, mode)
     guard descriptor >= 0 else {
       let code = errno
       if code == EEXIST { throw refusal(path) }
+      if code == ELOOP {
+        throw CohortError(
+          .io, "\(path) is a symbolic link; not writing a key through it",
+          fix: "remove the link or choose another --out directory")
+      }
       throw CohortError(
         .io, "could not create \(path): \(String(cString: strerror(code)))",
         fix: "check that the directory is writable")

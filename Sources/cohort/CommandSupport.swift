@@ -137,3 +137,21 @@ final class Table {
     return out
   }
 }
+
+/// Files a command writes with `--out`: an existing file is kept unless the user says `--force`,
+/// so a report or an export never silently replaces one written before.
+enum OutputFile {
+  static func refuseOverwrite(_ paths: [String], force: Bool) throws {
+    if let refusal = overwriteRefusal(paths, force: force) { throw refusal.exit() }
+  }
+
+  /// Why writing `paths` is refused (one exists and there is no `--force`), or nil.
+  static func overwriteRefusal(_ paths: [String], force: Bool) -> CohortError? {
+    guard !force, let path = paths.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
+      return nil
+    }
+    return CohortError(
+      .io, "\(path) already exists; not overwriting it",
+      fix: "pass --force to replace it, or choose another --out")
+  }
+}

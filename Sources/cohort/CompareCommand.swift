@@ -29,6 +29,15 @@ struct CompareCommand: AsyncParsableCommand {
   @OptionGroup var db: DatabaseOption
   @Option(help: "Where to write the HTML report (default: next to the database).") var out: String?
   @Option(help: "The report's title.") var title: String?
+  @Flag(help: "Replace the report file if it exists.") var force = false
+
+  /// Where the report goes: --out, or `SCENARIO-comparison.html` next to the database.
+  var reportPath: String {
+    let name = ((scenario as NSString).lastPathComponent as NSString).deletingPathExtension
+    return out
+      ?? ((db.path as NSString).deletingLastPathComponent as NSString).appendingPathComponent(
+        "\(name)-comparison.html")
+  }
 
   func validate() throws {
     guard !strategies.isEmpty else {
@@ -42,6 +51,8 @@ struct CompareCommand: AsyncParsableCommand {
   }
 
   func run() async throws {
+    // Refused before anything runs, not after minutes of simulation.
+    try OutputFile.refuseOverwrite([reportPath], force: force)
     var logger = Logger(label: "cohort.compare")
     logger.logLevel = .warning
     // Every strategy is checked before anything runs.
@@ -120,10 +131,7 @@ struct CompareCommand: AsyncParsableCommand {
     }
 
     let name = ((scenario as NSString).lastPathComponent as NSString).deletingPathExtension
-    let path =
-      out
-      ?? ((db.path as NSString).deletingLastPathComponent as NSString).appendingPathComponent(
-        "\(name)-comparison.html")
+    let path = reportPath
     try ReportCommand.write(
       store: store, ids: ids, title: title ?? "Strategies on \(name)", target: target, out: path,
       command: "cohort compare \(scenario) " + strategies.map { "--strategy \($0)" }.joined(separator: " ")

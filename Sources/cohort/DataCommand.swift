@@ -71,8 +71,10 @@ struct DataCommand: AsyncParsableCommand {
 
     @Option(help: "The directory to write train.csv and test.csv into (created if missing).")
     var out: String
+    @Flag(help: "Replace train.csv and test.csv in --out if they exist.") var force = false
 
     func run() throws {
+      try OutputFile.refuseOverwrite(["\(out)/train.csv", "\(out)/test.csv"], force: force)
       let s = try scenario.load()
       let data: FederatedData
       do throws(CohortError) { data = try FederatedData.load(s) } catch { throw error.exit() }

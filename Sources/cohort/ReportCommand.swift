@@ -21,6 +21,7 @@ struct ReportCommand: AsyncParsableCommand {
   @OptionGroup var db: DatabaseOption
   @Argument(help: "Run ids (see `cohort runs list`).") var runIDs: [Int64]
   @Option(help: "Where to write the HTML report.") var out = "report.html"
+  @Flag(help: "Replace the --out file if it exists.") var force = false
   @Option(help: "Central test accuracy for \"rounds to target\" (between 0 and 1).") var target: Double?
   @Option(help: "The report's title.") var title = "Cohort comparison"
 
@@ -32,6 +33,7 @@ struct ReportCommand: AsyncParsableCommand {
   }
 
   func run() throws {
+    try OutputFile.refuseOverwrite([out], force: force)
     let store = try db.open()
     var ids: [RunID] = []
     for id in runIDs.map(RunID.init) where !ids.contains(id) { ids.append(id) }

@@ -145,12 +145,14 @@ struct RunsCommand: AsyncParsableCommand {
     @Argument(help: "The run's id.") var runID: Int64
     @Flag(help: "CSV, one row per round (the only format for now).") var csv = false
     @Option(help: "Write to this file instead of standard output.") var out: String?
+    @Flag(help: "Replace the --out file if it exists.") var force = false
 
     func validate() throws {
       guard csv else { throw ValidationError("choose a format: --csv") }
     }
 
     func run() throws {
+      try OutputFile.refuseOverwrite(out.map { [$0] } ?? [], force: force)
       let store = try db.open()
       let text: String
       do throws(CohortError) { text = RoundsCSV.render(try store.rounds(RunID(runID))) } catch {
@@ -192,6 +194,7 @@ struct ModelCommand: AsyncParsableCommand {
         "Output file (safetensors) or directory (npy). Default: run-RUN-round-N.safetensors or a directory of that name."
     )
     var out: String?
+    @Flag(help: "Replace existing output files.") var force = false
 
     func run() throws {
       let store = try db.open()
@@ -204,13 +207,18 @@ struct ModelCommand: AsyncParsableCommand {
         switch format {
         case .safetensors:
           let path = out ?? base + ".safetensors"
+          if let refusal = OutputFile.overwriteRefusal([path], force: force) { throw refusal }
           let data = try SafetensorsWriter.encode(
             weights, metadata: ["run": "\(runID)", "round": "\(round)", "plan_sha256": summary.planSHA256])
           try write(data, to: path)
           print("wrote \(path) (round \(round), \(weights.count) parameters)")
         case .npy:
           try? FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
-          for (name, data) in NPYWriter.encodeTensors(weights) {
+          let files = NPYWriter.encodeTensors(weights)
+          if let refusal = OutputFile.overwriteRefusal(files.map { "\(base)/\($0.name).npy" }, force: force) {
+            throw refusal
+          }
+          for (name, data) in files {
             try write(data, to: "\(base)/\(name).npy")
           }
           print("wrote \(weights.layout.tensors.count) .npy files to \(base)/ (round \(round))")

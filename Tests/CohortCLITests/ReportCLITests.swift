@@ -20,6 +20,16 @@ import Testing
     #expect(result.stdout.contains("final acc (mean ± std)") && result.stdout.contains("wrote \(out)"))
     let html = try String(contentsOfFile: out, encoding: .utf8)
     #expect(html.contains("<h1>A &amp; B</h1>") && html.contains("<svg"))
+    // The report is there now: writing it again needs --force.
+    let again = try cohort(["report", "1", "--db", db, "--out", out])
+    #expect(again.status != 0 && again.stderr.contains("already exists") && again.stderr.contains("--force"))
+    #expect(try String(contentsOfFile: out, encoding: .utf8) == html)
+    let forced = try cohort(["report", "1", "--db", db, "--out", out, "--force"])
+    #expect(forced.status == 0, "\(forced.stderr)")
+    let exported = dir.file("rounds.csv")
+    #expect(try cohort(["runs", "export", "1", "--csv", "--db", db, "--out", exported]).status == 0)
+    let exportedAgain = try cohort(["runs", "export", "1", "--csv", "--db", db, "--out", exported])
+    #expect(exportedAgain.status != 0 && exportedAgain.stderr.contains("already exists"))
   }
 
   @Test func unknownRunsAndUnevaluatedRunsAreClearErrors() throws {

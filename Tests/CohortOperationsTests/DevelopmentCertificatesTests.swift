@@ -164,6 +164,17 @@ import X509
     #expect(try Self.permissions(directory.path + "/server-key.pem") == 0o600)
   }
 
+  @Test func keysAreNotWrittenThroughASymlinkEvenWithForce() throws {
+    let directory = try TemporaryDirectory()
+    let target = directory.path + "/elsewhere"
+    try FileManager.default.createSymbolicLink(
+      atPath: directory.path + "/server-key.pem", withDestinationPath: target)
+    for force in [false, true] {
+      #expect(throws: CohortError.self) { try Self.pki.write(to: directory.path, force: force) }
+      #expect(!FileManager.default.fileExists(atPath: target), "force: \(force)")
+    }
+  }
+
   @Test func addsADeviceSignedByAnExistingCAFromFiles() async throws {
     let directory = try TemporaryDirectory()
     try Self.pki.write(to: directory.path)
