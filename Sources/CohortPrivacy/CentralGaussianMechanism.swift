@@ -11,8 +11,10 @@ import Foundation
 /// clipping each device also reports bᵢ = 1{‖Δᵢ‖ ≤ C}; the server forms b̄ = (Σ bᵢ + N(0, σ_b²)) /
 /// expected cohort and moves C ← C·exp(−η(b̄ − γ)).
 ///
-/// Pure and deterministic: the noise of round r comes from the stream (seed, "dp-noise", r), the
-/// count's from (seed, "dp-count-noise", r), so a simulated run is reproducible bit for bit.
+/// In simulation pure and deterministic: the noise of round r comes from the stream (seed,
+/// "dp-noise", r), the count's from (seed, "dp-count-noise", r), so a simulated run is
+/// reproducible bit for bit. A served run without a seed (`seed == nil`) draws its noise from
+/// libsodium instead: noise an observer could predict would protect nothing.
 public struct CentralGaussianMechanism: Sendable {
   public let plan: PrivacyPlan
   /// The divisor of the noisy sum: the plan's `server.cohort.goal`.
@@ -21,11 +23,12 @@ public struct CentralGaussianMechanism: Sendable {
   public let updateNoiseMultiplier: Double
   /// q = expected cohort / population, when the population size is known; the accountant needs it.
   public let samplingRate: Double?
-  public let seed: UInt64
+  /// The seed of the noise streams; nil draws the noise from libsodium (production).
+  public let seed: UInt64?
 
   /// nil when the plan asks for no central noise, or when its update noise multiplier is
   /// undefined (plan validation rejects such plans).
-  public init?(plan: PrivacyPlan, expectedCohort: Int, populationSize: Int?, seed: UInt64) {
+  public init?(plan: PrivacyPlan, expectedCohort: Int, populationSize: Int?, seed: UInt64?) {
     // The distributed mechanism uses this too: its noise comes from the devices, but the fixed
     // denominator, the clip and the accountant are the same.
     guard plan.isPrivate, expectedCohort > 0, let z = plan.updateNoiseMultiplier else { return nil }
@@ -43,6 +46,19 @@ public struct CentralGaussianMechanism: Sendable {
     let sigma = updateNoiseMultiplier * clip
     // Under the distributed mechanism the sum arrives noisy from secure aggregation.
     guard plan.isCentral, sigma > 0 else { return }
+    guard let seed else {
+      var random = SecureRandom()
+      sum.withUnsafeMutableBufferPointer { s in
+        var i = 0
+        while i < s.count {
+          let (a, b) = random.normalPair()
+          s[i] += sigma * a
+          if i + 1 < s.count { s[i + 1] += sigma * b }
+          i += 2
+        }
+      }
+      return
+    }
     var rng = RandomStream(seed: seed, purpose: "dp-noise", round: round)
     sum.withUnsafeMutableBufferPointer { s in
       for i in 0..<s.count { s[i] += sigma * rng.normal() }
@@ -55,8 +71,15 @@ public struct CentralGaussianMechanism: Sendable {
   /// `clip`; without adaptive clipping the clip is fixed and returned unchanged.
   public func nextClip(after round: Int, clip: Double, unclipped: Int) -> Double {
     guard let adaptive = plan.adaptiveClipping else { return clip }
-    var rng = RandomStream(seed: seed, purpose: "dp-count-noise", round: round)
-    let noisy = Double(unclipped) + adaptive.countNoiseMultiplier * rng.normal()
+    let normal: Double
+    if let seed {
+      var rng = RandomStream(seed: seed, purpose: "dp-count-noise", round: round)
+      normal = rng.normal()
+    } else {
+      var random = SecureRandom()
+      normal = random.normalPair().0
+    }
+    let noisy = Double(unclipped) + adaptive.countNoiseMultiplier * normal
     return Self.nextClip(
       clip, unclippedFraction: noisy / Double(expectedCohort), targetQuantile: adaptive.targetQuantile,
       learningRate: adaptive.learningRate)

@@ -20,8 +20,8 @@ extension Coordinator {
     /// round's sum comes from the protocol.
     public var secureAggregation: (any SecureAggregationDriver)?
     /// The seed of central DP noise (the simulator passes the scenario's, so runs reproduce);
-    /// drawn from the system's generator when not given.
-    public var privacySeed: UInt64
+    /// nil draws the noise itself from libsodium (a served run).
+    public var privacySeed: UInt64?
     /// How cohorts are drawn when the plan does not say (`server.cohort.sampling`).
     public var sampling: CohortSampling
     /// Seeds the draw of uniform cohorts.
@@ -43,7 +43,7 @@ extension Coordinator {
       self.autoCommit = autoCommit
       self.populationSize = populationSize
       self.secureAggregation = secureAggregation
-      self.privacySeed = privacySeed ?? UInt64.random(in: .min ... .max)
+      self.privacySeed = privacySeed
       self.sampling = sampling
       self.samplingSeed = samplingSeed
       self.commitAttempts = commitAttempts

@@ -86,10 +86,7 @@ public final class ServedRun: FederationHandler {
     var modelRound = 0
     var run: RunID?
     if let store {
-      let existing = try store.runs().last {
-        $0.planSHA256 == plan.sha256 && ($0.status == .running || $0.status == .interrupted)
-      }
-      if let existing {
+      if let existing = try Self.resumable(in: store, plan: plan) {
         run = existing.id
         if let checkpoint = try store.latestCheckpoint(existing.id) {
           start = checkpoint.weights
@@ -125,6 +122,21 @@ public final class ServedRun: FederationHandler {
       store: journal ?? store, link: selector,
       evaluator: nil, clock: clock, logger: logger, metrics: metrics)
     (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+  }
+
+  /// The run of `plan` that a server started on `store` continues: the last one running or
+  /// interrupted (stopped by a signal, killed, or its server lost).
+  public static func resumable(in store: ResultsStore, plan: Plan) throws(CohortError) -> RunSummary? {
+    try store.runs().last {
+      $0.planSHA256 == plan.sha256 && ($0.status == .running || $0.status == .interrupted)
+    }
+  }
+
+  /// The seed a server of `plan` on `store` runs with when the operator gives none: the seed of
+  /// the run it resumes, or a new one from libsodium (stored with the new run).
+  public static func seed(in store: ResultsStore, plan: Plan) throws(CohortError) -> UInt64 {
+    guard let run = try resumable(in: store, plan: plan) else { return SecureRandom.uint64() }
+    return try store.scenario(run.id).seed
   }
 
   /// Opens the first round and carries the run's deadlines until it finishes, `stop()` is

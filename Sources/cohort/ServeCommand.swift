@@ -1,6 +1,7 @@
 import ArgumentParser
 import CohortCore
 import CohortOperations
+import CohortServer
 import CohortServing
 import CohortStore
 import CohortTransport
@@ -66,8 +67,13 @@ struct ServeCommand: AsyncParsableCommand {
   @Option(help: "The device population this server coordinates.")
   var population: String = "default"
 
-  @Option(help: "Seed of the initial model (a scenario's seed gives the simulator's initial model).")
-  var seed: UInt64 = 0
+  @Option(
+    help: ArgumentHelp(
+      "Seed of the initial model and the rounds' public codec randomness.",
+      discussion:
+        "Default: the seed of the run being resumed, or a new one from libsodium (stored with the run). A "
+        + "scenario's seed gives the simulator's initial model, to compare a served run with a simulation."))
+  var seed: UInt64?
 
   @Option(
     help: ArgumentHelp(
@@ -117,10 +123,12 @@ struct ServeCommand: AsyncParsableCommand {
     let server: FederationServer
     do throws(CohortError) {
       let store = try ResultsStore(path: db, exclusiveWriter: DatabaseOption.commandLine)
+      var runSeed = seed ?? 0
+      if seed == nil { runSeed = try ServedRun.seed(in: store, plan: loadedPlan) }
       server = try FederationServer(
         configuration: .init(
           plan: loadedPlan, planPath: plan, host: address.host, port: address.port, security: security,
-          population: population, seed: seed, populationSize: populationSize),
+          population: population, seed: runSeed, populationSize: populationSize),
         store: store, logger: logger, metrics: endpoint.metricsFactory)
     } catch {
       throw error.exit()

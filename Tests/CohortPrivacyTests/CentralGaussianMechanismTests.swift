@@ -128,4 +128,24 @@ import Testing
     }
     return (low + high) / 2
   }
+
+  @Test func aServedRunsNoiseComesFromLibsodiumAndStillHasTheStatedVariance() throws {
+    let plan = PrivacyPlan(kind: .centralGaussian, clip: 0.5, noiseMultiplier: 1.3)
+    let m = try #require(
+      CentralGaussianMechanism(plan: plan, expectedCohort: 100, populationSize: 10_000, seed: nil))
+    let n = 200_001  // odd: the last coordinate takes half a pair
+    var a = [Double](repeating: 0, count: n)
+    var b = a
+    m.addNoise(to: &a, clip: 0.5, round: 3)
+    m.addNoise(to: &b, clip: 0.5, round: 3)
+    // Unpredictable: the same round noised twice differs (a seeded stream would repeat).
+    #expect(a != b)
+    #expect(a.allSatisfy { $0 != 0 })
+    let sigma = 1.3 * 0.5
+    let mean = a.reduce(0, +) / Double(n)
+    let variance = a.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(n - 1)
+    // Bounds of about 6 standard errors: a correct sampler fails them with probability < 1e-8.
+    #expect(abs(mean) < 6 * sigma / Double(n).squareRoot())
+    #expect(abs(variance / (sigma * sigma) - 1) < 6 * (2.0 / Double(n)).squareRoot())
+  }
 }

@@ -62,6 +62,21 @@ import Testing
 
   /// The retries themselves are the coordinator's (CommitFailureCoordinatorTests); here a
   /// round that cannot be committed within its attempts (two, the first wait 1 s) ends the loop.
+  @Test func aServerWithoutASeedResumesWithItsRunsSeedOrDrawsOneFromLibsodium() throws {
+    let store = try ResultsStore.inMemory()
+    var plan = makePlan(rounds: 1)
+    plan.server.maximumAttempts = 1
+    let first = try ServedRun.seed(in: store, plan: plan)
+    #expect(first != (try ServedRun.seed(in: store, plan: plan)), "no run yet: a fresh draw each time")
+    let run = try ServedRun(
+      configuration: .init(plan: plan, seed: 424_242), initial: Weights(layout: layout, values: [0, 0]),
+      store: store, clock: ManualClock(), logger: Logger(label: "test"))
+    #expect(run.run != nil)
+    // The run is resumable (running): a restarted server takes its seed, so its initial model
+    // and codec randomness are the run's.
+    #expect(try ServedRun.seed(in: store, plan: plan) == 424_242)
+  }
+
   @Test func aCommitThatKeepsFailingStopsTheLoopWithTheCause() async throws {
     let store = try ResultsStore.inMemory()
     let time = ManualClock()
