@@ -29,7 +29,9 @@ public struct FederationServerConfiguration: Sendable {
   /// The run seed: the initial model and the rounds' public codec randomness (rotation signs,
   /// random masks) come from it. The simulator's scenario seed gives the same model and codecs.
   public var seed: UInt64
-  /// The seed of central DP noise; nil (production) draws one from the system's generator. Tests
+  /// How many connections, how long a TLS handshake may take, which TLS versions.
+  public var connections: ConnectionLimits
+  /// The seed of central DP noise; nil (production) draws the noise from libsodium. Tests
   /// pass the scenario seed, as the simulator does, to compare runs.
   public var privacySeed: UInt64?
   /// Devices in the population, N: SCAFFOLD scales its control update by |S|/N, and a privacy
@@ -40,8 +42,9 @@ public struct FederationServerConfiguration: Sendable {
     plan: Plan, planPath: String = "", host: String = "127.0.0.1", port: Int = 0, security: ServerSecurity,
     population: String = "default", limits: TransportLimits? = nil, secureAggregationStepTimeout: Double = 30,
     taskWait: Double? = nil, seed: UInt64 = 0, privacySeed: UInt64? = nil,
-    populationSize: Int? = nil
+    populationSize: Int? = nil, connections: ConnectionLimits = ConnectionLimits()
   ) {
+    self.connections = connections
     self.seed = seed
     self.privacySeed = privacySeed
     self.populationSize = populationSize
@@ -104,7 +107,8 @@ public final class FederationServer: Sendable {
     endpoint = try FederationEndpoint(
       configuration: .init(
         plan: plan, host: configuration.host, port: configuration.port, security: configuration.security,
-        limits: configuration.limits, taskWait: configuration.taskWait, seed: configuration.seed),
+        limits: configuration.limits, taskWait: configuration.taskWait, seed: configuration.seed,
+        connections: configuration.connections),
       handler: served, modelParameters: initial.count, secureAggregation: secure, logger: logger,
       metrics: metrics)
   }

@@ -6,6 +6,9 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 public import Logging
 public import Metrics
+import NIOCore
+import NIOPosix
+import NIOSSL
 
 /// How the server secures its port.
 public enum ServerSecurity: Sendable {
@@ -30,12 +33,15 @@ public struct FederationEndpointConfiguration: Sendable {
   public var taskWait: Double?
   /// The run seed the rounds' shared codec seeds come from.
   public var seed: UInt64
+  /// How many connections, how long a handshake, which TLS versions.
+  public var connections: ConnectionLimits
 
   public init(
     plan: Plan, host: String = "127.0.0.1", port: Int = 0, security: ServerSecurity,
     limits: TransportLimits? = nil,
-    taskWait: Double? = nil, seed: UInt64 = 0
+    taskWait: Double? = nil, seed: UInt64 = 0, connections: ConnectionLimits = ConnectionLimits()
   ) {
+    self.connections = connections
     self.plan = plan
     self.host = host
     self.port = port
@@ -53,6 +59,8 @@ public final class FederationEndpoint: Sendable {
   public let configuration: FederationEndpointConfiguration
   let service: FederationService
   let logger: Logger
+  /// Open connections and the devices their certificates name.
+  let connections: ConnectionBook
 
   /// - Parameters:
   ///   - modelParameters: values in the model (updates and chunks are limited by it).
@@ -87,6 +95,7 @@ public final class FederationEndpoint: Sendable {
     }
     self.configuration = configuration
     self.logger = logger
+    connections = ConnectionBook(limit: configuration.connections.maximumConnections)
     // Updates travel in the plan's encoding unless secure aggregation carries them.
     let codec =
       plan.compression.kind == .none || plan.secureAggregation.enabled
@@ -102,8 +111,16 @@ public final class FederationEndpoint: Sendable {
       taskWait: configuration.taskWait ?? max(5, plan.server.windows.selection))
   }
 
+  /// The innermost cause of a transport error (a bind's "Address already in use").
+  static func cause(of error: any Error) -> String {
+    var error = error
+    while let wrapped = (error as? RPCError)?.cause ?? (error as? RuntimeError)?.cause { error = wrapped }
+    if let io = error as? IOError { return io.description }
+    return "\(error)"
+  }
+
   static func isLoopback(_ host: String) -> Bool {
-    host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    host == "localhost" || host == "::1" || host == "[::1]" || host.hasPrefix("127.")
   }
 
   /// Listens, calls `onListening` with the bound port once devices can connect, and serves
@@ -113,44 +130,47 @@ public final class FederationEndpoint: Sendable {
     onListening: @Sendable (Int) -> Void = { _ in }, while work: @escaping @Sendable () async -> Void
   ) async throws {
     let limits = service.limits
-    let security: HTTP2ServerTransport.Posix.TransportSecurity
+    let tls: NIOSSLContext?
     switch configuration.security {
     case .insecureLoopback:
-      security = .plaintext
+      tls = nil
     case .tls(let chain, let key, let clientCA):
-      let chainSource = TLSConfig.CertificateSource.bytes(Array(chain.utf8), format: .pem)
-      let keySource = TLSConfig.PrivateKeySource.bytes(Array(key.utf8), format: .pem)
-      if let clientCA {
-        security = .mTLS(certificateChain: [chainSource], privateKey: keySource) {
-          $0.trustRoots = .certificates([.bytes(Array(clientCA.utf8), format: .pem)])
-          $0.clientCertificateVerification = .noHostnameVerification
-        }
-      } else {
-        security = .tls(certificateChain: [chainSource], privateKey: keySource)
-      }
+      tls = try FederationListener.tlsContext(
+        certificateChainPEM: chain, privateKeyPEM: key, clientCAPEM: clientCA,
+        tls13Only: configuration.connections.tls13Only)
     }
-    let transport = HTTP2ServerTransport.Posix(
-      address: .ipv4(
-        host: configuration.host == "localhost" ? "127.0.0.1" : configuration.host, port: configuration.port),
-      transportSecurity: security,
-      config: .defaults {
-        $0.rpc.maxRequestPayloadSize = limits.maxMessageBytes
-        // Many devices may share one connection (a gateway, `cohort load`); each waiting
-        // device holds a stream.
-        $0.http2.maxConcurrentStreams = 16_384
-      })
+    let host = configuration.host == "localhost" ? "127.0.0.1" : configuration.host
+    let listener = FederationListener(
+      eventLoopGroup: MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup, host: host,
+      port: configuration.port, tls: tls, limits: configuration.connections, book: connections, logger: logger
+    )
+    var config = HTTP2ServerTransport.Custom<FederationListener>.Config.defaults
+    config.rpc.maxRequestPayloadSize = limits.maxMessageBytes
+    // Many devices may share one connection (a gateway, `cohort load`); each waiting device
+    // holds a stream.
+    config.http2.maxConcurrentStreams = 16_384
+    let transport = HTTP2ServerTransport.Custom(listenerFactory: listener, config: config)
     let server = GRPCServer(transport: transport, services: [service])
     try await withThrowingTaskGroup(of: Void.self) { group in
       group.addTask { try await server.serve() }
-      guard let address = try await transport.listeningAddress.ipv4 else {
-        server.beginGracefulShutdown()
-        try await group.waitForAll()
-        return
+      guard let address = await transport.listeningAddress,
+        let port = address.ipv4?.port ?? address.ipv6?.port
+      else {
+        // The listener never bound: the cause is what `serve` throws.
+        do {
+          try await group.waitForAll()
+        } catch {
+          throw CohortError(
+            .io, "cannot listen on \(configuration.host):\(configuration.port): \(Self.cause(of: error))",
+            fix: "choose a free port in --listen (or 0 for any), or stop the process that holds it")
+        }
+        throw CohortError(
+          .io, "cannot listen on \(configuration.host):\(configuration.port)",
+          fix: "check the address in --listen")
       }
-      onListening(address.port)
+      onListening(port)
       logger.info(
-        "serving",
-        metadata: ["address": "\(address.host):\(address.port)", "plan": "\(configuration.plan.name)"])
+        "serving", metadata: ["address": "\(address)", "plan": "\(configuration.plan.name)"])
       await work()
       // Streams still waiting (for a task, or for a protocol step) end now.
       service.open.closeAll()

@@ -81,6 +81,16 @@ struct ServeCommand: AsyncParsableCommand {
       valueName: "N"))
   var populationSize: Int?
 
+  @Flag(help: "Accept TLS 1.3 only (by default TLS 1.2 with AEAD cipher suites is accepted too).")
+  var tls13Only = false
+
+  @Option(
+    help: ArgumentHelp(
+      "Connections held at once; more are closed at accept.",
+      discussion: "Default: 30,000, or what the file-descriptor limit (ulimit -n) leaves room for.",
+      valueName: "N"))
+  var maxConnections: Int?
+
   @Option(help: "Log level: trace, debug, info, notice, warning, error.")
   var logLevel: String = "info"
 
@@ -96,6 +106,10 @@ struct ServeCommand: AsyncParsableCommand {
     if clientCa != nil, insecure { throw ValidationError("--client-ca needs TLS; drop --insecure") }
     _ = try HostPort(listen, option: "--listen")
     if let metrics { _ = try HostPort(metrics, option: "--metrics") }
+    if let maxConnections, maxConnections < 1 {
+      throw ValidationError("--max-connections must be at least 1, not \(maxConnections)")
+    }
+    if tls13Only, insecure { throw ValidationError("--tls13-only needs TLS; drop --insecure") }
     if let populationSize, populationSize < 1 {
       throw ValidationError("--population-size must be at least 1, not \(populationSize)")
     }
@@ -128,7 +142,11 @@ struct ServeCommand: AsyncParsableCommand {
       server = try FederationServer(
         configuration: .init(
           plan: loadedPlan, planPath: plan, host: address.host, port: address.port, security: security,
-          population: population, seed: runSeed, populationSize: populationSize),
+          population: population, seed: runSeed, populationSize: populationSize,
+          connections: ConnectionLimits(
+            maximumConnections: maxConnections
+              ?? ConnectionLimits.fitting(descriptorLimit: Self.descriptorLimit()),
+            tls13Only: tls13Only)),
         store: store, logger: logger, metrics: endpoint.metricsFactory)
     } catch {
       throw error.exit()
@@ -194,6 +212,21 @@ struct FederationServerService: Service {
 }
 
 /// A HOST:PORT option.
+extension ServeCommand {
+  /// The process's file-descriptor limit, raised to its hard limit first (servers hold one per
+  /// connection).
+  static func descriptorLimit() -> Int {
+    var limit = rlimit()
+    guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
+    if limit.rlim_cur < limit.rlim_max {
+      var raised = limit
+      raised.rlim_cur = limit.rlim_max
+      if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+    }
+    return Int(clamping: limit.rlim_cur)
+  }
+}
+
 struct HostPort {
   var host: String
   var port: Int

@@ -1,0 +1,235 @@
+import CohortCore
+import CohortOperations
+import CohortServing
+import CohortStore
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import NIOTLS
+import Testing
+
+@testable import CohortTransport
+
+/// The endpoint's listener: IPv6, bind and certificate errors that name the cause, modern TLS
+/// only, a deadline for every handshake, and a connection limit.
+@Suite(.timeLimit(.minutes(1))) struct ListenerTests {
+  static let pki = try! DevelopmentCertificates.make(devices: 2, firstDevice: 0)
+
+  func server(
+    host: String = "127.0.0.1", port: Int = 0, security: ServerSecurity? = nil,
+    connections: ConnectionLimits = ConnectionLimits()
+  ) throws -> FederationServer {
+    let scenario = try networkScenario(devices: 2, rounds: 1)
+    return try FederationServer(
+      configuration: .init(
+        plan: scenario.plan, host: host, port: port,
+        security: security
+          ?? .tls(
+            certificateChainPEM: Self.pki.serverCertificatePEM, privateKeyPEM: Self.pki.serverKeyPEM,
+            clientCAPEM: nil),
+        seed: scenario.seed, connections: connections),
+      store: try ResultsStore.inMemory(), logger: Logger(label: "test-listener"))
+  }
+
+  /// Serves `server` while `body` runs with its port, then stops it.
+  func serving<T: Sendable>(
+    _ server: FederationServer, _ body: @escaping @Sendable (Int) async throws -> T
+  ) async throws -> T {
+    let (ports, sink) = AsyncStream.makeStream(of: Int.self)
+    return try await withThrowingTaskGroup(of: T?.self) { group in
+      group.addTask {
+        try await server.run { sink.yield($0) }
+        sink.finish()
+        return nil
+      }
+      var iterator = ports.makeAsyncIterator()
+      guard let port = await iterator.next() else { throw CohortError(.io, "the server did not listen") }
+      let result = try await body(port)
+      server.shutdown()
+      try await group.waitForAll()
+      return result
+    }
+  }
+
+  /// A device's check-in over `host`: the server's first answer.
+  func checkIn(host: String, port: Int) async throws -> Cohort_V1_ServerMessage.OneOf_Kind? {
+    let connection = try FederationConnection(
+      host: host, port: port,
+      security: .tls(caPEM: Self.pki.caCertificatePEM, certificatePEM: nil, privateKeyPEM: nil))
+    defer { connection.close() }
+    var stream = RawParticipation(connection)
+    stream.send(
+      .checkIn(
+        .with {
+          $0.device = 1
+          $0.population = "default"
+        }))
+    return try await stream.next()
+  }
+
+  @Test func aServerListensOnIPv6Loopback() async throws {
+    let answer = try await serving(try server(host: "::1")) { port in
+      try await checkIn(host: "::1", port: port)
+    }
+    #expect(answer != nil, "the device got no answer over [::1]")
+  }
+
+  @Test func aPortInUseIsNamedAsTheCause() async throws {
+    let first = try server()
+    try await serving(first) { port in
+      let second = try server(port: port)
+      do {
+        try await second.run()
+        Issue.record("a second server listened on port \(port)")
+      } catch let error as CohortError {
+        #expect(error.message.contains("cannot listen on 127.0.0.1:\(port)"), "\(error)")
+        #expect(error.message.lowercased().contains("in use"), "\(error)")
+        #expect(error.fix.contains("--listen"))
+      }
+    }
+  }
+
+  @Test func aCertificateAndKeySwappedOrMismatchedAreNamed() throws {
+    func refusal(_ security: ServerSecurity) -> CohortError? {
+      do {
+        _ = try FederationListener.tlsContext(
+          certificateChainPEM: Self.chain(security), privateKeyPEM: Self.key(security), clientCAPEM: nil,
+          tls13Only: false)
+        return nil
+      } catch { return error }
+    }
+    let swapped = refusal(
+      .tls(
+        certificateChainPEM: Self.pki.serverKeyPEM, privateKeyPEM: Self.pki.serverCertificatePEM,
+        clientCAPEM: nil))
+    #expect(
+      swapped?.message.contains("--tls-cert file holds no readable PEM certificate") == true, "\(swapped!)")
+    let mismatched = refusal(
+      .tls(
+        certificateChainPEM: Self.pki.serverCertificatePEM, privateKeyPEM: Self.pki.devices[0].keyPEM,
+        clientCAPEM: nil))
+    #expect(mismatched?.message.contains("do not work together") == true, "\(String(describing: mismatched))")
+  }
+
+  static func chain(_ security: ServerSecurity) -> String {
+    if case .tls(let chain, _, _) = security { return chain }
+    return ""
+  }
+
+  static func key(_ security: ServerSecurity) -> String {
+    if case .tls(_, let key, _) = security { return key }
+    return ""
+  }
+
+  /// Whether a TLS client configured by `configure` completes its handshake with the server.
+  static func handshake(port: Int, _ configure: (inout TLSConfiguration) -> Void) async throws -> Bool {
+    var configuration = TLSConfiguration.makeClientConfiguration()
+    configuration.trustRoots = .certificates(
+      try NIOSSLCertificate.fromPEMBytes(Array(pki.caCertificatePEM.utf8)))
+    configuration.applicationProtocols = ["h2"]
+    configure(&configuration)
+    let context = try NIOSSLContext(configuration: configuration)
+    let (done, sink) = AsyncStream.makeStream(of: Bool.self)
+    let channel = try await ClientBootstrap(
+      group: MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
+    )
+    .channelInitializer { channel in
+      channel.eventLoop.makeCompletedFuture {
+        try channel.pipeline.syncOperations.addHandler(
+          try NIOSSLClientHandler(context: context, serverHostname: "localhost"))
+        try channel.pipeline.syncOperations.addHandler(HandshakeOutcome(sink: sink))
+      }
+    }
+    .connect(host: "127.0.0.1", port: port).get()
+    var iterator = done.makeAsyncIterator()
+    let completed = await iterator.next() ?? false
+    try? await channel.close()
+    return completed
+  }
+
+  @Test func tls12WithCBCSuitesIsRefusedAndTLS13OnlyRefusesTLS12() async throws {
+    let tls12AEAD: @Sendable (inout TLSConfiguration) -> Void = {
+      $0.maximumTLSVersion = .tlsv12
+      $0.cipherSuites = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256"
+    }
+    let tls12CBC: @Sendable (inout TLSConfiguration) -> Void = {
+      $0.maximumTLSVersion = .tlsv12
+      $0.cipherSuites = "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:AES128-SHA:AES256-SHA"
+    }
+    let defaults = try await serving(try server()) { port -> [Bool] in
+      [
+        try await Self.handshake(port: port) { _ in }, try await Self.handshake(port: port, tls12AEAD),
+        try await Self.handshake(port: port, tls12CBC),
+      ]
+    }
+    #expect(defaults == [true, true, false], "TLS 1.3, TLS 1.2 with AEAD, TLS 1.2 with CBC")
+    let tls13 = try await serving(try server(connections: ConnectionLimits(tls13Only: true))) {
+      port -> [Bool] in
+      [try await Self.handshake(port: port) { _ in }, try await Self.handshake(port: port, tls12AEAD)]
+    }
+    #expect(tls13 == [true, false], "--tls13-only: TLS 1.3, TLS 1.2 with AEAD")
+  }
+
+  /// A TCP connection that sends nothing: the moment the server closes it.
+  static func silentConnection(port: Int) async throws -> any Channel {
+    try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup)
+      .connect(host: "127.0.0.1", port: port).get()
+  }
+
+  @Test func aConnectionThatNeverShakesHandsIsClosedAtItsDeadline() async throws {
+    let limits = ConnectionLimits(handshakeTimeout: 0.2)
+    try await serving(try server(connections: limits)) { port in
+      let silent = try await Self.silentConnection(port: port)
+      // The server closes it (the test waits for the close, not for a time).
+      try await silent.closeFuture.get()
+    }
+  }
+
+  @Test func connectionsBeyondTheLimitAreClosedAtAcceptAndTheOthersWork() async throws {
+    let limits = ConnectionLimits(maximumConnections: 2, handshakeTimeout: 30)
+    try await serving(try server(connections: limits)) { port in
+      let held = [try await Self.silentConnection(port: port), try await Self.silentConnection(port: port)]
+      let third = try await Self.silentConnection(port: port)
+      try await third.closeFuture.get()
+      // Letting one go makes room for a device.
+      try await held[0].close()
+      try await held[0].closeFuture.get()
+      var answer: Cohort_V1_ServerMessage.OneOf_Kind?
+      while answer == nil {
+        // The server may see the close a moment after the client: try until it has room.
+        answer = try? await checkIn(host: "127.0.0.1", port: port)
+      }
+      try await held[1].close()
+    }
+  }
+}
+
+/// Reports whether the TLS handshake completed (true) or failed (false), once.
+final class HandshakeOutcome: ChannelInboundHandler, Sendable {
+  typealias InboundIn = NIOAny
+  let sink: AsyncStream<Bool>.Continuation
+
+  init(sink: AsyncStream<Bool>.Continuation) { self.sink = sink }
+
+  func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    if case TLSUserEvent.handshakeCompleted = event {
+      sink.yield(true)
+      sink.finish()
+    }
+    context.fireUserInboundEventTriggered(event)
+  }
+
+  func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    sink.yield(false)
+    sink.finish()
+    context.close(promise: nil)
+  }
+
+  func channelInactive(context: ChannelHandlerContext) {
+    sink.yield(false)
+    sink.finish()
+    context.fireChannelInactive()
+  }
+}
