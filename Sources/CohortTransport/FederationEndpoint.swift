@@ -149,6 +149,10 @@ public final class FederationEndpoint: Sendable {
     // Many devices may share one connection (a gateway, `cohort load`); each waiting device
     // holds a stream.
     config.http2.maxConcurrentStreams = 16_384
+    config.connection.maxIdleTime = .milliseconds(Int64(configuration.connections.idleTimeout * 1000))
+    config.connection.maxGraceTime = .seconds(10)
+    config.connection.keepalive.time = .milliseconds(Int64(configuration.connections.keepalive * 1000))
+    config.connection.keepalive.timeout = .seconds(20)
     let transport = HTTP2ServerTransport.Custom(listenerFactory: listener, config: config)
     let server = GRPCServer(transport: transport, services: [service])
     try await withThrowingTaskGroup(of: Void.self) { group in

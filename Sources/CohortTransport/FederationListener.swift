@@ -15,12 +15,23 @@ public struct ConnectionLimits: Sendable, Hashable {
   /// take every file descriptor (`cohort serve` sizes this from `ulimit -n` with
   /// `fitting(descriptorLimit:)`).
   public var maximumConnections: Int
-  /// Seconds a new connection has to finish its TLS handshake.
+  /// Seconds a new connection has to finish its TLS handshake and send its first HTTP/2 bytes.
   public var handshakeTimeout: Double
   /// Accept TLS 1.3 only (otherwise TLS 1.2 with AEAD suites as well).
   public var tls13Only: Bool
+  /// Seconds a connection may carry no stream before it is closed (one that shook hands and
+  /// then never spoke HTTP/2, or whose device went away).
+  public var idleTimeout: Double
+  /// Seconds of silence on a connection with streams before the server pings it; an unanswered
+  /// ping (20 s) closes it, so a peer that vanished without a FIN frees its streams.
+  public var keepalive: Double
 
-  public init(maximumConnections: Int = 30_000, handshakeTimeout: Double = 10, tls13Only: Bool = false) {
+  public init(
+    maximumConnections: Int = 30_000, handshakeTimeout: Double = 10, tls13Only: Bool = false,
+    idleTimeout: Double = 120, keepalive: Double = 300
+  ) {
+    self.idleTimeout = idleTimeout
+    self.keepalive = keepalive
     self.maximumConnections = maximumConnections
     self.handshakeTimeout = handshakeTimeout
     self.tls13Only = tls13Only
@@ -132,11 +143,9 @@ struct FederationListener: HTTP2ServerTransport.ListenerFactory {
         }
         channel.closeFuture.whenComplete { _ in book.release(peer: peer) }
         return channel.eventLoop.makeCompletedFuture {
-          guard let tls else { return }
-          let handshake = HandshakeWatch(
-            timeout: limits.handshakeTimeout, peer: peer, book: book, logger: logger)
-          try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
-          try channel.pipeline.syncOperations.addHandler(handshake)
+          if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
+          try channel.pipeline.syncOperations.addHandler(
+            HandshakeWatch(timeout: limits.handshakeTimeout, peer: peer, book: book, logger: logger))
         }.flatMap {
           connectionConfigurator.configure(
             channel: channel, tls: tls == nil ? .none : .configured(requireALPN: false))
@@ -203,8 +212,10 @@ struct FederationListener: HTTP2ServerTransport.ListenerFactory {
 /// A connection over the limit, closed at accept.
 struct ConnectionRefused: Error {}
 
-/// Closes a connection whose TLS handshake does not finish in time, records the device its
-/// certificate names once it does, and logs refused handshakes at a rate-limited warning.
+/// Closes a connection that has not finished its TLS handshake and sent its first HTTP/2 bytes in
+/// time (a silent TCP connection, or TLS without HTTP/2), records the device its certificate
+/// names, and logs refused handshakes at a rate-limited warning. After the first bytes, gRPC's
+/// idle and keepalive timers take over.
 final class HandshakeWatch: ChannelInboundHandler, RemovableChannelHandler {
   typealias InboundIn = NIOAny
 
@@ -234,9 +245,16 @@ final class HandshakeWatch: ChannelInboundHandler, RemovableChannelHandler {
     deadline?.cancel()
   }
 
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    if deadline != nil {
+      deadline?.cancel()
+      deadline = nil
+    }
+    context.fireChannelRead(data)
+  }
+
   func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
     if case TLSUserEvent.handshakeCompleted = event {
-      deadline?.cancel()
       let channel = context.channel
       let peer = self.peer
       let book = self.book

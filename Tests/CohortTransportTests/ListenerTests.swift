@@ -187,6 +187,33 @@ import Testing
     }
   }
 
+  @Test func aConnectionThatShakesHandsAndThenSpeaksNoHTTP2IsClosedAtItsDeadline() async throws {
+    let limits = ConnectionLimits(handshakeTimeout: 0.5)
+    try await serving(try server(connections: limits)) { port in
+      var configuration = TLSConfiguration.makeClientConfiguration()
+      configuration.trustRoots = .certificates(
+        try NIOSSLCertificate.fromPEMBytes(Array(Self.pki.caCertificatePEM.utf8)))
+      configuration.applicationProtocols = ["h2"]
+      let context = try NIOSSLContext(configuration: configuration)
+      let (done, sink) = AsyncStream.makeStream(of: Bool.self)
+      let channel = try await ClientBootstrap(
+        group: MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
+      )
+      .channelInitializer { channel in
+        channel.eventLoop.makeCompletedFuture {
+          try channel.pipeline.syncOperations.addHandler(
+            try NIOSSLClientHandler(context: context, serverHostname: "localhost"))
+          try channel.pipeline.syncOperations.addHandler(HandshakeOutcome(sink: sink))
+        }
+      }
+      .connect(host: "127.0.0.1", port: port).get()
+      var iterator = done.makeAsyncIterator()
+      #expect(await iterator.next() == true, "the handshake completes")
+      // No HTTP/2 preface: the server closes the connection at its deadline.
+      try await channel.closeFuture.get()
+    }
+  }
+
   @Test func connectionsBeyondTheLimitAreClosedAtAcceptAndTheOthersWork() async throws {
     let limits = ConnectionLimits(maximumConnections: 2, handshakeTimeout: 30)
     try await serving(try server(connections: limits)) { port in
