@@ -413,7 +413,9 @@ struct Refusal: Equatable, CustomStringConvertible {
         examples: { throw CohortError(.invalidData, "this device already trained") },
         logger: Logger(label: "test-resume"))
       await runtime.setPendingUpload(
-        PendingUpload(header: ReportHeader(wire: header), payload: bytes, chunk: device.maxChunkBytes, deadline: .infinity))
+        PendingUpload(
+          header: ReportHeader(wire: header), payload: bytes, chunk: device.maxChunkBytes, deadline: .infinity
+        ))
       let result = await runtime.participate()
       #expect(result == .finished(round: Int(device.task.round), accepted: true, reason: ""))
       #expect(await runtime.pendingUpload == nil)
