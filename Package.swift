@@ -89,9 +89,10 @@ let package = Package(
         "CohortCore", "CohortAggregation", "CohortCompression", "CohortPrivacy", "CohortSecAgg",
       ],
       swiftSettings: swiftSettings),
-    // The device's side: local training and encoding of an update (shared with the simulator's
-    // virtual devices), eligibility, and CSV imports into the example store (which is
-    // CohortStore's).
+    // The device's side: the Linux client runtime (a pump around the protocol's device machines,
+    // over any `ParticipationChannel`), local training and encoding of an update (shared with the
+    // simulator's virtual devices), eligibility, and CSV imports into the example store (which
+    // is CohortStore's).
     .target(
       name: "CohortDevice",
       dependencies: [
@@ -102,10 +103,12 @@ let package = Package(
       swiftSettings: swiftSettings),
     // gRPC service and client over TLS/mTLS (generated code in Generated/, from Protos/ by
     // scripts/generate-protos), and the device certificates' verification it needs at run time.
+    // It implements the device's `ParticipationChannel` and `SecureAggregationIdentity` and
+    // knows nothing of the device runtime (CohortDevice) or training (CohortML).
     .target(
       name: "CohortTransport",
       dependencies: [
-        "CohortCore", "CohortProtocol", "CohortDevice", "CohortSecAgg", "CohortCompression", "CohortML",
+        "CohortCore", "CohortProtocol", "CohortSecAgg", "CohortCompression",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -125,7 +128,7 @@ let package = Package(
     .target(
       name: "CohortOperations",
       dependencies: [
-        "CohortCore", "CohortProtocol", "CohortSecAgg", "CohortTransport",
+        "CohortCore", "CohortProtocol", "CohortSecAgg", "CohortTransport", "CohortDevice",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -212,7 +215,7 @@ let package = Package(
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortProtocolTests",
-      dependencies: ["CohortProtocol", "CohortCore"],
+      dependencies: ["CohortProtocol", "CohortCore", "CohortSecAgg", "CohortCompression"],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortServerTests",

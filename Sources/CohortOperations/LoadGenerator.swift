@@ -1,4 +1,5 @@
 public import CohortCore
+import CohortDevice
 import CohortProtocol
 public import CohortTransport
 import Foundation

@@ -1,5 +1,6 @@
 public import CohortCore
-import CohortSecAgg
+public import CohortProtocol
+public import CohortSecAgg
 import Foundation
 public import SwiftASN1
 import Synchronization
@@ -86,32 +87,6 @@ public enum DeviceSigningKeyFile {
     var seed = Array(der.suffix(32))
     defer { SecAggCrypto.zero(&seed) }
     return SecAggCrypto.signingPair(seed: seed).secretKey
-  }
-}
-
-/// Why a device certificate was refused, by the server at check-in or by a device among its
-/// round's peers. The reason is what the refusal is counted and reported under.
-public struct DeviceCertificateRefusal: Error, Sendable, Equatable, CustomStringConvertible {
-  public enum Reason: String, Sendable, CaseIterable {
-    /// The plan's active variant needs a certificate and none came.
-    case missing = "certificate_missing"
-    /// Not a DER X.509 certificate.
-    case unreadable = "certificate_unreadable"
-    /// It does not chain to the trusted CA (another CA, a tampered body, expired, not for clients).
-    case untrusted = "certificate_untrusted"
-    /// It has no signing-key extension, or one that is not an Ed25519 key.
-    case noSigningKey = "certificate_no_signing_key"
-    /// It names another device than the one presenting it (or than the one it stands for).
-    case wrongDevice = "certificate_wrong_device"
-  }
-
-  public var reason: Reason
-  public var detail: String
-  public var description: String { "\(reason.rawValue): \(detail)" }
-
-  public init(_ reason: Reason, _ detail: String) {
-    self.reason = reason
-    self.detail = detail
   }
 }
 
@@ -207,7 +182,7 @@ public struct DeviceCertificateVerifier: Sendable {
 
 /// A device's long-term identity for the active secure-aggregation variant: its certificate, its
 /// Ed25519 secret key, and the CA it checks its peers' certificates against.
-public final class DeviceSigningIdentity: Sendable {
+public final class DeviceSigningIdentity: SecureAggregationIdentity {
   public let certificate: VerifiedDeviceCertificate
   /// The trust root for the peers' certificates (the device's `--ca`).
   let verifier: DeviceCertificateVerifier
@@ -259,7 +234,16 @@ public final class DeviceSigningIdentity: Sendable {
   }
 
   /// A copy of the secret key for one protocol run, which the caller zeroes.
-  func secretKey() -> [UInt8] { secret.withLock { $0 } }
+  public func secretKey() -> [UInt8] { secret.withLock { $0 } }
+
+  public var certificateDER: [UInt8] { certificate.der }
+
+  public func identityKeys(peers: [SecureAggregationBegin.Peer], count: Int, ownIndex: Int) async -> Result<
+    [SecAggIndex: [UInt8]], DeviceCertificateRefusal
+  > {
+    await identityKeys(
+      peers: peers.map { (index: $0.index, der: $0.certificate) }, count: count, ownIndex: ownIndex)
+  }
 
   /// The signing keys of a round's members by index, from the certificates the server relayed:
   /// every index 1...count exactly once, this device's own certificate at `ownIndex`, each one

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CohortCore
 import CohortDevice
+import CohortProtocol
 import CohortStore
 import CohortTransport
 import Foundation

@@ -1,5 +1,7 @@
 import CohortCore
+import CohortDevice
 import CohortOperations
+import CohortProtocol
 import CohortSecAgg
 import CohortServing
 import CohortSimulator

@@ -1,6 +1,5 @@
 import CohortCompression
 import CohortCore
-import CohortDevice
 import CohortProtocol
 import CohortServer
 import CohortServing
@@ -12,6 +11,7 @@ import Logging
 import Prometheus
 import Testing
 
+@testable import CohortDevice
 @testable import CohortTransport
 
 /// One `Participate` stream driven by hand: the test sends messages when it wants and reads the
@@ -413,7 +413,9 @@ struct Refusal: Equatable, CustomStringConvertible {
         examples: { throw CohortError(.invalidData, "this device already trained") },
         logger: Logger(label: "test-resume"))
       await runtime.setPendingUpload(
-        PendingUpload(header: header, payload: bytes, chunk: device.maxChunkBytes, deadline: .infinity))
+        PendingUpload(
+          header: ReportHeader(wire: header), payload: bytes, chunk: device.maxChunkBytes, deadline: .infinity
+        ))
       let result = await runtime.participate()
       #expect(result == .finished(round: Int(device.task.round), accepted: true, reason: ""))
       #expect(await runtime.pendingUpload == nil)

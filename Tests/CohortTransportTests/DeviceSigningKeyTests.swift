@@ -1,5 +1,6 @@
 import CohortCore
 import CohortOperations
+import CohortProtocol
 import CohortSecAgg
 import Foundation
 import SwiftASN1

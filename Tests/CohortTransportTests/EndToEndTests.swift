@@ -2,6 +2,7 @@ import CohortCompression
 import CohortCore
 import CohortDevice
 import CohortOperations
+import CohortProtocol
 import CohortServer
 import CohortServing
 import CohortSimulator
