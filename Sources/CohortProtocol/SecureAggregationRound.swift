@@ -53,6 +53,8 @@ public struct SecureAggregationRound: Sendable {
   public private(set) var state: State
 
   private var server: SecAggServer?
+  /// Active variant: every member's certificate, for each member's `SecureAggregationBegin`.
+  private let peers: [SecureAggregationBegin.Peer]
   private let indexOf: [DeviceID: SecAggIndex]
   /// Members refused for a message, with the reason they were told.
   private var refused: [DeviceID: String] = [:]
@@ -80,6 +82,7 @@ public struct SecureAggregationRound: Sendable {
     self.indexOf = indexOf
     state = .finished
     let active = plan.secureAggregation.variant == .active
+    peers = active ? members.enumerated().map { .init(index: $0 + 1, certificate: $1.certificate) } : []
     func fail(_ reason: String) -> (SecAggConfiguration?, SecureAggregationEncoding?, String?) {
       (nil, nil, reason)
     }
@@ -127,10 +130,6 @@ public struct SecureAggregationRound: Sendable {
   /// a round that failed before it started.
   public func begin(for device: DeviceID) -> SecureAggregationBegin? {
     guard let configuration, let index = indexOf[device] else { return nil }
-    let peers =
-      configuration.variant == .active
-      ? members.enumerated().map { SecureAggregationBegin.Peer(index: $0 + 1, certificate: $1.certificate) }
-      : []
     return SecureAggregationBegin(
       round: round, index: Int(index), count: configuration.count, degree: configuration.degree,
       threshold: configuration.threshold, graphSeed: configuration.graphSeed,
