@@ -1,5 +1,24 @@
 import Dispatch
 
+/// The server side an in-memory round drives: `SecAggServer` itself, or a server-side round that
+/// wraps it (and keeps its own books of who answered).
+public protocol InMemorySecAggServer {
+  /// The step in progress; nil once the round finished or was abandoned.
+  var stepInProgress: SecAggServer.Step? { get }
+  /// Hands the server one device's message.
+  mutating func deliver(_ message: SecAggMessage, from sender: SecAggIndex)
+  /// Closes the current step; the messages for the devices that go on.
+  mutating func closeCurrentStep() -> [SecAggIndex: SecAggMessage]
+}
+
+extension SecAggServer: InMemorySecAggServer {
+  public var stepInProgress: Step? { step }
+  public mutating func deliver(_ message: SecAggMessage, from sender: SecAggIndex) {
+    receive(message, from: sender)
+  }
+  public mutating func closeCurrentStep() -> [SecAggIndex: SecAggMessage] { closeStep() }
+}
+
 /// Runs one secure-aggregation round between a server and `count` devices held in memory,
 /// delivering every message and closing each step when all remaining devices have answered.
 /// The simulator and `cohort bench secagg` drive rounds through this; the network service uses
@@ -50,6 +69,32 @@ public struct InMemorySecAggRound: Sendable {
     timed: (Party, SecAggServer.Step, () -> Void) -> Void = { _, _, work in work() }
   ) -> Outcome {
     var server = SecAggServer(configuration: configuration)
+    let traffic = drive(
+      &server, seed: seed, identitySecretKey: identitySecretKey, input: input, dropsBefore: dropsBefore,
+      timed: timed)
+    var reason: String? = nil
+    var survivors: [SecAggIndex] = []
+    switch server.state {
+    case .abandoned(let why): reason = why
+    case .finished(let s): survivors = s
+    case .running: break
+    }
+    return Outcome(
+      sum: server.sum, survivors: survivors, abandonedReason: reason, records: server.records,
+      rejections: server.rejections, deviceBytesSent: traffic.sent, deviceBytesReceived: traffic.received)
+  }
+
+  /// Runs the round's devices against `server` (which starts at `advertiseKeys` with this
+  /// round's configuration) until it finishes or is abandoned; the parameters are `run`'s.
+  /// Returns the bytes each device sent and received.
+  public func drive<Server: InMemorySecAggServer>(
+    _ server: inout Server,
+    seed: (SecAggIndex) -> [UInt8],
+    identitySecretKey: (SecAggIndex) -> [UInt8] = { _ in [] },
+    input: (SecAggIndex) -> [UInt32],
+    dropsBefore: (SecAggServer.Step, SecAggIndex) -> Bool = { _, _ in false },
+    timed: (Party, SecAggServer.Step, () -> Void) -> Void = { _, _, work in work() }
+  ) -> (sent: [SecAggIndex: Int], received: [SecAggIndex: Int]) {
     var devices: [SecAggIndex: SecAggDevice] = [:]
     var sent: [SecAggIndex: Int] = [:]
     var received: [SecAggIndex: Int] = [:]
@@ -63,14 +108,14 @@ public struct InMemorySecAggRound: Sendable {
       if let keys {
         let message = SecAggMessage.advertiseKeys(keys)
         sent[index, default: 0] += message.byteCount
-        timed(.server, .advertiseKeys) { server.receive(message, from: index) }
+        timed(.server, .advertiseKeys) { server.deliver(message, from: index) }
       }
       devices[index] = device
     }
-    while case .running(let step) = server.state {
+    while let step = server.stepInProgress {
       var outgoing: [SecAggIndex: SecAggMessage] = [:]
-      timed(.server, step) { outgoing = server.closeStep() }
-      guard case .running(let next) = server.state else { break }
+      timed(.server, step) { outgoing = server.closeCurrentStep() }
+      guard let next = server.stepInProgress else { break }
       var active: [SecAggIndex] = []
       for index in outgoing.keys.sorted() {
         received[index, default: 0] += outgoing[index]!.byteCount
@@ -122,20 +167,11 @@ public struct InMemorySecAggRound: Sendable {
           devices[index] = states[i]
           guard let reply = replies[i] else { continue }
           sent[index, default: 0] += reply.byteCount
-          timed(.server, next) { server.receive(reply, from: index) }
+          timed(.server, next) { server.deliver(reply, from: index) }
         }
       }
     }
-    var reason: String? = nil
-    var survivors: [SecAggIndex] = []
-    switch server.state {
-    case .abandoned(let why): reason = why
-    case .finished(let s): survivors = s
-    case .running: break
-    }
-    return Outcome(
-      sum: server.sum, survivors: survivors, abandonedReason: reason, records: server.records,
-      rejections: server.rejections, deviceBytesSent: sent, deviceBytesReceived: received)
+    return (sent, received)
   }
 }
 

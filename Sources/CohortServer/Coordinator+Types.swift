@@ -4,6 +4,11 @@ import CohortPrivacy
 public import CohortProtocol
 public import CohortStore
 
+/// Evaluates a global model on the central test set (held by the simulator or the operator).
+public protocol CentralEvaluator: Sendable {
+  func evaluate(_ weights: Weights) async -> Evaluation
+}
+
 extension Coordinator {
   public struct Configuration: Sendable {
     public var plan: Plan

@@ -9,8 +9,9 @@ import CohortStore
 import Synchronization
 
 /// Secure aggregation between simulated devices: each device that reported hands its update to
-/// its own `SecAggDevice`, which encodes and masks it; the server side is a `SecAggServer` that
-/// only ever sees masked vectors and shares, and the Coordinator gets the decoded sum.
+/// its own `SecAggDevice`, which encodes and masks it; the server side is the same
+/// `SecureAggregationRound` a network server runs, which only ever sees masked vectors and
+/// shares, and the Coordinator gets the decoded sum.
 ///
 /// Devices drop out at each protocol step with their profile's dropout probability spread over
 /// the steps, from a stream of the scenario seed, so runs replay. Secrets come from the scenario
@@ -57,42 +58,27 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
       for r in all.keys where r < round { all[r] = nil }
       return all.removeValue(forKey: round) ?? [:]
     }
-    let members = devices.filter { pending[$0] != nil }
-    func failed(_ reason: String) -> SecureSum {
-      SecureSum(
-        weightedSum: nil, totalWeight: 0, survivors: [], examples: 0, failure: reason, steps: [],
-        rejectedMessages: 0)
+    let active = plan.variant == .active
+    let members = devices.filter { pending[$0] != nil }.map { device in
+      SecureAggregationRound.Member(
+        device: device, examples: pending[device]!.examples,
+        identityKey: active
+          ? SecAggCrypto.signingPair(seed: secret(device, round, "identity")).publicKey : nil)
     }
-    let parameters: SecAggParameters
-    switch SecAggParameters.resolve(plan, count: members.count) {
-    case .success(let p): parameters = p
-    case .failure(let error): return failed(error.message)
-    }
-    var identities: [SecAggIndex: [UInt8]] = [:]
-    if plan.variant == .active {
-      for (i, device) in members.enumerated() {
-        identities[SecAggIndex(i + 1)] =
-          SecAggCrypto.signingPair(seed: secret(device, round, "identity")).publicKey
-      }
-    }
-    let ring: SecureAggregationEncoding
-    switch encoding(round: round, dimension: pending[members[0]]!.update.count) {
-    case .success(let codec): ring = codec
-    case .failure(let reason): return failed(reason.message)
-    }
-    let configuration = SecAggConfiguration(
-      round: UInt64(round), count: members.count, degree: parameters.degree, threshold: parameters.threshold,
-      graphSeed: secret(-1, round, "graph"), vectorLength: ring.vectorLength, ringBits: ring.ringBits,
-      variant: plan.variant == .active ? .active : .semiHonest, identityKeys: identities)
-    let device = { (index: SecAggIndex) in members[Int(index) - 1] }
+    var secure = SecureAggregationRound(
+      plan: fullPlan, round: round, dimension: members.first.map { pending[$0.device]!.update.count } ?? 0,
+      rotationSeed: SecureAggregationEncoding.rotationSeed(runSeed: seed, round: round, plan: fullPlan),
+      graphSeed: secret(-1, round, "graph"), members: members)
+    guard let configuration = secure.configuration, let ring = secure.encoding else { return secure.result! }
+    let device = { (index: SecAggIndex) in members[Int(index) - 1].device }
     let stepCount = Double(steps.count)
     let clock = ContinuousClock()
     var serverTime: [SecAggServer.Step: Duration] = [:]
-    let outcome = InMemorySecAggRound(configuration: configuration, parallelism: parallelism).run(
+    _ = InMemorySecAggRound(configuration: configuration, parallelism: parallelism).drive(
+      &secure,
       seed: { self.secret(device($0), round, "device") },
       identitySecretKey: {
-        plan.variant == .active
-          ? SecAggCrypto.signingPair(seed: self.secret(device($0), round, "identity")).secretKey : []
+        active ? SecAggCrypto.signingPair(seed: self.secret(device($0), round, "identity")).secretKey : []
       },
       input: { index in
         let d = device(index)
@@ -109,36 +95,11 @@ final class SimulatedSecureAggregation: SecureAggregationDriver {
         guard case .server = party else { return work() }
         serverTime[step, default: .zero] += clock.measure(work)
       })
-    let records = steps.map { step in
-      let r = outcome.records[step] ?? SecAggServer.StepRecord()
-      let seconds =
-        serverTime[step].map { Double($0.components.seconds) + Double($0.components.attoseconds) * 1e-18 }
-        ?? 0
-      return SecureAggregationStepRecord(
-        step: step.description, entered: r.entered, dropped: r.dropped, bytesUp: r.bytesReceived,
-        bytesDown: r.bytesSent, serverSeconds: seconds)
+    for (step, time) in serverTime {
+      secure.addServerSeconds(
+        Double(time.components.seconds) + Double(time.components.attoseconds) * 1e-18, step: step)
     }
-    let rejected = outcome.rejections.values.reduce(0, +)
-    guard let sum = outcome.sum else {
-      return SecureSum(
-        weightedSum: nil, totalWeight: 0, survivors: [], examples: 0,
-        failure: outcome.abandonedReason ?? "secure aggregation gave no sum", steps: records,
-        rejectedMessages: rejected)
-    }
-    let survivors = outcome.survivors.map(device)
-    let decoded = ring.decodeSum(sum, devices: survivors.count)
-    return SecureSum(
-      weightedSum: decoded.weightedSum, totalWeight: decoded.totalWeight, survivors: survivors,
-      examples: survivors.reduce(0) { $0 + pending[$1]!.examples }, failure: nil, steps: records,
-      rejectedMessages: rejected)
-  }
-
-  /// How this run's updates enter the ring in `round`. The rotation signs devices share come
-  /// from the scenario seed, as a network server's come from its run seed.
-  func encoding(round: Int, dimension: Int) -> Result<SecureAggregationEncoding, SecAggError> {
-    SecureAggregationEncoding.make(
-      plan: fullPlan, round: round, dimension: dimension,
-      rotationSeed: SecureAggregationEncoding.rotationSeed(runSeed: seed, round: round, plan: fullPlan))
+    return secure.result!
   }
 
   /// 32 secret bytes for one device, round and purpose, from the scenario seed.
