@@ -13,9 +13,11 @@ public struct ReportRules: Sendable, Hashable {
   public var maximumUpdateNorm: Double?
   public var clipOverNorm: Bool
 
-  public init(plan: Plan, layout: WeightsLayout) {
+  /// - Parameter secure: whether updates travel inside secure aggregation (by default as the
+  ///   plan says; a server running the protocol knows).
+  public init(plan: Plan, layout: WeightsLayout, secure: Bool? = nil) {
     self.layout = layout
-    secure = plan.secureAggregation.enabled
+    self.secure = secure ?? plan.secureAggregation.enabled
     maximumExamples = plan.server.reports?.examplesCap ?? ReportsPlan.defaultMaximumExamples
     maximumUpdateNorm = plan.server.reports?.maximumUpdateNorm
     clipOverNorm = plan.server.reports?.overNorm == .clip
@@ -45,5 +47,17 @@ public struct ReportRules: Sendable, Hashable {
     let scale = Float(bound / norm)
     for i in clipped.update.values.indices { clipped.update.values[i] *= scale }
     return .success(clipped)
+  }
+}
+
+extension Result where Failure == Rejection {
+  /// The admitted report, or `fallback` with the refusal put in `refusal`.
+  public func get(else fallback: Success, _ refusal: inout Rejection?) -> Success {
+    switch self {
+    case .success(let value): return value
+    case .failure(let rejection):
+      refusal = rejection
+      return fallback
+    }
   }
 }

@@ -16,6 +16,8 @@ public actor Coordinator {
   private let aggregator: Aggregator
   /// Decodes updates that travel encoded (the plan compresses, without secure aggregation).
   private let codec: UpdateCodec?
+  /// What a report may say (`server.reports`); under secure aggregation it carries no update.
+  private let rules: ReportRules
   /// What the strategy carries between rounds (momentum, moments, SCAFFOLD's control variate), as
   /// the Aggregator last reported it.
   public private(set) var strategyState: StrategyState
@@ -77,6 +79,7 @@ public actor Coordinator {
     codec =
       plan.compression.kind == .none || plan.secureAggregation.enabled
       ? nil : try? UpdateCodec(plan: plan.compression, dimension: initial.count)
+    rules = ReportRules(plan: plan, layout: initial.layout, secure: configuration.secureAggregation != nil)
     strategyState = snapshot?.strategyState ?? strategy.initialState()
     aggregator = Aggregator(strategy: strategy, state: strategyState)
     self.store = store
@@ -130,13 +133,11 @@ public actor Coordinator {
 
   /// A device reports its update; an accepted one is folded into the round's sum.
   public func report(_ report: UpdateReport) async -> ServerReply {
-    let report = report.decoded(by: codec, layout: global.layout)
-    // Under secure aggregation the update travels only inside the protocol, never in the clear.
-    let secure = configuration.secureAggregation != nil
-    let wellFormed = secure ? report.isWellFormedWithoutUpdate : report.isWellFormed(for: global.layout)
-    let (reply, actions) = pipeline.report(report, isWellFormed: wellFormed, now: clock.now)
+    var refusal: Rejection?
+    let report = rules.admit(report.decoded(by: codec, layout: global.layout)).get(else: report, &refusal)
+    let (reply, actions) = pipeline.report(report, refusal: refusal, now: clock.now)
     metrics.count(reply)
-    if case .accepted = reply, !secure,
+    if case .accepted = reply, !rules.secure,
       let full = batch.add(
         ClientUpdate(
           device: report.device, update: report.update, examples: report.examples,

@@ -178,6 +178,27 @@ final class FixedSecureSum: SecureAggregationDriver, @unchecked Sendable {
     #expect(try h.store.checkpoint(h.run, round: nil).weights.values == [2.25, 5])
   }
 
+  @Test func reportsBeyondThePlansBoundsAreOutOfRangeAndTheRoundGoesOn() async throws {
+    let h = try Harness(rounds: 1)
+    await h.coordinator.start()
+    for d in 1...3 { _ = await h.coordinator.checkIn(CheckIn(device: d, population: "default")) }
+    _ = h.link.drain()
+    h.clock.set(10)
+    // 2^63 − 1 examples once crashed the server's sum at the next honest report; an accuracy of
+    // −3 and an infinite evaluation loss once went into the record.
+    #expect(
+      await h.coordinator.report(h.update(1, round: 1, [1, 0], examples: .max)) == .rejected(.outOfRange))
+    var lying = h.update(2, round: 1, [1, 0], examples: 1)
+    lying.evaluation = Evaluation(loss: .infinity, accuracy: -3, examples: 5)
+    #expect(await h.coordinator.report(lying) == .rejected(.outOfRange))
+    // The same devices, honest now, are counted and the round commits.
+    #expect(await h.coordinator.report(h.update(1, round: 1, [1, 0], examples: 1)) == .accepted(round: 1))
+    #expect(await h.coordinator.report(h.update(2, round: 1, [0, 4], examples: 3)) == .accepted(round: 1))
+    let r = try #require(try h.store.rounds(h.run).first)
+    #expect(r.outcome == .committed && r.rejected == 2 && r.reported == 2)
+    #expect(try h.store.checkpoint(h.run, round: 1).weights.values == [1.25, 4])
+  }
+
   @Test func deadlineBelowMinimumAbandonsAndKeepsTheModel() async throws {
     let h = try Harness(rounds: 1)
     await h.coordinator.start()
