@@ -211,7 +211,7 @@ let package = Package(
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortProtocolTests",
-      dependencies: ["CohortProtocol", "CohortCore"],
+      dependencies: ["CohortProtocol", "CohortCore", "CohortCompression"],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortServerTests",
