@@ -103,12 +103,20 @@ public final class FederationEndpoint: Sendable {
     let limits =
       configuration.limits
       ?? TransportLimits(parameters: modelParameters, encodedUpdateBytes: codec?.wireBytes ?? 0)
+    let participation = ServerParticipation.Configuration(
+      secureAggregation: secureAggregation != nil, requiresCertificate: certificates != nil,
+      scaffold: plan.server.strategy.kind == .scaffold,
+      adaptiveClipping: plan.privacy.adaptiveClipping != nil,
+      codec: codec, runSeed: configuration.seed,
+      // The handler's model layout replaces this for each stream.
+      layout: WeightsLayout([.init("model", [modelParameters])]), limits: limits.participation,
+      taskWait: configuration.taskWait ?? max(5, plan.server.windows.selection),
+      selectionWindow: plan.server.windows.selection,
+      planJSON: String(decoding: plan.canonicalJSON, as: UTF8.self))
     service = FederationService(
-      handler: handler, secureAggregation: secureAggregation, certificates: certificates, plan: plan,
-      planJSON: String(decoding: plan.canonicalJSON, as: UTF8.self), codec: codec,
-      runSeed: configuration.seed,
-      limits: limits, clock: clock, metrics: TransportMetrics(factory: metrics), logger: logger,
-      taskWait: configuration.taskWait ?? max(5, plan.server.windows.selection))
+      handler: handler, secureAggregation: secureAggregation, certificates: certificates,
+      participation: participation, limits: limits, clock: clock, metrics: TransportMetrics(factory: metrics),
+      logger: logger)
   }
 
   /// The innermost cause of a transport error (a bind's "Address already in use").
