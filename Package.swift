@@ -154,6 +154,7 @@ let package = Package(
         "CohortCore", "CohortProtocol", "CohortAggregation", "CohortStore", "CohortPrivacy",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ],
       swiftSettings: swiftSettings),
     .target(
@@ -222,6 +223,7 @@ let package = Package(
       dependencies: [
         "CohortServer", "CohortProtocol", "CohortStore", "CohortCore", "CohortTesting", "CohortPrivacy",
         .product(name: "MetricsTestKit", package: "swift-metrics"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ],
       swiftSettings: swiftSettings),
     .testTarget(

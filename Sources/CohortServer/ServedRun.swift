@@ -4,6 +4,7 @@ public import CohortStore
 import Foundation
 public import Logging
 public import Metrics
+public import ServiceLifecycle
 import Synchronization
 
 /// A run served to real devices: found in the results store (a run of the same plan that was
@@ -197,4 +198,18 @@ public final class ServedRun: FederationHandler {
     await coordinator.dropped(device: device, round: round)
   }
   public var modelLayout: WeightsLayout { get async { await coordinator.global.layout } }
+}
+
+/// The server loop as a `Service`: it sleeps on the wall clock between deadlines (tests drive
+/// `drive(clock:now:)` with their own clock), ends the run as `interrupted` on graceful shutdown
+/// (SIGTERM, SIGINT through a `ServiceGroup`), and throws when the coordinator gives up.
+extension ServedRun: Service {
+  public func run() async throws {
+    let ending = await withGracefulShutdownHandler {
+      await drive(clock: ContinuousClock())
+    } onGracefulShutdown: {
+      self.stop()
+    }
+    if case .failed(let failure) = ending { throw failure }
+  }
 }

@@ -5,6 +5,7 @@ import CohortStore
 import CohortTesting
 import Foundation
 import Logging
+import ServiceLifecycle
 import Synchronization
 import Testing
 
@@ -62,6 +63,18 @@ import Testing
 
   /// The retries themselves are the coordinator's (CommitFailureCoordinatorTests); here a
   /// round that cannot be committed within its attempts (two, the first wait 1 s) ends the loop.
+  @Test func asAServiceGracefulShutdownLeavesTheRunInterrupted() async throws {
+    let store = try ResultsStore.inMemory()
+    let run = try served(clock: ManualClock(), store: store)
+    let group = ServiceGroup(configuration: .init(services: [run], logger: Logger(label: "test")))
+    let running = Task { try await group.run() }
+    // Once the loop has opened the first selection it is running as a service.
+    while await run.coordinator.nextDeadline == nil { await Task.yield() }
+    await group.triggerGracefulShutdown()
+    try await running.value
+    #expect(try store.run(run.run!).status == .interrupted)
+  }
+
   @Test func aServerWithoutASeedResumesWithItsRunsSeedOrDrawsOneFromLibsodium() throws {
     let store = try ResultsStore.inMemory()
     var plan = makePlan(rounds: 1)
