@@ -159,6 +159,8 @@ public enum Rejection: String, Error, Sendable, Hashable, CaseIterable, CustomSt
   /// A figure beyond the plan's bounds (`server.reports`): too many examples, a negative loss,
   /// an accuracy outside [0, 1], an update norm above the bound.
   case outOfRange = "out_of_range"
+  /// Under mutual TLS the message names another device than the connection's certificate does.
+  case identity
 
   public var description: String { rawValue }
 }

@@ -57,6 +57,10 @@ public struct ServerParticipation: Sendable {
     public var selectionWindow: Double
     /// The plan as JSON, sent with the task.
     public var planJSON: String
+    /// Under mutual TLS, the device number the connection's certificate names: the stream may
+    /// speak for that device only. Nil without a client certificate (identity is then the
+    /// number the device claims; see the README).
+    public var certifiedDevice: DeviceID?
 
     public init(
       secureAggregation: Bool = false, requiresCertificate: Bool = false, scaffold: Bool = false,
@@ -343,6 +347,18 @@ public struct ServerParticipation: Sendable {
   // MARK: Check-in and task
 
   private mutating func first(_ message: DeviceMessage?) -> [Action] {
+    let claimed: DeviceID? =
+      switch message {
+      case .checkIn(let request)?: request.device
+      case .report(let header)?: header.device
+      default: nil
+      }
+    if let certified = configuration.certifiedDevice, let claimed, claimed != certified {
+      return refuse(
+        .rejected(.identity),
+        "the message speaks for device \(claimed), but the connection's certificate names device \(certified); "
+          + "a device takes part under the number of its own certificate")
+    }
     switch message {
     case .checkIn(let request)?:
       device = request.device

@@ -95,7 +95,8 @@ public final class FederationEndpoint: Sendable {
     }
     self.configuration = configuration
     self.logger = logger
-    connections = ConnectionBook(limit: configuration.connections.maximumConnections)
+    let connections = ConnectionBook(limit: configuration.connections.maximumConnections)
+    self.connections = connections
     // Updates travel in the plan's encoding unless secure aggregation carries them.
     let codec =
       plan.compression.kind == .none || plan.secureAggregation.enabled
@@ -116,7 +117,7 @@ public final class FederationEndpoint: Sendable {
     service = FederationService(
       handler: handler, secureAggregation: secureAggregation, certificates: certificates,
       participation: participation, limits: limits, clock: clock, metrics: TransportMetrics(factory: metrics),
-      logger: logger)
+      logger: logger, connections: connections)
   }
 
   /// The innermost cause of a transport error (a bind's "Address already in use").

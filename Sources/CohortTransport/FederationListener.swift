@@ -255,14 +255,13 @@ final class HandshakeWatch: ChannelInboundHandler, RemovableChannelHandler {
 
   func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
     if case TLSUserEvent.handshakeCompleted = event {
-      let channel = context.channel
-      let peer = self.peer
-      let book = self.book
-      channel.pipeline.handler(type: NIOSSLServerHandler.self).whenSuccess { tls in
-        guard let der = try? tls.peerCertificate?.toDERBytes(),
-          let certificate = try? Certificate(derEncoded: der),
-          let device = DeviceCertificateVerifier.deviceNumber(certificate)
-        else { return }
+      // Recorded before the connection's first HTTP/2 frame is read, so every stream on it is
+      // held to the certificate's device.
+      if let tls = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
+        let der = try? tls.peerCertificate?.toDERBytes(),
+        let certificate = try? Certificate(derEncoded: der),
+        let device = DeviceCertificateVerifier.deviceNumber(certificate)
+      {
         book.record(device: device, peer: peer)
       }
     }

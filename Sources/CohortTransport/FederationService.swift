@@ -24,14 +24,18 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
   let logger: Logger
   /// Streams in progress, ended together at shutdown.
   let open = OpenParticipations()
+  /// The devices the connections' certificates name (mutual TLS), by remote peer.
+  let connections: ConnectionBook?
   /// The model's layout, which does not change during a run: read from the handler once.
   private let layout = LayoutCache()
 
   init(
     handler: any FederationHandler, secureAggregation: NetworkSecureAggregation?,
     certificates: DeviceCertificateVerifier?, participation: ServerParticipation.Configuration,
-    limits: TransportLimits, clock: any RoundClock, metrics: TransportMetrics, logger: Logger
+    limits: TransportLimits, clock: any RoundClock, metrics: TransportMetrics, logger: Logger,
+    connections: ConnectionBook? = nil
   ) {
+    self.connections = connections
     self.handler = handler
     self.secureAggregation = secureAggregation
     self.certificates = certificates
@@ -51,6 +55,7 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
     defer { metrics.connected.decrement() }
     var configuration = participation
     configuration.layout = await layout.get(handler)
+    configuration.certifiedDevice = connections?.device(peer: context.remotePeer)
     var pump = Pump(
       service: self, response: response, machine: ServerParticipation(configuration: configuration))
     open.add(pump.mailbox)

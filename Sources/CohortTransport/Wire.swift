@@ -39,7 +39,7 @@ extension Rejection {
     case .late, .duplicate, .notSelected, .unknownRound: .failedPrecondition
     case .protocolVersion: .failedPrecondition
     case .malformed, .tooLarge, .integrity, .outOfRange: .invalidArgument
-    case .wrongPopulation: .permissionDenied
+    case .wrongPopulation, .identity: .permissionDenied
     }
   }
 }

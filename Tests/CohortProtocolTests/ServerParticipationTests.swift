@@ -300,6 +300,21 @@ import Testing
     #expect(Self.summary(midway) == ["disconnect 7", "dropped 7@3", "end protocol_version"])
   }
 
+  @Test func underMutualTLSAStreamSpeaksOnlyForItsCertificatesDevice() {
+    var configuration = Self.configuration()
+    configuration.certifiedDevice = Self.device + 1
+    var impostor = Machine(configuration: configuration)
+    let actions = Self.receive(&impostor, .checkIn(Self.checkIn))
+    Self.refused(actions, "identity", "certificate names device \(Self.device + 1)")
+    #expect(Self.summary(actions) == ["end identity"], "refused before it takes a place in a cohort")
+    var resumed = Machine(configuration: configuration)
+    Self.refused(
+      Self.receive(&resumed, .report(Self.report().0)), "identity", "speaks for device \(Self.device)")
+    configuration.certifiedDevice = Self.device
+    var honest = Machine(configuration: configuration)
+    #expect(Self.refusal(Self.receive(&honest, .checkIn(Self.checkIn))) == nil)
+  }
+
   @Test(arguments: [
     DeviceMessage.updateChunk([1]), .secureAggregation([1]), .abandon(round: 1, reason: ""), nil,
   ])

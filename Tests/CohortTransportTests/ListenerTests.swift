@@ -3,11 +3,13 @@ import CohortOperations
 import CohortServing
 import CohortStore
 import Foundation
+import GRPCCore
 import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
 import NIOTLS
+import Prometheus
 import Testing
 
 @testable import CohortTransport
@@ -67,6 +69,48 @@ import Testing
           $0.population = "default"
         }))
     return try await stream.next()
+  }
+
+  @Test func underMutualTLSADeviceCannotSpeakForAnother() async throws {
+    let registry = PrometheusCollectorRegistry()
+    let scenario = try networkScenario(devices: 2, rounds: 1)
+    let server = try FederationServer(
+      configuration: .init(
+        plan: scenario.plan,
+        security: .tls(
+          certificateChainPEM: Self.pki.serverCertificatePEM, privateKeyPEM: Self.pki.serverKeyPEM,
+          clientCAPEM: Self.pki.caCertificatePEM), seed: scenario.seed),
+      store: try ResultsStore.inMemory(), logger: Logger(label: "test-identity"),
+      metrics: PrometheusMetricsFactory(registry: registry))
+    let (impostor, honest) = try await serving(server) { port in
+      // Device 1's certificate; the messages claim device 0, then device 1.
+      let device1 = Self.pki.devices[1]
+      let connection = try FederationConnection(
+        host: "127.0.0.1", port: port,
+        security: .tls(
+          caPEM: Self.pki.caCertificatePEM, certificatePEM: device1.certificatePEM,
+          privateKeyPEM: device1.keyPEM))
+      defer { connection.close() }
+      func checkIn(as device: Int) async throws -> (Cohort_V1_ServerMessage.OneOf_Kind?, RPCError?) {
+        var stream = RawParticipation(connection)
+        stream.send(
+          .checkIn(
+            .with {
+              $0.device = Int64(device)
+              $0.population = "default"
+            }))
+        do {
+          return (try await stream.next(), nil)
+        } catch let error as RPCError {
+          return (nil, error)
+        }
+      }
+      return (try await checkIn(as: 0), try await checkIn(as: 1))
+    }
+    #expect(impostor.1?.message.hasPrefix("identity:") == true, "\(String(describing: impostor))")
+    #expect(impostor.1?.code == .permissionDenied)
+    #expect(honest.0 != nil, "the device's own number is admitted or told when to come back")
+    #expect(registry.emitToString().contains("cohort_reports_rejected_total{reason=\"identity\"} 1"))
   }
 
   @Test func aServerListensOnIPv6Loopback() async throws {
