@@ -38,7 +38,7 @@ public struct DeviceRuntimeConfiguration: Sendable {
 
   public init(
     device: DeviceID, population: String = "default", seed: UInt64, initialBackoff: Double = 1,
-    maximumBackoff: Double = 300, maxCheckpointBytes: Int = 1 << 30,
+    maximumBackoff: Double = 300, maxCheckpointBytes: Int = 512 << 20,
     identity: (any SecureAggregationIdentity)? = nil
   ) {
     self.identity = identity

@@ -508,7 +508,27 @@ public struct DeviceConversation: Sendable {
     } catch {
       return refuse("malformed", "the task's plan cannot be read: \(error)")
     }
+    // The plan arrives as JSON, past the YAML reader's checks: the device bounds what it would
+    // allocate and run before it buffers or trains anything.
+    let parameters = plan.model.parameterCount
+    guard parameters <= min(ModelPlan.maximumParameters, configuration.maxCheckpointBytes / 4) else {
+      return refuse(
+        "too_large",
+        "the task's model has \(parameters == .max ? "more than 2^63" : "\(parameters)") parameters; this "
+          + "device takes at most \(min(ModelPlan.maximumParameters, configuration.maxCheckpointBytes / 4))")
+    }
+    guard (1...10_000).contains(plan.device.epochs), (1...1_000_000).contains(plan.device.batchSize) else {
+      return refuse(
+        "malformed",
+        "the task's plan asks for \(plan.device.epochs) epochs of batches of \(plan.device.batchSize)")
+    }
     if task.checkpointFollows {
+      guard task.checkpointBytes == parameters * 4 else {
+        return refuse(
+          "too_large",
+          "the checkpoint declares \(task.checkpointBytes) bytes for a model of \(parameters) parameters "
+            + "(\(parameters * 4) bytes)")
+      }
       guard task.checkpointBytes >= 0, task.checkpointBytes <= configuration.maxCheckpointBytes else {
         return refuse("too_large", "the checkpoint declares \(task.checkpointBytes) bytes")
       }

@@ -74,10 +74,19 @@ struct DeviceRunCommand: AsyncParsableCommand {
   @Flag(help: "Stop after one acknowledged report.")
   var once = false
 
+  @Option(
+    help: ArgumentHelp(
+      "The largest model this device accepts, in MB (a task for a larger one is refused before anything is "
+        + "downloaded or allocated).", valueName: "MB"))
+  var maxModelMB: Int = 512
+
   @Option(help: "Log level: trace, debug, info, notice, warning, error.")
   var logLevel: String = "info"
 
   func validate() throws {
+    guard (1...65_536).contains(maxModelMB) else {
+      throw ValidationError("--max-model-mb is between 1 and 65536, not \(maxModelMB)")
+    }
     _ = try HostPort(server, option: "--server")
     if signingKey != nil, tls.cert == nil || tls.ca == nil {
       throw ValidationError("--signing-key needs --cert (the certificate carrying its public key) and --ca")
@@ -112,7 +121,8 @@ struct DeviceRunCommand: AsyncParsableCommand {
       let population = self.population
       let runtime = DeviceRuntime(
         configuration: .init(
-          device: Int(identity.device), population: population, seed: rootSeed, identity: signing),
+          device: Int(identity.device), population: population, seed: rootSeed,
+          maxCheckpointBytes: maxModelMB << 20, identity: signing),
         connection: connection,
         examples: {
           LocalExamples(train: try store.examples(now: Date().timeIntervalSince1970))

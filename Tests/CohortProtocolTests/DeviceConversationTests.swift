@@ -282,6 +282,36 @@ import Testing
     }
   }
 
+  @Test func aTaskWhosePlanWouldNotFitTheDeviceIsRefusedBeforeAnythingIsBuffered() {
+    let cases: [(String, TaskDescription, String)] = [
+      (
+        "2·10^10 parameters",
+        Self.task(
+          plan: Self.plan {
+            $0.model = ModelPlan(kind: .mlp, inputShape: [10_000_000], hidden: [2000], classes: 10)
+          }), "too_large"
+      ),
+      (
+        "more parameters than this device's limit",
+        Self.task(
+          plan: Self.plan { $0.model = ModelPlan(kind: .logisticRegression, inputShape: [300], classes: 1) }),
+        "too_large"
+      ),
+      (
+        "a checkpoint larger than the plan's model (1 GiB for 16 bytes)", Self.task(bytes: 1 << 30),
+        "too_large"
+      ),
+      ("a checkpoint smaller than the plan's model", Self.task(bytes: 8), "too_large"),
+      ("10^9 epochs", Self.task(plan: Self.plan { $0.device.epochs = 1_000_000_000 }), "malformed"),
+      ("a batch of 0", Self.task(plan: Self.plan { $0.device.batchSize = 0 }), "malformed"),
+    ]
+    for (name, task, reason) in cases {
+      var m = Self.machine()
+      _ = m.start(now: 0)
+      #expect(Self.refusal(m.received(.task(task), now: 1))?.reason == reason, "\(name)")
+    }
+  }
+
   @Test func aChunkBeyondTheDeclaredSizeIsRefused() {
     var m = Self.machine()
     _ = m.start(now: 0)
