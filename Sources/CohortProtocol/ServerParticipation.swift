@@ -317,12 +317,18 @@ public struct ServerParticipation: Sendable {
         guard chunk.count <= upload.declared - upload.bytes.count else {
           return refuse(.rejected(.tooLarge), "the chunks exceed the declared \(upload.declared) bytes")
         }
+        // Empty chunks would keep a stream busy for ever without bringing the upload closer.
+        guard !chunk.isEmpty else { return refuse(.rejected(.integrity), "an empty update chunk") }
         // The state lets go of the buffer while it grows, so appending does not copy it.
         state = .started
         upload.bytes.append(contentsOf: chunk)
         state = .uploading(upload)
         return upload.bytes.count == upload.declared ? uploaded(upload) : []
-      case .streamEnded, .shutdown: return end(nil)
+      case .streamEnded:
+        // A device that half-closes mid-upload learns why its report does not count.
+        return refuse(
+          .rejected(.integrity), "the upload ended after \(upload.bytes.count) of \(upload.declared) bytes")
+      case .shutdown: return end(nil)
       default: return []
       }
     case .reporting(let submitted):

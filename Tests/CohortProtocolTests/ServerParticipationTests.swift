@@ -521,11 +521,18 @@ import Testing
     var uploading = Self.selected()
     _ = Self.receive(&uploading, .report(Self.report().0))
     _ = Self.receive(&uploading, .updateChunk([0, 0, 0, 0]))
-    #expect(Self.summary(uploading.handle(.streamEnded, now: 0)) == ["disconnect 7", "dropped 7@3", "end"])
+    // A device that half-closes mid-upload is told why its report does not count.
+    let cut = uploading.handle(.streamEnded, now: 0)
+    #expect(Self.summary(cut) == ["disconnect 7", "dropped 7@3", "end integrity"])
+    #expect(Self.refusal(cut)?.detail.contains("the upload ended after 4 of 16 bytes") == true)
 
     var resuming = Machine(configuration: Self.configuration())
     _ = Self.receive(&resuming, .report(Self.report().0))
-    #expect(Self.summary(resuming.handle(.streamEnded, now: 0)) == ["end"])
+    #expect(Self.summary(resuming.handle(.streamEnded, now: 0)) == ["end integrity"])
+
+    var empty = Self.selected()
+    _ = Self.receive(&empty, .report(Self.report().0))
+    Self.refused(Self.receive(&empty, .updateChunk([])), "integrity", "an empty update chunk")
 
     // Under secure aggregation the report stands; the device only leaves the protocol.
     var relaying = Self.selected(Self.configuration(secure: true))
