@@ -117,7 +117,7 @@ public final class FederationEndpoint: Sendable {
     service = FederationService(
       handler: handler, secureAggregation: secureAggregation, certificates: certificates,
       participation: participation, limits: limits, clock: clock, metrics: TransportMetrics(factory: metrics),
-      logger: logger, connections: connections)
+      logger: logger, connections: connections, streamInactivity: configuration.connections.streamInactivity)
   }
 
   /// The innermost cause of a transport error (a bind's "Address already in use").

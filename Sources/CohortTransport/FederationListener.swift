@@ -25,11 +25,16 @@ public struct ConnectionLimits: Sendable, Hashable {
   /// Seconds of silence on a connection with streams before the server pings it; an unanswered
   /// ping (20 s) closes it, so a peer that vanished without a FIN frees its streams.
   public var keepalive: Double
+  /// Seconds a participation stream may make no progress where the device has the next move
+  /// (its first message, the next chunk of an upload, reading what the server sends, a
+  /// secure-aggregation answer); while it trains, until its reporting deadline plus this.
+  public var streamInactivity: Double
 
   public init(
     maximumConnections: Int = 30_000, handshakeTimeout: Double = 10, tls13Only: Bool = false,
-    idleTimeout: Double = 120, keepalive: Double = 300
+    idleTimeout: Double = 120, keepalive: Double = 300, streamInactivity: Double = 60
   ) {
+    self.streamInactivity = streamInactivity
     self.idleTimeout = idleTimeout
     self.keepalive = keepalive
     self.maximumConnections = maximumConnections

@@ -26,6 +26,8 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
   let open = OpenParticipations()
   /// The devices the connections' certificates name (mutual TLS), by remote peer.
   let connections: ConnectionBook?
+  /// Seconds a stream may make no progress where the device has the next move.
+  let streamInactivity: Double
   /// The model's layout, which does not change during a run: read from the handler once.
   private let layout = LayoutCache()
 
@@ -33,9 +35,10 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
     handler: any FederationHandler, secureAggregation: NetworkSecureAggregation?,
     certificates: DeviceCertificateVerifier?, participation: ServerParticipation.Configuration,
     limits: TransportLimits, clock: any RoundClock, metrics: TransportMetrics, logger: Logger,
-    connections: ConnectionBook? = nil
+    connections: ConnectionBook? = nil, streamInactivity: Double = 60
   ) {
     self.connections = connections
+    self.streamInactivity = streamInactivity
     self.handler = handler
     self.secureAggregation = secureAggregation
     self.certificates = certificates
@@ -56,11 +59,34 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
     var configuration = participation
     configuration.layout = await layout.get(handler)
     configuration.certifiedDevice = connections?.device(peer: context.remotePeer)
-    var pump = Pump(
-      service: self, response: response, machine: ServerParticipation(configuration: configuration))
-    open.add(pump.mailbox)
-    defer { open.remove(pump.mailbox) }
-    try await pump.run(request)
+    let watchdog = StreamWatchdog()
+    let machine = ServerParticipation(configuration: configuration)
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      group.addTask {
+        defer { watchdog.stop() }
+        var pump = Pump(service: self, response: response, machine: machine, watchdog: watchdog)
+        open.add(pump.mailbox)
+        defer { open.remove(pump.mailbox) }
+        try await pump.run(request)
+      }
+      group.addTask {
+        guard await watchdog.expired() else { return }
+        metrics.inactive.increment()
+        throw RPCError(
+          code: .deadlineExceeded,
+          message:
+            "inactive: the device made no progress for \(Int(streamInactivity)) s; the stream is closed")
+      }
+      // The first to end ends the other: the pump (its stream is over) or the watchdog (the
+      // pump is cancelled, and its stream's device is counted as gone).
+      do {
+        try await group.next()
+      } catch {
+        group.cancelAll()
+        throw error
+      }
+      group.cancelAll()
+    }
   }
 }
 
@@ -86,12 +112,18 @@ private struct Pump {
   /// The certificate the device presented at check-in, once verified (active secure aggregation).
   var certificate: VerifiedDeviceCertificate?
   var timer: UInt64?
+  let watchdog: StreamWatchdog
+  /// The reporting deadline of the task sent (server time): the device trains until then.
+  var reportingDeadline: Double?
   /// The first failed write: the stream is gone, and nothing more is sent.
   var writeError: (any Error)?
   var refusal: ServerParticipation.Refusal?
 
-  init(service: FederationService, response: RPCWriter<Cohort_V1_ServerMessage>, machine: ServerParticipation)
-  {
+  init(
+    service: FederationService, response: RPCWriter<Cohort_V1_ServerMessage>, machine: ServerParticipation,
+    watchdog: StreamWatchdog
+  ) {
+    self.watchdog = watchdog
     self.service = service
     self.response = response
     self.machine = machine
@@ -132,6 +164,14 @@ private struct Pump {
   {
     switch machine.awaiting {
     case .deviceMessage:
+      // The device has the next move: while it trains, until its reporting deadline; otherwise
+      // within the inactivity bound.
+      var wait = service.streamInactivity
+      if case .awaitingReport = machine.state, let deadline = reportingDeadline {
+        wait += max(0, deadline - service.clock.now)
+      }
+      watchdog.arm(seconds: wait)
+      defer { watchdog.disarm() }
       guard let message = try await messages.next() else { return .streamEnded }
       service.metrics.bytesReceived.increment(by: message.payloadBytes)
       if case .abandon(let abandon) = message.kind {
@@ -144,7 +184,9 @@ private struct Pump {
       return .received(DeviceMessage(wire: message), version: Int(message.protocolVersion))
     case .serverEvent:
       switch await events.next() {
-      case .task(let assignment): return .task(assignment)
+      case .task(let assignment):
+        reportingDeadline = assignment.task.reportingDeadline
+        return .task(assignment)
       case .released(let window): return .released(window: window)
       case .secAggBegin(let begin): return .secureAggregationBegin(begin)
       case .secAggRequest(let bytes): return .secureAggregationRequest(bytes)
@@ -170,6 +212,9 @@ private struct Pump {
         guard writeError == nil else { continue }
         let wire = message.wire
         service.metrics.bytesSent.increment(by: wire.payloadBytes)
+        // A device that does not read what it is sent holds the stream no longer than this.
+        watchdog.arm(seconds: service.streamInactivity)
+        defer { watchdog.disarm() }
         do {
           try await response.write(wire)
         } catch {

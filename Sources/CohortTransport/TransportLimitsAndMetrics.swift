@@ -34,12 +34,15 @@ struct TransportMetrics: Sendable {
   let bytesReceived: Counter
   let bytesSent: Counter
   let refused: @Sendable (String) -> Void
+  /// Streams ended because the device made no progress in time.
+  let inactive: Counter
 
   init(factory: any MetricsFactory) {
     connected = Meter(label: "cohort_devices_connected", factory: factory)
     streams = Counter(label: "cohort_participations_total", factory: factory)
     bytesReceived = Counter(label: "cohort_bytes_received_total", factory: factory)
     bytesSent = Counter(label: "cohort_bytes_sent_total", factory: factory)
+    inactive = Counter(label: "cohort_streams_inactive_total", factory: factory)
     // Refusals the transport makes itself (before a report reaches the Coordinator) go into
     // the same family as the Coordinator's, by reason.
     refused = { reason in

@@ -92,9 +92,8 @@ import X509
       #expect(
         { if case .refused("certificate_untrusted", _) = refused { true } else { false } }(), "\(refused)")
 
-      // Raw check-ins: a tampered certificate, none, and another device's.
-      let connection = try FederationConnection(host: "127.0.0.1", port: port, security: tls(pki.devices[0]))
-      defer { connection.close() }
+      // Raw check-ins, each on a connection with its own device's TLS certificate (mutual TLS holds
+      // a connection to that device): a tampered signing certificate, none, and another device's.
       let good = try Certificate(pemEncoded: pki.devices[1].certificatePEM).serializeAsPEM().derBytes
       let raw: [(String, Int, [UInt8], DeviceCertificateRefusal.Reason)] = [
         ("a tampered key", 1, try DeviceSigningKeyTests.tampered(good), .untrusted),
@@ -102,6 +101,9 @@ import X509
         ("device 1's certificate", 3, good, .wrongDevice),
       ]
       for (name, device, certificate, reason) in raw {
+        let connection = try FederationConnection(
+          host: "127.0.0.1", port: port, security: tls(pki.devices[device]))
+        defer { connection.close() }
         var stream = RawParticipation(connection)
         stream.send(
           .checkIn(

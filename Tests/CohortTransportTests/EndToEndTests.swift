@@ -60,10 +60,11 @@ struct Feature: Sendable, CustomTestStringConvertible {
 
   /// Runs the scenario's federation over the network with every one of its devices; returns
   /// the server's final checkpoint and rounds. With `identities`, device d connects with its own
-  /// certificate (`pki.devices[d]`, mutual TLS) and signs with its own signing key.
+  /// certificate (`pki.devices[d]`, mutual TLS: the server holds it to that number) and, with
+  /// `signing`, signs with its own signing key.
   func federate(
     _ scenario: Scenario, security: ServerSecurity, client: ClientSecurity, directory: String,
-    identities pki: DevelopmentCertificates? = nil
+    identities pki: DevelopmentCertificates? = nil, signing: Bool = true
   )
     async throws -> (
       sha256: String, rounds: [RoundRecord],
@@ -88,10 +89,12 @@ struct Feature: Sendable, CustomTestStringConvertible {
             let own = pki.devices[device]
             security = .tls(
               caPEM: pki.caCertificatePEM, certificatePEM: own.certificatePEM, privateKeyPEM: own.keyPEM)
-            identity = try await DeviceSigningIdentity.load(
-              certificatePEM: own.certificatePEM, signingKeyPEM: own.signingKeyPEM,
-              caPEM: pki.caCertificatePEM,
-              device: device)
+            if signing {
+              identity = try await DeviceSigningIdentity.load(
+                certificatePEM: own.certificatePEM, signingKeyPEM: own.signingKeyPEM,
+                caPEM: pki.caCertificatePEM,
+                device: device)
+            }
           }
           let connection = try FederationConnection(host: "127.0.0.1", port: port, security: security)
           let local = data.data(device: device)
@@ -129,8 +132,9 @@ struct Feature: Sendable, CustomTestStringConvertible {
     let directory = try temporaryDirectory("e2e")
     let simulation = try await simulated(scenario, directory: directory)
     let expected = simulation.checkpointSHA256
-    // TLS with a throwaway CA; mutual TLS, so every device also proves who it is.
-    let pki = try DevelopmentCertificates.make(devices: feature.active ? Self.devices : 1, firstDevice: 0)
+    // TLS with a throwaway CA; mutual TLS, so every device also proves who it is (with its own
+    // certificate: the server holds each connection to the device its certificate names).
+    let pki = try DevelopmentCertificates.make(devices: Self.devices, firstDevice: 0)
     let device = pki.devices[0]
     let network = try await federate(
       scenario,
@@ -139,7 +143,7 @@ struct Feature: Sendable, CustomTestStringConvertible {
         clientCAPEM: pki.caCertificatePEM),
       client: .tls(
         caPEM: pki.caCertificatePEM, certificatePEM: device.certificatePEM, privateKeyPEM: device.keyPEM),
-      directory: directory, identities: feature.active ? pki : nil)
+      directory: directory, identities: pki, signing: feature.active)
     #expect(
       network.rounds.filter { $0.outcome == .committed }.count == 3, "\(feature), seed \(scenario.seed)")
     #expect(network.rounds.allSatisfy { $0.reported == Self.devices }, "\(feature), seed \(scenario.seed)")

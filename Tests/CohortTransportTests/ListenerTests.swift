@@ -258,6 +258,49 @@ import Testing
     }
   }
 
+  /// A plaintext stream on `port`.
+  static func stream(port: Int) throws -> (RawParticipation, FederationConnection) {
+    let connection = try FederationConnection(host: "127.0.0.1", port: port, security: .insecure)
+    return (RawParticipation(connection), connection)
+  }
+
+  @Test func aSilentOrStalledStreamIsClosedWhenItMakesNoProgress() async throws {
+    let registry = PrometheusCollectorRegistry()
+    let scenario = try networkScenario(devices: 2, rounds: 1)
+    let server = try FederationServer(
+      configuration: .init(
+        plan: scenario.plan, security: .insecureLoopback, seed: scenario.seed,
+        connections: ConnectionLimits(streamInactivity: 0.3)),
+      store: try ResultsStore.inMemory(), logger: Logger(label: "test-inactive"),
+      metrics: PrometheusMetricsFactory(registry: registry))
+    let (silent, stalled) = try await serving(server) { port -> (RPCError?, RPCError?) in
+      // A stream that never says anything.
+      var (quiet, c1) = try Self.stream(port: port)
+      defer { c1.close() }
+      let silent = await quiet.status()
+      // An upload (a report-first resend) that stops after 4 of its 64 bytes.
+      var (upload, c2) = try Self.stream(port: port)
+      defer { c2.close() }
+      upload.send(
+        .report(
+          .with {
+            $0.device = 1
+            $0.round = 1
+            $0.examples = 1
+            $0.updateBytes = 64
+            $0.updateSha256 = String(repeating: "0", count: 64)
+          }))
+      upload.send(.updateChunk(.with { $0.data = Data([1, 2, 3, 4]) }))
+      let stalled = await upload.status()
+      return (silent, stalled)
+    }
+    for status in [silent, stalled] {
+      #expect(status?.code == .deadlineExceeded, "\(String(describing: status))")
+      #expect(status?.message.hasPrefix("inactive") == true)
+    }
+    #expect(registry.emitToString().contains("cohort_streams_inactive_total 2"))
+  }
+
   @Test func connectionsBeyondTheLimitAreClosedAtAcceptAndTheOthersWork() async throws {
     let limits = ConnectionLimits(maximumConnections: 2, handshakeTimeout: 30)
     try await serving(try server(connections: limits)) { port in
