@@ -167,8 +167,10 @@ import Testing
     return ""
   }
 
-  /// Whether a TLS client configured by `configure` completes its handshake with the server.
-  static func handshake(port: Int, _ configure: (inout TLSConfiguration) -> Void) async throws -> Bool {
+  /// A TLS client connection configured by `configure`, and whether its handshake completed.
+  static func tlsClient(port: Int, _ configure: (inout TLSConfiguration) -> Void = { _ in }) async throws -> (
+    channel: any Channel, completed: Bool
+  ) {
     var configuration = TLSConfiguration.makeClientConfiguration()
     configuration.trustRoots = .certificates(
       try NIOSSLCertificate.fromPEMBytes(Array(pki.caCertificatePEM.utf8)))
@@ -188,7 +190,12 @@ import Testing
     }
     .connect(host: "127.0.0.1", port: port).get()
     var iterator = done.makeAsyncIterator()
-    let completed = await iterator.next() ?? false
+    return (channel, await iterator.next() ?? false)
+  }
+
+  /// Whether a TLS client configured by `configure` completes its handshake with the server.
+  static func handshake(port: Int, _ configure: (inout TLSConfiguration) -> Void) async throws -> Bool {
+    let (channel, completed) = try await tlsClient(port: port, configure)
     try? await channel.close()
     return completed
   }
@@ -234,25 +241,8 @@ import Testing
   @Test func aConnectionThatShakesHandsAndThenSpeaksNoHTTP2IsClosedAtItsDeadline() async throws {
     let limits = ConnectionLimits(handshakeTimeout: 0.5)
     try await serving(try server(connections: limits)) { port in
-      var configuration = TLSConfiguration.makeClientConfiguration()
-      configuration.trustRoots = .certificates(
-        try NIOSSLCertificate.fromPEMBytes(Array(Self.pki.caCertificatePEM.utf8)))
-      configuration.applicationProtocols = ["h2"]
-      let context = try NIOSSLContext(configuration: configuration)
-      let (done, sink) = AsyncStream.makeStream(of: Bool.self)
-      let channel = try await ClientBootstrap(
-        group: MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
-      )
-      .channelInitializer { channel in
-        channel.eventLoop.makeCompletedFuture {
-          try channel.pipeline.syncOperations.addHandler(
-            try NIOSSLClientHandler(context: context, serverHostname: "localhost"))
-          try channel.pipeline.syncOperations.addHandler(HandshakeOutcome(sink: sink))
-        }
-      }
-      .connect(host: "127.0.0.1", port: port).get()
-      var iterator = done.makeAsyncIterator()
-      #expect(await iterator.next() == true, "the handshake completes")
+      let (channel, completed) = try await Self.tlsClient(port: port)
+      #expect(completed, "the handshake completes")
       // No HTTP/2 preface: the server closes the connection at its deadline.
       try await channel.closeFuture.get()
     }
