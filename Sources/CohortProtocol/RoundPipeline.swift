@@ -54,6 +54,8 @@ public struct RoundPipeline: Sendable {
     public var secureRejected: Int
     /// Why secure aggregation gave no sum.
     public var secureFailure: String?
+    /// The strategy's model had a non-finite value and was discarded.
+    public var nonFiniteModel = false
 
     public init(
       producedModel: Bool, secureSteps: [SecureAggregationStepRecord] = [], secureRejected: Int = 0,
@@ -189,7 +191,10 @@ public struct RoundPipeline: Sendable {
     guard aggregation.producedModel else {
       closed.record.outcome = .abandoned
       closed.record.abandonReason =
-        (aggregation.secureFailure != nil ? AbandonReason.secureAggregationFailed : .tooFewReports).rawValue
+        (aggregation.secureFailure != nil
+        ? AbandonReason.secureAggregationFailed
+        : aggregation.nonFiniteModel ? .nonFiniteModel : .tooFewReports)
+        .rawValue
       return (closed, translate(machine.closedWithoutModel(round: round, now: now), now: now))
     }
     let released = machine.committedRounds + 1

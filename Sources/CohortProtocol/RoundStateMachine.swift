@@ -10,6 +10,9 @@ public enum AbandonReason: String, Sendable, Hashable, CustomStringConvertible {
   case shutdown
   /// Secure aggregation could not produce the sum (too few devices survived the protocol).
   case secureAggregationFailed = "secure_aggregation_failed"
+  /// The strategy's next model had a value that is not a number or infinite (updates large
+  /// enough to overflow Float32 without a norm bound): the model stays as it was.
+  case nonFiniteModel = "non_finite_model"
 
   public var description: String { rawValue }
 }

@@ -72,7 +72,16 @@ public actor Aggregator {
           privacy.addNoise(to: &$0, clip: clip, round: round)
         }
       }
-      model = strategy.nextGlobal(from: global, result, state: &strategyState)
+      var next = strategyState
+      model = strategy.nextGlobal(from: global, result, state: &next)
+      // Finite updates can still overflow Float32 together (3e38 each); such a model would
+      // destroy every later round, so the round is abandoned and the model stays as it was.
+      if let m = model, !m.values.allSatisfy(\.isFinite) {
+        model = nil
+        aggregation.nonFiniteModel = true
+      } else {
+        strategyState = next
+      }
     }
     aggregation.producedModel = model != nil
     return Result(model: model, strategyState: strategyState, aggregation: aggregation)

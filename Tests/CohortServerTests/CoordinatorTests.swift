@@ -199,6 +199,29 @@ final class FixedSecureSum: SecureAggregationDriver, @unchecked Sendable {
     #expect(try h.store.checkpoint(h.run, round: 1).weights.values == [1.25, 4])
   }
 
+  @Test func updatesThatOverflowTheModelAbandonTheRoundAndKeepTheModel() async throws {
+    let h = try Harness(rounds: 2)
+    await h.coordinator.start()
+    // Finite and within the plan (no norm bound): round 1's model is 3e38, round 2's would be ∞.
+    for round in 1...2 {
+      for d in 1...3 {
+        _ = await h.coordinator.checkIn(CheckIn(device: 10 * round + d, population: "default"))
+      }
+      _ = h.link.drain()
+      h.clock.set(Double(10 * round))
+      for d in 1...2 {
+        #expect(
+          await h.coordinator.report(h.update(10 * round + d, round: round, [3e38, 0], examples: 1))
+            == .accepted(round: round))
+      }
+    }
+    let rounds = try h.store.rounds(h.run)
+    #expect(rounds.map(\.outcome) == [.committed, .abandoned])
+    #expect(rounds.last?.abandonReason == "non_finite_model")
+    #expect(try h.store.latestCheckpoint(h.run)?.round == 1)
+    #expect(await h.coordinator.global.values.allSatisfy(\.isFinite))
+  }
+
   @Test func deadlineBelowMinimumAbandonsAndKeepsTheModel() async throws {
     let h = try Harness(rounds: 1)
     await h.coordinator.start()
