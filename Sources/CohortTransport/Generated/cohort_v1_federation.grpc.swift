@@ -1,7 +1,11 @@
 // swift-format-ignore-file
-/// The Cohort device–server protocol, version 1.
+/// The Cohort device–server protocol, version 1. docs/PROTOCOL.md is the full contract (flows,
+/// every check and refusal, timeouts and limits, the plan's JSON, the binary layouts of updates and
+/// of secure aggregation's messages); this file defines the messages.
 ///
-/// A device opens one bidirectional `Participate` stream per participation. The server drives it:
+/// A device opens one bidirectional `Participate` stream per participation and writes its first
+/// message (the CheckIn, or the ReportHeader of a resent upload) at once, without waiting for the
+/// server's response headers. The server drives the rest:
 ///
 ///   device                                   server
 ///   CheckIn                        ─────▶
@@ -16,12 +20,24 @@
 ///   SecAggResponse…                ─────▶
 ///                                  ◀─────    Acknowledgement, and the stream ends with OK
 ///
+/// A device that lost its stream after training resends its report on a new stream, which then
+/// starts with the ReportHeader (no check-in) and ends with the Acknowledgement.
+///
 /// Every message carries `protocol_version`; a server that does not speak the device's version
 /// ends the stream with FAILED_PRECONDITION and the reason `protocol_version`. Every refusal ends
 /// the stream with a gRPC status whose message starts with the reason (for example
 /// "malformed: the update has 12 values, the model 610") and whose trailing metadata carries the
-/// same reason under `cohort-reason`. Checkpoints and updates travel in chunks after a header that
-/// declares their total size and SHA-256, so limits are enforced before memory is spent.
+/// same reason under `cohort-reason`: FAILED_PRECONDITION for late, duplicate, not_selected,
+/// unknown_round and protocol_version; INVALID_ARGUMENT for malformed, too_large, integrity and
+/// out_of_range; PERMISSION_DENIED for wrong_population and identity; UNAUTHENTICATED for the
+/// certificate_* reasons. Checkpoints and updates travel in chunks after a header that declares
+/// their total size and SHA-256 (64 lowercase hex digits), so limits are enforced before memory is
+/// spent.
+///
+/// Models, checkpoints and updates are flat vectors of the model's parameters: its tensors in
+/// layout order (each layer's weight, then its bias; dense weights [outputs, inputs], conv weights
+/// [filters, channels, k, k]), each row-major, every value a float32 little-endian. An update is
+/// local − global, element-wise.
 ///
 /// What travels, by plan feature:
 ///   - the model: the checkpoint as float32 little-endian values, addressed by its SHA-256;

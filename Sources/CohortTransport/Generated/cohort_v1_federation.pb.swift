@@ -9,9 +9,13 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// The Cohort device–server protocol, version 1.
+/// The Cohort device–server protocol, version 1. docs/PROTOCOL.md is the full contract (flows,
+/// every check and refusal, timeouts and limits, the plan's JSON, the binary layouts of updates and
+/// of secure aggregation's messages); this file defines the messages.
 ///
-/// A device opens one bidirectional `Participate` stream per participation. The server drives it:
+/// A device opens one bidirectional `Participate` stream per participation and writes its first
+/// message (the CheckIn, or the ReportHeader of a resent upload) at once, without waiting for the
+/// server's response headers. The server drives the rest:
 ///
 ///   device                                   server
 ///   CheckIn                        ─────▶
@@ -26,12 +30,24 @@
 ///   SecAggResponse…                ─────▶
 ///                                  ◀─────    Acknowledgement, and the stream ends with OK
 ///
+/// A device that lost its stream after training resends its report on a new stream, which then
+/// starts with the ReportHeader (no check-in) and ends with the Acknowledgement.
+///
 /// Every message carries `protocol_version`; a server that does not speak the device's version
 /// ends the stream with FAILED_PRECONDITION and the reason `protocol_version`. Every refusal ends
 /// the stream with a gRPC status whose message starts with the reason (for example
 /// "malformed: the update has 12 values, the model 610") and whose trailing metadata carries the
-/// same reason under `cohort-reason`. Checkpoints and updates travel in chunks after a header that
-/// declares their total size and SHA-256, so limits are enforced before memory is spent.
+/// same reason under `cohort-reason`: FAILED_PRECONDITION for late, duplicate, not_selected,
+/// unknown_round and protocol_version; INVALID_ARGUMENT for malformed, too_large, integrity and
+/// out_of_range; PERMISSION_DENIED for wrong_population and identity; UNAUTHENTICATED for the
+/// certificate_* reasons. Checkpoints and updates travel in chunks after a header that declares
+/// their total size and SHA-256 (64 lowercase hex digits), so limits are enforced before memory is
+/// spent.
+///
+/// Models, checkpoints and updates are flat vectors of the model's parameters: its tensors in
+/// layout order (each layer's weight, then its bias; dense weights [outputs, inputs], conv weights
+/// [filters, channels, k, k]), each row-major, every value a float32 little-endian. An update is
+/// local − global, element-wise.
 ///
 /// What travels, by plan feature:
 ///   - the model: the checkpoint as float32 little-endian values, addressed by its SHA-256;
@@ -65,7 +81,10 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
-/// How the update bytes of a report are laid out (all numbers little-endian).
+/// How the update bytes of a report are laid out (all numbers little-endian). The server accepts
+/// only the plan's layout, of exactly the plan's size. The seed of the rotation signs or of the
+/// random mask never travels: both sides derive it from Task.codec_seed, the round and the device
+/// (docs/PROTOCOL.md, "Update encodings").
 public nonisolated enum Cohort_V1_UpdateEncoding: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
 
@@ -277,9 +296,11 @@ public nonisolated struct Cohort_V1_CheckIn: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// The device's number within its population (unique per device).
+  /// The device's number within its population (unique per device). Under mutual TLS it must be
+  /// the N of the connection's certificate (common name `device-N`), else `identity`.
   public var device: Int64 = 0
 
+  /// Must be the population the server serves, else `wrong_population`.
   public var population: String = String()
 
   /// The runtime's version, for the server's logs.
@@ -315,7 +336,9 @@ public nonisolated struct Cohort_V1_Retry: Sendable {
   public init() {}
 }
 
-/// Admitted to the cohort of `round`; the task follows on this stream when the round starts.
+/// Admitted to the cohort of `round`; the task follows on this stream when the round starts. If it
+/// does not come within the task wait (the plan's selection window, at least 5 s), a Retry
+/// {0, selection window} ends the stream instead. A Task may also come without an Admitted.
 public nonisolated struct Cohort_V1_Admitted: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -338,13 +361,13 @@ public nonisolated struct Cohort_V1_Task: Sendable {
   /// SHA-256 (hex) of the global model to start from.
   public var checkpointSha256: String = String()
 
-  /// Bytes of the checkpoint (float32 little-endian values); 0 chunks follow when the device
-  /// declared it holds it.
+  /// Bytes of the checkpoint (float32 little-endian values, 4 per parameter); 0 chunks follow when
+  /// the device declared it holds it (cached_checkpoint_sha256 equal to checkpoint_sha256).
   public var checkpointBytes: Int64 = 0
 
   public var checkpointFollows: Bool = false
 
-  /// Seconds from now until the report is late.
+  /// Seconds from now until the report is late (refused as `late`).
   public var reportingDeadlineSeconds: Double = 0
 
   /// Also evaluate the received model on local test data.
@@ -358,7 +381,8 @@ public nonisolated struct Cohort_V1_Task: Sendable {
   /// bound, how updates weigh). A device reads it as data: it never names a command to run.
   public var planJson: String = String()
 
-  /// The largest update, in bytes, the server accepts, and the largest chunk.
+  /// The largest update, in bytes, the server accepts (max(4 × parameters, the plan's encoded
+  /// size) + 4096), and the largest chunk in either direction (1 MiB).
   public var maxUpdateBytes: Int64 = 0
 
   public var maxChunkBytes: Int64 = 0
@@ -400,6 +424,9 @@ public nonisolated struct Cohort_V1_ServerControlChunk: Sendable {
   public init() {}
 }
 
+/// A report's figures, then `update_bytes + control_delta_bytes` bytes in UpdateChunk messages.
+/// The server checks sizes before buffering, the SHA-256, the encoding against the plan, and the
+/// figures against the plan's `server.reports` bounds (`out_of_range`).
 public nonisolated struct Cohort_V1_ReportHeader: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -407,8 +434,10 @@ public nonisolated struct Cohort_V1_ReportHeader: Sendable {
 
   public var round: Int64 = 0
 
+  /// Local training examples (one epoch's worth): > 0, at most the plan's maximum (10,000,000).
   public var examples: Int64 = 0
 
+  /// Mean training loss: finite, >= 0.
   public var trainLoss: Double = 0
 
   /// Bytes of the update that follow in UpdateChunk messages, in `encoding`; 0 under secure
@@ -418,7 +447,8 @@ public nonisolated struct Cohort_V1_ReportHeader: Sendable {
   /// SHA-256 (hex) of every byte that follows in UpdateChunk messages (the update, then Δc_k).
   public var updateSha256: String = String()
 
-  /// Federated evaluation of the received model, when the task asked for it.
+  /// Federated evaluation of the received model, when the task asked for it: mean loss (finite,
+  /// >= 0), accuracy in [0, 1], test examples.
   public var evaluated: Bool = false
 
   public var evaluationLoss: Double = 0
@@ -435,7 +465,9 @@ public nonisolated struct Cohort_V1_ReportHeader: Sendable {
 
   public var lossAtGlobal: Double = 0
 
-  /// The reporting device (needed when the report opens a new stream after a lost connection).
+  /// The reporting device. Read when the report opens a new stream after a lost connection (under
+  /// mutual TLS it must be the certificate's N); on the stream of a check-in the check-in's device
+  /// reports.
   public var device: Int64 = 0
 
   /// The layout of the update bytes; it must be the plan's.
@@ -513,7 +545,9 @@ public nonisolated struct Cohort_V1_SecAggPeer: Sendable {
   public init() {}
 }
 
-/// A secure-aggregation message from the server (binary form of CohortSecAgg's codec).
+/// A secure-aggregation message from the server: a tag byte, then its fields, integers
+/// little-endian, arrays with a uint32 count (docs/PROTOCOL.md, "Binary form"). Each one expects
+/// exactly one SecAggResponse (or an Abandon).
 public nonisolated struct Cohort_V1_SecAggRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -538,6 +572,8 @@ public nonisolated struct Cohort_V1_SecAggResponse: Sendable {
   public init() {}
 }
 
+/// The device gives up: read when the server expects the report or a secure-aggregation answer;
+/// the stream then ends with OK and the device counts as dropped from the round.
 public nonisolated struct Cohort_V1_Abandon: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -552,6 +588,8 @@ public nonisolated struct Cohort_V1_Abandon: Sendable {
   public init() {}
 }
 
+/// The participation's last word. A plain report that does not count is refused by status
+/// instead; `accepted: false` comes only under secure aggregation.
 public nonisolated struct Cohort_V1_Acknowledgement: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -561,7 +599,8 @@ public nonisolated struct Cohort_V1_Acknowledgement: Sendable {
 
   public var accepted: Bool = false
 
-  /// Why not, when not accepted (a Rejection's name).
+  /// Why not, when not accepted: `secure_aggregation_dropout`, `secure_aggregation_failed`, or
+  /// `secure_aggregation_<reason>` for a message the protocol refused.
   public var reason: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
