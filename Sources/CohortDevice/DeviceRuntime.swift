@@ -137,7 +137,12 @@ public actor DeviceRuntime {
       case .admitted:
         continue
       case .abandoned(let why):
-        logger.info("participation abandoned", metadata: ["reason": "\(why)"])
+        // A TLS mistake does not mend itself by retrying: say it where an operator looks.
+        if why.contains("TLS") {
+          logger.warning("cannot connect", metadata: ["reason": "\(why)"])
+        } else {
+          logger.info("participation abandoned", metadata: ["reason": "\(why)"])
+        }
         await sleep(window: session.connectionLost(now: after).sleepWindow ?? after...(after + 1))
       }
     }

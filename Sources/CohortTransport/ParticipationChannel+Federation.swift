@@ -137,7 +137,7 @@ extension ParticipationChannelError {
     if let refusal = ParticipationRefusal(error) {
       self = .refused(reason: refusal.reason, detail: refusal.detail)
     } else {
-      self = .connection("\(error.code): \(error.message)")
+      self = .connection(TLSDiagnosis.explain(error) ?? "\(error.code): \(error.message)")
     }
   }
 }

@@ -1,4 +1,5 @@
 import CohortCore
+import CohortDevice
 import CohortOperations
 import CohortServing
 import CohortStore
@@ -111,6 +112,48 @@ import Testing
     #expect(impostor.1?.code == .permissionDenied)
     #expect(honest.0 != nil, "the device's own number is admitted or told when to come back")
     #expect(registry.emitToString().contains("cohort_reports_rejected_total{reason=\"identity\"} 1"))
+  }
+
+  @Test func aDeviceSaysWhichTLSCheckFailed() async throws {
+    let stranger = try DevelopmentCertificates.make(devices: 1, firstDevice: 0)
+    @Sendable func attempt(_ security: ClientSecurity, port: Int) async throws -> String {
+      let connection = try FederationConnection(host: "127.0.0.1", port: port, security: security)
+      defer { connection.close() }
+      let runtime = DeviceRuntime(
+        configuration: .init(device: 0, seed: 1), connection: connection,
+        examples: { throw CohortError(.notFound, "no examples needed") }, logger: Logger(label: "test-tls"))
+      let result = await runtime.checkInOnly()
+      if case .abandoned(let why) = result { return why }
+      return "\(result)"
+    }
+    let own = Self.pki.devices[0]
+    let other = stranger.devices[0]
+    let mutual = try server(
+      security: .tls(
+        certificateChainPEM: Self.pki.serverCertificatePEM, privateKeyPEM: Self.pki.serverKeyPEM,
+        clientCAPEM: Self.pki.caCertificatePEM))
+    let answers = try await serving(mutual) { port -> [String] in
+      [
+        try await attempt(
+          .tls(
+            caPEM: stranger.caCertificatePEM, certificatePEM: own.certificatePEM, privateKeyPEM: own.keyPEM),
+          port: port),
+        try await attempt(
+          .tls(caPEM: Self.pki.caCertificatePEM, certificatePEM: nil, privateKeyPEM: nil), port: port),
+        try await attempt(
+          .tls(
+            caPEM: Self.pki.caCertificatePEM, certificatePEM: other.certificatePEM,
+            privateKeyPEM: other.keyPEM), port: port),
+      ]
+    }
+    let plaintext = try await serving(try server(security: .insecureLoopback)) { port in
+      try await attempt(
+        .tls(caPEM: Self.pki.caCertificatePEM, certificatePEM: nil, privateKeyPEM: nil), port: port)
+    }
+    #expect(answers[0].contains("not signed by the CA in --ca"), "wrong --ca: \(answers[0])")
+    #expect(answers[1].contains("requires a device certificate"), "no certificate: \(answers[1])")
+    #expect(answers[2].contains("does not trust this device's certificate"), "another CA: \(answers[2])")
+    #expect(plaintext.contains("does not speak TLS"), "plaintext server: \(plaintext)")
   }
 
   @Test func aServerListensOnIPv6Loopback() async throws {
