@@ -564,7 +564,10 @@ public struct DeviceConversation: Sendable {
     let checks: [(Bool, String)] = [
       ((1...10_000_000).contains(cohort.goal), "cohort goal \(cohort.goal)"),
       ((1...10).contains(cohort.overSelection), "over-selection \(cohort.overSelection)"),
-      (cohort.minimumFraction > 0 && cohort.minimumFraction <= 1, "minimum fraction \(cohort.minimumFraction)"),
+      (
+        cohort.minimumFraction > 0 && cohort.minimumFraction <= 1,
+        "minimum fraction \(cohort.minimumFraction)"
+      ),
       ((1...16).contains(compression.bits), "compression bits \(compression.bits)"),
       (compression.range.map(positiveFloat) ?? true, "compression range \(compression.range ?? 0)"),
       (compression.fraction > 0 && compression.fraction <= 1, "compression fraction \(compression.fraction)"),

@@ -58,7 +58,11 @@ struct Hostile {
 
   mutating func float() -> Float {
     switch below(5) {
-    case 0: pick([.nan, .infinity, -.infinity, -0.0, .greatestFiniteMagnitude, .leastNonzeroMagnitude, .leastNormalMagnitude / 8])
+    case 0:
+      pick([
+        .nan, .infinity, -.infinity, -0.0, .greatestFiniteMagnitude, .leastNonzeroMagnitude,
+        .leastNormalMagnitude / 8,
+      ])
     case 1: Float(bitPattern: UInt32(truncatingIfNeeded: random.next()))
     default: Float(random.uniform() * 4 - 2)
     }
@@ -218,7 +222,8 @@ struct Hostile {
       peers: (0..<h.below(6)).map { _ in .init(index: h.int(), certificate: h.bytes(limit: 64)) })
   }
 
-  static func randomServerEvent(_ h: inout Hostile, now: Double, scaffold: Bool) -> ServerParticipation.Event {
+  static func randomServerEvent(_ h: inout Hostile, now: Double, scaffold: Bool) -> ServerParticipation.Event
+  {
     switch h.below(13) {
     case 0: return .streamEnded
     case 1: return .certificateAccepted
@@ -253,33 +258,33 @@ struct Hostile {
       let context = "seed \(seed), participation \(participation)"
 
       func check(_ actions: [ServerParticipation.Action], after event: String, wasOver: Bool) {
-        let where_ = Comment(rawValue: "\(context), after \(event): \(actions)")
-        if wasOver { #expect(actions.isEmpty, where_) }
+        let note = Comment(rawValue: "\(context), after \(event): \(actions)")
+        if wasOver { #expect(actions.isEmpty, note) }
         for (i, action) in actions.enumerated() {
           switch action {
           case .send(.retry(let earliest, let latest)):
-            #expect(earliest.isFinite && latest.isFinite && earliest >= 0 && earliest <= latest, where_)
+            #expect(earliest.isFinite && latest.isFinite && earliest >= 0 && earliest <= latest, note)
           case .send(.task(let t)):
-            #expect(t.checkpointBytes >= 0 && t.serverControlBytes >= 0, where_)
-            #expect(t.reportingDeadlineSeconds.isFinite && t.reportingDeadlineSeconds >= 0, where_)
+            #expect(t.checkpointBytes >= 0 && t.serverControlBytes >= 0, note)
+            #expect(t.reportingDeadlineSeconds.isFinite && t.reportingDeadlineSeconds >= 0, note)
           case .send(.checkpointChunk(let bytes)), .send(.serverControlChunk(let bytes)):
-            #expect(!bytes.isEmpty && bytes.count <= max(1, c.limits.maxChunkBytes), where_)
+            #expect(!bytes.isEmpty && bytes.count <= max(1, c.limits.maxChunkBytes), note)
           case .submit(let report), .submitWhileRelaying(let report):
-            #expect(report.bytes >= 0 && report.bytes <= c.limits.maxUpdateBytes + controlLimit, where_)
-            #expect(report.update.values.count == report.update.layout.count, where_)
+            #expect(report.bytes >= 0 && report.bytes <= c.limits.maxUpdateBytes + controlLimit, note)
+            #expect(report.update.values.count == report.update.layout.count, note)
           case .connect: connects += 1
           case .disconnect: disconnects += 1
           case .end(let refusal):
-            #expect(i == actions.count - 1, where_)
+            #expect(i == actions.count - 1, note)
             if case .unauthenticated(let reason)? = refusal?.reason {
-              #expect(Self.knownCertificateReasons.contains(reason), where_)
+              #expect(Self.knownCertificateReasons.contains(reason), note)
             }
           default: break
           }
         }
         let ends = actions.filter { if case .end = $0 { true } else { false } }.count
-        #expect(ends <= 1, where_)
-        #expect((ends == 1) == (!wasOver && m.awaiting == .nothing), where_)
+        #expect(ends <= 1, note)
+        #expect((ends == 1) == (!wasOver && m.awaiting == .nothing), note)
       }
 
       for _ in 0..<24 {
@@ -328,7 +333,8 @@ struct Hostile {
             } else if m.state.isRelaying, h.chance(0.5) {
               event = .received(.secureAggregation(h.bytes()), version: protocolVersion)
             } else {
-              event = .received(Self.randomDeviceMessage(&h), version: h.chance(0.05) ? h.int() : protocolVersion)
+              event = .received(
+                Self.randomDeviceMessage(&h), version: h.chance(0.05) ? h.int() : protocolVersion)
             }
           default:
             event = Self.randomServerEvent(&h, now: now, scaffold: c.scaffold)
@@ -427,7 +433,8 @@ extension FuzzTests {
       round: h.pick([3, h.int()]), checkpointSHA256: h.string(), checkpointBytes: h.pick([16, h.int()]),
       checkpointFollows: h.bool(), reportingDeadlineSeconds: h.double(), evaluate: h.bool(),
       clipNorm: h.double(),
-      planJSON: h.chance(0.5) ? json(hostilePlan(&h)) : h.pick([json(h.pick(devicePlans)), h.string(), "{}"]),
+      planJSON: h.chance(0.5)
+        ? json(hostilePlan(&h)) : h.pick([json(h.pick(devicePlans)), h.string(), "{}"]),
       maxUpdateBytes: h.int(), maxChunkBytes: h.int(), codecSeed: h.uint64(),
       serverControlBytes: h.pick([0, 16, h.int()]))
   }
@@ -442,7 +449,8 @@ extension FuzzTests {
       round: 3, checkpointSHA256: SHA256.hex(checkpoint), checkpointBytes: checkpoint.count,
       checkpointFollows: true, reportingDeadlineSeconds: h.double(), evaluate: h.bool(),
       clipNorm: h.double(), planJSON: json(plan), maxUpdateBytes: h.int(),
-      maxChunkBytes: h.pick([1, 7, 1 << 20, h.int()]), codecSeed: h.uint64(), serverControlBytes: control.count)
+      maxChunkBytes: h.pick([1, 7, 1 << 20, h.int()]), codecSeed: h.uint64(),
+      serverControlBytes: control.count)
     let size = 1 + h.below(20)
     return [.task(task)]
       + stride(from: 0, to: checkpoint.count, by: size).map {
@@ -504,7 +512,9 @@ extension FuzzTests {
     }
   }
 
-  static func trainingAnswer(_ h: inout Hostile, request: TrainingRequest?) -> DeviceConversation.TrainingAnswer {
+  static func trainingAnswer(_ h: inout Hostile, request: TrainingRequest?)
+    -> DeviceConversation.TrainingAnswer
+  {
     switch h.below(6) {
     case 0: return .ineligible(h.string())
     case 1: return .unusable(reason: "malformed", detail: h.string())
@@ -515,7 +525,8 @@ extension FuzzTests {
         TrainingResult(
           update: (0..<(h.chance(0.9) ? count : h.below(8))).map { _ in h.float() }, examples: h.int(),
           loss: h.double(),
-          evaluation: h.chance(0.3) ? Evaluation(loss: h.double(), accuracy: h.double(), examples: h.int()) : nil,
+          evaluation: h.chance(0.3)
+            ? Evaluation(loss: h.double(), accuracy: h.double(), examples: h.int()) : nil,
           lossAtGlobal: h.chance(0.3) ? h.double() : nil,
           controlDelta: request?.serverControl.map { $0.map { _ in h.float() } },
           withinClip: h.chance(0.5) ? h.bool() : nil))
@@ -565,28 +576,28 @@ extension FuzzTests {
       var driverReasons: Set<String> = ["malformed", "too_large", "integrity"]
 
       func check(_ actions: [DeviceConversation.Action], after input: String, wasOver: Bool) {
-        let where_ = Comment(rawValue: "\(context), after \(input): \(actions)")
-        if wasOver { #expect(actions.isEmpty, where_) }
+        let note = Comment(rawValue: "\(context), after \(input): \(actions)")
+        if wasOver { #expect(actions.isEmpty, note) }
         var declared: Int?
         var sent = 0
         for (i, action) in actions.enumerated() {
           switch action {
           case .send(.report(let header)) where input != "start":
             // (A pending upload resent at the start is the fuzzer's, with made-up sizes.)
-            #expect(header.updateBytes >= 0 && header.controlDeltaBytes >= 0, where_)
+            #expect(header.updateBytes >= 0 && header.controlDeltaBytes >= 0, note)
             declared = header.updateBytes + header.controlDeltaBytes
           case .send(.updateChunk(let bytes)): sent += bytes.count
           case .train(let request):
             lastTraining = request
-            #expect(request.checkpoint.count == request.plan.model.parameterCount, where_)
-            if let c = request.serverControl { #expect(c.count == request.checkpoint.count, where_) }
+            #expect(request.checkpoint.count == request.plan.model.parameterCount, note)
+            if let c = request.serverControl { #expect(c.count == request.checkpoint.count, note) }
           case .end(let result):
-            #expect(i == actions.count - 1, where_)
+            #expect(i == actions.count - 1, note)
             switch result {
             case .retry(let earliest, let latest):
-              #expect(earliest.isFinite && latest.isFinite && 0 <= earliest && earliest <= latest, where_)
-              #expect(latest <= configuration.maximumRetryWait, where_)
-            case .refused(let reason, _): #expect(driverReasons.contains(reason), where_)
+              #expect(earliest.isFinite && latest.isFinite && 0 <= earliest && earliest <= latest, note)
+              #expect(latest <= configuration.maximumRetryWait, note)
+            case .refused(let reason, _): #expect(driverReasons.contains(reason), note)
             default: break
             }
           default: break
@@ -595,12 +606,12 @@ extension FuzzTests {
         // A report the device writes itself is followed by exactly its declared bytes, and kept
         // until a deadline it can wait for.
         if let declared {
-          #expect(sent == declared, where_)
-          if let pending = m.memory.pendingUpload { #expect(pending.deadline.isFinite, where_) }
+          #expect(sent == declared, note)
+          if let pending = m.memory.pendingUpload { #expect(pending.deadline.isFinite, note) }
         }
         let ends = actions.filter { if case .end = $0 { true } else { false } }.count
-        #expect(ends <= 1, where_)
-        #expect((ends == 1) == (!wasOver && m.result != nil), where_)
+        #expect(ends <= 1, note)
+        #expect((ends == 1) == (!wasOver && m.result != nil), note)
       }
 
       for _ in 0..<24 {
@@ -646,13 +657,15 @@ extension FuzzTests {
               actions = m.peersChecked(.failure(DeviceCertificateRefusal(.untrusted, h.string())))
             }
           case .drawingSecrets:
-            var seed = h.chance(0.9) ? (0..<32).map { _ in UInt8(truncatingIfNeeded: h.random.next()) } : h.bytes()
+            var seed =
+              h.chance(0.9) ? (0..<32).map { _ in UInt8(truncatingIfNeeded: h.random.next()) } : h.bytes()
             var key = h.bytes(limit: 64)
             input = "secrets \(seed.count)"
             actions = m.secretsDrawn(seed: &seed, signingKey: &key)
           case .aggregating:
             let message =
-              h.chance(0.8) ? ServerMessage.secureAggregation(Self.secAggBytes(&h, round: 3)) : Self.randomServerMessage(&h)
+              h.chance(0.8)
+              ? ServerMessage.secureAggregation(Self.secAggBytes(&h, round: 3)) : Self.randomServerMessage(&h)
             input = "\(message)"
             actions = m.received(message, now: now)
           default:
@@ -707,18 +720,18 @@ extension FuzzTests {
 extension FuzzTests {
   /// The figures of a record the store writes: finite, in range, never negative counts.
   static func checkRecord(_ record: RoundRecord, _ context: String) {
-    let where_ = Comment(rawValue: "\(context): \(record)")
+    let note = Comment(rawValue: "\(context): \(record)")
     for figure in [record.trainLoss, record.federatedEvalLoss, record.federatedEvalAccuracy, record.epsilon] {
-      if let figure { #expect(figure.isFinite && figure >= 0, where_) }
+      if let figure { #expect(figure.isFinite && figure >= 0, note) }
     }
-    if let accuracy = record.federatedEvalAccuracy { #expect(accuracy <= 1, where_) }
-    #expect(record.wallSeconds.isFinite && record.wallSeconds >= 0, where_)
-    #expect(record.startedAt.isFinite && record.endedAt.isFinite, where_)
+    if let accuracy = record.federatedEvalAccuracy { #expect(accuracy <= 1, note) }
+    #expect(record.wallSeconds.isFinite && record.wallSeconds >= 0, note)
+    #expect(record.startedAt.isFinite && record.endedAt.isFinite, note)
     for count in [
       record.selected, record.reported, record.dropped, record.late, record.rejected, record.bytesDown,
       record.bytesUp, record.federatedEvalExamples ?? 0,
     ] {
-      #expect(count >= 0, where_)
+      #expect(count >= 0, note)
     }
   }
 
@@ -739,7 +752,8 @@ extension FuzzTests {
       let machine = RoundStateMachine(
         configuration: .init(plan: plan.server, population: "p", seed: h.uint64()))
       var pipeline = RoundPipeline(
-        configuration: .init(machine: machine.configuration, evaluationEvery: 2, privacy: nil), machine: machine,
+        configuration: .init(machine: machine.configuration, evaluationEvery: 2, privacy: nil),
+        machine: machine,
         clipNorm: 0)
       pipeline.modelParameters = Self.layout.count
       var now = 0.0
@@ -780,11 +794,14 @@ extension FuzzTests {
           }
           perform(actions)
         case 3, 4, 5:
-          let values = (0..<Self.layout.count).map { _ in h.chance(0.8) ? Float(h.random.uniform() - 0.5) : h.float() }
+          let values = (0..<Self.layout.count).map { _ in
+            h.chance(0.8) ? Float(h.random.uniform() - 0.5) : h.float()
+          }
           let report = UpdateReport(
             device: device, round: round,
             update: Weights(
-              layout: h.chance(0.95) ? Self.layout : WeightsLayout([.init("x", [values.count])]), values: values),
+              layout: h.chance(0.95) ? Self.layout : WeightsLayout([.init("x", [values.count])]),
+              values: values),
             examples: h.chance(0.7) ? 1 + h.below(100) : h.int(),
             trainLoss: h.chance(0.7) ? h.random.uniform() : h.double(), bytes: h.below(4096),
             evaluation: h.chance(0.4)
@@ -816,7 +833,8 @@ extension FuzzTests {
           if let round = toCommit.first {
             toCommit.removeFirst()
             perform(
-              h.chance(0.8) ? pipeline.committed(round: round, now: now) : pipeline.commitFailed(round: round, now: now))
+              h.chance(0.8)
+                ? pipeline.committed(round: round, now: now) : pipeline.commitFailed(round: round, now: now))
           }
         default:
           h.advance(&now)
@@ -882,11 +900,14 @@ extension FuzzTests {
       for m in members {
         var device = SecAggDevice(
           configuration: configuration, index: round.index(of: m.device)!, seed: secret(m.device, "device"),
-          identitySecretKey: active ? SecAggCrypto.signingPair(seed: secret(m.device, "identity")).secretKey : [])
+          identitySecretKey: active
+            ? SecAggCrypto.signingPair(seed: secret(m.device, "identity")).secretKey : [])
         var random = RandomStream(seed: seed, purpose: encoding.streamPurpose, device: m.device)
         inputs[m.device] = encoding.encode(
           (0..<6).map { _ in h.float() }, examples: max(0, m.examples), random: &random)
-        if let keys = try? device.advertiseKeys() { next[m.device] = SecAggMessage.advertiseKeys(keys).encoded }
+        if let keys = try? device.advertiseKeys() {
+          next[m.device] = SecAggMessage.advertiseKeys(keys).encoded
+        }
         devices[m.device] = device
       }
       var sent: [[UInt8]] = []
@@ -902,7 +923,8 @@ extension FuzzTests {
           sent.append(bytes)
           _ = round.receive(device: from, bytes: h.chance(0.7) ? bytes : Self.mangled(&h, bytes))
         case 3:
-          _ = round.receive(device: h.pick(ids + [h.int()]), bytes: h.chance(0.5) ? h.bytes() : h.pick(sent + [[]]))
+          _ = round.receive(
+            device: h.pick(ids + [h.int()]), bytes: h.chance(0.5) ? h.bytes() : h.pick(sent + [[]]))
         default:
           guard round.stepComplete || h.chance(0.3) else { continue }
           closes += 1
@@ -980,7 +1002,8 @@ extension FuzzTests {
       var bytes: [UInt8]
       if h.chance(0.3) {
         var stream = RandomStream(seed: h.uint64())
-        bytes = codec.encode((0..<dimension).map { _ in Float(h.random.uniform() - 0.5) }, seed: 9, stream: &stream)
+        bytes =
+          codec.encode((0..<dimension).map { _ in Float(h.random.uniform() - 0.5) }, seed: 9, stream: &stream)
           .wireForm
         if h.chance(0.5) { bytes = Self.mangled(&h, bytes) }
       } else {

@@ -27,12 +27,18 @@ import Testing
     mutating func int64() -> Int64 { Int64(int()) }
     mutating func uint32() -> UInt32 { pick([0, 1, .max, UInt32(truncatingIfNeeded: random.next())]) }
     mutating func double() -> Double {
-      pick([.nan, .infinity, -.infinity, -0.0, 1e300, .leastNonzeroMagnitude, Double(bitPattern: random.next())])
+      pick([
+        .nan, .infinity, -.infinity, -0.0, 1e300, .leastNonzeroMagnitude, Double(bitPattern: random.next()),
+      ])
     }
-    mutating func bytes() -> [UInt8] { (0..<pick([0, 1, 32, below(600)])).map { _ in UInt8(truncatingIfNeeded: random.next()) } }
+    mutating func bytes() -> [UInt8] {
+      (0..<pick([0, 1, 32, below(600)])).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+    }
     mutating func data() -> Data { Data(bytes()) }
     mutating func string() -> String {
-      String(String.UnicodeScalarView((0..<below(20)).compactMap { _ in Unicode.Scalar(UInt32(below(0x11_0000))) }))
+      String(
+        String.UnicodeScalarView((0..<below(20)).compactMap { _ in Unicode.Scalar(UInt32(below(0x11_0000))) })
+      )
     }
   }
 
@@ -44,7 +50,8 @@ import Testing
     case 0:
       return .checkIn(
         CheckInRequest(
-          device: v.int(), population: v.string(), runtimeVersion: v.string(), cachedCheckpointSHA256: v.string(),
+          device: v.int(), population: v.string(), runtimeVersion: v.string(),
+          cachedCheckpointSHA256: v.string(),
           certificate: v.bytes()))
     case 1:
       return .report(
@@ -134,7 +141,9 @@ import Testing
     for i in 0..<3000 {
       let message = Self.deviceMessage(&v)
       let back = DeviceMessage(wire: message.wire)
-      #expect(back.map { Self.same($0, message) } ?? false, "seed \(v.seed), case \(i): \(message) → \(String(describing: back))")
+      #expect(
+        back.map { Self.same($0, message) } ?? false,
+        "seed \(v.seed), case \(i): \(message) → \(String(describing: back))")
     }
     #expect(DeviceMessage(wire: Cohort_V1_DeviceMessage()) == nil)
   }
@@ -153,7 +162,8 @@ import Testing
       let again = ServerMessage(wire: message.wire)
       #expect(again.map { Self.same($0, message) } ?? false, "seed \(v.seed), case \(i): \(message)")
       if case .secureAggregationBegin(let b) = message {
-        #expect(b.index >= 0 && b.count >= 0 && b.degree >= 0 && b.threshold >= 0, "seed \(v.seed), case \(i)")
+        #expect(
+          b.index >= 0 && b.count >= 0 && b.degree >= 0 && b.threshold >= 0, "seed \(v.seed), case \(i)")
       }
     }
     #expect(empty > 0)
