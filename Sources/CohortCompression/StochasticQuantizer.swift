@@ -60,7 +60,8 @@ public struct StochasticQuantizer: Sendable, Hashable {
   public var steps: Int { (1 << bits) - 1 }
 
   /// Quantizes `x`. `rng` supplies the rounding draws (one per coordinate) and is left untouched
-  /// by deterministic rounding. Non-finite inputs are a caller error.
+  /// by deterministic rounding. A value whose level is not a number (a NaN, or a per-vector range
+  /// too wide for Float) takes level 0 rather than trapping: the update is garbage either way.
   public func encode(_ x: [Float], rng: inout RandomStream) -> QuantizedVector {
     let (lo, hi) = range(of: x)
     var levels = [UInt16](repeating: 0, count: x.count)
@@ -73,12 +74,14 @@ public struct StochasticQuantizer: Sendable, Hashable {
         case .deterministic:
           // Branch-free and vectorisable: clamp, scale, round half up.
           for i in 0..<input.count {
-            let t = Swift.min(Swift.max((input[i] - lo) * inverseStep, 0), top)
+            let scaled = (input[i] - lo) * inverseStep
+            let t = Swift.min(Swift.max(scaled.isNaN ? 0 : scaled, 0), top)
             out[i] = UInt16((t + 0.5).rounded(.down))
           }
         case .stochastic:
           for i in 0..<input.count {
-            let t = Swift.min(Swift.max((input[i] - lo) * inverseStep, 0), top)
+            let scaled = (input[i] - lo) * inverseStep
+            let t = Swift.min(Swift.max(scaled.isNaN ? 0 : scaled, 0), top)
             let floor = t.rounded(.down)
             // Up with probability t − floor: the expected level is exactly t.
             let up: Float = rng.uniformFloat() < t - floor ? 1 : 0

@@ -404,6 +404,12 @@ public struct DeviceConversation: Sendable {
       result = r
     }
     let secure = work.plan.secureAggregation.enabled
+    // The ring encoding cannot represent a NaN or infinity (a hostile checkpoint, or training
+    // that diverged): the device leaves the round instead (plain reports are refused by the server).
+    if secure, !result.update.allSatisfy(\.isFinite) {
+      let reason = "training gave a NaN or infinite update"
+      return [.send(.abandon(round: round, reason: reason))] + end(.abandoned(reason))
+    }
     // The update in the plan's encoding (the same bytes the simulator counts), then Δc_k.
     let update = secure ? [] : result.encoded?.wireForm ?? Float32LittleEndian.bytes(result.update)
     let delta = result.controlDelta.map { Float32LittleEndian.bytes($0) } ?? []
@@ -522,6 +528,9 @@ public struct DeviceConversation: Sendable {
         "malformed",
         "the task's plan asks for \(plan.device.epochs) epochs of batches of \(plan.device.batchSize)")
     }
+    if let problem = Self.problem(of: plan) {
+      return refuse("malformed", "the task's plan cannot run on this device: \(problem)")
+    }
     if task.checkpointFollows {
       guard task.checkpointBytes == parameters * 4 else {
         return refuse(
@@ -541,6 +550,41 @@ public struct DeviceConversation: Sendable {
       return end(.abandoned("the server sent no checkpoint and the device does not hold it"))
     }
     return checkpointReady(Work(task: task, plan: plan, checkpoint: held.values))
+  }
+
+  /// What makes a plan from the wire unusable: the figures the device computes with (the cohort
+  /// bound, the codec, secure aggregation's encoding, the distributed noise) outside the ranges
+  /// the plan reader admits, where they would overflow a conversion or fail a precondition.
+  static func problem(of plan: Plan) -> String? {
+    let cohort = plan.server.cohort
+    let compression = plan.compression
+    let secure = plan.secureAggregation
+    let privacy = plan.privacy
+    func positiveFloat(_ x: Double) -> Bool { x > 0 && Float(x).isFinite }
+    let checks: [(Bool, String)] = [
+      ((1...10_000_000).contains(cohort.goal), "cohort goal \(cohort.goal)"),
+      ((1...10).contains(cohort.overSelection), "over-selection \(cohort.overSelection)"),
+      (
+        cohort.minimumFraction > 0 && cohort.minimumFraction <= 1,
+        "minimum fraction \(cohort.minimumFraction)"
+      ),
+      ((1...16).contains(compression.bits), "compression bits \(compression.bits)"),
+      (compression.range.map(positiveFloat) ?? true, "compression range \(compression.range ?? 0)"),
+      (compression.fraction > 0 && compression.fraction <= 1, "compression fraction \(compression.fraction)"),
+      ((0..<0.5).contains(secure.dropoutRate), "dropout rate \(secure.dropoutRate)"),
+      ((0..<0.5).contains(secure.corruptFraction), "corrupt fraction \(secure.corruptFraction)"),
+      (secure.degree.map { (2...10_000_000).contains($0) } ?? true, "degree \(secure.degree ?? 0)"),
+      (secure.threshold.map { (2...10_000_000).contains($0) } ?? true, "threshold \(secure.threshold ?? 0)"),
+      ((20...128).contains(secure.securityBits), "security bits \(secure.securityBits)"),
+      (positiveFloat(secure.clip), "secure-aggregation clip \(secure.clip)"),
+      ((2...24).contains(secure.encodingBits), "encoding bits \(secure.encodingBits)"),
+      ((1...1_000_000_000).contains(secure.weightCap), "weight cap \(secure.weightCap)"),
+      (positiveFloat(privacy.clip), "privacy clip \(privacy.clip)"),
+      (privacy.noiseMultiplier >= 0 && privacy.noiseMultiplier.isFinite, "noise \(privacy.noiseMultiplier)"),
+      ((0..<1).contains(privacy.beta), "beta \(privacy.beta)"),
+    ]
+    let problems = checks.filter { !$0.0 }.map(\.1)
+    return problems.isEmpty ? nil : problems.joined(separator: "; ")
   }
 
   private mutating func checkpointReceived(_ task: TaskDescription, _ plan: Plan) -> [Action] {

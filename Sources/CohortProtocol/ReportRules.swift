@@ -23,17 +23,23 @@ public struct ReportRules: Sendable, Hashable {
     clipOverNorm = plan.server.reports?.overNorm == .clip
   }
 
+  /// The losses a report may carry: not negative, and no larger than Float32 training can give.
+  /// A finite loss near Double's limit would make the round's example-weighted sums infinite.
+  public static let lossRange = 0...Double(Float.greatestFiniteMagnitude)
+
   /// The report as the server counts it (its update clipped when the plan clips), or why not.
   /// `report` must have its encoded update decoded (`UpdateReport.decoded(by:layout:)`).
   public func admit(_ report: UpdateReport) -> Result<UpdateReport, Rejection> {
     let wellFormed = secure ? report.isWellFormedWithoutUpdate : report.isWellFormed(for: layout)
     guard wellFormed else { return .failure(.malformed) }
-    guard report.examples <= maximumExamples, report.trainLoss >= 0, (report.lossAtGlobal ?? 0) >= 0 else {
+    let losses = Self.lossRange
+    guard report.examples <= maximumExamples, losses.contains(report.trainLoss),
+      losses.contains(report.lossAtGlobal ?? 0)
+    else {
       return .failure(.outOfRange)
     }
     if let e = report.evaluation {
-      guard (0...maximumExamples).contains(e.examples), e.loss.isFinite, e.loss >= 0,
-        (0...1).contains(e.accuracy)
+      guard (0...maximumExamples).contains(e.examples), losses.contains(e.loss), (0...1).contains(e.accuracy)
       else { return .failure(.outOfRange) }
     }
     guard let bound = maximumUpdateNorm, !secure else { return .success(report) }

@@ -68,7 +68,8 @@ public struct SecureAggregationEncoding: Sendable {
 
   /// The weight a device's update carries into the sum.
   public func weight(examples: Int) -> Float {
-    weightsByExamples ? Float(min(examples, weightCap)) / Float(weightCap) : 1
+    // Clamped to [0, 1]: the ring encodings turn the weight into an unsigned count.
+    weightsByExamples ? Float(min(max(examples, 0), weightCap)) / Float(max(weightCap, 1)) : 1
   }
 
   /// A device's input to the protocol.

@@ -199,3 +199,14 @@ private func squaredError(_ x: [Float], _ y: [Float]) -> Double {
     #expect(small == [0.3, 0.4])
   }
 }
+
+/// Found by fuzzing: values whose level is not a number used to trap the conversion to a level.
+@Test func quantizingNaNOrAnOverflowingRangeGivesLevelZero() throws {
+  var rng = RandomStream(seed: 1)
+  for rounding in [StochasticQuantizer.Rounding.stochastic, .deterministic] {
+    let quantizer = try StochasticQuantizer(bits: 4, rounding: rounding)
+    #expect(quantizer.encode([.nan, 1, 2], rng: &rng).levels[0] == 0)
+    let wide = quantizer.encode([-.greatestFiniteMagnitude, 0, .greatestFiniteMagnitude], rng: &rng)
+    #expect(wide.levels.count == 3)
+  }
+}

@@ -633,4 +633,57 @@ import Testing
       return
     }
   }
+
+  // MARK: Found by fuzzing (FuzzTests)
+
+  @Test func aModelWhoseSizeOverflowsOrIsNegativeIsRefusedNotATrap() {
+    for shape in [[Int.max, 2], [-(1 << 62), 1], [0]] {
+      var m = Self.machine()
+      _ = m.start(now: 0)
+      let plan = Self.plan { $0.model.inputShape = shape }
+      #expect(
+        Self.refusal(m.received(.task(Self.task(plan: plan)), now: 1))?.reason == "too_large", "\(shape)")
+    }
+  }
+
+  @Test func planFiguresThatWouldTrapTheDeviceAreRefused() {
+    let hostile: [(inout Plan) -> Void] = [
+      { $0.server.cohort.goal = .max },  // the cohort bound overflowed Int
+      { $0.server.cohort.overSelection = 1e300 },
+      { $0.compression = CompressionPlan(kind: .quantization, bits: 99) },  // the ring's try! threw
+      { $0.compression = CompressionPlan(kind: .quantization, range: 1e300) },  // a Float range of ∞
+      { $0.secureAggregation.encodingBits = 64 },
+      { $0.secureAggregation.dropoutRate = 2 },  // a precondition of the parameter search
+      { $0.privacy.clip = -1 },
+    ]
+    for change in hostile {
+      var m = Self.machine()
+      _ = m.start(now: 0)
+      var plan = Self.securePlan
+      change(&plan)
+      let refusal = Self.refusal(m.received(.task(Self.task(plan: plan)), now: 1))
+      #expect(refusal?.reason == "malformed" && refusal?.detail.contains("cannot run") == true, "\(plan)")
+    }
+  }
+
+  @Test func aNonFiniteUpdateLeavesSecureAggregationInsteadOfTrapping() {
+    var m = Self.machine()
+    _ = Self.downloaded(&m, task: Self.task(plan: Self.securePlan))
+    var result = Self.trained
+    result.update = [.nan, 1, .infinity, 0]
+    let actions = m.trainingEnded(.trained(result), now: 3)
+    #expect(
+      actions == [
+        .send(.abandon(round: 3, reason: "training gave a NaN or infinite update")),
+        .end(.abandoned("training gave a NaN or infinite update")),
+      ])
+  }
+
+  @Test func aNegativeExampleCountWeighsNothingInTheRing() throws {
+    // A negative weight trapped the ring encoding's conversion to an unsigned count.
+    let encoding = try SecureAggregationEncoding.make(
+      plan: Self.securePlan, round: 3, dimension: 4, rotationSeed: 1
+    ).get()
+    #expect(encoding.weight(examples: -5) == 0 && encoding.weight(examples: .min) == 0)
+  }
 }

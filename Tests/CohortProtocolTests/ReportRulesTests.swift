@@ -91,4 +91,17 @@ import Testing
     many.examples = .max
     #expect(refusal(rules(secure: true), many) == .outOfRange)
   }
+
+  @Test func lossesBeyondFloat32AreOutOfRange() {
+    // A finite loss of 1e308 times 10 examples made the round's recorded train loss infinite.
+    #expect(refusal(rules(), report(loss: 1e308)) == .outOfRange)
+    #expect(
+      refusal(
+        rules(), report(evaluation: Evaluation(loss: .greatestFiniteMagnitude, accuracy: 0.5, examples: 2)))
+        == .outOfRange)
+    var atGlobal = report()
+    atGlobal.lossAtGlobal = 1e300
+    #expect(refusal(rules(), atGlobal) == .outOfRange)
+    #expect(refusal(rules(), report(loss: Double(Float.greatestFiniteMagnitude))) == nil)
+  }
 }

@@ -47,15 +47,26 @@ public struct ModelPlan: Codable, Sendable, Hashable {
     self.classes = classes
   }
 
-  public var inputCount: Int { inputShape.reduce(1, *) }
+  /// The values of one input; `Int.max` when the product overflows (a plan that came as JSON, past
+  /// the YAML reader's checks, may say anything: such a model is refused by the parameter limit).
+  public var inputCount: Int { inputShape.reduce(1, Self.saturatingProduct) }
+
+  static func saturatingProduct(_ a: Int, _ b: Int) -> Int {
+    let (p, overflow) = a.multipliedReportingOverflow(by: b)
+    return overflow ? .max : p
+  }
 
   /// The most parameters a plan's model may have: 400 MB as Float32 per copy, and a server or
   /// simulation holds several copies (the global model, the running sum, each training device's).
   public static let maximumParameters = 100_000_000
 
   /// The number of parameters (weights and biases) of this model, as CohortML's networks lay them
-  /// out; `Int.max` when the count overflows (such a model is refused by the parameter limit).
+  /// out; `Int.max` when the count overflows or a size is not positive (such a model is refused by
+  /// the parameter limit).
   public var parameterCount: Int {
+    // Negative sizes would give a negative count that passes every limit.
+    guard (inputShape + hidden + [classes]).allSatisfy({ $0 >= 1 }) else { return .max }
+    let times = Self.saturatingProduct
     func dense(_ inputs: Int, _ outputs: Int) -> Int {
       let (w, o1) = inputs.multipliedReportingOverflow(by: outputs)
       let (total, o2) = w.addingReportingOverflow(outputs)
@@ -77,9 +88,10 @@ public struct ModelPlan: Codable, Sendable, Hashable {
       // Two 5×5 convolutions (32 and 64 filters, padded) each followed by 2×2 pooling, a dense
       // layer of 512 and the output layer (McMahan et al. 2017; `Network.cnn`).
       guard inputShape.count == 3 else { return .max }
-      let pixels = (inputShape[1] / 2 / 2) * (inputShape[2] / 2 / 2)
+      let pixels = times(inputShape[1] / 2 / 2, inputShape[2] / 2 / 2)
       return sum([
-        dense(inputShape[0] * 25, 32), dense(32 * 25, 64), dense(64 * pixels, 512), dense(512, classes),
+        dense(times(inputShape[0], 25), 32), dense(32 * 25, 64), dense(times(64, pixels), 512),
+        dense(512, classes),
       ])
     }
   }
