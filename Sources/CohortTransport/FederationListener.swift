@@ -60,6 +60,11 @@ let aeadCipherSuites = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!SHA1"
 final class ConnectionBook: Sendable {
   private struct State {
     var open = 0
+    var next: UInt64 = 0
+    /// Connections that have not yet sent their first HTTP/2 bytes, oldest first (by serial):
+    /// at the limit the oldest is closed to make room, so a flood of silent connections cannot
+    /// lock devices out for the length of the handshake deadline.
+    var unproven: [UInt64: any Channel] = [:]
     var deviceByPeer: [String: Int] = [:]
     var refusedHandshakes = 0
     var lastWarning: ContinuousClock.Instant?
@@ -70,18 +75,32 @@ final class ConnectionBook: Sendable {
 
   init(limit: Int) { self.limit = limit }
 
-  /// Takes a place for a new connection; false when the limit is reached.
-  func admit() -> Bool {
-    state.withLock { s in
-      guard s.open < limit else { return false }
+  /// Takes a place for a new connection and returns its serial; at the limit the oldest
+  /// connection that has not yet spoken HTTP/2 is closed to make room, and when every connection
+  /// has, nil (the new one is refused).
+  func admit(_ channel: any Channel) -> UInt64? {
+    let (serial, evicted) = state.withLock { s -> (UInt64?, (any Channel)?) in
+      var evicted: (any Channel)?
+      if s.open >= limit {
+        guard let oldest = s.unproven.keys.min() else { return (nil, nil) }
+        evicted = s.unproven.removeValue(forKey: oldest)
+      }
       s.open += 1
-      return true
+      s.next += 1
+      s.unproven[s.next] = channel
+      return (s.next, evicted)
     }
+    evicted?.close(promise: nil)
+    return serial
   }
 
-  func release(peer: String) {
+  /// The connection spoke (its first HTTP/2 bytes arrived): it is no longer evicted for room.
+  func proven(_ serial: UInt64) { _ = state.withLock { $0.unproven.removeValue(forKey: serial) } }
+
+  func release(_ serial: UInt64, peer: String) {
     state.withLock { s in
       s.open -= 1
+      s.unproven[serial] = nil
       s.deviceByPeer[peer] = nil
     }
   }
@@ -142,15 +161,16 @@ struct FederationListener: HTTP2ServerTransport.ListenerFactory {
       .serverChannelInitializer { listenerConfigurator.configure(channel: $0) }
       .bind(host: host, port: port) { channel in
         let peer = ConnectionBook.peer(channel.remoteAddress)
-        guard book.admit() else {
+        guard let serial = book.admit(channel) else {
           // Beyond the limit the connection is closed before it costs more than its accept.
           return channel.close().flatMapThrowing { throw ConnectionRefused() }
         }
-        channel.closeFuture.whenComplete { _ in book.release(peer: peer) }
+        channel.closeFuture.whenComplete { _ in book.release(serial, peer: peer) }
         return channel.eventLoop.makeCompletedFuture {
           if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
           try channel.pipeline.syncOperations.addHandler(
-            HandshakeWatch(timeout: limits.handshakeTimeout, peer: peer, book: book, logger: logger))
+            HandshakeWatch(
+              timeout: limits.handshakeTimeout, peer: peer, serial: serial, book: book, logger: logger))
         }.flatMap {
           connectionConfigurator.configure(
             channel: channel, tls: tls == nil ? .none : .configured(requireALPN: false))
@@ -226,12 +246,14 @@ final class HandshakeWatch: ChannelInboundHandler, RemovableChannelHandler {
 
   let timeout: Double
   let peer: String
+  let serial: UInt64
   let book: ConnectionBook
   let logger: Logger
   /// Touched on the connection's event loop only.
   private var deadline: Scheduled<Void>?
 
-  init(timeout: Double, peer: String, book: ConnectionBook, logger: Logger) {
+  init(timeout: Double, peer: String, serial: UInt64, book: ConnectionBook, logger: Logger) {
+    self.serial = serial
     self.timeout = timeout
     self.peer = peer
     self.book = book
@@ -254,6 +276,7 @@ final class HandshakeWatch: ChannelInboundHandler, RemovableChannelHandler {
     if deadline != nil {
       deadline?.cancel()
       deadline = nil
+      book.proven(serial)
     }
     context.fireChannelRead(data)
   }

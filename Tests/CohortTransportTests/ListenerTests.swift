@@ -334,21 +334,40 @@ import Testing
     #expect(registry.emitToString().contains("cohort_streams_inactive_total 2"))
   }
 
-  @Test func connectionsBeyondTheLimitAreClosedAtAcceptAndTheOthersWork() async throws {
+  @Test func aFloodOfSilentConnectionsMakesRoomForADevice() async throws {
     let limits = ConnectionLimits(maximumConnections: 2, handshakeTimeout: 30)
     try await serving(try server(connections: limits)) { port in
-      let held = [try await Self.silentConnection(port: port), try await Self.silentConnection(port: port)]
+      let silent = [try await Self.silentConnection(port: port), try await Self.silentConnection(port: port)]
+      // At the limit, the oldest connection that never spoke makes room for the device.
+      let answer = try await checkIn(host: "127.0.0.1", port: port)
+      #expect(answer != nil, "the device was answered")
+      try await silent[0].closeFuture.get()
+      try await silent[1].close()
+    }
+  }
+
+  @Test func connectionsBeyondTheLimitOfSpeakingOnesAreClosedAtAccept() async throws {
+    let limits = ConnectionLimits(maximumConnections: 2, handshakeTimeout: 30)
+    try await serving(try server(connections: limits)) { port in
+      // Two devices hold their connections, having checked in (they spoke HTTP/2).
+      var held: [(RawParticipation, FederationConnection)] = []
+      for device in 0..<2 {
+        let connection = try FederationConnection(
+          host: "127.0.0.1", port: port,
+          security: .tls(caPEM: Self.pki.caCertificatePEM, certificatePEM: nil, privateKeyPEM: nil))
+        var stream = RawParticipation(connection)
+        stream.send(
+          .checkIn(
+            .with {
+              $0.device = Int64(device)
+              $0.population = "default"
+            }))
+        #expect(try await stream.next() != nil)
+        held.append((stream, connection))
+      }
       let third = try await Self.silentConnection(port: port)
       try await third.closeFuture.get()
-      // Letting one go makes room for a device.
-      try await held[0].close()
-      try await held[0].closeFuture.get()
-      var answer: Cohort_V1_ServerMessage.OneOf_Kind?
-      while answer == nil {
-        // The server may see the close a moment after the client: try until it has room.
-        answer = try? await checkIn(host: "127.0.0.1", port: port)
-      }
-      try await held[1].close()
+      for (_, connection) in held { connection.close() }
     }
   }
 }
