@@ -70,6 +70,12 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
         try await pump.run(request)
       }
       group.addTask {
+        // gRPC says an RPC is over (the device reset its stream, or its connection closed) only
+        // through this handle, not by cancelling the handler: without it a stream waiting for
+        // its task would be held, with its device in the cohort, after its device is gone.
+        try? await context.cancellation.cancelled
+      }
+      group.addTask {
         guard await watchdog.expired() else { return }
         metrics.inactive.increment()
         throw RPCError(
@@ -77,8 +83,8 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
           message:
             "inactive: the device made no progress for \(Int(streamInactivity)) s; the stream is closed")
       }
-      // The first to end ends the other: the pump (its stream is over) or the watchdog (the
-      // pump is cancelled, and its stream's device is counted as gone).
+      // The first to end ends the others: the pump (its stream is over), the RPC's cancellation
+      // or the watchdog (then the pump is cancelled, and its stream's device is counted as gone).
       do {
         try await group.next()
       } catch {

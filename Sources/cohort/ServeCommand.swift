@@ -116,6 +116,10 @@ struct ServeCommand: AsyncParsableCommand {
   }
 
   func run() async throws {
+    // Memory a load leaves behind goes back to the system once its sessions end.
+    ProcessMemory.limitArenas()
+    let trimming = ProcessMemory.trimPeriodically()
+    defer { trimming.cancel() }
     // Every device session holds a socket or a stream; thousands need the hard limit.
     raiseOpenFileLimit()
     let level = Logger.Level(rawValue: logLevel) ?? .info
