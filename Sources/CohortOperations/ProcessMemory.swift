@@ -1,7 +1,7 @@
 #if os(Linux)
   // glibc's <malloc.h> is not in Swift's Glibc module: the two functions, by their C names.
   @_silgen_name("mallopt") private func mallopt(_ parameter: Int32, _ value: Int32) -> Int32
-  @_silgen_name("malloc_trim") private func malloc_trim(_ pad: Int) -> Int32
+  @_silgen_name("malloc_trim") private func mallocTrim(_ pad: Int) -> Int32
   /// `M_ARENA_MAX` of <malloc.h>.
   private let mArenaMax: Int32 = -8
 #endif
@@ -25,7 +25,7 @@ public enum ProcessMemory {
       while !Task.isCancelled {
         try? await Task.sleep(for: .seconds(seconds))
         #if os(Linux)
-          _ = malloc_trim(0)
+          _ = mallocTrim(0)
         #endif
       }
     }
