@@ -103,12 +103,16 @@ struct LoadCommand: AsyncParsableCommand {
   }
 }
 
-/// Raises the soft limit on open files to the hard limit: thousands of sessions need thousands
-/// of descriptors on the server, and a few per connection here.
-func raiseOpenFileLimit() {
+/// Raises the open-file soft limit to the hard limit (every device session holds a socket or a
+/// stream; thousands need it) and returns the limit in force.
+@discardableResult
+func raiseOpenFileLimit() -> Int {
   var limit = rlimit()
-  guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max
-  else { return }
-  limit.rlim_cur = limit.rlim_max
-  _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+  guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
+  if limit.rlim_cur < limit.rlim_max {
+    var raised = limit
+    raised.rlim_cur = limit.rlim_max
+    if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+  }
+  return Int(clamping: limit.rlim_cur)
 }

@@ -121,7 +121,7 @@ struct ServeCommand: AsyncParsableCommand {
     let trimming = ProcessMemory.trimPeriodically()
     defer { trimming.cancel() }
     // Every device session holds a socket or a stream; thousands need the hard limit.
-    raiseOpenFileLimit()
+    let descriptors = raiseOpenFileLimit()
     let level = Logger.Level(rawValue: logLevel) ?? .info
     var logger = Logger(label: "cohort.serve") { StreamLogHandler.standardError(label: $0) }
     logger.logLevel = level
@@ -149,7 +149,7 @@ struct ServeCommand: AsyncParsableCommand {
           population: population, seed: runSeed, populationSize: populationSize,
           connections: ConnectionLimits(
             maximumConnections: maxConnections
-              ?? ConnectionLimits.fitting(descriptorLimit: Self.descriptorLimit()),
+              ?? ConnectionLimits.fitting(descriptorLimit: descriptors),
             tls13Only: tls13Only)),
         store: store, logger: logger, metrics: endpoint.metricsFactory)
     } catch {
@@ -216,21 +216,6 @@ struct FederationServerService: Service {
 }
 
 /// A HOST:PORT option.
-extension ServeCommand {
-  /// The process's file-descriptor limit, raised to its hard limit first (servers hold one per
-  /// connection).
-  static func descriptorLimit() -> Int {
-    var limit = rlimit()
-    guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
-    if limit.rlim_cur < limit.rlim_max {
-      var raised = limit
-      raised.rlim_cur = limit.rlim_max
-      if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
-    }
-    return Int(clamping: limit.rlim_cur)
-  }
-}
-
 struct HostPort {
   var host: String
   var port: Int
