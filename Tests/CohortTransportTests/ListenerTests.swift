@@ -156,6 +156,36 @@ import Testing
     #expect(plaintext.contains("does not speak TLS"), "plaintext server: \(plaintext)")
   }
 
+  @Test func aStreamIsReleasedWhenItsDeviceGoesWhileWaitingForItsTask() async throws {
+    let registry = PrometheusCollectorRegistry()
+    let scenario = try networkScenario(devices: 2, rounds: 1)
+    let server = try FederationServer(
+      configuration: .init(plan: scenario.plan, security: .insecureLoopback, seed: scenario.seed),
+      store: try ResultsStore.inMemory(), logger: Logger(label: "test-release"),
+      metrics: PrometheusMetricsFactory(registry: registry))
+    let connected = { @Sendable () -> String? in
+      registry.emitToString().split(separator: "\n").first { $0.hasPrefix("cohort_devices_connected ") }
+        .map(String.init)
+    }
+    try await serving(server) { port in
+      let connection = try FederationConnection(host: "127.0.0.1", port: port, security: .insecure)
+      defer { connection.close() }
+      let runtime = DeviceRuntime(
+        configuration: .init(device: 0, seed: 1), connection: connection,
+        examples: { throw CohortError(.notFound, "no examples needed") }, logger: Logger(label: "test-hold"))
+      let (admitted, sink) = AsyncStream.makeStream(of: Void.self)
+      // The device is admitted (one of two the round waits for) and holds its stream, then goes.
+      let holding = Task { await runtime.holdSession { sink.yield() } }
+      var iterator = admitted.makeAsyncIterator()
+      await iterator.next()
+      #expect(connected() == "cohort_devices_connected 1.0")
+      holding.cancel()
+      _ = await holding.value
+      // The server hears of it through the RPC's cancellation, not from a message: wait for it.
+      while connected() != "cohort_devices_connected 0.0" { await Task.yield() }
+    }
+  }
+
   @Test func aServerListensOnIPv6Loopback() async throws {
     let answer = try await serving(try server(host: "::1")) { port in
       try await checkIn(host: "::1", port: port)
