@@ -93,12 +93,17 @@ public struct RandomStream: RandomNumberGenerator, Sendable, Hashable {
       spareNormal = nil
       return spare
     }
-    let u1 = uniformPositive()
-    let u2 = uniform()
+    let (first, second) = Self.boxMuller(uniformPositive(), uniform())
+    spareNormal = second
+    return first
+  }
+
+  /// Two independent standard normals from a uniform in (0, 1] and one in [0, 1) (Box–Muller);
+  /// shared with `SecureRandom`, whose uniforms come from libsodium.
+  public static func boxMuller(_ u1: Double, _ u2: Double) -> (Double, Double) {
     let r = (-2 * log(u1)).squareRoot()
     let theta = 2 * Double.pi * u2
-    spareNormal = r * sin(theta)
-    return r * cos(theta)
+    return (r * cos(theta), r * sin(theta))
   }
 
   public mutating func normal(mean: Double, standardDeviation: Double) -> Double {

@@ -1,5 +1,4 @@
 import CSodium
-import Foundation
 
 /// Cryptographic randomness from libsodium (`randombytes_buf`), for what a served run must keep
 /// unpredictable: its seeds when the operator gives none, and central DP noise (DESIGN,
@@ -32,10 +31,6 @@ public struct SecureRandom: RandomNumberGenerator, Sendable {
 
   /// A standard normal pair by Box–Muller from two uniforms (the first in (0, 1]).
   public mutating func normalPair() -> (Double, Double) {
-    let u1 = (Double(next() >> 11) + 1) * 0x1.0p-53
-    let u2 = Double(next() >> 11) * 0x1.0p-53
-    let r = (-2 * log(u1)).squareRoot()
-    let theta = 2 * Double.pi * u2
-    return (r * cos(theta), r * sin(theta))
+    RandomStream.boxMuller((Double(next() >> 11) + 1) * 0x1.0p-53, Double(next() >> 11) * 0x1.0p-53)
   }
 }

@@ -17,7 +17,10 @@ final class StreamWatchdog: Sendable {
 
   /// Progress must come within `seconds` from now.
   func arm(seconds: Double) {
-    let deadline = ContinuousClock.now.advanced(by: .milliseconds(Int64(max(0, seconds) * 1000)))
+    // The wait may come from a reporting deadline: bounded (a year) and never NaN, so the
+    // conversion cannot trap.
+    let bounded = seconds.isFinite ? min(max(0, seconds), 365 * 86_400) : 0
+    let deadline = ContinuousClock.now.advanced(by: .milliseconds(Int64(bounded * 1000)))
     let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
       s.deadline = deadline
       defer { s.waiter = nil }

@@ -105,13 +105,7 @@ import X509
           host: "127.0.0.1", port: port, security: tls(pki.devices[device]))
         defer { connection.close() }
         var stream = RawParticipation(connection)
-        stream.send(
-          .checkIn(
-            .with {
-              $0.device = Int64(device)
-              $0.population = "default"
-              $0.certificate = Data(certificate)
-            }))
+        stream.sendCheckIn(device: device, certificate: certificate)
         let refusal = Refusal(await stream.status())
         #expect(refusal?.code == .unauthenticated, "\(name): \(String(describing: refusal))")
         #expect(refusal?.reason == reason.rawValue, "\(name): \(String(describing: refusal))")

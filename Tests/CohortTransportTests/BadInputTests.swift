@@ -47,6 +47,17 @@ struct RawParticipation {
     }
   }
 
+  /// A check-in of `device` to the default population, with `certificate` (DER) when given.
+  func sendCheckIn(device: Int, certificate: [UInt8] = []) {
+    send(
+      .checkIn(
+        .with {
+          $0.device = Int64(device)
+          $0.population = "default"
+          $0.certificate = Data(certificate)
+        }))
+  }
+
   func send(_ kind: Cohort_V1_DeviceMessage.OneOf_Kind, version: UInt32 = UInt32(protocolVersion)) {
     var message = Cohort_V1_DeviceMessage()
     message.protocolVersion = version
@@ -254,12 +265,7 @@ struct Refusal: Equatable, CustomStringConvertible {
   static func admit(_ device: Int, _ connection: FederationConnection) async throws -> RawParticipation {
     while true {
       var stream = RawParticipation(connection)
-      stream.send(
-        .checkIn(
-          .with {
-            $0.device = Int64(device)
-            $0.population = "default"
-          }))
+      stream.sendCheckIn(device: device)
       switch try await stream.next() {
       case .admitted: return stream
       case .retry:

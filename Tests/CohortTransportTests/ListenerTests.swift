@@ -63,12 +63,7 @@ import Testing
       security: .tls(caPEM: Self.pki.caCertificatePEM, certificatePEM: nil, privateKeyPEM: nil))
     defer { connection.close() }
     var stream = RawParticipation(connection)
-    stream.send(
-      .checkIn(
-        .with {
-          $0.device = 1
-          $0.population = "default"
-        }))
+    stream.sendCheckIn(device: 1)
     return try await stream.next()
   }
 
@@ -94,12 +89,7 @@ import Testing
       defer { connection.close() }
       func checkIn(as device: Int) async throws -> (Cohort_V1_ServerMessage.OneOf_Kind?, RPCError?) {
         var stream = RawParticipation(connection)
-        stream.send(
-          .checkIn(
-            .with {
-              $0.device = Int64(device)
-              $0.population = "default"
-            }))
+        stream.sendCheckIn(device: device)
         do {
           return (try await stream.next(), nil)
         } catch let error as RPCError {
@@ -386,12 +376,7 @@ import Testing
           host: "127.0.0.1", port: port,
           security: .tls(caPEM: Self.pki.caCertificatePEM, certificatePEM: nil, privateKeyPEM: nil))
         var stream = RawParticipation(connection)
-        stream.send(
-          .checkIn(
-            .with {
-              $0.device = Int64(device)
-              $0.population = "default"
-            }))
+        stream.sendCheckIn(device: device)
         #expect(try await stream.next() != nil)
         held.append((stream, connection))
       }
