@@ -1,3 +1,4 @@
+import CohortCore
 public import CohortProtocol
 
 /// Holds the connections of the devices it has accepted and routes the Coordinator's messages
@@ -17,7 +18,7 @@ public actor Selector: DeviceLink {
   }
 
   public func disconnect(_ device: DeviceID) {
-    links.removeValue(forKey: device)
+    links.removeValueReleasingSpace(forKey: device)
   }
 
   public var connectedDevices: Int { links.count }

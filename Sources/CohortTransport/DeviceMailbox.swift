@@ -1,5 +1,7 @@
+import CohortCore
 import CohortProtocol
 import Foundation
+import NIOCore
 import Synchronization
 
 /// What the server's side tells one device's stream outside a direct reply.
@@ -26,9 +28,11 @@ enum SessionEvent: Sendable {
 final class DeviceMailbox: DeviceLink, Sendable {
   let events: AsyncStream<SessionEvent>
   private let continuation: AsyncStream<SessionEvent>.Continuation
-  private let timers = Mutex<(next: UInt64, tasks: [UInt64: Task<Void, Never>])>((0, [:]))
+  private let deadlines: StreamDeadlines
+  private let timers = Mutex<(next: UInt64, scheduled: [UInt64: Scheduled<Void>])>((0, [:]))
 
-  init() {
+  init(deadlines: StreamDeadlines = StreamDeadlines()) {
+    self.deadlines = deadlines
     (events, continuation) = AsyncStream.makeStream(of: SessionEvent.self)
   }
 
@@ -50,22 +54,19 @@ final class DeviceMailbox: DeviceLink, Sendable {
       let id = state.next
       state.next += 1
       let continuation = self.continuation
-      state.tasks[id] = Task {
-        try? await Task.sleep(for: .seconds(max(0, seconds)))
-        if !Task.isCancelled { continuation.yield(.timeout(id)) }
-      }
+      state.scheduled[id] = deadlines.schedule(after: seconds) { continuation.yield(.timeout(id)) }
       return id
     }
   }
 
   func cancelTimer(_ id: UInt64) {
-    timers.withLock { $0.tasks.removeValue(forKey: id)?.cancel() }
+    timers.withLock { $0.scheduled.removeValue(forKey: id)?.cancel() }
   }
 
   func close() {
     timers.withLock { state in
-      for task in state.tasks.values { task.cancel() }
-      state.tasks = [:]
+      for timer in state.scheduled.values { timer.cancel() }
+      state.scheduled = [:]
     }
     continuation.finish()
   }
@@ -85,7 +86,7 @@ final class OpenParticipations: Sendable {
   }
 
   func remove(_ mailbox: DeviceMailbox) {
-    _ = open.withLock { $0.mailboxes.removeValue(forKey: ObjectIdentifier(mailbox)) }
+    _ = open.withLock { $0.mailboxes.removeValueReleasingSpace(forKey: ObjectIdentifier(mailbox)) }
   }
 
   var count: Int { open.withLock { $0.mailboxes.count } }

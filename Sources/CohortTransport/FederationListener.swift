@@ -83,7 +83,7 @@ final class ConnectionBook: Sendable {
       var evicted: (any Channel)?
       if s.open >= limit {
         guard let oldest = s.unproven.keys.min() else { return (nil, nil) }
-        evicted = s.unproven.removeValue(forKey: oldest)
+        evicted = s.unproven.removeValueReleasingSpace(forKey: oldest)
       }
       s.open += 1
       s.next += 1
@@ -95,13 +95,15 @@ final class ConnectionBook: Sendable {
   }
 
   /// The connection spoke (its first HTTP/2 bytes arrived): it is no longer evicted for room.
-  func proven(_ serial: UInt64) { _ = state.withLock { $0.unproven.removeValue(forKey: serial) } }
+  func proven(_ serial: UInt64) {
+    _ = state.withLock { $0.unproven.removeValueReleasingSpace(forKey: serial) }
+  }
 
   func release(_ serial: UInt64, peer: String) {
     state.withLock { s in
       s.open -= 1
-      s.unproven[serial] = nil
-      s.deviceByPeer[peer] = nil
+      s.unproven.removeValueReleasingSpace(forKey: serial)
+      s.deviceByPeer.removeValueReleasingSpace(forKey: peer)
     }
   }
 

@@ -28,6 +28,8 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
   let connections: ConnectionBook?
   /// Seconds a stream may make no progress where the device has the next move.
   let streamInactivity: Double
+  /// Where the streams' timers run.
+  let deadlines = StreamDeadlines()
   /// The model's layout, which does not change during a run: read from the handler once.
   private let layout = LayoutCache()
 
@@ -59,7 +61,7 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
     var configuration = participation
     configuration.layout = await layout.get(handler)
     configuration.certifiedDevice = connections?.device(peer: context.remotePeer)
-    let watchdog = StreamWatchdog()
+    let watchdog = StreamWatchdog(deadlines: deadlines)
     let machine = ServerParticipation(configuration: configuration)
     try await withThrowingTaskGroup(of: Void.self) { group in
       group.addTask {
@@ -111,7 +113,7 @@ private final class LayoutCache: Sendable {
 private struct Pump {
   let service: FederationService
   let response: RPCWriter<Cohort_V1_ServerMessage>
-  let mailbox = DeviceMailbox()
+  let mailbox: DeviceMailbox
   /// The one reader of the mailbox, kept for the whole participation.
   var events: AsyncStream<SessionEvent>.AsyncIterator
   var machine: ServerParticipation
@@ -130,6 +132,7 @@ private struct Pump {
     watchdog: StreamWatchdog
   ) {
     self.watchdog = watchdog
+    mailbox = DeviceMailbox(deadlines: service.deadlines)
     self.service = service
     self.response = response
     self.machine = machine
