@@ -263,7 +263,7 @@ public enum Partitioner {
           + "with no example",
         fix: law == .exponential
           ? "use at most about ln(examples) devices with exponential sizes, or linear or square"
-          : "use fewer devices")
+          : "use fewer devices" + (law == .square ? ", or linear sizes" : ""))
     }
     return counts
   }
