@@ -6,11 +6,17 @@ public struct FederatedData: Sendable {
   public var train: Dataset
   public var test: Dataset
   public var partition: Partition
+  /// Each device's own test examples, as indices into `test`, when the data says whose they
+  /// are (a CSV test file with the client column, a LEAF test file, or a test fraction split off
+  /// data with owners) and devices are the data's owners (a natural partition); nil otherwise.
+  /// Devices evaluate the model they receive on these (federated evaluation).
+  public var deviceTests: [[Int]]?
 
-  public init(train: Dataset, test: Dataset, partition: Partition) {
+  public init(train: Dataset, test: Dataset, partition: Partition, deviceTests: [[Int]]? = nil) {
     self.train = train
     self.test = test
     self.partition = partition
+    self.deviceTests = deviceTests
   }
 
   /// Loads (or generates) the scenario's data and partitions it. Every draw comes from streams
@@ -19,7 +25,26 @@ public struct FederatedData: Sendable {
     let (train, test) = try examples(scenario)
     try checkModelFits(scenario.plan.model, train)
     let partition = try partitionExamples(train, scenario)
-    return FederatedData(train: train, test: test, partition: partition)
+    let deviceTests = scenario.partition == .natural ? ownTests(train: train, test: test) : nil
+    return FederatedData(train: train, test: test, partition: partition, deviceTests: deviceTests)
+  }
+
+  /// For each training client (by index into `train.clientNames`), the test examples whose owner
+  /// has the same name; nil unless both sets name owners. Test owners with no training examples
+  /// are left to the central test set only.
+  static func ownTests(train: Dataset, test: Dataset) -> [[Int]]? {
+    guard let names = train.clientNames, let owners = test.clients, let testNames = test.clientNames else {
+      return nil
+    }
+    var index: [String: Int] = [:]
+    for (i, name) in names.enumerated() where index[name] == nil { index[name] = i }
+    let device = testNames.map { index[$0] }
+    var result = [[Int]](repeating: [], count: names.count)
+    for (i, owner) in owners.enumerated() {
+      guard owner >= 0 && Int(owner) < device.count, let k = device[Int(owner)] else { continue }
+      result[k].append(i)
+    }
+    return result
   }
 
   static func examples(_ scenario: Scenario) throws(CohortError) -> (train: Dataset, test: Dataset) {
@@ -47,7 +72,9 @@ public struct FederatedData: Sendable {
     case .csv(let c):
       let train = try CSVDataset.load(path: c.path, labelColumn: c.labelColumn, clientColumn: c.clientColumn)
       return try withTest(train, c.test) { path throws(CohortError) in
-        try CSVDataset.load(path: path, labelColumn: c.labelColumn, clientColumn: c.clientColumn)
+        // A test file may leave out the client column: its examples are then central only.
+        try CSVDataset.load(
+          path: path, labelColumn: c.labelColumn, clientColumn: c.clientColumn, clientColumnOptional: true)
       }
     case .idx(let i):
       let train = try IDXDataset.load(images: i.images, labels: i.labels)
@@ -102,9 +129,21 @@ public struct FederatedData: Sendable {
     switch scenario.partition {
     case .natural, .iid:
       return try Partitioner.iid(exampleCount: data.count, clients: clients, rng: &rng)
-    case .dirichlet(let alpha):
+    case .dirichlet(let alpha, nil):
       return try Partitioner.dirichlet(
         labels: data.labels, classes: data.classes, clients: clients, alpha: alpha, rng: &rng)
+    case .dirichlet(let alpha, let minimum?):
+      return try Partitioner.dirichlet(
+        labels: data.labels, classes: data.classes, clients: clients, alpha: alpha, minimumSize: minimum.size,
+        onSmall: minimum.onSmall, rng: &rng)
+    case .pathological(let k):
+      return try Partitioner.pathological(
+        labels: data.labels, classes: data.classes, clients: clients, classesPerClient: k, rng: &rng)
+    case .innerDirichlet(let alpha, let law):
+      return try Partitioner.innerDirichlet(
+        labels: data.labels, classes: data.classes, clients: clients, alpha: alpha, law: law, rng: &rng)
+    case .sized(let law):
+      return try Partitioner.sized(exampleCount: data.count, clients: clients, law: law, rng: &rng)
     case .shards(let perClient):
       return try Partitioner.shards(
         labels: data.labels, clients: clients, shardsPerClient: perClient, rng: &rng)

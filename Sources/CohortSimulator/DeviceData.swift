@@ -34,8 +34,10 @@ public struct LocalData: Sendable {
 ///   in a least-recently-used cache up to `cacheBudget` bytes, so a population small enough to
 ///   fit is generated once, and a huge one costs at most the budget.
 /// - **Everything else** is loaded and partitioned once by `FederatedData.load`; device k's
-///   `train` is the shared training set and `trainIndices` its partition. Such data has no
-///   per-device test split (CSV, IDX and LEAF test sets are central), so `test` is nil.
+///   `train` is the shared training set and `trainIndices` its partition. Its `test` is its own
+///   test examples where the data names their owners and the partition is natural
+///   (`FederatedData.deviceTests`: a CSV test file with the client column, LEAF users' test
+///   examples), and nil otherwise (IDX, other partitions): the test set is then central only.
 ///
 /// Thread-safe: trainers on every core may ask at once. The lock guards only the cache; a device
 /// that two threads ask for at once may be generated twice, identically.
@@ -108,7 +110,9 @@ public final class DeviceDataProvider: Sendable {
     switch source {
     case .shared(let data):
       let indices = data.partition.clients[k]
-      return LocalData(train: data.train, trainIndices: indices, test: nil, exampleCount: indices.count)
+      // A copy of the device's few test examples: the evaluator takes a dataset, not indices.
+      let test = data.deviceTests.flatMap { k < $0.count ? data.test.subset($0[k]) : nil }
+      return LocalData(train: data.train, trainIndices: indices, test: test, exampleCount: indices.count)
     case .synthetic(let generator):
       if let cached = cache.withLock({ $0.value(for: k) }) { return cached }
       // Generate outside the lock: other devices' lookups need not wait for this one.

@@ -15,13 +15,28 @@ struct DataCommand: AsyncParsableCommand {
         Loads or generates the scenario's data exactly as a simulation would (same seed, same
         partition) and prints: example counts, features and classes; devices; examples per device
         (minimum, median, maximum, mean); mean label entropy per device in bits (log2 of the class
-        count for perfectly balanced labels, 0 when each device holds a single class); and a
-        histogram of device sizes.
+        count for perfectly balanced labels, 0 when each device holds a single class); a
+        histogram of device sizes; examples per class in the training and test sets; and a
+        label-by-device heat map (one row per device, the first --max-devices of them; one shaded
+        cell per class). --html FILE writes the class counts and the heat map of every device as a
+        self-contained HTML page.
         """)
 
     @OptionGroup var scenario: ScenarioOptions
 
+    @Option(help: "Devices the terminal heat map shows (the first ones).")
+    var maxDevices = 30
+
+    @Option(help: "Also write the class counts and a heat map of every device to this HTML file.")
+    var html: String?
+
+    @Flag(help: "Replace the --html file if it exists.") var force = false
+
     func run() throws {
+      if let html { try OutputFile.refuseOverwrite([html], force: force) }
+      guard maxDevices >= 0 else {
+        throw CohortError(.invalidConfiguration, "--max-devices is \(maxDevices); expected ≥ 0").exit()
+      }
       let s = try scenario.load()
       let data: FederatedData
       do throws(CohortError) { data = try FederatedData.load(s) } catch { throw error.exit() }
@@ -34,6 +49,26 @@ struct DataCommand: AsyncParsableCommand {
       let stats = PartitionStatistics(
         partition: data.partition, labels: data.train.labels, classes: data.train.classes)
       print(stats.rendered())
+      let matrix = LabelMatrix(
+        partition: data.partition, labels: data.train.labels, classes: data.train.classes)
+      let testCounts = data.test.labelCounts()
+      print(LabelMatrix.renderedClassCounts(train: matrix.classTotals, test: testCounts))
+      print(matrix.renderedHeatMap(maxDevices: maxDevices), terminator: "")
+      guard let html else { return }
+      let page = HeatMapPage.render(
+        title: "Data of \(scenario.path ?? BuiltInScenario.name)",
+        summary: [
+          "data: \(describe(s.data))", "partition: \(describe(s.partition)), seed \(s.seed)",
+          "\(data.train.count) train and \(data.test.count) test examples, \(matrix.devices) devices",
+        ],
+        matrix: matrix, testCounts: testCounts)
+      do {
+        try page.write(toFile: html, atomically: true, encoding: .utf8)
+      } catch {
+        throw CohortError(.io, "cannot write \(html): \(error.localizedDescription)", fix: "check --html")
+          .exit()
+      }
+      print("wrote \(html)")
     }
 
     func describe(_ data: DataSource) -> String {
@@ -50,7 +85,12 @@ struct DataCommand: AsyncParsableCommand {
       switch partition {
       case .natural: return "natural"
       case .iid: return "IID"
-      case .dirichlet(let alpha): return "Dirichlet label skew, α = \(alpha)"
+      case .dirichlet(let alpha, nil): return "Dirichlet label skew, α = \(alpha)"
+      case .dirichlet(let alpha, let m?):
+        return "Dirichlet label skew, α = \(alpha), at least \(m.size) per device (\(m.onSmall.rawValue))"
+      case .pathological(let k): return "pathological, \(k) classes per device"
+      case .innerDirichlet(let alpha, let law): return "inner Dirichlet, α = \(alpha), \(law.rawValue) sizes"
+      case .sized(let law): return "IID, \(law.rawValue) sizes"
       case .shards(let k): return "shards, \(k) per device"
       case .quantitySkew(.lognormal(let sigma)): return "quantity skew, lognormal σ = \(sigma)"
       case .quantitySkew(.powerLaw(let exponent)): return "quantity skew, power law exponent \(exponent)"

@@ -95,6 +95,25 @@ func cohort(_ arguments: [String], in directory: URL = repositoryRoot) throws ->
     #expect(result.stdout.lowercased().contains("entropy"), "\(result.stdout)")
   }
 
+  @Test func describeShowsClassCountsAndAHeatMapAndWritesItAsHTML() throws {
+    let dir = TemporaryDirectory()
+    let page = dir.file("data.html")
+    let result = try cohort(
+      ["data", "describe", "Simulations/digits-dirichlet.yaml", "--max-devices", "12", "--html", page])
+    #expect(result.status == 0, "\(result.stderr)")
+    #expect(result.stdout.contains("examples per class:"), "\(result.stdout)")
+    #expect(result.stdout.contains("labels by device"), "\(result.stdout)")
+    #expect(result.stdout.contains("device 11  "), "\(result.stdout)")
+    #expect(!result.stdout.contains("device 12  "), "\(result.stdout)")
+    #expect(result.stdout.contains("(showing the first 12 of 100 devices"), "\(result.stdout)")
+    let html = try String(contentsOfFile: page, encoding: .utf8)
+    #expect(html.contains("<svg") && html.contains("<title>device 99, class "), "\(html.prefix(400))")
+    #expect(html.contains("Examples per class") && html.contains("<tr><td>9</td>"))
+    // An existing page is kept unless --force.
+    let again = try cohort(["data", "describe", "Simulations/digits-dirichlet.yaml", "--html", page])
+    #expect(again.status != 0 && again.stderr.contains("already exists"), "\(again.stderr)")
+  }
+
   @Test func trainRunsAndReportsAccuracy() throws {
     let result = try cohort(["train", "Simulations/digits-dirichlet.yaml", "--epochs", "5", "--json"])
     #expect(result.status == 0, "\(result.stderr)")

@@ -97,15 +97,45 @@ public enum PartitionPlan: Codable, Sendable, Hashable {
   case natural
   case iid
   /// Label skew: each class spread over devices by a Dirichlet(α) draw (Hsu et al. 2019).
-  case dirichlet(alpha: Double)
+  /// `minimum` is the scenario's `min_size` and `on_small`; nil keeps the long-standing rule
+  /// (at least one example each: redraws, then repair).
+  case dirichlet(alpha: Double, minimum: DirichletMinimum? = nil)
   /// Sorted by label and cut into shards, `perClient` shards each (McMahan et al. 2017).
   case shards(perClient: Int)
   /// Unequal sizes, labels IID.
   case quantitySkew(QuantitySkewPlan)
+  /// Each device holds exactly `classesPerDevice` classes (Flower's PathologicalPartitioner).
+  case pathological(classesPerDevice: Int)
+  /// Device sizes by a size law, each device's class mix from Dirichlet(α) over the classes
+  /// (Flower's InnerDirichletPartitioner).
+  case innerDirichlet(alpha: Double, sizes: SizeLaw)
+  /// IID contents, sizes by a size law (Flower's Linear-, Square- and ExponentialPartitioner).
+  case sized(SizeLaw)
 
   public enum QuantitySkewPlan: Codable, Sendable, Hashable {
     case lognormal(sigma: Double)
     case powerLaw(exponent: Double)
+  }
+
+  /// Device i's size is proportional to 1, i + 1, (i + 1)² or eⁱ.
+  public enum SizeLaw: String, Codable, Sendable, Hashable, CaseIterable {
+    case equal, linear, square, exponential
+  }
+
+  /// The smallest device a Dirichlet partition may produce, and how to get there.
+  public struct DirichletMinimum: Codable, Sendable, Hashable {
+    public enum OnSmall: String, Codable, Sendable, Hashable {
+      /// Draw again until every device has `size` examples; a bounded number of times, then fail.
+      case redraw
+      /// Keep the draw and move examples from the largest devices to the small ones.
+      case balance
+    }
+    public var size: Int
+    public var onSmall: OnSmall
+    public init(size: Int, onSmall: OnSmall = .redraw) {
+      self.size = size
+      self.onSmall = onSmall
+    }
   }
 }
 
@@ -271,7 +301,8 @@ extension Scenario {
       issue(
         "partition",
         "kind natural needs data whose examples name their owner; set data.client_column (csv), "
-          + "or choose partition kind iid, dirichlet, shards or quantity_skew")
+          + "or choose partition kind iid, dirichlet, shards, quantity_skew, pathological, "
+          + "inner_dirichlet, linear, square or exponential")
     }
     if case .syntheticFedProx(let s) = data {
       if plan.model.inputShape != [60] || plan.model.classes != 10 {
@@ -286,6 +317,12 @@ extension Scenario {
           "with partition kind natural there is one device per synthetic device: devices.count (\(count)) "
             + "must equal data.devices (\(s.devices)), or be left out")
       }
+    }
+    if case .pathological(let k) = partition, k > plan.model.classes {
+      m.owner.log.add(
+        keyPath: "partition.classes_per_device", line: m["partition"]?.node.mark?.line,
+        "is \(k), but the plan's model has \(plan.model.classes) classes; expected at most "
+          + "\(plan.model.classes)")
     }
     if let count = populationSize, plan.server.cohort.goal > count {
       issue(
@@ -377,34 +414,66 @@ extension DataSource {
 }
 
 extension PartitionPlan {
-  static let kinds = ["natural", "iid", "dirichlet", "shards", "quantity_skew"]
+  static let kinds = [
+    "natural", "iid", "dirichlet", "shards", "quantity_skew", "pathological", "inner_dirichlet", "linear",
+    "square", "exponential",
+  ]
 
   static func read(_ field: YAMLField) -> PartitionPlan? {
-    let all = ["kind", "alpha", "shards_per_client", "distribution", "sigma", "exponent"]
+    let all = [
+      "kind", "alpha", "shards_per_client", "distribution", "sigma", "exponent", "min_size", "on_small",
+      "classes_per_device", "sizes",
+    ]
     guard let m = field.mapping(allowed: all) else { return nil }
     guard let kind = m.required("kind", hint: "one of: " + kinds.joined(separator: ", "), { $0.oneOf(kinds) })
     else { return nil }
-    switch kind {
-    case "natural", "iid":
-      m.reject(
-        ["alpha", "shards_per_client", "distribution", "sigma", "exponent"],
-        because: "kind \(kind) has no parameters")
-      return kind == "iid" ? .iid : .natural
-    case "dirichlet":
-      m.reject(
-        ["shards_per_client", "distribution", "sigma", "exponent"], because: "kind dirichlet takes only alpha"
-      )
-      return m.required("alpha", hint: "the concentration α > 0; small is skewed, e.g. alpha: 0.3") {
+    let keysFor: [String: [String]] = [
+      "dirichlet": ["alpha", "min_size", "on_small"],
+      "shards": ["shards_per_client"],
+      "quantity_skew": ["distribution", "sigma", "exponent"],
+      "pathological": ["classes_per_device"],
+      "inner_dirichlet": ["alpha", "sizes"],
+    ]
+    let allowed = ["kind"] + (keysFor[kind] ?? [])
+    m.reject(
+      all.filter { !allowed.contains($0) },
+      because: allowed.count == 1
+        ? "kind \(kind) has no parameters"
+        : "kind \(kind) takes " + allowed.dropFirst().joined(separator: ", "))
+    func alpha() -> Double? {
+      m.required("alpha", hint: "the concentration α > 0; small is skewed, e.g. alpha: 0.3") {
         $0.double(0...1e6, above: true)
-      }.map { .dirichlet(alpha: $0) }
+      }
+    }
+    switch kind {
+    case "natural": return .natural
+    case "iid": return .iid
+    case "linear", "square", "exponential": return SizeLaw(rawValue: kind).map { .sized($0) }
+    case "dirichlet":
+      let a = alpha()
+      var minimum: DirichletMinimum?
+      if m.has("min_size") {
+        let size = m.optional("min_size") { $0.int(1...100_000_000) }
+        let onSmall = m.optional("on_small", default: "redraw") { $0.oneOf(["redraw", "balance"]) }
+        minimum = size.map {
+          DirichletMinimum(size: $0, onSmall: DirichletMinimum.OnSmall(rawValue: onSmall) ?? .redraw)
+        }
+      } else if let onSmall = m["on_small"] {
+        onSmall.fail("on_small applies only with min_size; add min_size: N (examples per device)")
+      }
+      return a.map { .dirichlet(alpha: $0, minimum: minimum) }
     case "shards":
-      m.reject(
-        ["alpha", "distribution", "sigma", "exponent"], because: "kind shards takes only shards_per_client")
       return .shards(perClient: m.optional("shards_per_client", default: 2) { $0.int(1...10_000) })
+    case "pathological":
+      return m.required(
+        "classes_per_device", hint: "how many classes each device holds, e.g. classes_per_device: 2"
+      ) { $0.int(1...1_000_000) }.map { .pathological(classesPerDevice: $0) }
+    case "inner_dirichlet":
+      let a = alpha()
+      let laws = SizeLaw.allCases.map(\.rawValue)
+      let sizes = m.optional("sizes", default: "equal") { $0.oneOf(laws) }
+      return a.map { .innerDirichlet(alpha: $0, sizes: SizeLaw(rawValue: sizes) ?? .equal) }
     default:
-      m.reject(
-        ["alpha", "shards_per_client"], because: "kind quantity_skew takes distribution and sigma or exponent"
-      )
       let distribution = m.optional("distribution", default: "lognormal") {
         $0.oneOf(["lognormal", "power_law"])
       }

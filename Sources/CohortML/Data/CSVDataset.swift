@@ -16,16 +16,21 @@ public enum CSVDataset {
   /// - Parameters:
   ///   - classes: the number of classes, when the file may not contain the highest label;
   ///     labels must then be below it. Defaults to the highest label plus one.
+  ///   - clientColumnOptional: a header without `clientColumn` gives a dataset without owners
+  ///     instead of an error (a test file whose examples are central only).
   public static func load(
-    path: String, labelColumn: String = "label", clientColumn: String? = nil, classes: Int? = nil
+    path: String, labelColumn: String = "label", clientColumn: String? = nil, classes: Int? = nil,
+    clientColumnOptional: Bool = false
   ) throws(CohortError) -> Dataset {
     let bytes = try DataFile.read(path)
     return try parse(
-      bytes, path: path, labelColumn: labelColumn, clientColumn: clientColumn, classes: classes)
+      bytes, path: path, labelColumn: labelColumn, clientColumn: clientColumn, classes: classes,
+      clientColumnOptional: clientColumnOptional)
   }
 
   static func parse(
-    _ bytes: [UInt8], path: String, labelColumn: String, clientColumn: String?, classes: Int?
+    _ bytes: [UInt8], path: String, labelColumn: String, clientColumn: String?, classes: Int?,
+    clientColumnOptional: Bool = false
   ) throws(CohortError) -> Dataset {
     if let classes, classes < 1 || classes > DataLimits.maximumClasses {
       throw CohortError(
@@ -40,7 +45,7 @@ public enum CSVDataset {
     return try bytes.withUnsafeBufferPointer { (buffer) throws(CohortError) -> Dataset in
       var parser = CSVParser(
         bytes: buffer, path: path, labelColumn: labelColumn, clientColumn: clientColumn,
-        classes: classes)
+        classes: classes, clientColumnOptional: clientColumnOptional)
       return try parser.run()
     }
   }
@@ -52,24 +57,27 @@ private struct CSVParser {
   let labelColumn: String
   let clientColumn: String?
   let classes: Int?
+  let clientColumnOptional: Bool
 
   init(
     bytes: UnsafeBufferPointer<UInt8>, path: String, labelColumn: String, clientColumn: String?,
-    classes: Int?
+    classes: Int?, clientColumnOptional: Bool
   ) {
     self.scanner = CSVScanner(bytes: bytes, path: path)
     self.path = path
     self.labelColumn = labelColumn
     self.clientColumn = clientColumn
     self.classes = classes
+    self.clientColumnOptional = clientColumnOptional
   }
 
   mutating func run() throws(CohortError) -> Dataset {
     let (names, headerLine) = try scanner.header(naming: labelColumn)
     var fields: [CSVField] = []
     let labelIndex = try column(labelColumn, role: "label", in: names, line: headerLine)
-    let clientIndex = try clientColumn.map { (name) throws(CohortError) -> Int in
-      try column(name, role: "client", in: names, line: headerLine)
+    let clientIndex = try clientColumn.flatMap { (name) throws(CohortError) -> Int? in
+      if clientColumnOptional && !names.contains(name) { return nil }
+      return try column(name, role: "client", in: names, line: headerLine)
     }
     let featureCount = names.count - 1 - (clientIndex == nil ? 0 : 1)
     guard featureCount > 0 else {
