@@ -45,8 +45,14 @@ public struct RoundRecord: Sendable, Hashable, Codable {
   public var federatedEvalExamples: Int?
   /// Cumulative differential-privacy ε after this round, when the plan adds DP noise.
   public var epsilon: Double?
-  /// Wall-clock seconds the round took to compute, whatever clock `startedAt` is on.
-  public var wallSeconds: Double
+  /// Seconds the round took on the run's clock (`endedAt − startedAt`): simulated seconds in a
+  /// simulation, wall-clock seconds on a server. The `duration_seconds` column (once
+  /// `wall_seconds`, a misleading name for simulated time).
+  public var durationSeconds: Double
+  /// Real seconds the process spent on the round, from configuration to close, on the machine's
+  /// clock: what a simulated round costs to compute. Nil when unknown (files written before it
+  /// was recorded, a round in flight across a resume).
+  public var realSeconds: Double?
 
   public init(
     round: Int, startedAt: Double, endedAt: Double, outcome: RoundOutcome = .committed,
@@ -54,7 +60,7 @@ public struct RoundRecord: Sendable, Hashable, Codable {
     rejected: Int = 0, bytesDown: Int = 0, bytesUp: Int = 0, trainLoss: Double? = nil,
     evalLoss: Double? = nil, evalAccuracy: Double? = nil, federatedEvalLoss: Double? = nil,
     federatedEvalAccuracy: Double? = nil, federatedEvalExamples: Int? = nil, epsilon: Double? = nil,
-    wallSeconds: Double = 0
+    durationSeconds: Double = 0, realSeconds: Double? = nil
   ) {
     self.round = round
     self.startedAt = startedAt
@@ -75,7 +81,8 @@ public struct RoundRecord: Sendable, Hashable, Codable {
     self.federatedEvalAccuracy = federatedEvalAccuracy
     self.federatedEvalExamples = federatedEvalExamples
     self.epsilon = epsilon
-    self.wallSeconds = wallSeconds
+    self.durationSeconds = durationSeconds
+    self.realSeconds = realSeconds
   }
 }
 

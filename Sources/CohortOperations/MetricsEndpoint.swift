@@ -1,4 +1,5 @@
 import CohortCore
+public import CoreMetrics
 public import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -37,8 +38,9 @@ public final class MetricsEndpoint: Sendable {
   }
 
   /// A swift-metrics factory that records into ``registry``, for components that take
-  /// `any MetricsFactory` (or for `MetricsSystem.bootstrap`).
-  public var metricsFactory: PrometheusMetricsFactory { PrometheusMetricsFactory(registry: registry) }
+  /// `any MetricsFactory` (or for `MetricsSystem.bootstrap`). Cohort's metrics get their
+  /// `# HELP` text from ``MetricHelp``.
+  public var metricsFactory: DescribedMetricsFactory { DescribedMetricsFactory(registry: registry) }
 
   /// Starts listening on `host`:`port` and returns the bound port (port 0 lets the system pick one).
   @discardableResult
@@ -165,4 +167,101 @@ private final class MetricsHTTPHandler: ChannelInboundHandler {
       written.whenComplete { _ in bound.value.close(promise: nil) }
     }
   }
+}
+
+/// What each of Cohort's metrics counts: the `# HELP` line Prometheus shows beside it.
+public enum MetricHelp {
+  public static let text: [String: String] = [
+    "cohort_check_ins_total": "Device check-ins received by the coordinator.",
+    "cohort_reports_accepted_total": "Device reports accepted into a round's aggregate.",
+    "cohort_reports_rejected_total": "Device reports or streams rejected, by reason.",
+    "cohort_rounds_committed_total": "Rounds committed: their model became the global model and was stored.",
+    "cohort_rounds_abandoned_total": "Rounds abandoned (too few devices selected or reporting in time).",
+    "cohort_commit_failures_total": "Attempts to write a closed round to the results store that failed.",
+    "cohort_round_duration_seconds": "Seconds from a round's configuration to its commit.",
+    "cohort_last_committed_round": "The number of the last committed round.",
+    "cohort_last_committed_accuracy":
+      "Central test accuracy of the last evaluated committed model (serve --test-data).",
+    "cohort_last_committed_loss":
+      "Central test loss of the last evaluated committed model (serve --test-data).",
+    "cohort_privacy_epsilon": "Differential privacy: cumulative epsilon after the last committed round.",
+    "cohort_devices_connected": "Device streams open now.",
+    "cohort_participations_total": "Device streams (participations) opened.",
+    "cohort_bytes_received_total": "Payload bytes received from devices.",
+    "cohort_bytes_sent_total": "Payload bytes sent to devices.",
+    "cohort_streams_inactive_total": "Device streams closed for inactivity (a stalled or vanished device).",
+  ]
+
+  /// Buckets of `cohort_round_duration_seconds`: rounds last seconds to an hour, not milliseconds.
+  public static let roundDurationBuckets: [Duration] = [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600].map {
+    .seconds($0)
+  }
+}
+
+/// A Prometheus metrics factory that gives Cohort's metrics their `# HELP` text (``MetricHelp``)
+/// and otherwise records as `PrometheusMetricsFactory` does.
+public struct DescribedMetricsFactory: MetricsFactory {
+  public let registry: PrometheusCollectorRegistry
+  private let plain: PrometheusMetricsFactory
+
+  public init(registry: PrometheusCollectorRegistry) {
+    self.registry = registry
+    var plain = PrometheusMetricsFactory(registry: registry)
+    plain.durationHistogramBuckets["cohort_round_duration_seconds"] = MetricHelp.roundDurationBuckets
+    self.plain = plain
+  }
+
+  public func makeCounter(label: String, dimensions: [(String, String)]) -> any CounterHandler {
+    guard let help = MetricHelp.text[label] else {
+      return plain.makeCounter(label: label, dimensions: dimensions)
+    }
+    return registry.makeCounter(descriptor: Self.descriptor(label, help), labels: dimensions)
+  }
+
+  public func makeFloatingPointCounter(label: String, dimensions: [(String, String)])
+    -> any FloatingPointCounterHandler
+  {
+    guard let help = MetricHelp.text[label] else {
+      return plain.makeFloatingPointCounter(label: label, dimensions: dimensions)
+    }
+    return registry.makeCounter(descriptor: Self.descriptor(label, help), labels: dimensions)
+  }
+
+  public func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool)
+    -> any RecorderHandler
+  {
+    guard !aggregate, let help = MetricHelp.text[label] else {
+      return plain.makeRecorder(label: label, dimensions: dimensions, aggregate: aggregate)
+    }
+    return registry.makeGauge(descriptor: Self.descriptor(label, help), labels: dimensions)
+  }
+
+  public func makeMeter(label: String, dimensions: [(String, String)]) -> any MeterHandler {
+    guard let help = MetricHelp.text[label] else {
+      return plain.makeMeter(label: label, dimensions: dimensions)
+    }
+    return registry.makeGauge(descriptor: Self.descriptor(label, help), labels: dimensions)
+  }
+
+  public func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler {
+    guard let help = MetricHelp.text[label] else {
+      return plain.makeTimer(label: label, dimensions: dimensions)
+    }
+    let buckets = plain.durationHistogramBuckets[label] ?? plain.defaultDurationHistogramBuckets
+    return registry.makeDurationHistogram(
+      descriptor: Self.descriptor(label, help), labels: dimensions, buckets: buckets)
+  }
+
+  /// The metric named `label` exactly (no unit suffix added), with its help text.
+  private static func descriptor(_ label: String, _ help: String) -> MetricNameDescriptor {
+    MetricNameDescriptor(metricName: label, unitName: "", helpText: help)
+  }
+
+  public func destroyCounter(_ handler: any CounterHandler) { plain.destroyCounter(handler) }
+  public func destroyFloatingPointCounter(_ handler: any FloatingPointCounterHandler) {
+    plain.destroyFloatingPointCounter(handler)
+  }
+  public func destroyRecorder(_ handler: any RecorderHandler) { plain.destroyRecorder(handler) }
+  public func destroyMeter(_ handler: any MeterHandler) { plain.destroyMeter(handler) }
+  public func destroyTimer(_ handler: any TimerHandler) { plain.destroyTimer(handler) }
 }

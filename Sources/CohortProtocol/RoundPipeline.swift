@@ -103,6 +103,9 @@ public struct RoundPipeline: Sendable {
   public let configuration: Configuration
   /// Values in the model, for the bytes each task costs (the shell knows the model).
   public var modelParameters = 0
+  /// Values of the server's control variate sent with each task beside the model (SCAFFOLD's c;
+  /// 0 for other strategies), counted in the bytes each task costs.
+  public var controlParameters = 0
   public private(set) var machine: RoundStateMachine
   var books: [Int: RoundBook] = [:]
   /// Reports that arrived after their round closed, by round, until a write takes them.
@@ -231,7 +234,7 @@ public struct RoundPipeline: Sendable {
       switch action {
       case .configure(let round, let devices, let deadline):
         var book = RoundBook(startedAt: now, selected: devices)
-        book.bytesDown = devices.count * modelParameters * MemoryLayout<Float>.size
+        book.bytesDown = devices.count * (modelParameters + controlParameters) * MemoryLayout<Float>.size
         book.counts.selected = devices.count
         books[round] = book
         return .configure(
@@ -272,7 +275,7 @@ public struct RoundPipeline: Sendable {
       record.federatedEvalAccuracy = book.evaluationCorrect / Double(book.evaluationExamples)
       record.federatedEvalExamples = book.evaluationExamples
     }
-    record.wallSeconds = now - record.startedAt
+    record.durationSeconds = now - record.startedAt
     if let abandoned {
       record.outcome = .abandoned
       record.abandonReason = abandoned.rawValue

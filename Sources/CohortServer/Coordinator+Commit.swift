@@ -77,6 +77,10 @@ extension Coordinator {
 
   /// Keeps a closed round until it is written (at once on a server, when the simulator asks).
   func hold(_ closed: ClosedRound) async {
+    var closed = closed
+    closed.record.realSeconds = realStarts.removeValue(forKey: closed.record.round).map {
+      (ContinuousClock.now - $0) / .seconds(1)
+    }
     pending = closed
     if configuration.autoCommit { await commitPending() }
   }

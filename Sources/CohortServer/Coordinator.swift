@@ -45,6 +45,9 @@ public actor Coordinator {
   /// The last error of a commit that is waiting for its retry.
   var commitError: CohortError?
   var roundObservers: [@Sendable (RoundRecord) -> Void] = []
+  /// When each open round was configured, on the machine's clock: a record's `realSeconds`. A
+  /// measurement only; no decision reads it.
+  var realStarts: [Int: ContinuousClock.Instant] = [:]
   /// Told when the next deadline changes, so a server loop sleeps until it and no longer.
   private var deadlineObserver: (@Sendable () -> Void)?
   private var observedDeadline: Double?
@@ -81,13 +84,15 @@ public actor Coordinator {
       ? nil : try? UpdateCodec(plan: plan.compression, dimension: initial.count)
     rules = ReportRules(plan: plan, layout: initial.layout, secure: configuration.secureAggregation != nil)
     strategyState = snapshot?.strategyState ?? strategy.initialState()
+    pipeline.controlParameters = strategyState.serverControl(layout: initial.layout)?.count ?? 0
     aggregator = Aggregator(strategy: strategy, state: strategyState)
     self.store = store
     self.link = link
     self.evaluator = evaluator
     self.clock = clock
     self.logger = logger
-    self.metrics = CoordinatorMetrics(factory: metrics)
+    self.metrics = CoordinatorMetrics(
+      factory: metrics, evaluated: evaluator != nil, isPrivate: plan.privacy.isPrivate)
     global = initial
     globalRound = modelRound ?? round
     globalSHA256 = initial.sha256
@@ -176,6 +181,7 @@ public actor Coordinator {
     for action in actions {
       switch action {
       case .configure(let start):
+        realStarts[start.round] = ContinuousClock.now
         _ = batch.take()
         await aggregator.begin(round: start.round)
         logger.debug(

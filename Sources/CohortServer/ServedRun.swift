@@ -76,9 +76,12 @@ public final class ServedRun: FederationHandler {
   ///   - initial: the model a new run starts from (a resumed run starts from its checkpoint).
   ///   - store: where rounds are committed and runs found.
   ///   - journal: where rounds are written, when not `store` itself (tests inject failures).
+  ///   - evaluator: evaluates each new model centrally (a server's held-out test set), as the
+  ///     simulator does, on the rounds `server.evaluation` names.
   public init(
     configuration: Configuration, initial: Weights, store: ResultsStore?, journal: (any RoundJournal)? = nil,
-    clock: any RoundClock = WallClock(), logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory
+    evaluator: (any CentralEvaluator)? = nil, clock: any RoundClock = WallClock(), logger: Logger,
+    metrics: any MetricsFactory = MetricsSystem.factory
   ) throws(CohortError) {
     let plan = configuration.plan
     var start = initial
@@ -121,7 +124,7 @@ public final class ServedRun: FederationHandler {
         commitBackoff: configuration.commitBackoff),
       initial: start, resumingAfter: resumed, committed: committed, modelRound: modelRound,
       store: journal ?? store, link: selector,
-      evaluator: nil, clock: clock, logger: logger, metrics: metrics)
+      evaluator: evaluator, clock: clock, logger: logger, metrics: metrics)
     (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
   }
 

@@ -78,9 +78,12 @@ public final class FederationServer: Sendable {
   ///   - store: where rounds are committed; a run of the same plan that did not finish is
   ///     resumed after its last recorded round.
   ///   - journal: where rounds are written, when not `store` itself (tests inject failures).
+  ///   - evaluator: central evaluation of each new model, on the rounds the plan's
+  ///     `server.evaluation` names (`serve --test-data`).
   public init(
     configuration: FederationServerConfiguration, store: ResultsStore?, journal: (any RoundJournal)? = nil,
-    logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory
+    evaluator: (any CentralEvaluator)? = nil, logger: Logger,
+    metrics: any MetricsFactory = MetricsSystem.factory
   ) throws(CohortError) {
     let plan = configuration.plan
     if plan.server.strategy.kind == .scaffold, (configuration.populationSize ?? 0) < 1 {
@@ -103,7 +106,8 @@ public final class FederationServer: Sendable {
         plan: plan, planPath: configuration.planPath, population: configuration.population,
         seed: configuration.seed, privacySeed: configuration.privacySeed,
         populationSize: configuration.populationSize, secureAggregation: secure),
-      initial: initial, store: store, journal: journal, logger: logger, metrics: metrics)
+      initial: initial, store: store, journal: journal, evaluator: evaluator, logger: logger, metrics: metrics
+    )
     endpoint = try FederationEndpoint(
       configuration: .init(
         plan: plan, host: configuration.host, port: configuration.port, security: configuration.security,

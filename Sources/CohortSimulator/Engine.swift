@@ -120,7 +120,8 @@ final class Engine {
     self.state = state
     uniform = coordinator.configuration.pipeline.machine.sampling == .uniform
     writer = RoundWriter(
-      store: simulation.store, run: simulation.run, crashAfterRound: simulation.options.crashAfterRound)
+      store: simulation.store, run: simulation.run, crashAfterRound: simulation.options.crashAfterRound,
+      retention: simulation.options.keepCheckpoints)
   }
 
   var scenario: Scenario { simulation.scenario }
@@ -317,7 +318,11 @@ final class Engine {
         // The state saved with a round is the state just before the round is handed over, so
         // a resumed run hands it over again (starting the next round) exactly as this one does.
         let saved = Self.encode(state, await coordinator.snapshot())
-        if let closed = await coordinator.takePending() { try writer.write(closed, resumeState: saved) }
+        // A resume retrains the devices in flight from their models: those checkpoints stay.
+        let needed = state.inFlight.values.map(\.modelRound).min() ?? .max
+        if let closed = await coordinator.takePending() {
+          try writer.write(closed, resumeState: saved, modelsNeededFrom: needed)
+        }
         status = await coordinator.status
         continue
       }
@@ -341,7 +346,9 @@ final class Engine {
       models[modelRound] = assignment.checkpoint
       if let c = assignment.serverControl { state.serverControls[modelRound] = c.values }
       if let clip = assignment.clipNorm { state.clipNorms[modelRound] = clip }
-      let downloadBytes = assignment.checkpoint.count * MemoryLayout<Float>.size
+      // SCAFFOLD's server control variate travels with the model.
+      let downloadBytes =
+        (assignment.checkpoint.count + (assignment.serverControl?.count ?? 0)) * MemoryLayout<Float>.size
       for device in devices {
         guard var session = state.sessions[device] else { continue }
         let actions = session.received(.task(task), now: state.now)
@@ -494,6 +501,8 @@ final class Engine {
 
   func summary() async throws(CohortError) -> SimulationSummary {
     try await writer.finish()
+    // The run is over: no device trains any more, so retention applies to every round.
+    try simulation.store.pruneCheckpoints(simulation.run, keeping: simulation.options.keepCheckpoints)
     let rounds = try simulation.store.rounds(simulation.run)
     let committed = rounds.filter { $0.outcome == .committed }
     let global = await coordinator.global
@@ -516,16 +525,22 @@ final class RoundWriter: Sendable {
   let store: ResultsStore
   let run: RunID
   let crashAfterRound: Int?
+  let retention: CheckpointRetention
   private let last = Mutex<Task<Void, Never>?>(nil)
   private let failure = Mutex<CohortError?>(nil)
 
-  init(store: ResultsStore, run: RunID, crashAfterRound: Int?) {
+  init(store: ResultsStore, run: RunID, crashAfterRound: Int?, retention: CheckpointRetention = .all) {
     self.store = store
     self.run = run
     self.crashAfterRound = crashAfterRound
+    self.retention = retention
   }
 
-  func write(_ closed: Coordinator.ClosedRound, resumeState: Data) throws(CohortError) {
+  /// - Parameter modelsNeededFrom: the oldest round whose model a device in flight trains from;
+  ///   retention deletes no checkpoint from it on.
+  func write(_ closed: Coordinator.ClosedRound, resumeState: Data, modelsNeededFrom: Int = .max)
+    throws(CohortError)
+  {
     if let error = failure.withLock({ $0 }) { throw error }
     last.withLock { previous in
       let before = previous
@@ -537,6 +552,9 @@ final class RoundWriter: Sendable {
             run, closed.record, checkpoint: closed.model, devices: closed.participants,
             lateReports: closed.lateReports, resumeState: resumeState,
             secureAggregation: closed.secureAggregation)
+          if closed.model != nil {
+            try store.pruneCheckpoints(run, keeping: retention, before: modelsNeededFrom)
+          }
         } catch {
           failure.withLock { $0 = error }
           return

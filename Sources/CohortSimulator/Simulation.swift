@@ -2,9 +2,9 @@ import CohortAggregation
 import CohortCompression
 public import CohortCore
 import CohortDevice
-import CohortML
+public import CohortML
 public import CohortProtocol
-import CohortServer
+public import CohortServer
 public import CohortStore
 import Foundation
 public import Logging
@@ -45,6 +45,9 @@ public struct SimulationOptions: Sendable {
   public var crashAfterRound: Int?
   /// Keep the list of devices trained in each batch (for `cohort bench simulate`).
   public var recordTrainings = false
+  /// Which checkpoints stay in the results store (the latest always does). Results do not depend
+  /// on it: a resume needs only the latest and those its devices in flight train from.
+  public var keepCheckpoints: CheckpointRetention = .all
 
   public init() {}
 }
@@ -271,13 +274,20 @@ final class SimulatedLink: DeviceLink {
   }
 }
 
-/// Central evaluation on the scenario's test set, split across cores.
-struct CentralTestEvaluator: CentralEvaluator {
+/// Central evaluation on a held-out test set (a scenario's, or `serve --test-data`'s), split
+/// across cores.
+public struct CentralTestEvaluator: CentralEvaluator {
   let network: Network
   let test: Dataset
   let parallelism: Int
 
-  func evaluate(_ weights: Weights) async -> Evaluation {
+  public init(network: Network, test: Dataset, parallelism: Int) {
+    self.network = network
+    self.test = test
+    self.parallelism = parallelism
+  }
+
+  public func evaluate(_ weights: Weights) async -> Evaluation {
     let n = test.count
     guard n > 0 else { return Evaluation(loss: 0, accuracy: 0, examples: 0) }
     let parts = max(1, min(parallelism, n / 2_000))

@@ -91,3 +91,42 @@ public struct DeviceRecord: Sendable, Hashable {
     self.lastRound = lastRound
   }
 }
+
+/// Which of a run's checkpoints the results store keeps (`--keep-checkpoints`). The latest
+/// checkpoint is always kept: it is the run's model, and what a resume starts from.
+public enum CheckpointRetention: Sendable, Hashable, CustomStringConvertible {
+  /// Every committed round's checkpoint (the default).
+  case all
+  /// Only the latest.
+  case last
+  /// Those of rounds that are multiples of N, and the latest.
+  case every(Int)
+
+  /// Parses `all`, `last` or `every:N` (N ≥ 1); nil for anything else.
+  public init?(_ text: String) {
+    switch text {
+    case "all": self = .all
+    case "last": self = .last
+    default:
+      guard text.hasPrefix("every:"), let n = Int(text.dropFirst("every:".count)), n >= 1 else { return nil }
+      self = .every(n)
+    }
+  }
+
+  public var description: String {
+    switch self {
+    case .all: "all"
+    case .last: "last"
+    case .every(let n): "every:\(n)"
+    }
+  }
+
+  /// Whether the checkpoint of `round` is kept when it is not the latest.
+  public func keeps(round: Int) -> Bool {
+    switch self {
+    case .all: true
+    case .last: false
+    case .every(let n): round % n == 0
+    }
+  }
+}

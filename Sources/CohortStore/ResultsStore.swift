@@ -75,6 +75,22 @@ public final class ResultsStore: Sendable {
     }
   }
 
+  /// Folds the write-ahead log into the database file (a TRUNCATE checkpoint) and closes every
+  /// connection, so the file stands alone: no `-wal` or `-shm` beside it, ready to copy, mail or
+  /// open in pandas. Call it when the run is over; the store cannot be used afterwards.
+  public func close() throws(CohortError) {
+    try access("closing the results store") {
+      guard let pool = writer as? DatabasePool else { return }
+      try pool.writeWithoutTransaction { _ = try $0.checkpoint(.truncate) }
+      try pool.close()
+      // The pool's last connections to close are its readers, which may not remove the -wal and
+      // -shm files; one writable connection, the only one left, does when it closes.
+      let last = try DatabaseQueue(path: path, configuration: Self.configuration())
+      try last.writeWithoutTransaction { _ = try $0.checkpoint(.truncate) }
+      try last.close()
+    }
+  }
+
   private static func configuration() -> Configuration {
     var config = Configuration()
     config.foreignKeysEnabled = true
@@ -360,6 +376,43 @@ public final class ResultsStore: Sendable {
 
   // MARK: - Checkpoints (the model registry)
 
+  /// The rounds of a run that have a checkpoint, in order.
+  public func checkpointRounds(_ run: RunID) throws(CohortError) -> [Int] {
+    try access("listing the checkpoints of run \(run)") {
+      try writer.read { db in
+        try requireRun(db, run)
+        return try Int.fetchAll(
+          db, sql: "SELECT round FROM checkpoints WHERE run_id = ? ORDER BY round", arguments: [run.rawValue])
+      }
+    }
+  }
+
+  /// Deletes the run's checkpoints that `retention` does not keep, of rounds before `before`
+  /// only (a simulation still needs the models its devices in flight train from), never the
+  /// latest. Returns how many were deleted.
+  @discardableResult
+  public func pruneCheckpoints(_ run: RunID, keeping retention: CheckpointRetention, before: Int = .max)
+    throws(CohortError) -> Int
+  {
+    guard retention != .all else { return 0 }
+    return try access("deleting checkpoints of run \(run)") {
+      try writer.write { db in
+        let latest =
+          try Int.fetchOne(
+            db, sql: "SELECT max(round) FROM checkpoints WHERE run_id = ?", arguments: [run.rawValue]) ?? 0
+        let doomed = try Int.fetchAll(
+          db, sql: "SELECT round FROM checkpoints WHERE run_id = ? AND round < ? AND round < ?",
+          arguments: [run.rawValue, latest, before]
+        ).filter { !retention.keeps(round: $0) }
+        for round in doomed {
+          try db.execute(
+            sql: "DELETE FROM checkpoints WHERE run_id = ? AND round = ?", arguments: [run.rawValue, round])
+        }
+        return doomed.count
+      }
+    }
+  }
+
   /// The checkpoint of the run's latest round that has one, or nil when it has none yet (a
   /// new run starts from its initial model). Its SHA-256 is verified.
   public func latestCheckpoint(_ run: RunID) throws(CohortError) -> (round: Int, weights: Weights)? {
@@ -522,15 +575,15 @@ public final class ResultsStore: Sendable {
         INSERT INTO rounds (
           run_id, round, started_at, ended_at, outcome, abandon_reason, selected, reported, dropped, late,
           rejected, bytes_down, bytes_up, train_loss, eval_loss, eval_accuracy, federated_eval_loss,
-          federated_eval_accuracy, federated_eval_examples, epsilon, wall_seconds)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+          federated_eval_accuracy, federated_eval_examples, epsilon, duration_seconds, real_seconds)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         """
     ).execute(
       arguments: [
         run.rawValue, r.round, r.startedAt, r.endedAt, r.outcome.rawValue, r.abandonReason, r.selected,
         r.reported, r.dropped, r.late, r.rejected, r.bytesDown, r.bytesUp, r.trainLoss, r.evalLoss,
         r.evalAccuracy, r.federatedEvalLoss, r.federatedEvalAccuracy, r.federatedEvalExamples, r.epsilon,
-        r.wallSeconds,
+        r.durationSeconds, r.realSeconds,
       ])
   }
 
@@ -553,7 +606,9 @@ public final class ResultsStore: Sendable {
       federatedEvalLoss: try row.decode(forColumn: "federated_eval_loss"),
       federatedEvalAccuracy: try row.decode(forColumn: "federated_eval_accuracy"),
       federatedEvalExamples: try row.decode(forColumn: "federated_eval_examples"),
-      epsilon: try row.decode(forColumn: "epsilon"), wallSeconds: try row.decode(forColumn: "wall_seconds"))
+      epsilon: try row.decode(forColumn: "epsilon"),
+      durationSeconds: try row.decode(forColumn: "duration_seconds"),
+      realSeconds: try row.decode(forColumn: "real_seconds"))
   }
 }
 

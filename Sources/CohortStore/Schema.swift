@@ -5,7 +5,9 @@ import GRDB
 ///
 /// Conventions, so the file reads well in `sqlite3` or any SQLite browser:
 /// - times of day (`created_at`, `finished_at`) are ISO-8601 text in UTC;
-/// - round times (`started_at`, `ended_at`) are seconds as REAL, on the caller's clock;
+/// - round times (`started_at`, `ended_at`, `duration_seconds`) are seconds as REAL on the run's
+///   clock: simulated time in a simulation, wall-clock time on a server; `real_seconds` is what
+///   the round took on the machine's clock (what a simulated round costs), NULL when unknown;
 /// - `runs.seed` is the scenario's UInt64 seed stored as the Int64 with the same bits (SQLite
 ///   integers are signed), so seeds above 2^63−1 read as negative numbers; `scenario_json`
 ///   holds the seed as written;
@@ -103,6 +105,16 @@ enum Schema {
             PRIMARY KEY (run_id, round, step),
             FOREIGN KEY (run_id, round) REFERENCES rounds(run_id, round) ON DELETE CASCADE
           );
+          """)
+    }
+    migrator.registerMigration("v4: round duration named for its clock, and real seconds") { db in
+      // `wall_seconds` held the round's duration on the run's clock, which in a simulation is
+      // simulated time, not wall time: renamed for what it holds. Real time sits beside it (NULL
+      // in rounds written before it was recorded).
+      try db.execute(
+        sql: """
+          ALTER TABLE rounds RENAME COLUMN wall_seconds TO duration_seconds;
+          ALTER TABLE rounds ADD COLUMN real_seconds REAL;
           """)
     }
     return migrator

@@ -5,7 +5,7 @@ struct BenchCommand: AsyncParsableCommand {
     commandName: "bench",
     abstract: "The performance suite. Build with -c release; prints figures and ratios.",
     discussion: """
-      Each benchmark measures its baseline in the same run and reports medians and ratios to it,
+      Each benchmark measures its baseline in the same run and reports medians and ratios to it, \
       because shared machines are noisy. Record results in BENCHMARKS.md with the command used.
       """,
     subcommands: [BenchTrain.self, BenchSimulate.self, BenchSecAgg.self])

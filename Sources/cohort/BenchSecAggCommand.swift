@@ -15,12 +15,12 @@ struct BenchSecAgg: AsyncParsableCommand {
       thread, for each graph × devices × dropout rate, plus (unless --skip-large) SecAgg+ with \
       --large-devices devices at 10% dropout. Dropped devices leave after sharing keys and before \
       sending their masked input, the expensive case: the server then reconstructs each one's \
-      masking key and regenerates its pairwise mask with every surviving neighbour.
+      masking key and regenerates its pairwise mask with every surviving neighbour. \
       Device time is the sum of a device's work over all steps (median and p90 over the devices \
       that finished); server time is the sum of all server work. Inputs are seeded random words; \
       every unmasked sum is checked against the sum of the survivors' inputs, computed separately, \
       and a mismatch fails the command. Timings are never pass/fail: the table shows ratios to \
-      Bonawitz et al.'s figures (500 devices, 100,000 entries) and to the targets.
+      Bonawitz et al.'s figures (500 devices, 100,000 entries) and to the targets. \
       Build with -c release; the default run takes several minutes.
       """)
 

@@ -8,10 +8,10 @@ struct CertsCommand: ParsableCommand {
     commandName: "certs",
     abstract: "Development certificates for TLS between the server and devices.",
     discussion: """
-      The server and devices authenticate each other with certificates signed by
-      one CA (mutual TLS). `cohort certs create` makes a throwaway CA with a
-      server certificate and device certificates, for trying Cohort out on one
-      machine or a test network. In production, issue certificates from your
+      The server and devices authenticate each other with certificates signed by \
+      one CA (mutual TLS). `cohort certs create` makes a throwaway CA with a \
+      server certificate and device certificates, for trying Cohort out on one \
+      machine or a test network. In production, issue certificates from your \
       own PKI and keep the CA key off the server.
 
         cohort certs create --out certs
@@ -41,14 +41,14 @@ extension CertsCommand {
                               active secure aggregation; its public half is in
                               device-<n>.pem, extension 2.25.7311430286612045917
 
-        Keys are PKCS#8 PEM with mode 0600; certificates are PEM. A --hosts entry
-        that is an IPv4 or IPv6 address becomes an IP subject alternative name,
-        anything else a DNS name: list every name and address devices use to
-        reach the server. Certificates are valid from an hour ago (allowing for
+        Keys are PKCS#8 PEM with mode 0600; certificates are PEM. A --hosts entry \
+        that is an IPv4 or IPv6 address becomes an IP subject alternative name, \
+        anything else a DNS name: list every name and address devices use to \
+        reach the server. Certificates are valid from an hour ago (allowing for \
         clock skew) for --days days. Existing files are kept unless --force.
 
-        The server presents server.pem and accepts devices whose certificates
-        chain to --client-ca; a device checks the server against --ca and
+        The server presents server.pem and accepts devices whose certificates \
+        chain to --client-ca; a device checks the server against --ca and \
         presents its own certificate:
 
           cohort serve --tls-cert certs/server.pem --tls-key certs/server-key.pem \\

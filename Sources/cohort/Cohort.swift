@@ -6,7 +6,7 @@ struct Cohort: AsyncParsableCommand {
     commandName: "cohort",
     abstract: "Federated learning coordinator and simulator.",
     discussion: """
-      Plans (Plans/*.yaml) say what to train and how to aggregate; scenarios (Simulations/*.yaml)
+      Plans (Plans/*.yaml) say what to train and how to aggregate; scenarios (Simulations/*.yaml) \
       say which plan runs on which data, divided among devices how. Start with:
 
         cohort simulate                      # the built-in default scenario

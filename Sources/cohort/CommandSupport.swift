@@ -1,6 +1,7 @@
 import ArgumentParser
 import CohortCore
 import CohortReport
+import CohortStore
 import Foundation
 
 /// Output for commands: results on standard output, problems on standard error.
@@ -11,6 +12,42 @@ enum Console {
 
   /// Whether standard output is a terminal (progress bars) or a pipe (plain lines).
   static var isTerminal: Bool { isatty(STDOUT_FILENO) != 0 }
+
+  /// The terminal's width in columns: `COLUMNS` when set (environ(7): it overrides the real
+  /// size, as swift-argument-parser's help also reads it), else what the terminal says
+  /// (TIOCGWINSZ), else 80. Asked anew each time, so a resized window is followed.
+  static var columns: Int {
+    if let text = ProcessInfo.processInfo.environment["COLUMNS"], let n = Int(text), n > 0 { return n }
+    var size = winsize()
+    if ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 { return Int(size.ws_col) }
+    return 80
+  }
+
+  /// Writes `text` to standard output now, past stdio's buffer (after flushing it, so the order
+  /// of everything printed is kept).
+  static func write(_ text: String) {
+    fflush(nil)
+    FileHandle.standardOutput.write(Data(text.utf8))
+  }
+
+  /// Text that, on a terminal, erases the current line and returns to its start.
+  static let clearLine = "\r\u{1B}[K"
+}
+
+/// A hook for tests only, hidden from help: with `COHORT_TEST_ROUND_GATE=FIFO` in the
+/// environment, a run stops after printing its first round until a byte arrives on that FIFO,
+/// so a test can see that the line reached its pipe while the run still waits, with no timing.
+enum TestGate {
+  static let path = ProcessInfo.processInfo.environment["COHORT_TEST_ROUND_GATE"]
+
+  static func wait() {
+    guard let path else { return }
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { return }
+    var byte: UInt8 = 0
+    _ = read(fd, &byte, 1)
+    close(fd)
+  }
 }
 
 extension CohortError {
@@ -41,6 +78,7 @@ struct ScenarioOptions: ParsableArguments {
 
   func load() throws -> Scenario {
     var scenario: Scenario
+    if let path { try ConfigurationFileKind.requireScenario(path) }
     do throws(ConfigurationError) {
       if let path {
         scenario = try Scenario.load(path: path)
@@ -52,6 +90,72 @@ struct ScenarioOptions: ParsableArguments {
     }
     if let seed { scenario.seed = seed }
     return scenario
+  }
+}
+
+/// Plans and scenarios are both YAML: one given where the other is expected is named as such,
+/// with what to give instead, rather than reported as a list of unknown and missing keys.
+enum ConfigurationFileKind {
+  /// The top-level keys of a YAML file (nil when it cannot be read; the loader says why).
+  static func topLevelKeys(_ path: String) -> Set<String>? {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+    var keys = Set<String>()
+    for line in text.split(separator: "\n") {
+      guard let first = line.first, first != " ", first != "#", first != "-", first != "\t",
+        let colon = line.firstIndex(of: ":")
+      else { continue }
+      keys.insert(String(line[..<colon]).trimmingCharacters(in: .whitespaces))
+    }
+    return keys
+  }
+
+  /// The command as typed, for messages: `cohort simulate`.
+  static var command: String {
+    "cohort" + (CommandLine.arguments.dropFirst().first.map { " " + $0 } ?? "")
+  }
+
+  /// Refuses a plan where a scenario is expected.
+  static func requireScenario(_ path: String, command: String = command) throws {
+    guard let keys = topLevelKeys(path), !keys.contains("plan"), keys.contains("model") else { return }
+    throw CohortError(
+      .invalidConfiguration,
+      "\(path) is a plan; `\(command)` takes a scenario, which names a plan: which data it trains on, "
+        + "divided among devices how",
+      fix: """
+        write a scenario that names this plan (see Simulations/*.yaml), e.g.
+            plan: \(path)
+            data: {kind: synthetic_fedprox, alpha: 0, beta: 0, iid: true, devices: 1000}
+            partition: {kind: dirichlet, alpha: 0.5}
+            devices: {count: 1000}
+            seed: 42
+        (the plan path is relative to the scenario's directory); `cohort serve --plan` takes a plan
+        """
+    ).exit()
+  }
+
+  /// Refuses a scenario where a plan is expected, naming the plan it holds.
+  static func requirePlan(_ path: String, command: String = command) throws {
+    guard let keys = topLevelKeys(path), keys.contains("plan"), !keys.contains("model") else { return }
+    let named = (try? String(contentsOfFile: path, encoding: .utf8))?.split(separator: "\n")
+      .first { $0.hasPrefix("plan:") }
+      .map { $0.dropFirst("plan:".count).trimmingCharacters(in: .whitespaces) }
+      .flatMap { $0.isEmpty || $0.hasPrefix("{") ? nil : $0 }
+    let fix: String
+    if let named {
+      // Relative to the scenario's directory, as the scenario reads it.
+      let directory = URL(fileURLWithPath: path).deletingLastPathComponent()
+      let resolved =
+        named.hasPrefix("/") ? named : directory.appendingPathComponent(named).standardizedFileURL.path
+      fix = "give the plan it names: \(resolved)"
+    } else {
+      fix = "its plan is written inline under `plan:`; move it to a file of its own and give that file"
+    }
+    throw CohortError(
+      .invalidConfiguration,
+      "\(path) is a scenario; `\(command)` takes a plan, which a scenario names (with the data and devices "
+        + "a simulation needs)",
+      fix: fix
+    ).exit()
   }
 }
 
@@ -153,5 +257,15 @@ enum OutputFile {
     return CohortError(
       .io, "\(path) already exists; not overwriting it",
       fix: "pass --force to replace it, or choose another --out")
+  }
+}
+
+extension CheckpointRetention {
+  /// `--keep-checkpoints`: all, last or every:N.
+  static func parse(_ text: String) throws -> CheckpointRetention {
+    guard let retention = CheckpointRetention(text) else {
+      throw ValidationError("--keep-checkpoints \(text): give all, last, or every:N with N at least 1")
+    }
+    return retention
   }
 }

@@ -11,12 +11,12 @@ struct CompareCommand: AsyncParsableCommand {
     commandName: "compare",
     abstract: "Run a scenario with several strategies and seeds, and compare them in a report.",
     discussion: """
-      Every (strategy, seed) pair runs as its own simulation into one results database, several at
-      once up to the number of cores. For a given seed every strategy sees the same data, partition,
+      Every (strategy, seed) pair runs as its own simulation into one results database, several at \
+      once up to the number of cores. For a given seed every strategy sees the same data, partition, \
       devices and initial model; seeds are the scenario's seed, seed + 1, …
 
-      A strategy is written as `kind` or `kind:key=value,…` with the plan's keys for that kind, e.g.
-      `fedavg`, `fedprox:mu=1`, `fedadam:server_learning_rate=0.01`, `multikrum:byzantine=20`. The
+      A strategy is written as `kind` or `kind:key=value,…` with the plan's keys for that kind, e.g. \
+      `fedavg`, `fedprox:mu=1`, `fedadam:server_learning_rate=0.01`, `multikrum:byzantine=20`. The \
       runs are named `STRATEGY seed N`, so `cohort report` groups them the same way later.
       """)
 

@@ -12,13 +12,13 @@ struct DataCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
       abstract: "Print a scenario's data and per-device partition statistics.",
       discussion: """
-        Loads or generates the scenario's data exactly as a simulation would (same seed, same
-        partition) and prints: example counts, features and classes; devices; examples per device
-        (minimum, median, maximum, mean); mean label entropy per device in bits (log2 of the class
-        count for perfectly balanced labels, 0 when each device holds a single class); a
-        histogram of device sizes; examples per class in the training and test sets; and a
-        label-by-device heat map (one row per device, the first --max-devices of them; one shaded
-        cell per class). --html FILE writes the class counts and the heat map of every device as a
+        Loads or generates the scenario's data exactly as a simulation would (same seed, same \
+        partition) and prints: example counts, features and classes; devices; examples per device \
+        (minimum, median, maximum, mean); mean label entropy per device in bits (log2 of the class \
+        count for perfectly balanced labels, 0 when each device holds a single class); a \
+        histogram of device sizes; examples per class in the training and test sets; and a \
+        label-by-device heat map (one row per device, the first --max-devices of them; one shaded \
+        cell per class). --html FILE writes the class counts and the heat map of every device as a \
         self-contained HTML page.
         """)
 
@@ -102,8 +102,8 @@ struct DataCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
       abstract: "Write a scenario's data as CSV files, for checking results with other tools.",
       discussion: """
-        Writes DIR/train.csv and DIR/test.csv with the columns label, device, f0, f1, …: 'device' is
-        the index of the device that holds a training example in the scenario's partition (and -1 in
+        Writes DIR/train.csv and DIR/test.csv with the columns label, device, f0, f1, …: 'device' is \
+        the index of the device that holds a training example in the scenario's partition (and -1 in \
         the test set). scripts/reference/ reads these files.
         """)
 

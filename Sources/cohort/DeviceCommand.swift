@@ -21,19 +21,19 @@ struct DeviceRunCommand: AsyncParsableCommand {
     commandName: "run",
     abstract: "Check in with a server, train when selected, report, and come back when told.",
     discussion: """
-      The device trains only on its own examples store (fill it with `cohort device import`)
-      and only with Cohort's built-in training: the server's plan parameterizes the model and
-      the optimizer, it never names a command to run. Its identity (a device number) and
+      The device trains only on its own examples store (fill it with `cohort device import`) \
+      and only with Cohort's built-in training: the server's plan parameterizes the model and \
+      the optimizer, it never names a command to run. Its identity (a device number) and \
       secret seed live in the examples store; --id sets the number once.
 
-      The device checks in, waits for its round's task if admitted, downloads the checkpoint
-      (verified by SHA-256), trains, uploads its update (or runs secure aggregation), and then
-      comes back when the server's pace steering says. After a refusal or a lost connection it
+      The device checks in, waits for its round's task if admitted, downloads the checkpoint \
+      (verified by SHA-256), trains, uploads its update (or runs secure aggregation), and then \
+      comes back when the server's pace steering says. After a refusal or a lost connection it \
       backs off exponentially with jitter. --hours and --max-load restrict when it works.
 
-      A plan with `secure_aggregation.variant: active` needs --signing-key: the device's Ed25519
-      key (device-<n>-signing.key from `cohort certs create`), whose public half its --cert
-      carries. The device sends its certificate at check-in and checks every peer's certificate
+      A plan with `secure_aggregation.variant: active` needs --signing-key: the device's Ed25519 \
+      key (device-<n>-signing.key from `cohort certs create`), whose public half its --cert \
+      carries. The device sends its certificate at check-in and checks every peer's certificate \
       against --ca before it trusts a signature, so the server cannot substitute a key.
 
         cohort device --server 127.0.0.1:7070 --ca certs/ca.pem \\

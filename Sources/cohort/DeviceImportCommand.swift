@@ -10,21 +10,21 @@ struct DeviceImportCommand: ParsableCommand {
     commandName: "import",
     abstract: "Add a CSV file's labelled examples to a device's examples store.",
     discussion: """
-      The file's header names a 'label' column (class numbers 0, 1, …), optionally
-      a 'device' column and an 'expires_at' column (seconds since 1970; an empty
-      field means --expires-in from now), and numeric feature columns (f0, f1, …
-      or any other names), as `cohort data export` writes them. Examples keep the
-      file's order. A malformed row is reported with its line and column, and
+      The file's header names a 'label' column (class numbers 0, 1, …), optionally \
+      a 'device' column and an 'expires_at' column (seconds since 1970; an empty \
+      field means --expires-in from now), and numeric feature columns (f0, f1, … \
+      or any other names), as `cohort data export` writes them. Examples keep the \
+      file's order. A malformed row is reported with its line and column, and \
       then nothing is imported.
 
-      With --device N, only the rows whose 'device' column is N are imported, so
+      With --device N, only the rows whose 'device' column is N are imported, so \
       one exported file can be split among devices:
 
         cohort data export --out data
         cohort device import data/train.csv --examples device-3.sqlite --device 3
 
-      The examples store is created if missing, with the device's identity. All
-      imports into one store must have the same number of feature columns.
+      The examples store is created if missing, with the device's identity. All \
+      imports into one store must have the same number of feature columns. \
       Expired examples are never trained on.
       """)
 

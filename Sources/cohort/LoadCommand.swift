@@ -11,15 +11,15 @@ struct LoadCommand: AsyncParsableCommand {
     commandName: "load",
     abstract: "Hold thousands of device sessions against a running server and measure check-ins.",
     discussion: """
-      Phase 1 opens --devices sessions, each a virtual device with the real client stack (the
-      device runtime over gRPC, HTTP/2 and TLS): it checks in, is admitted to the cohort being
-      gathered, and then holds its stream open and idle. Phase 2, while those sessions stay
-      open, makes --rate check-ins per second for --duration seconds, each on a new stream from
-      a new virtual device, and measures the time from opening the stream to the server's first
-      answer. It reports sessions held, check-ins per second, latency percentiles and errors,
+      Phase 1 opens --devices sessions, each a virtual device with the real client stack (the \
+      device runtime over gRPC, HTTP/2 and TLS): it checks in, is admitted to the cohort being \
+      gathered, and then holds its stream open and idle. Phase 2, while those sessions stay \
+      open, makes --rate check-ins per second for --duration seconds, each on a new stream from \
+      a new virtual device, and measures the time from opening the stream to the server's first \
+      answer. It reports sessions held, check-ins per second, latency percentiles and errors, \
       and with --server-pid (a server on this machine) the server's memory per idle session.
 
-      Serve a plan whose cohort is larger than all the load devices (Plans/load-test.yaml), so
+      Serve a plan whose cohort is larger than all the load devices (Plans/load-test.yaml), so \
       every session waits for a task instead of starting a round:
 
         cohort serve --plan Plans/load-test.yaml --listen 127.0.0.1:7070 --tls-cert certs/server.pem \\

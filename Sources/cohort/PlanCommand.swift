@@ -10,8 +10,8 @@ struct PlanCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
       abstract: "Check plan and scenario files.",
       discussion: """
-        Prints 'ok' for each valid file, or every problem found in it: the file, line, key path, the
-        value written and what is accepted. A scenario (a file with a top-level 'plan:' key) is checked
+        Prints 'ok' for each valid file, or every problem found in it: the file, line, key path, the \
+        value written and what is accepted. A scenario (a file with a top-level 'plan:' key) is checked \
         together with the plan it names. Exits non-zero if any file has a problem.
         """)
 

@@ -8,11 +8,11 @@ struct PrivacyCommand: ParsableCommand {
     commandName: "privacy",
     abstract: "Differential privacy accounting for DP-FedAvg: ε from noise, or noise from ε.",
     discussion: """
-      Each round samples every device independently with probability Q (the sampling rate, e.g.
-      cohort size / population), clips each update to L2 norm S, and adds Gaussian noise of
-      standard deviation Z·S to the sum (McMahan et al. 2018). The accountant tracks the Rényi DP
-      of this Poisson-subsampled Gaussian mechanism (Mironov, Talwar and Zhang 2019) at orders
-      1.1 … 1024, composes it over T rounds, and converts it to the smallest ε for the given δ,
+      Each round samples every device independently with probability Q (the sampling rate, e.g. \
+      cohort size / population), clips each update to L2 norm S, and adds Gaussian noise of \
+      standard deviation Z·S to the sum (McMahan et al. 2018). The accountant tracks the Rényi DP \
+      of this Poisson-subsampled Gaussian mechanism (Mironov, Talwar and Zhang 2019) at orders \
+      1.1 … 1024, composes it over T rounds, and converts it to the smallest ε for the given δ, \
       as Google's dp-accounting RDP accountant does. δ should be below 1 / number of devices.
 
         cohort privacy epsilon --sampling-rate 0.01 --noise-multiplier 1.1 --rounds 10000 --delta 1e-5
@@ -63,7 +63,7 @@ struct PrivacyEpsilonCommand: ParsableCommand {
     commandName: "epsilon",
     abstract: "The (ε, δ) guarantee of T rounds at sampling rate Q and noise multiplier Z.",
     discussion: """
-      Prints ε and the Rényi order α at which the conversion to (ε, δ) is tightest. A best order
+      Prints ε and the Rényi order α at which the conversion to (ε, δ) is tightest. A best order \
       at the edge of the grid (1.1 or 1024) means ε could be a little lower with more orders.
       """)
 
@@ -102,7 +102,7 @@ struct PrivacyNoiseCommand: ParsableCommand {
     commandName: "noise",
     abstract: "The smallest noise multiplier Z that keeps T rounds at sampling rate Q within ε.",
     discussion: """
-      Calibrates Z by bisection to a relative precision of 1e-6, rounding up, so the ε it prints
+      Calibrates Z by bisection to a relative precision of 1e-6, rounding up, so the ε it prints \
       (the guarantee at that Z) never exceeds the target.
       """)
 

@@ -9,12 +9,12 @@ struct ReportCommand: AsyncParsableCommand {
     commandName: "report",
     abstract: "Compare stored runs in a self-contained HTML report with SVG charts.",
     discussion: """
-      Runs are grouped into series by name: a run named `NAME seed N` belongs to the series NAME
-      with every other given run of that name and any seed (e.g. `fedadam:server_learning_rate=0.01 seed 1` and
-      `fedadam:server_learning_rate=0.01 seed 3` make one series with two seeds). A run whose name has no such
-      suffix is a series of its own. Charts show each series' mean over seeds with a band from the
-      minimum to the maximum; the table gives final accuracy (mean ± std over seeds), best
-      accuracy, rounds and simulated time to --target, and bytes uploaded per reporting device.
+      Runs are grouped into series by name: a run named `NAME seed N` belongs to the series NAME \
+      with every other given run of that name and any seed (e.g. `fedadam:server_learning_rate=0.01 seed 1` and \
+      `fedadam:server_learning_rate=0.01 seed 3` make one series with two seeds). A run whose name has no such \
+      suffix is a series of its own. Charts show each series' mean over seeds with a band from the \
+      minimum to the maximum; the table gives final accuracy (mean ± std over seeds), best \
+      accuracy, rounds and simulated time to --target, and bytes uploaded per reporting device. \
       The report fetches nothing and runs no scripts: open it anywhere, attach it, commit it.
       """)
 

@@ -92,12 +92,15 @@ struct RunsCommand: AsyncParsableCommand {
           print(
             "privacy ε \(Format.fixed(last, 4)) after round \(rounds.last { $0.epsilon != nil }?.round ?? 0)")
         }
+        // A round's seconds are on the run's clock (simulated time in a simulation); real
+        // seconds, what it took this machine, are shown when the file has them.
+        let hasReal = rounds.contains { $0.realSeconds != nil }
         print("")
         let table = Table(
           [
             "round", "outcome", "selected", "reported", "dropped", "late", "rejected", "train loss",
             "test acc",
-          ] + (hasEpsilon ? ["ε"] : []) + ["seconds"])
+          ] + (hasEpsilon ? ["ε"] : []) + ["seconds"] + (hasReal ? ["real s"] : []))
         for r in rounds {
           table.add(
             [
@@ -105,7 +108,8 @@ struct RunsCommand: AsyncParsableCommand {
               "\(r.reported)", "\(r.dropped)", "\(r.late)", "\(r.rejected)", Format.optional(r.trainLoss),
               Format.optional(r.evalAccuracy),
             ] + (hasEpsilon ? [r.epsilon.map { Format.fixed($0, 4) } ?? "-"] : [])
-              + [Format.fixed(r.endedAt - r.startedAt, 1)])
+              + [Format.fixed(r.durationSeconds, 1)]
+              + (hasReal ? [r.realSeconds.map { Format.fixed($0, 2) } ?? "-"] : []))
         }
         print(table.rendered(), terminator: "")
         let steps = try store.secureAggregationSteps(id)
@@ -178,8 +182,8 @@ struct ModelCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
       abstract: "Write a run's checkpoint as safetensors or NumPy files.",
       discussion: """
-        safetensors: one file with every tensor (named as in the model's layout) and the run, round
-        and plan SHA-256 as metadata; readable by the `safetensors` Python package. npy: a directory
+        safetensors: one file with every tensor (named as in the model's layout) and the run, round \
+        and plan SHA-256 as metadata; readable by the `safetensors` Python package. npy: a directory \
         with one .npy file per tensor, readable by numpy.load.
         """)
     enum Format: String, ExpressibleByArgument, CaseIterable { case safetensors, npy }

@@ -1,8 +1,10 @@
 import ArgumentParser
 import CohortCore
+import CohortML
 import CohortOperations
 import CohortServer
 import CohortServing
+import CohortSimulator
 import CohortStore
 import CohortTransport
 import Foundation
@@ -15,13 +17,13 @@ struct ServeCommand: AsyncParsableCommand {
     commandName: "serve",
     abstract: "Serve a plan to real devices over gRPC with TLS.",
     discussion: """
-      Runs the plan's rounds with devices that connect over the network (`cohort device`),
-      committing every round (its record and checkpoint) to the results database in one
-      transaction. After a crash (even kill -9), starting the same command again resumes the
+      Runs the plan's rounds with devices that connect over the network (`cohort device`), \
+      committing every round (its record and checkpoint) to the results database in one \
+      transaction. After a crash (even kill -9), starting the same command again resumes the \
       run from its last committed round; devices reconnect by themselves.
 
-      TLS is required: --tls-cert and --tls-key (PEM). With --client-ca, devices must present a
-      certificate signed by that CA (mutual TLS). `cohort certs create --out certs` makes a
+      TLS is required: --tls-cert and --tls-key (PEM). With --client-ca, devices must present a \
+      certificate signed by that CA (mutual TLS). `cohort certs create --out certs` makes a \
       development CA, a server certificate and device certificates:
 
         cohort certs create --out certs --devices 3
@@ -29,14 +31,16 @@ struct ServeCommand: AsyncParsableCommand {
           --tls-cert certs/server.pem --tls-key certs/server-key.pem --client-ca certs/ca.pem \\
           --db server.sqlite --metrics 127.0.0.1:9090
 
-      --insecure serves plaintext instead, and only on a loopback address (for experiments).
-      Prometheus metrics (rounds, devices connected, check-ins, reports accepted and rejected
-      by reason, bytes, round duration) are served at http://HOST:PORT/metrics with --metrics.
-      SIGTERM or SIGINT stops the server gracefully: the round in flight is abandoned and
-      recorded, committed rounds are kept, and the run is left `interrupted`: the same command
-      resumes it under the same run id. If a round cannot be committed (a full disk, a database
-      another process holds), the server retries with back-off while telling devices to come
-      back later, and after six attempts exits non-zero naming the cause. The server exits when
+      --insecure serves plaintext instead, and only on a loopback address (for experiments). \
+      Prometheus metrics (rounds, devices connected, check-ins, reports accepted and rejected \
+      by reason, bytes, round duration; gauges of the last committed round, its test accuracy and \
+      loss with --test-data, and ε with differential privacy), each with its # HELP text, are \
+      served at http://HOST:PORT/metrics with --metrics. \
+      SIGTERM or SIGINT stops the server gracefully: the round in flight is abandoned and \
+      recorded, committed rounds are kept, and the run is left `interrupted`: the same command \
+      resumes it under the same run id. If a round cannot be committed (a full disk, a database \
+      another process holds), the server retries with back-off while telling devices to come \
+      back later, and after six attempts exits non-zero naming the cause. The server exits when \
       the plan's rounds are committed (or server.max_attempts rounds were tried).
       """)
 
@@ -91,6 +95,22 @@ struct ServeCommand: AsyncParsableCommand {
       valueName: "N"))
   var maxConnections: Int?
 
+  @Option(
+    help: ArgumentHelp(
+      "A held-out test set (CSV: a label column, feature columns, an optional device column, as `cohort "
+        + "data export` writes) to evaluate each new global model on centrally.",
+      discussion: "Evaluated on the rounds server.evaluation names; accuracy and loss are stored with each "
+        + "round, as a simulation's are.",
+      valueName: "FILE.csv"))
+  var testData: String?
+
+  @Option(
+    help: ArgumentHelp(
+      "Which rounds' checkpoints to keep: all, last, or every:N (rounds that are multiples of N).",
+      discussion: "The final checkpoint is always kept.", valueName: "all|last|every:N"),
+    transform: CheckpointRetention.parse)
+  var keepCheckpoints: CheckpointRetention = .all
+
   @Option(help: "Log level: trace, debug, info, notice, warning, error.")
   var logLevel: String = "info"
 
@@ -126,6 +146,7 @@ struct ServeCommand: AsyncParsableCommand {
     var logger = Logger(label: "cohort.serve") { StreamLogHandler.standardError(label: $0) }
     logger.logLevel = level
     let loadedPlan: Plan
+    try ConfigurationFileKind.requirePlan(plan, command: "cohort serve --plan")
     do throws(ConfigurationError) { loadedPlan = try Plan.load(path: plan) } catch { throw error.exit() }
     let address = try HostPort(listen, option: "--listen")
     let security: ServerSecurity
@@ -139,8 +160,12 @@ struct ServeCommand: AsyncParsableCommand {
     }
     let endpoint = MetricsEndpoint()
     let server: FederationServer
+    let store: ResultsStore
     do throws(CohortError) {
-      let store = try ResultsStore(path: db, exclusiveWriter: DatabaseOption.commandLine)
+      let evaluator = try testData.map { path throws(CohortError) in
+        try Self.evaluator(testData: path, plan: loadedPlan)
+      }
+      store = try ResultsStore(path: db, exclusiveWriter: DatabaseOption.commandLine)
       var runSeed = seed ?? 0
       if seed == nil { runSeed = try ServedRun.seed(in: store, plan: loadedPlan) }
       server = try FederationServer(
@@ -151,7 +176,7 @@ struct ServeCommand: AsyncParsableCommand {
             maximumConnections: maxConnections
               ?? ConnectionLimits.fitting(descriptorLimit: descriptors),
             tls13Only: tls13Only)),
-        store: store, logger: logger, metrics: endpoint.metricsFactory)
+        store: store, evaluator: evaluator, logger: logger, metrics: endpoint.metricsFactory)
     } catch {
       throw error.exit()
     }
@@ -163,13 +188,26 @@ struct ServeCommand: AsyncParsableCommand {
     if server.resumedAfter > 0 {
       say("resuming run \(server.run.map { "\($0)" } ?? "-") after round \(server.resumedAfter)")
     }
+    let run = server.run
+    let retention = keepCheckpoints
+    let log = logger
     await server.coordinator.observeRounds { record in
       // One line per round, for people and scripts following the run.
+      let accuracy = record.evalAccuracy.map { ", test accuracy \(Format.fixed($0, 4))" } ?? ""
       let detail =
         record.outcome == .committed
-        ? "committed (\(record.reported) of \(record.selected) reported)"
+        ? "committed (\(record.reported) of \(record.selected) reported\(accuracy))"
         : "abandoned: \(record.abandonReason ?? "-")"
       say("round \(record.round) \(detail)")
+      // The round is written before observers hear of it; a restart resumes from the latest
+      // checkpoint only, so older ones may go at once.
+      if record.outcome == .committed, let run {
+        do throws(CohortError) {
+          try store.pruneCheckpoints(run, keeping: retention)
+        } catch {
+          log.warning("could not delete old checkpoints", metadata: ["error": "\(error.message)"])
+        }
+      }
     }
     let service = FederationServerService(server: server) { port in
       // One line a script (or a test) can wait for.
@@ -181,6 +219,8 @@ struct ServeCommand: AsyncParsableCommand {
         gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     try await group.run()
     try? await endpoint.stop()
+    // One self-contained file once the server is done: the write-ahead log folded in.
+    try? store.close()
     if let failure = await server.coordinator.failure {
       Console.error("\(failure)")
       throw ExitCode.failure
@@ -193,6 +233,29 @@ struct ServeCommand: AsyncParsableCommand {
     } else {
       say("stopped; the last committed round is \(round); run the same command to resume")
     }
+  }
+}
+
+extension ServeCommand {
+  /// Central evaluation on `--test-data`: its features must be the plan's model inputs.
+  static func evaluator(testData path: String, plan: Plan) throws(CohortError) -> CentralTestEvaluator {
+    let header = (try? String(contentsOfFile: path, encoding: .utf8))?.prefix { $0 != "\n" } ?? ""
+    let hasDevice = header.split(separator: ",").contains {
+      $0.trimmingCharacters(in: .whitespaces) == "device"
+    }
+    let test = try CSVDataset.load(
+      path: path, labelColumn: "label", clientColumn: hasDevice ? "device" : nil, classes: plan.model.classes)
+    guard test.featureCount == plan.model.inputCount else {
+      throw CohortError(
+        .shapeMismatch,
+        "--test-data \(path) has \(test.featureCount) feature columns but the plan's model takes "
+          + "\(plan.model.inputCount) inputs",
+        fix:
+          "give a test set of the plan's data (`cohort data export SCENARIO --out DIR` writes DIR/test.csv)")
+    }
+    return CentralTestEvaluator(
+      network: Network(plan: plan.model), test: test,
+      parallelism: ProcessInfo.processInfo.activeProcessorCount)
   }
 }
 

@@ -11,12 +11,12 @@ struct SimulateCommand: AsyncParsableCommand {
     commandName: "simulate",
     abstract: "Run a scenario's plan on a simulated population of devices.",
     discussion: """
-      Runs the plan round after round on virtual devices in virtual time, through the same
-      coordinator and device state machines a real federation uses. Every round, its metrics and
-      its checkpoint are committed to the results database, so a run stopped at any point can be
+      Runs the plan round after round on virtual devices in virtual time, through the same \
+      coordinator and device state machines a real federation uses. Every round, its metrics and \
+      its checkpoint are committed to the results database, so a run stopped at any point can be \
       continued with --resume and ends exactly as if it had not stopped.
 
-      Without a scenario, runs the built-in default: 1,000 devices, 100 per round, logistic
+      Without a scenario, runs the built-in default: 1,000 devices, 100 per round, logistic \
       regression with FedAvg on a synthetic task with Dirichlet(0.5) label skew.
       """)
 
@@ -31,6 +31,13 @@ struct SimulateCommand: AsyncParsableCommand {
 
   @Flag(help: "Print a JSON summary (including the final checkpoint's SHA-256) instead of the table.")
   var json = false
+
+  @Option(
+    help: ArgumentHelp(
+      "Which rounds' checkpoints to keep: all, last, or every:N (rounds that are multiples of N).",
+      discussion: "The final checkpoint is always kept; results do not depend on this.",
+      valueName: "all|last|every:N"), transform: CheckpointRetention.parse)
+  var keepCheckpoints: CheckpointRetention = .all
 
   @Option(help: .hidden)
   var crashAfterRound: Int?
@@ -73,6 +80,7 @@ struct SimulateCommand: AsyncParsableCommand {
 
     var options = SimulationOptions()
     options.crashAfterRound = crashAfterRound
+    options.keepCheckpoints = keepCheckpoints
     let progress = Progress(total: s.plan.server.rounds, quiet: json)
     let interrupt = Self.onInterrupt {
       // Committed rounds are safe in the database; record why the run stopped and how to go on.
@@ -84,14 +92,24 @@ struct SimulateCommand: AsyncParsableCommand {
     let wallStart = ContinuousClock.now
     let summary: SimulationSummary
     do throws(CohortError) {
+      // Reading or generating the data can take a while: say so before it starts.
+      progress.status("loading data: \(Self.describe(s.data))…")
       let simulation = try Simulation(scenario: s, store: store, run: runID, options: options, logger: logger)
       if !json {
-        print("run \(runID) in \(db.path): \(s.plan.name), \(simulation.deviceCount) devices, seed \(s.seed)")
+        print(
+          "\(Console.isTerminal ? Console.clearLine : "")run \(runID) in \(db.path): \(s.plan.name), "
+            + "\(simulation.deviceCount) devices, seed \(s.seed)")
       }
-      summary = try await simulation.run { record in progress.update(record) }
+      summary = try await simulation.run { record in
+        progress.update(record)
+        if record.round == 1 { TestGate.wait() }
+      }
       try store.setStatus(runID, .finished, at: Date())
+      // One self-contained file: the write-ahead log folded in, no -wal or -shm beside it.
+      try store.close()
     } catch {
       try? store.setStatus(runID, .failed, at: Date())
+      try? store.close()
       progress.finish()
       throw error.exit()
     }
@@ -148,6 +166,17 @@ struct SimulateCommand: AsyncParsableCommand {
 }
 
 extension SimulateCommand {
+  /// The data a scenario loads, in a few words, for the status line.
+  static func describe(_ data: DataSource) -> String {
+    switch data {
+    case .syntheticFedProx(let d):
+      "synthetic (FedProx\(d.iid ? " IID" : ""), \(Format.count(d.devices)) devices)"
+    case .csv(let d): (d.path as NSString).lastPathComponent
+    case .idx(let d): (d.images as NSString).lastPathComponent
+    case .leaf(let d): (d.train as NSString).lastPathComponent
+    }
+  }
+
   /// Runs `handler` and exits with status 130 on Ctrl-C (SIGINT) or SIGTERM.
   static func onInterrupt(_ handler: @escaping @Sendable () -> Void) -> [any DispatchSourceSignal] {
     [SIGINT, SIGTERM].map { signalNumber -> any DispatchSourceSignal in
@@ -163,7 +192,9 @@ extension SimulateCommand {
   }
 }
 
-/// Per-round progress: a bar redrawn in place on a terminal, one plain line per round when piped.
+/// Per-round progress. On a terminal, each round's line goes into the history above and a bar as
+/// wide as the terminal is redrawn on the last line; piped, one plain line per round, each
+/// written to the pipe at once.
 final class Progress: Sendable {
   let total: Int
   let quiet: Bool
@@ -177,6 +208,13 @@ final class Progress: Sendable {
     self.quiet = quiet
   }
 
+  /// What is being done before the first round (loading data): a status line on a terminal,
+  /// replaced by the first round; one line otherwise.
+  func status(_ text: String) {
+    guard !quiet else { return }
+    Console.write(terminal ? Console.clearLine + Self.fit(text, Console.columns) : text + "\n")
+  }
+
   func update(_ r: RoundRecord) {
     guard !quiet else { return }
     let accuracy = r.evalAccuracy.map { Format.fixed($0, 4) } ?? "-"
@@ -186,25 +224,43 @@ final class Progress: Sendable {
       if r.outcome == .committed { n += 1 }
       return n
     }
-    if terminal {
-      let done = Double(committedSoFar) / Double(max(1, total))
-      let width = 30
-      let filled = Int(done * Double(width))
-      let elapsed = (ContinuousClock.now - start) / .seconds(1)
-      let eta = done > 0 ? elapsed * (1 - done) / done : 0
-      let bar = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
-      let line =
-        "\r round \(r.round) (\(committedSoFar)/\(total) committed) \(bar) acc \(accuracy)\(epsilon)  sim \(Format.duration(r.endedAt))  eta \(Format.duration(eta))\(outcome)"
-      FileHandle.standardOutput.write(Data((line + "\u{1B}[K").utf8))
-    } else {
-      print(
-        "round \(r.round) (\(committedSoFar)/\(total)) \(r.outcome.rawValue)\(outcome) reported \(r.reported)/\(r.selected) "
-          + "train loss \(Format.optional(r.trainLoss)) test accuracy \(accuracy)\(epsilon) sim time \(Format.duration(r.endedAt))"
-      )
+    let line =
+      "round \(r.round) (\(committedSoFar)/\(total)) \(r.outcome.rawValue)\(outcome) reported \(r.reported)/\(r.selected) "
+      + "train loss \(Format.optional(r.trainLoss)) test accuracy \(accuracy)\(epsilon) sim time \(Format.duration(r.endedAt))"
+    // Written at once, not left in stdio's block buffer when piped: `| tee log` shows each
+    // round as it happens, and a killed run leaves every line it printed.
+    guard terminal else {
+      Console.write(line + "\n")
+      return
     }
+    let done = Double(committedSoFar) / Double(max(1, total))
+    let elapsed = (ContinuousClock.now - start) / .seconds(1)
+    let eta = done > 0 ? elapsed * (1 - done) / done : 0
+    let bar = Self.bar(
+      left: " \(committedSoFar)/\(total) ", right: " acc \(accuracy)\(epsilon) eta \(Format.duration(eta))",
+      done: done, columns: Console.columns)
+    Console.write(Console.clearLine + line + "\n" + bar)
   }
 
+  /// Clears the bar, leaving the rounds' history.
   func finish() {
-    if terminal && !quiet { print("") }
+    if terminal && !quiet { Console.write(Console.clearLine) }
+  }
+
+  /// `left`, a bar filled to `done` and `right` in fewer than `columns` characters (the last
+  /// column stays free, so no terminal wraps the line); the bar takes what the text leaves, at
+  /// most 40 cells, and is dropped on a terminal too narrow for it.
+  static func bar(left: String, right: String, done: Double, columns: Int) -> String {
+    let room = columns - 1 - left.count - right.count
+    guard room >= 5 else { return fit(left + right, columns) }
+    let width = min(40, room)
+    let filled = min(width, max(0, Int(done * Double(width))))
+    return left + String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
+      + right
+  }
+
+  /// `text` cut to fewer than `columns` characters.
+  static func fit(_ text: String, _ columns: Int) -> String {
+    text.count < columns ? text : String(text.prefix(max(0, columns - 2))) + "…"
   }
 }

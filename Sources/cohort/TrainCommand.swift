@@ -9,9 +9,9 @@ struct TrainCommand: AsyncParsableCommand {
     commandName: "train",
     abstract: "Train a scenario's model centrally, as one client holding all training data.",
     discussion: """
-      The baseline every federated run is compared with: the plan's model, optimizer and batch size
-      trained on the pooled training data of every device, evaluated on the scenario's test set
-      after each epoch. Without a scenario it uses the built-in default (FedProx Synthetic(1, 1),
+      The baseline every federated run is compared with: the plan's model, optimizer and batch size \
+      trained on the pooled training data of every device, evaluated on the scenario's test set \
+      after each epoch. Without a scenario it uses the built-in default (FedProx Synthetic(1, 1), \
       logistic regression). Deterministic for a given scenario and seed.
       """)
 

@@ -725,7 +725,7 @@ extension FuzzTests {
       if let figure { #expect(figure.isFinite && figure >= 0, note) }
     }
     if let accuracy = record.federatedEvalAccuracy { #expect(accuracy <= 1, note) }
-    #expect(record.wallSeconds.isFinite && record.wallSeconds >= 0, note)
+    #expect(record.durationSeconds.isFinite && record.durationSeconds >= 0, note)
     #expect(record.startedAt.isFinite && record.endedAt.isFinite, note)
     for count in [
       record.selected, record.reported, record.dropped, record.late, record.rejected, record.bytesDown,

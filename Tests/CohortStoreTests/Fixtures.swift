@@ -53,7 +53,7 @@ func record(
     trainLoss: outcome == .committed ? 1.0 / Double(round) : nil,
     evalLoss: accuracy.map { 1 - $0 }, evalAccuracy: accuracy, federatedEvalLoss: accuracy.map { 1.1 - $0 },
     federatedEvalAccuracy: accuracy.map { $0 - 0.01 }, federatedEvalExamples: accuracy == nil ? nil : 250,
-    epsilon: nil, wallSeconds: 0.25)
+    epsilon: nil, durationSeconds: 42.5, realSeconds: 0.25)
 }
 
 /// The CohortError `body` throws, failing the test when it throws none or another error.

@@ -26,7 +26,7 @@ import Testing
         for t in ["checkpoints", "devices", "plans", "rounds", "runs", "secure_aggregation_steps"] {
           #expect(tables.contains(t), "\(tables)")
         }
-        #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").count == 3)
+        #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").count == 4)
         #expect(try String.fetchOne(db, sql: "PRAGMA journal_mode") == "wal")
         let roundColumns = try db.columns(in: "rounds").map(\.name)
         #expect(
@@ -35,7 +35,7 @@ import Testing
             "dropped", "late", "rejected", "bytes_down", "bytes_up", "train_loss", "eval_loss",
             "eval_accuracy",
             "federated_eval_loss", "federated_eval_accuracy", "federated_eval_examples", "epsilon",
-            "wall_seconds", "resume_state",
+            "duration_seconds", "resume_state", "real_seconds",
           ])
         #expect(try db.foreignKeys(on: "checkpoints").first?.destinationTable == "rounds")
         #expect(try db.foreignKeys(on: "runs").first?.destinationTable == "plans")
