@@ -111,7 +111,8 @@ final class Engine {
   let uniform: Bool
 
   init(
-    simulation: Simulation, coordinator: Coordinator, link: SimulatedLink, clock: ManualClock, state: State
+    simulation: Simulation, coordinator: Coordinator, link: SimulatedLink, clock: ManualClock, state: State,
+    replayThrough: Int? = nil
   ) {
     self.simulation = simulation
     self.coordinator = coordinator
@@ -120,7 +121,8 @@ final class Engine {
     self.state = state
     uniform = coordinator.configuration.pipeline.machine.sampling == .uniform
     writer = RoundWriter(
-      store: simulation.store, run: simulation.run, crashAfterRound: simulation.options.crashAfterRound)
+      store: simulation.store, run: simulation.run, crashAfterRound: simulation.options.crashAfterRound,
+      replayThrough: replayThrough)
   }
 
   var scenario: Scenario { simulation.scenario }
@@ -516,13 +518,17 @@ final class RoundWriter: Sendable {
   let store: ResultsStore
   let run: RunID
   let crashAfterRound: Int?
+  /// Rounds up to this one are already stored (an extended run replays them): they are checked
+  /// and updated, not inserted.
+  let replayThrough: Int?
   private let last = Mutex<Task<Void, Never>?>(nil)
   private let failure = Mutex<CohortError?>(nil)
 
-  init(store: ResultsStore, run: RunID, crashAfterRound: Int?) {
+  init(store: ResultsStore, run: RunID, crashAfterRound: Int?, replayThrough: Int? = nil) {
     self.store = store
     self.run = run
     self.crashAfterRound = crashAfterRound
+    self.replayThrough = replayThrough
   }
 
   func write(_ closed: Coordinator.ClosedRound, resumeState: Data) throws(CohortError) {
@@ -533,6 +539,11 @@ final class RoundWriter: Sendable {
         await before?.value
         guard failure.withLock({ $0 == nil }) else { return }
         do throws(CohortError) {
+          if let replayThrough, closed.record.round <= replayThrough {
+            // Its device counters and late reports were stored with it the first time.
+            try store.replayRound(run, closed.record, checkpoint: closed.model, resumeState: resumeState)
+            return
+          }
           try store.commitRound(
             run, closed.record, checkpoint: closed.model, devices: closed.participants,
             lateReports: closed.lateReports, resumeState: resumeState,
