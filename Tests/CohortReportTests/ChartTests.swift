@@ -171,7 +171,8 @@ enum Chromium {
     // A stuck browser must not hang the suite: coreutils' timeout kills it after two minutes.
     process.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
     process.arguments = [
-      "-s", "KILL", "120", binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+      "-s", "KILL", "120", binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+      "--hide-scrollbars",
       "--user-data-dir=\(dir.file("profile"))", "--window-size=1200,900", "--virtual-time-budget=10000",
       "--dump-dom", URL(fileURLWithPath: page).absoluteString,
     ]
