@@ -201,7 +201,7 @@ let package = Package(
     // Runs the built `cohort` binary end to end, as a user would.
     .testTarget(
       name: "CohortCLITests",
-      dependencies: ["cohort", "CohortTesting", "CohortStore"],
+      dependencies: ["cohort", "CohortTesting", "CohortStore", "CohortReport", "CohortCore"],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortAggregationTests",

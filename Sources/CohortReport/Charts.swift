@@ -1,16 +1,56 @@
 import Foundation
 
-/// The Okabe–Ito palette (Okabe & Ito 2008), distinguishable with the common colour-vision
-/// deficiencies; yellow, the weakest on white, comes last. Series past the eighth reuse the
-/// colours with a dash pattern, so no two series look the same.
+/// How a series is drawn. The Okabe–Ito palette (Okabe & Ito 2008) is distinguishable with the
+/// common colour-vision deficiencies; yellow, the weakest on white, comes last. Each further
+/// eight series take the next line style and marker shape with the same colours, so series
+/// 0…31 all look different (colour × dash × marker), on screen and in grey print.
 enum Palette {
   static let colours = [
     "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442",
   ]
-  static let dashes = ["", "6 3", "2 3", "8 3 2 3"]
+  static let dashes = ["", "7 4", "2 3", "9 3 2 3"]
+  enum Marker: CaseIterable { case circle, square, triangle, diamond }
 
   static func colour(_ index: Int) -> String { colours[index % colours.count] }
   static func dash(_ index: Int) -> String { dashes[(index / colours.count) % dashes.count] }
+  static func marker(_ index: Int) -> Marker {
+    Marker.allCases[(index / colours.count) % Marker.allCases.count]
+  }
+
+  /// A marker of series `index` centred on (x, y).
+  static func markerSVG(_ index: Int, x: Double, y: Double, size: Double = 2.8) -> String {
+    let c = NumberText.coordinate
+    let fill = colour(index)
+    switch marker(index) {
+    case .circle:
+      return "<circle cx=\"\(c(x))\" cy=\"\(c(y))\" r=\"\(c(size))\" fill=\"\(fill)\"/>"
+    case .square:
+      let s = size * 0.9
+      return "<rect x=\"\(c(x - s))\" y=\"\(c(y - s))\" width=\"\(c(2 * s))\" height=\"\(c(2 * s))\" "
+        + "fill=\"\(fill)\"/>"
+    case .triangle:
+      let s = size * 1.25
+      return
+        "<polygon points=\"\(c(x)),\(c(y - s)) \(c(x + s)),\(c(y + s * 0.8)) \(c(x - s)),\(c(y + s * 0.8))\" "
+        + "fill=\"\(fill)\"/>"
+    case .diamond:
+      let s = size * 1.3
+      return
+        "<polygon points=\"\(c(x)),\(c(y - s)) \(c(x + s)),\(c(y)) \(c(x)),\(c(y + s)) \(c(x - s)),\(c(y))\" "
+        + "fill=\"\(fill)\"/>"
+    }
+  }
+
+  /// The series' line sample (colour, dash, marker) from (x, y) to (x + width, y).
+  static func sampleSVG(_ index: Int, x: Double, y: Double, width: Double) -> String {
+    let c = NumberText.coordinate
+    var out = "<line x1=\"\(c(x))\" x2=\"\(c(x + width))\" y1=\"\(c(y))\" y2=\"\(c(y))\" "
+    out += "stroke=\"\(colour(index))\" stroke-width=\"2.5\""
+    let dash = dash(index)
+    if !dash.isEmpty { out += " stroke-dasharray=\"\(dash)\"" }
+    out += "/>"
+    return out + markerSVG(index, x: x + width / 2, y: y, size: 3.2)
+  }
 }
 
 /// One x position of a series: the mean over the seeds that have a value there, and the
@@ -26,15 +66,24 @@ extension BandPoint {
   /// Combines per-seed (round, value) lists into one point per round that any seed has a value
   /// for. Rounds without a value (not evaluated, abandoned) are skipped, not drawn as zero.
   static func combine(_ seeds: [[(round: Int, value: Double)]]) -> [BandPoint] {
-    var byRound: [Int: [Double]] = [:]
+    combine(seeds.map { seed in seed.map { (round: $0.round, x: Double($0.round), value: $0.value) } })
+  }
+
+  /// The same with an x of each seed's own at every round (simulated time, bytes, ε): the point
+  /// of a round sits at the mean of the seeds' x there.
+  static func combine(_ seeds: [[(round: Int, x: Double, value: Double)]]) -> [BandPoint] {
+    var byRound: [Int: (xs: [Double], values: [Double])] = [:]
     for seed in seeds {
-      for (round, value) in seed where value.isFinite { byRound[round, default: []].append(value) }
+      for (round, x, value) in seed where value.isFinite && x.isFinite {
+        byRound[round, default: ([], [])].xs.append(x)
+        byRound[round, default: ([], [])].values.append(value)
+      }
     }
     return byRound.keys.sorted().map { round in
-      let values = byRound[round]!
+      let (xs, values) = byRound[round]!
       return BandPoint(
-        x: Double(round), mean: values.reduce(0, +) / Double(values.count), low: values.min()!,
-        high: values.max()!)
+        x: xs.reduce(0, +) / Double(xs.count), mean: values.reduce(0, +) / Double(values.count),
+        low: values.min()!, high: values.max()!)
     }
   }
 }
@@ -80,7 +129,169 @@ struct Ticks {
   }
 }
 
-/// A line chart of series against round: mean lines with min–max bands, axes, a legend.
+/// What a line chart's x axis measures, and how its ticks read.
+enum XAxis {
+  case round
+  /// Simulated seconds, shown in seconds, minutes or hours.
+  case time
+  /// Bytes, shown in B, kB, MB or GB.
+  case bytes
+  case epsilon
+
+  /// The unit ticks are written in for data up to `maximum`: a divisor and the axis label.
+  func unit(maximum: Double) -> (divisor: Double, label: String) {
+    switch self {
+    case .round: return (1, "round")
+    case .epsilon: return (1, "privacy loss ε (cumulative)")
+    case .time:
+      if maximum >= 2 * 3600 { return (3600, "simulated time (hours)") }
+      if maximum >= 120 { return (60, "simulated time (minutes)") }
+      return (1, "simulated time (seconds)")
+    case .bytes:
+      if maximum >= 1e9 { return (1e9, "bytes uploaded, cumulative (GB)") }
+      if maximum >= 1e6 { return (1e6, "bytes uploaded, cumulative (MB)") }
+      if maximum >= 1e3 { return (1e3, "bytes uploaded, cumulative (kB)") }
+      return (1, "bytes uploaded, cumulative (B)")
+    }
+  }
+}
+
+/// Rough widths of text in the report's sans-serif font, for wrapping labels before a browser
+/// lays them out. Generous on purpose (DejaVu Sans, the widest common fallback): a label wrapped
+/// a little early is better than one that runs out of its chart.
+enum TextWidth {
+  static func of(_ text: String, fontSize: Double) -> Double {
+    var em = 0.0
+    for ch in text {
+      switch ch {
+      case "i", "j", "l", "t", "f", "r", ".", ",", ":", ";", "'", "|", "!", "(", ")", "[", "]", " ", "-":
+        em += 0.42
+      case "m", "w", "M", "W", "@", "%", "—":
+        em += 1.0
+      case _ where ch.isUppercase:
+        em += 0.78
+      case _ where ch.isNumber:
+        em += 0.66
+      default:
+        em += 0.64
+      }
+    }
+    return em * fontSize
+  }
+
+  /// `text` broken into lines no wider than `width`: after spaces and after `:`, `,`, `=`, `/`,
+  /// `·`, `_` or `-` where possible, anywhere when a piece alone is too wide.
+  static func wrap(_ text: String, width: Double, fontSize: Double) -> [String] {
+    var pieces: [String] = []
+    var piece = ""
+    for ch in text {
+      piece.append(ch)
+      if " :,=/·_-".contains(ch) {
+        pieces.append(piece)
+        piece = ""
+      }
+    }
+    if !piece.isEmpty { pieces.append(piece) }
+    var lines: [String] = []
+    var line = ""
+    for p in pieces {
+      if of(line + p, fontSize: fontSize) <= width || line.isEmpty {
+        line += p
+      } else {
+        lines.append(line)
+        line = p
+      }
+      // A piece wider than the line on its own is cut where it must be.
+      while of(line, fontSize: fontSize) > width, line.count > 1 {
+        var cut = line.count - 1
+        while cut > 1, of(String(line.prefix(cut)), fontSize: fontSize) > width { cut -= 1 }
+        lines.append(String(line.prefix(cut)))
+        line = String(line.dropFirst(cut))
+      }
+    }
+    if !line.isEmpty { lines.append(line) }
+    return lines.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+  }
+}
+
+/// Text lines as one SVG <text> with a <tspan> per line.
+func multiline(
+  _ lines: [String], x: Double, y: Double, lineHeight: Double, anchor: String? = nil, className: String? = nil
+) -> String {
+  let c = NumberText.coordinate
+  var out = "<text"
+  if let className { out += " class=\"\(className)\"" }
+  out += " x=\"\(c(x))\" y=\"\(c(y))\""
+  if let anchor { out += " text-anchor=\"\(anchor)\"" }
+  out += ">"
+  for (i, line) in lines.enumerated() {
+    out += "<tspan x=\"\(c(x))\" dy=\"\(i == 0 ? "0" : c(lineHeight))\">\(escaped(line))</tspan>"
+  }
+  return out + "</text>"
+}
+
+/// The legend under a chart: a line sample and the full label of every series, wrapped, in two
+/// columns. Its height depends on the labels.
+struct Legend {
+  struct Entry {
+    var label: String
+    var index: Int
+  }
+
+  var entries: [Entry]
+  var x: Double
+  var width: Double
+
+  static let fontSize = 12.0
+  static let lineHeight = 15.0
+  static let sample = 30.0
+  static let gap = 8.0
+  static let rowGap = 6.0
+
+  private var columns: Int { entries.count > 1 ? 2 : 1 }
+  private var columnWidth: Double { width / Double(columns) }
+  private var textWidth: Double { columnWidth - Self.sample - Self.gap - 14 }
+
+  private func lines(_ entry: Entry) -> [String] {
+    TextWidth.wrap(entry.label, width: textWidth, fontSize: Self.fontSize)
+  }
+
+  /// Row heights, row by row (each row holds `columns` entries).
+  private var rows: [Double] {
+    stride(from: 0, to: entries.count, by: columns).map { start in
+      let row = entries[start..<min(entries.count, start + columns)]
+      let most = row.map { max(1, lines($0).count) }.max() ?? 1
+      return Double(most) * Self.lineHeight + Self.rowGap
+    }
+  }
+
+  var height: Double { rows.reduce(0, +) }
+
+  func svg(y top: Double) -> String {
+    var out = "<g class=\"legend\">\n"
+    var y = top
+    let heights = rows
+    for (row, height) in heights.enumerated() {
+      for column in 0..<columns {
+        let i = row * columns + column
+        guard i < entries.count else { break }
+        let entry = entries[i]
+        let left = x + Double(column) * columnWidth
+        let baseline = y + Self.lineHeight - 3
+        out += "<g><title>\(escaped(entry.label))</title>"
+        out += Palette.sampleSVG(entry.index, x: left, y: baseline - 4, width: Self.sample)
+        out += multiline(
+          lines(entry), x: left + Self.sample + Self.gap, y: baseline, lineHeight: Self.lineHeight)
+        out += "</g>\n"
+      }
+      y += height
+    }
+    return out + "</g>\n"
+  }
+}
+
+/// A line chart of series: mean lines with min–max bands over seeds, axes, and a legend
+/// underneath with every series' full label.
 struct LineChart {
   struct Series {
     var label: String
@@ -94,33 +305,46 @@ struct LineChart {
   /// Accuracy charts stay within 0...1; losses only start at 0 when the data is close to it.
   var isAccuracy: Bool
   var reference: (value: Double, label: String)?
+  var xAxis: XAxis = .round
 
   static let width = 900.0
-  static let height = 380.0
-  static let left = 70.0
-  static let right = 230.0  // room for the legend
+  static let left = 80.0
+  static let right = 24.0
   static let top = 34.0
-  static let bottom = 52.0
+  static let plotHeight = 270.0
+  /// From the plot's bottom edge to the legend: tick labels and the axis label.
+  static let below = 58.0
 
   var hasData: Bool { series.contains { !$0.points.isEmpty } }
 
   func svg() -> String {
     let w = Self.width
-    let h = Self.height
     let plotW = w - Self.left - Self.right
-    let plotH = h - Self.top - Self.bottom
-    var out =
-      "<svg class=\"chart\" viewBox=\"0 0 \(Int(w)) \(Int(h))\" role=\"img\" aria-label=\"\(escaped(title))\">\n"
+    let plotH = Self.plotHeight
+    let legend = Legend(
+      entries: series.map { Legend.Entry(label: $0.label, index: $0.index) }, x: Self.left, width: plotW)
+    let h = (Self.top + plotH + Self.below + legend.height + 8).rounded(.up)
+    var out = "<svg class=\"chart\" viewBox=\"0 0 \(Int(w)) \(Int(h))\" "
+    out += "role=\"img\" aria-label=\"\(escaped(title))\">\n"
     out += "<title>\(escaped(title))</title>\n"
     out += "<text class=\"chart-title\" x=\"\(Self.left)\" y=\"20\">\(escaped(title))</text>\n"
     let all = series.flatMap(\.points)
     guard let maxX = all.map(\.x).max() else {
       out +=
-        "<text class=\"empty\" x=\"\(NumberText.coordinate(w / 2))\" y=\"\(NumberText.coordinate(h / 2))\" "
-      out += "text-anchor=\"middle\">no rounds with values to plot</text>\n</svg>"
+        "<text class=\"empty\" x=\"\(NumberText.coordinate(w / 2))\" y=\"\(NumberText.coordinate(Self.top + plotH / 2))\" "
+      out += "text-anchor=\"middle\">no rounds with values to plot</text>\n"
+      out += legend.svg(y: Self.top + plotH + Self.below)
+      out += "</svg>"
       return out
     }
-    let xTicks = Ticks(covering: 0, max(1, maxX), count: 8, integer: true)
+    // The x axis ends at the last value (the last round), not at the next round tick number.
+    let unit = xAxis.unit(maximum: maxX)
+    let xLow = xAxis == .round ? 0 : min(0, all.map(\.x).min()!)
+    let xHigh = maxX > xLow ? maxX : xLow + (xAxis == .round ? 1 : max(1e-9, abs(xLow) * 0.1 + 1e-9))
+    var xTicks = Ticks(
+      covering: xLow / unit.divisor, xHigh / unit.divisor, count: 8, integer: xAxis == .round)
+    xTicks.high = min(xTicks.high, xHigh / unit.divisor + xTicks.step * 1e-9)
+    let xTickValues = xTicks.values.filter { $0 * unit.divisor <= xHigh * (1 + 1e-12) + 1e-12 }
     var yLow = all.map(\.low).min()!
     var yHigh = all.map(\.high).max()!
     if let reference = reference?.value {
@@ -140,7 +364,7 @@ struct LineChart {
       }
       yTicks = t
     }
-    func px(_ x: Double) -> Double { Self.left + (x - xTicks.low) / (xTicks.high - xTicks.low) * plotW }
+    func px(_ x: Double) -> Double { Self.left + (x - xLow) / (xHigh - xLow) * plotW }
     func py(_ y: Double) -> Double {
       Self.top + plotH - (min(max(y, yTicks.low), yTicks.high) - yTicks.low) / (yTicks.high - yTicks.low)
         * plotH
@@ -160,18 +384,22 @@ struct LineChart {
     out += "y2=\"\(c(Self.top + plotH))\"/>\n"
     for y in yTicks.values {
       out += "<line x1=\"\(c(Self.left - 5))\" x2=\"\(c(Self.left))\" y1=\"\(c(py(y)))\" y2=\"\(c(py(y)))\"/>"
-      out += "<text x=\"\(c(Self.left - 8))\" y=\"\(c(py(y) + 4))\" text-anchor=\"end\">"
+      out += "<text class=\"ytick\" x=\"\(c(Self.left - 8))\" y=\"\(c(py(y) + 4))\" text-anchor=\"end\">"
       out += "\(NumberText.tick(y, step: yTicks.step))</text>\n"
     }
-    for x in xTicks.values {
+    for x in xTickValues {
+      let at = px(x * unit.divisor)
       out +=
-        "<line x1=\"\(c(px(x)))\" x2=\"\(c(px(x)))\" y1=\"\(c(Self.top + plotH))\" y2=\"\(c(Self.top + plotH + 5))\"/>"
-      out += "<text x=\"\(c(px(x)))\" y=\"\(c(Self.top + plotH + 19))\" text-anchor=\"middle\">"
+        "<line x1=\"\(c(at))\" x2=\"\(c(at))\" y1=\"\(c(Self.top + plotH))\" y2=\"\(c(Self.top + plotH + 5))\"/>"
+      // The last tick's label keeps inside the chart even when it sits at the right edge.
+      let anchor = at > w - Self.right - 20 ? "end" : "middle"
+      out +=
+        "<text class=\"xtick\" x=\"\(c(at))\" y=\"\(c(Self.top + plotH + 19))\" text-anchor=\"\(anchor)\">"
       out += "\(NumberText.tick(x, step: xTicks.step))</text>\n"
     }
-    out += "<text class=\"axis-label\" x=\"\(c(Self.left + plotW / 2))\" y=\"\(c(h - 10))\" "
-    out += "text-anchor=\"middle\">round</text>\n"
-    out += "<text class=\"axis-label\" transform=\"translate(16 \(c(Self.top + plotH / 2))) rotate(-90)\" "
+    out += "<text class=\"axis-label\" x=\"\(c(Self.left + plotW / 2))\" y=\"\(c(Self.top + plotH + 40))\" "
+    out += "text-anchor=\"middle\">\(escaped(unit.label))</text>\n"
+    out += "<text class=\"axis-label\" transform=\"translate(18 \(c(Self.top + plotH / 2))) rotate(-90)\" "
     out += "text-anchor=\"middle\">\(escaped(yLabel))</text>\n</g>\n"
 
     // Bands first, so every mean line is drawn above every band.
@@ -190,15 +418,13 @@ struct LineChart {
         if !dash.isEmpty { out += " stroke-dasharray=\"\(dash)\"" }
         out += " points=\"\(s.points.map { "\(c(px($0.x))),\(c(py($0.mean)))" }.joined(separator: " "))\"/>\n"
       }
-      // Markers show where values exist when evaluation runs every k rounds; on dense lines
-      // they would only blur it.
-      if s.points.count <= 60 {
-        for p in s.points {
-          out += "<circle cx=\"\(c(px(p.x)))\" cy=\"\(c(py(p.mean)))\" r=\"2.5\" fill=\"\(colour)\"/>"
-        }
-        out += "\n"
+      // Markers show where values exist when evaluation runs every k rounds, and tell series of
+      // the same colour apart; on dense lines they would only blur it, so they thin out.
+      let every = max(1, s.points.count / 30)
+      for (i, p) in s.points.enumerated() where i % every == 0 || i == s.points.count - 1 {
+        out += Palette.markerSVG(s.index, x: px(p.x), y: py(p.mean))
       }
-      out += "</g>\n"
+      out += "\n</g>\n"
     }
 
     // The label sits at the left end, where learning curves are usually still below the target.
@@ -210,33 +436,14 @@ struct LineChart {
       out += "\(escaped(reference.label))</text></g>\n"
     }
 
-    out += legend(x: Self.left + plotW + 20, y: Self.top)
+    out += legend.svg(y: Self.top + plotH + Self.below)
     out += "</svg>"
-    return out
-  }
-
-  func legend(x: Double, y: Double) -> String {
-    let c = NumberText.coordinate
-    var out = "<g class=\"legend\">\n"
-    for (row, s) in series.enumerated() {
-      let ly = y + 8 + Double(row) * 22
-      let colour = Palette.colour(s.index)
-      out += "<g><title>\(escaped(s.label))</title>"
-      out +=
-        "<rect x=\"\(c(x))\" y=\"\(c(ly - 6))\" width=\"22\" height=\"12\" fill=\"\(colour)\" opacity=\"0.2\"/>"
-      out += "<line x1=\"\(c(x))\" x2=\"\(c(x + 22))\" y1=\"\(c(ly))\" y2=\"\(c(ly))\" stroke=\"\(colour)\" "
-      out += "stroke-width=\"2.5\""
-      let dash = Palette.dash(s.index)
-      if !dash.isEmpty { out += " stroke-dasharray=\"\(dash)\"" }
-      out += "/><text x=\"\(c(x + 30))\" y=\"\(c(ly + 4))\">\(escaped(shortened(s.label, 26)))</text></g>\n"
-    }
-    out += "</g>\n"
     return out
   }
 }
 
 /// Horizontal bars: rounds to target per series (mean over the seeds that reached it), with a
-/// whisker from the fastest to the slowest seed.
+/// whisker from the fastest to the slowest seed. Labels wrap onto as many lines as they need.
 struct TargetBars {
   struct Bar {
     var label: String
@@ -248,19 +455,24 @@ struct TargetBars {
   var title: String
   var bars: [Bar]
 
+  static let fontSize = 12.0
+  static let lineHeight = 14.0
+
   func svg() -> String {
     let c = NumberText.coordinate
-    let left = 230.0
+    let left = 300.0
     let right = 150.0
     let width = 900.0
-    let rowHeight = 30.0
     let top = 36.0
     let plotW = width - left - right
-    let plotH = Double(max(1, bars.count)) * rowHeight
+    let labels = bars.map { TextWidth.wrap($0.label, width: left - 40, fontSize: Self.fontSize) }
+    let heights = labels.map { max(30.0, Double($0.count) * Self.lineHeight + 12) }
+    let plotH = max(30, heights.reduce(0, +))
     let height = top + plotH + 48
-    var out = "<svg class=\"chart\" viewBox=\"0 0 \(Int(width)) \(Int(height))\" role=\"img\" "
+    var out = "<svg class=\"chart\" viewBox=\"0 0 \(Int(width)) "
+    out += "\(Int(height.rounded(.up)))\" role=\"img\" "
     out += "aria-label=\"\(escaped(title))\">\n<title>\(escaped(title))</title>\n"
-    out += "<text class=\"chart-title\" x=\"\(c(left))\" y=\"20\">\(escaped(title))</text>\n"
+    out += "<text class=\"chart-title\" x=\"20\" y=\"20\">\(escaped(title))</text>\n"
     let longest = bars.flatMap(\.rounds).max() ?? 1
     let ticks = Ticks(covering: 0, Double(max(1, longest)), count: 6, integer: true)
     func px(_ x: Double) -> Double { left + (x - ticks.low) / (ticks.high - ticks.low) * plotW }
@@ -275,26 +487,30 @@ struct TargetBars {
     for t in ticks.values {
       out +=
         "<line x1=\"\(c(px(t)))\" x2=\"\(c(px(t)))\" y1=\"\(c(top + plotH))\" y2=\"\(c(top + plotH + 5))\"/>"
-      out += "<text x=\"\(c(px(t)))\" y=\"\(c(top + plotH + 19))\" text-anchor=\"middle\">"
+      out += "<text class=\"xtick\" x=\"\(c(px(t)))\" y=\"\(c(top + plotH + 19))\" text-anchor=\"middle\">"
       out += "\(NumberText.tick(t, step: ticks.step))</text>\n"
     }
     out += "<text class=\"axis-label\" x=\"\(c(left + plotW / 2))\" y=\"\(c(height - 8))\" "
-    out +=
-      "text-anchor=\"middle\">rounds to target (mean over seeds that reached it; whisker: fastest to slowest)"
+    out += "text-anchor=\"middle\">rounds to target (mean over seeds that reached it; whisker: range)"
     out += "</text>\n</g>\n"
+    var rowTop = top
     for (row, bar) in bars.enumerated() {
-      let mid = top + (Double(row) + 0.5) * rowHeight
+      let rowHeight = heights[row]
+      let mid = rowTop + rowHeight / 2
+      rowTop += rowHeight
       let colour = Palette.colour(bar.index)
       out += "<g class=\"bar\"><title>\(escaped(bar.label))</title>"
-      out += "<text x=\"\(c(left - 8))\" y=\"\(c(mid + 4))\" text-anchor=\"end\">"
-      out += "\(escaped(shortened(bar.label, 30)))</text>"
+      out += Palette.markerSVG(bar.index, x: 14, y: mid, size: 4)
+      let lines = labels[row]
+      let firstBaseline = mid + 4 - Double(lines.count - 1) * Self.lineHeight / 2
+      out += multiline(lines, x: left - 8, y: firstBaseline, lineHeight: Self.lineHeight, anchor: "end")
       if bar.rounds.isEmpty {
         out += "<text class=\"muted\" x=\"\(c(left + 6))\" y=\"\(c(mid + 4))\">not reached</text></g>\n"
         continue
       }
       let mean = Double(bar.rounds.reduce(0, +)) / Double(bar.rounds.count)
-      out += "<rect x=\"\(c(left))\" y=\"\(c(mid - rowHeight * 0.32))\" width=\"\(c(px(mean) - left))\" "
-      out += "height=\"\(c(rowHeight * 0.64))\" fill=\"\(colour)\" opacity=\"0.85\"/>"
+      out += "<rect x=\"\(c(left))\" y=\"\(c(mid - 10))\" width=\"\(c(px(mean) - left))\" "
+      out += "height=\"20\" fill=\"\(colour)\" opacity=\"0.85\"/>"
       if bar.rounds.count > 1 {
         let lo = c(px(Double(bar.rounds.min()!)))
         let hi = c(px(Double(bar.rounds.max()!)))
@@ -310,9 +526,4 @@ struct TargetBars {
     out += "</svg>"
     return out
   }
-}
-
-/// At most `limit` characters, with an ellipsis when cut; the full text goes in a <title>.
-func shortened(_ text: String, _ limit: Int) -> String {
-  text.count <= limit ? text : String(text.prefix(limit - 1)) + "…"
 }

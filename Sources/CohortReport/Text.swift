@@ -27,9 +27,15 @@ public enum NumberText {
     return fixed(v, 0) + " B"
   }
 
-  /// A tick label: as few decimals as the tick step needs.
+  /// A tick label: as few decimals as the tick step needs to be written exactly (a step of
+  /// 0.25 needs two, so 0.25 and 0.75 are not printed as 0.2 and 0.8), at most 8.
   static func tick(_ value: Double, step: Double) -> String {
-    let places = step >= 1 ? 0 : min(6, Int((-log10(step)).rounded(.up)))
+    var places = 0
+    while places < 8 {
+      let scaled = step * pow(10, Double(places))
+      if abs(scaled - scaled.rounded()) <= 1e-6 * max(1, scaled) { break }
+      places += 1
+    }
     let text = fixed(value, places)
     return text.hasPrefix("-") && Double(text) == 0 ? String(text.dropFirst()) : text
   }

@@ -111,7 +111,8 @@ final class Engine {
   let uniform: Bool
 
   init(
-    simulation: Simulation, coordinator: Coordinator, link: SimulatedLink, clock: ManualClock, state: State
+    simulation: Simulation, coordinator: Coordinator, link: SimulatedLink, clock: ManualClock, state: State,
+    replayThrough: Int? = nil
   ) {
     self.simulation = simulation
     self.coordinator = coordinator
@@ -121,7 +122,7 @@ final class Engine {
     uniform = coordinator.configuration.pipeline.machine.sampling == .uniform
     writer = RoundWriter(
       store: simulation.store, run: simulation.run, crashAfterRound: simulation.options.crashAfterRound,
-      retention: simulation.options.keepCheckpoints)
+      retention: simulation.options.keepCheckpoints, replayThrough: replayThrough)
   }
 
   var scenario: Scenario { simulation.scenario }
@@ -526,14 +527,21 @@ final class RoundWriter: Sendable {
   let run: RunID
   let crashAfterRound: Int?
   let retention: CheckpointRetention
+  /// Rounds up to this one are already stored (an extended run replays them): they are checked
+  /// and updated, not inserted.
+  let replayThrough: Int?
   private let last = Mutex<Task<Void, Never>?>(nil)
   private let failure = Mutex<CohortError?>(nil)
 
-  init(store: ResultsStore, run: RunID, crashAfterRound: Int?, retention: CheckpointRetention = .all) {
+  init(
+    store: ResultsStore, run: RunID, crashAfterRound: Int?, retention: CheckpointRetention = .all,
+    replayThrough: Int? = nil
+  ) {
     self.store = store
     self.run = run
     self.crashAfterRound = crashAfterRound
     self.retention = retention
+    self.replayThrough = replayThrough
   }
 
   /// - Parameter modelsNeededFrom: the oldest round whose model a device in flight trains from;
@@ -548,6 +556,11 @@ final class RoundWriter: Sendable {
         await before?.value
         guard failure.withLock({ $0 == nil }) else { return }
         do throws(CohortError) {
+          if let replayThrough, closed.record.round <= replayThrough {
+            // Its device counters and late reports were stored with it the first time.
+            try store.replayRound(run, closed.record, checkpoint: closed.model, resumeState: resumeState)
+            return
+          }
           try store.commitRound(
             run, closed.record, checkpoint: closed.model, devices: closed.participants,
             lateReports: closed.lateReports, resumeState: resumeState,

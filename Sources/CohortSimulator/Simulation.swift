@@ -48,6 +48,10 @@ public struct SimulationOptions: Sendable {
   /// Which checkpoints stay in the results store (the latest always does). Results do not depend
   /// on it: a resume needs only the latest and those its devices in flight train from.
   public var keepCheckpoints: CheckpointRetention = .all
+  /// Extends a stored run whose plan had this many rounds to the scenario's (larger) number: the
+  /// run continues from the latest saved state that the old last round could not have shaped,
+  /// replays the stored rounds after it (checking each against what is stored) and goes on.
+  public var extendingFrom: Int?
 
   public init() {}
 }
@@ -131,10 +135,34 @@ public final class Simulation: Sendable {
       plan: scenario.plan, run: run, autoCommit: false, populationSize: population.count,
       secureAggregation: secureAggregation, privacySeed: scenario.seed, sampling: .uniform,
       samplingSeed: scenario.seed)
-    if let (round, blob) = try store.latestResumeState(run) {
+    var replayThrough: Int?
+    var saved = try store.latestResumeState(run)
+    if let oldRounds = options.extendingFrom {
+      // The round machine stops opening selections once committed + in-flight rounds reach the
+      // plan's rounds, which with at most one round in flight happens as the last round starts
+      // reporting: a state saved with a round before which at most rounds − 2 had committed is
+      // the same as a longer run's. Later stored rounds are simulated again (`replayRound`), and
+      // their states are forgotten until they are, so a resume after an interruption part-way
+      // starts from the latest state that is right.
+      let stored = try store.rounds(run)
+      replayThrough = stored.last?.round
+      var committedBefore = 0
+      var start = 0
+      for r in stored {
+        if committedBefore <= oldRounds - 2 { start = r.round }
+        if r.outcome == .committed { committedBefore += 1 }
+      }
+      try store.clearResumeStates(run, after: start)
+      saved = start == 0 ? nil : try store.resumeState(run, round: start).map { (round: start, state: $0) }
+    } else if saved == nil, let last = try store.rounds(run).last {
+      // An extension that stopped before replaying every stored round (see above).
+      saved = try store.latestSavedState(run)
+      replayThrough = last.round
+    }
+    if let (round, blob) = saved {
       (state, coordinatorSnapshot) = try Engine.decode(
         blob, population: population, coordinator: configuration)
-      if let checkpoint = try store.latestCheckpoint(run) {
+      if let checkpoint = try store.latestCheckpoint(run, through: round) {
         startModel = checkpoint.weights
         startRound = checkpoint.round
       }
@@ -157,11 +185,13 @@ public final class Simulation: Sendable {
     await coordinator.observeRounds(progress)
     let resumed = coordinatorSnapshot != nil
     let startState = state
+    let replay = replayThrough
     // The event loop runs on the coordinator's own executor: its many small calls into the
     // coordinator then cost no thread hops. Training still runs on every core.
     let outcome = await coordinator.isolated { coordinator -> Result<SimulationSummary, CohortError> in
       let engine = Engine(
-        simulation: self, coordinator: coordinator, link: link, clock: clock, state: startState)
+        simulation: self, coordinator: coordinator, link: link, clock: clock, state: startState,
+        replayThrough: replay)
       do throws(CohortError) {
         return .success(try await engine.run(resumed: resumed))
       } catch {

@@ -26,6 +26,63 @@ public struct RunID: Hashable, Sendable, Codable, Comparable, CustomStringConver
   public var description: String { String(rawValue) }
 
   public static func < (a: RunID, b: RunID) -> Bool { a.rawValue < b.rawValue }
+
+  /// The most ids one list may name, so `1-9999999999` cannot allocate without bound.
+  public static let listLimit = 100_000
+
+  /// Run ids as typed on the command line: single ids and ranges, separated by commas, e.g.
+  /// `3`, `3-8`, `1,3-5`. Ids keep their first-given order and appear once. Nil when the text is
+  /// not such a list, a range runs backwards, or it names more than `listLimit` ids.
+  public static func list(_ text: String) -> [RunID]? {
+    var ids: [RunID] = []
+    var seen = Set<Int64>()
+    for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+      let bounds = part.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+      guard let low = bounds.first.flatMap({ Int64($0.trimmingCharacters(in: .whitespaces)) }), low >= 0
+      else { return nil }
+      let high: Int64
+      if bounds.count == 2 {
+        guard let h = Int64(bounds[1].trimmingCharacters(in: .whitespaces)), h >= low else { return nil }
+        high = h
+      } else {
+        high = low
+      }
+      // Checked before the loop: the range's size alone must fit the limit.
+      guard high - low < Int64(listLimit) else { return nil }
+      for id in low...high where seen.insert(id).inserted {
+        ids.append(RunID(id))
+        if ids.count > listLimit { return nil }
+      }
+    }
+    return ids.isEmpty ? nil : ids
+  }
+
+  /// Ids written back compactly, consecutive ones as ranges: `[1, 3, 4, 5]` → `1,3-5`.
+  public static func compact(_ ids: [RunID]) -> String {
+    var ranges: [(low: Int64, high: Int64)] = []
+    for id in Set(ids.map(\.rawValue)).sorted() {
+      if let last = ranges.last, last.high != Int64.max, id == last.high + 1 {
+        ranges[ranges.count - 1].high = id
+      } else {
+        ranges.append((id, id))
+      }
+    }
+    return ranges.map { $0.low == $0.high ? "\($0.low)" : "\($0.low)-\($0.high)" }.joined(separator: ",")
+  }
+}
+
+/// Where a run belongs in a comparison: the experiment that made it, the scenario it ran and the
+/// variant (a label for a set of plan overrides). `cohort compare` sets them; other runs have none.
+public struct RunLabels: Sendable, Hashable, Codable {
+  public var experiment: String?
+  public var scenario: String?
+  public var variant: String?
+
+  public init(experiment: String? = nil, scenario: String? = nil, variant: String? = nil) {
+    self.experiment = experiment
+    self.scenario = scenario
+    self.variant = variant
+  }
 }
 
 /// Where a run stands. `interrupted` is a run a restart found `running` with no live server
@@ -54,6 +111,8 @@ public struct RunSummary: Sendable, Hashable {
   public var lastAccuracy: Double?
   /// Highest central-test accuracy of any round.
   public var bestAccuracy: Double?
+  /// Its experiment, scenario and variant, when `cohort compare` ran it.
+  public var labels = RunLabels()
 
   public init(
     id: RunID, name: String, createdAt: Date, status: RunStatus, finishedAt: Date?, seed: UInt64,

@@ -102,7 +102,9 @@ public final class ResultsStore: Sendable {
 
   /// Records a new run in status `running`, and its plan under the plan's SHA-256 (stored once
   /// however many runs use it). `createdAt` is the caller's clock.
-  public func createRun(name: String, scenario: Scenario, createdAt: Date) throws(CohortError) -> RunID {
+  public func createRun(
+    name: String, scenario: Scenario, createdAt: Date, labels: RunLabels = RunLabels()
+  ) throws(CohortError) -> RunID {
     let planJSON = scenario.plan.canonicalJSON
     let planSHA = SHA256.hex(planJSON)
     let scenarioJSON = try StoreJSON.encode(scenario, what: "the scenario of run \"\(name)\"")
@@ -116,12 +118,13 @@ public final class ResultsStore: Sendable {
           arguments: [planSHA, scenario.plan.name, String(decoding: planJSON, as: UTF8.self)])
         try db.execute(
           sql: """
-            INSERT INTO runs (name, created_at, scenario_json, plan_sha256, seed, status)
-            VALUES (?, ?, ?, ?, ?, ?)
+            INSERT INTO runs (
+              name, created_at, scenario_json, plan_sha256, seed, status, experiment, scenario, variant)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
           arguments: [
             name, Timestamp.string(createdAt), scenarioJSON, planSHA, Int64(bitPattern: scenario.seed),
-            RunStatus.running.rawValue,
+            RunStatus.running.rawValue, labels.experiment, labels.scenario, labels.variant,
           ])
         return RunID(db.lastInsertedRowID)
       }
@@ -147,6 +150,35 @@ public final class ResultsStore: Sendable {
     try access("listing runs") {
       try writer.read { db in
         try Row.fetchAll(db, sql: Self.summarySQL + " ORDER BY runs.id").map { try Self.summary($0) }
+      }
+    }
+  }
+
+  /// Deletes runs and every row that belongs to them, in every table that has a `run_id`
+  /// column, and plans no run uses any more, in one transaction: all of them go or none does.
+  /// Refused, with nothing deleted, when any of the runs does not exist.
+  public func deleteRuns(_ ids: [RunID]) throws(CohortError) {
+    try access("deleting runs") {
+      try writer.write { db in
+        for id in ids { try requireRun(db, id) }
+        // Found from the schema, so tables added later are covered too; rounds go after the
+        // tables that refer to them, runs last.
+        let tables = try String.fetchAll(
+          db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        var owned: [String] = []
+        for table in tables where table != "runs" {
+          let columns = try Row.fetchAll(db, sql: "SELECT name FROM pragma_table_info(?)", arguments: [table])
+            .map { $0["name"] as String }
+          if columns.contains("run_id") { owned.append(table) }
+        }
+        owned.sort { ($0 == "rounds" ? 1 : 0, $0) < ($1 == "rounds" ? 1 : 0, $1) }
+        for id in ids {
+          for table in owned {
+            try db.execute(sql: "DELETE FROM \"\(table)\" WHERE run_id = ?", arguments: [id.rawValue])
+          }
+          try db.execute(sql: "DELETE FROM runs WHERE id = ?", arguments: [id.rawValue])
+        }
+        try db.execute(sql: "DELETE FROM plans WHERE sha256 NOT IN (SELECT plan_sha256 FROM runs)")
       }
     }
   }
@@ -177,6 +209,14 @@ public final class ResultsStore: Sendable {
     }
     return try StoreJSON.decode(
       Scenario.self, from: Data(json.utf8), what: "the scenario of run \(run) in \(path)")
+  }
+
+  /// A fingerprint of the run's configuration without its seed: the SHA-256 of its scenario
+  /// (plan included) with the seed set to 0. Runs that differ only in their seed share it.
+  public func configurationFingerprint(_ run: RunID) throws(CohortError) -> String {
+    var s = try scenario(run)
+    s.seed = 0
+    return SHA256.hex(Data(try StoreJSON.encode(s, what: "the scenario of run \(run)").utf8))
   }
 
   // MARK: - Rounds
@@ -302,6 +342,127 @@ public final class ResultsStore: Sendable {
     }
   }
 
+  /// Replaces a stored round with the same round simulated again (a run extended to more rounds
+  /// replays its last rounds from an earlier saved state). The replay must agree with what is
+  /// stored: the same outcome and, for a committed round, the same checkpoint (by SHA-256);
+  /// otherwise nothing is changed and the error says so. What may differ, and is replaced, is
+  /// what depended on the round being the run's last: its evaluation and its saved state. The
+  /// device counters, secure-aggregation steps and late count stay as they are (they are the
+  /// same rounds' counts).
+  public func replayRound(
+    _ run: RunID, _ record: RoundRecord, checkpoint: Weights?, resumeState: Data?
+  ) throws(CohortError) {
+    let digest = checkpoint.map { SHA256.hex(Float32LittleEndian.data($0.values)) }
+    let round = record.round
+    try access("replaying round \(round) of run \(run)") {
+      try writer.write { db in
+        try requireRun(db, run)
+        guard
+          let stored = try Row.fetchOne(
+            db, sql: "SELECT outcome FROM rounds WHERE run_id = ? AND round = ?",
+            arguments: [run.rawValue, round])
+        else {
+          throw CohortError(.storage, "round \(round) of run \(run) is not stored, so it cannot be replayed")
+        }
+        let storedSHA = try String.fetchOne(
+          db, sql: "SELECT sha256 FROM checkpoints WHERE run_id = ? AND round = ?",
+          arguments: [run.rawValue, round])
+        guard stored["outcome"] as String == record.outcome.rawValue, storedSHA == digest else {
+          throw CohortError(
+            .storage,
+            "simulating round \(round) of run \(run) again gave a different result (\(record.outcome.rawValue), "
+              + "model \(digest?.prefix(16) ?? "none")) than the one stored (\(stored["outcome"] as String), model "
+              + "\(storedSHA?.prefix(16) ?? "none")); the run cannot be extended exactly",
+            fix: "run the scenario anew with the larger server.rounds (cohort simulate SCENARIO --rounds N)")
+        }
+        try db.execute(
+          sql: """
+            UPDATE rounds SET started_at = ?, ended_at = ?, abandon_reason = ?, selected = ?, reported = ?,
+              dropped = ?, rejected = ?, bytes_down = ?, bytes_up = ?, train_loss = ?, eval_loss = ?,
+              eval_accuracy = ?, federated_eval_loss = ?, federated_eval_accuracy = ?,
+              federated_eval_examples = ?, epsilon = ?, wall_seconds = ?, resume_state = ?
+            WHERE run_id = ? AND round = ?
+            """,
+          arguments: [
+            record.startedAt, record.endedAt, record.abandonReason, record.selected, record.reported,
+            record.dropped, record.rejected, record.bytesDown, record.bytesUp, record.trainLoss,
+            record.evalLoss,
+            record.evalAccuracy, record.federatedEvalLoss, record.federatedEvalAccuracy,
+            record.federatedEvalExamples, record.epsilon, record.wallSeconds, resumeState, run.rawValue,
+            round,
+          ])
+      }
+    }
+  }
+
+  /// The latest round of a run that has a resume state, and the state; nil when none has.
+  public func latestSavedState(_ run: RunID) throws(CohortError) -> (round: Int, state: Data)? {
+    try access("reading the resume state of run \(run)") {
+      try writer.read { db in
+        try requireRun(db, run)
+        guard
+          let row = try Row.fetchOne(
+            db,
+            sql: """
+              SELECT round, resume_state FROM rounds WHERE run_id = ? AND resume_state IS NOT NULL
+              ORDER BY round DESC LIMIT 1
+              """, arguments: [run.rawValue]),
+          let state: Data = row["resume_state"]
+        else { return nil }
+        return (row["round"], state)
+      }
+    }
+  }
+
+  /// Forgets the resume states of a run's rounds after `round`: they are to be simulated again,
+  /// and until each is, resuming must not start from it.
+  public func clearResumeStates(_ run: RunID, after round: Int) throws(CohortError) {
+    try access("clearing the resume states of run \(run)") {
+      try writer.write { db in
+        try requireRun(db, run)
+        try db.execute(
+          sql: "UPDATE rounds SET resume_state = NULL WHERE run_id = ? AND round > ?",
+          arguments: [run.rawValue, round])
+      }
+    }
+  }
+
+  /// The resume state stored with round `round` of a run, if it has one.
+  public func resumeState(_ run: RunID, round: Int) throws(CohortError) -> Data? {
+    try access("reading the resume state of run \(run)") {
+      try writer.read { db in
+        try requireRun(db, run)
+        return try Data.fetchOne(
+          db, sql: "SELECT resume_state FROM rounds WHERE run_id = ? AND round = ?",
+          arguments: [run.rawValue, round])
+      }
+    }
+  }
+
+  /// Replaces the scenario a run was created with (its plan stored by SHA-256 as in `createRun`):
+  /// for a run extended to more rounds. The seed must stay the same.
+  public func setScenario(_ run: RunID, _ scenario: Scenario) throws(CohortError) {
+    let planJSON = scenario.plan.canonicalJSON
+    let planSHA = SHA256.hex(planJSON)
+    let scenarioJSON = try StoreJSON.encode(scenario, what: "the scenario of run \(run)")
+    try access("updating the scenario of run \(run)") {
+      try writer.write { db in
+        try requireRun(db, run)
+        try db.execute(
+          sql:
+            "INSERT INTO plans (sha256, name, canonical_json) VALUES (?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+          arguments: [planSHA, scenario.plan.name, String(decoding: planJSON, as: UTF8.self)])
+        try db.execute(
+          sql: "UPDATE runs SET scenario_json = ?, plan_sha256 = ? WHERE id = ? AND seed = ?",
+          arguments: [scenarioJSON, planSHA, run.rawValue, Int64(bitPattern: scenario.seed)])
+        if db.changesCount == 0 {
+          throw CohortError(.storage, "run \(run) was created with another seed than \(scenario.seed)")
+        }
+        try db.execute(sql: "DELETE FROM plans WHERE sha256 NOT IN (SELECT plan_sha256 FROM runs)")
+      }
+    }
+  }
+
   /// The secure-aggregation steps of every round of a run, in round and protocol order.
   public func secureAggregationSteps(_ run: RunID) throws(CohortError) -> [(
     round: Int, SecureAggregationStepRecord
@@ -420,6 +581,14 @@ public final class ResultsStore: Sendable {
     return try verify(stored, run: run)
   }
 
+  /// The checkpoint of the run's latest round up to `round` that has one, verified; nil when none.
+  public func latestCheckpoint(_ run: RunID, through round: Int) throws(CohortError) -> (
+    round: Int, weights: Weights
+  )? {
+    guard let stored = try storedCheckpoint(run, round: nil, through: round) else { return nil }
+    return try verify(stored, run: run)
+  }
+
   /// The checkpoint of `round`, or of the latest round that has one when `round` is nil. Its
   /// SHA-256 is verified: a blob changed on disk is an error, never a silently wrong model.
   public func checkpoint(_ run: RunID, round: Int?) throws(CohortError) -> (round: Int, weights: Weights) {
@@ -452,7 +621,9 @@ public final class ResultsStore: Sendable {
     var blob: Data
   }
 
-  private func storedCheckpoint(_ run: RunID, round: Int?) throws(CohortError) -> StoredCheckpoint? {
+  private func storedCheckpoint(_ run: RunID, round: Int?, through: Int = Int.max) throws(CohortError)
+    -> StoredCheckpoint?
+  {
     try access("reading a checkpoint of run \(run)") {
       try writer.read { db in
         try requireRun(db, run)
@@ -461,7 +632,9 @@ public final class ResultsStore: Sendable {
         if let round {
           row = try Row.fetchOne(db, sql: columns + " AND round = ?", arguments: [run.rawValue, round])
         } else {
-          row = try Row.fetchOne(db, sql: columns + " ORDER BY round DESC LIMIT 1", arguments: [run.rawValue])
+          row = try Row.fetchOne(
+            db, sql: columns + " AND round <= ? ORDER BY round DESC LIMIT 1",
+            arguments: [run.rawValue, through])
         }
         return try row.map { row in
           StoredCheckpoint(
@@ -536,7 +709,7 @@ public final class ResultsStore: Sendable {
 
   private static let summarySQL = """
     SELECT runs.id, runs.name, runs.created_at, runs.status, runs.finished_at, runs.seed,
-      runs.plan_sha256, plans.name AS plan_name,
+      runs.plan_sha256, plans.name AS plan_name, runs.experiment, runs.scenario, runs.variant,
       (SELECT count(*) FROM rounds WHERE rounds.run_id = runs.id AND outcome = 'committed')
         AS rounds_committed,
       (SELECT eval_accuracy FROM rounds WHERE rounds.run_id = runs.id AND eval_accuracy IS NOT NULL
@@ -555,7 +728,7 @@ public final class ResultsStore: Sendable {
     }
     let finished: String? = try row.decode(forColumn: "finished_at")
     let seedBits: Int64 = try row.decode(forColumn: "seed")
-    return RunSummary(
+    var summary = RunSummary(
       id: id, name: try row.decode(forColumn: "name"),
       createdAt: try Timestamp.date(try row.decode(forColumn: "created_at"), what: "created_at of run \(id)"),
       status: status,
@@ -567,6 +740,10 @@ public final class ResultsStore: Sendable {
       roundsCommitted: try row.decode(forColumn: "rounds_committed"),
       lastAccuracy: try row.decode(forColumn: "last_accuracy"),
       bestAccuracy: try row.decode(forColumn: "best_accuracy"))
+    summary.labels = RunLabels(
+      experiment: try row.decode(forColumn: "experiment"), scenario: try row.decode(forColumn: "scenario"),
+      variant: try row.decode(forColumn: "variant"))
+    return summary
   }
 
   private static func insert(_ r: RoundRecord, run: RunID, _ db: Database) throws {

@@ -117,6 +117,16 @@ enum Schema {
           ALTER TABLE rounds ADD COLUMN real_seconds REAL;
           """)
     }
+    migrator.registerMigration("v5: experiment, scenario and variant of a run") { db in
+      // Set by `cohort compare`; NULL for other runs and for runs written before this version,
+      // which reports then group by name and configuration as before.
+      try db.execute(
+        sql: """
+          ALTER TABLE runs ADD COLUMN experiment TEXT;
+          ALTER TABLE runs ADD COLUMN scenario TEXT;
+          ALTER TABLE runs ADD COLUMN variant TEXT;
+          """)
+    }
     return migrator
   }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CohortCore
 import CohortML
+import CohortReport
 import CohortStore
 import Foundation
 
@@ -19,7 +20,9 @@ struct DatabaseOption: ParsableArguments {
   }
 
   /// Opens the database; readers refuse to create one that is not there.
-  func open(creating: Bool = false, durability: ResultsStore.Durability = .powerLoss) throws -> ResultsStore {
+  func open(creating: Bool = false, writing: Bool = false, durability: ResultsStore.Durability = .powerLoss)
+    throws -> ResultsStore
+  {
     if !creating && !FileManager.default.fileExists(atPath: path) {
       throw CohortError(
         .notFound, "there is no results database at \(path)",
@@ -35,7 +38,7 @@ struct DatabaseOption: ParsableArguments {
     do throws(CohortError) {
       // A command that creates runs is the database's one writer while it runs.
       return try ResultsStore(
-        path: path, durability: durability, exclusiveWriter: creating ? Self.commandLine : nil)
+        path: path, durability: durability, exclusiveWriter: creating || writing ? Self.commandLine : nil)
     } catch {
       throw error.exit()
     }
@@ -45,29 +48,133 @@ struct DatabaseOption: ParsableArguments {
 struct RunsCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "runs", abstract: "List, inspect and export runs in a results database.",
-    subcommands: [List.self, Show.self, Export.self])
+    subcommands: [List.self, Show.self, Export.self, Delete.self])
 
   struct List: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "One line per run.")
+    static let configuration = CommandConfiguration(
+      abstract: "One line per run, or per series with --series.",
+      discussion: """
+        Runs of `cohort compare` show their experiment, scenario and variant, and are listed
+        together. With --series, runs are grouped as `cohort report` groups them (one series per
+        scenario and variant, or per name and configuration) and each series is one line: its run
+        ids (for `cohort report`), seeds, and final accuracy over seeds.
+        """)
     @OptionGroup var db: DatabaseOption
+    @Flag(help: "One line per series (as `cohort report` groups runs) instead of per run.") var series = false
 
     func run() throws {
       let store = try db.open()
-      let runs: [RunSummary]
+      var runs: [RunSummary]
       do throws(CohortError) { runs = try store.runs() } catch { throw error.exit() }
       if runs.isEmpty {
         print("no runs in \(db.path)")
         return
       }
-      let table = Table(["id", "status", "rounds", "last acc", "best acc", "seed", "plan", "name", "created"])
+      // An experiment's runs together, by scenario and variant, in the order they were created.
+      let firstOfExperiment = Dictionary(
+        runs.compactMap { r in r.labels.experiment.map { ($0, r.id) } }, uniquingKeysWith: { a, _ in a })
+      let order = { (r: RunSummary) -> (Int64, String, String, Int64) in
+        guard let experiment = r.labels.experiment else { return (r.id.rawValue, "", "", r.id.rawValue) }
+        return (
+          firstOfExperiment[experiment]!.rawValue, r.labels.scenario ?? "", r.labels.variant ?? "",
+          r.id.rawValue
+        )
+      }
+      runs.sort { order($0) < order($1) }
+      if series {
+        try printSeries(store: store, runs: runs)
+        return
+      }
+      let labelled = runs.contains { $0.labels.variant != nil }
+      let table = Table(
+        ["id", "status", "rounds", "last acc", "best acc", "seed", "plan"]
+          + (labelled ? ["experiment", "scenario", "variant"] : []) + ["name", "created"])
       for r in runs {
+        table.add(
+          [
+            "\(r.id)", r.status.rawValue, "\(r.roundsCommitted)", Format.optional(r.lastAccuracy),
+            Format.optional(r.bestAccuracy), "\(r.seed)", r.planName,
+          ]
+            + (labelled
+              ? [r.labels.experiment ?? "-", r.labels.scenario ?? "-", r.labels.variant ?? "-"] : [])
+            + [r.name, ISO8601DateFormatter().string(from: r.createdAt)])
+      }
+      print(table.rendered(), terminator: "")
+    }
+
+    func printSeries(store: ResultsStore, runs: [RunSummary]) throws {
+      let groups: [RunGrouping.Group]
+      do throws(CohortError) { groups = try ReportCommand.groups(store: store, summaries: runs) } catch {
+        throw error.exit()
+      }
+      let byID = Dictionary(uniqueKeysWithValues: runs.map { ($0.id, $0) })
+      let table = Table(["runs", "seeds", "finished", "final acc (mean ± std)", "experiment", "series"])
+      for group in groups {
+        let members = group.runs.map { byID[$0]! }
+        let finals = members.compactMap(\.lastAccuracy)
+        let mean = finals.isEmpty ? nil : finals.reduce(0, +) / Double(finals.count)
+        var text = Format.optional(mean)
+        if finals.count > 1, let mean {
+          let variance = finals.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(finals.count - 1)
+          text += " ± " + Format.fixed(variance.squareRoot(), 4)
+        }
         table.add([
-          "\(r.id)", r.status.rawValue, "\(r.roundsCommitted)", Format.optional(r.lastAccuracy),
-          Format.optional(r.bestAccuracy), "\(r.seed)", r.planName, r.name,
-          ISO8601DateFormatter().string(from: r.createdAt),
+          RunID.compact(group.runs), "\(members.count)", "\(members.filter { $0.status == .finished }.count)",
+          text,
+          members[0].labels.experiment ?? "-", group.label,
         ])
       }
       print(table.rendered(), terminator: "")
+    }
+  }
+
+  struct Delete: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Delete runs and everything stored with them.",
+      discussion: """
+        Deletes the runs' rows in every table (rounds, checkpoints, device counters, secure
+        aggregation steps) and plans no other run uses, in one transaction. Ids take ranges:
+        `3-8`, `1,3-5`. Asks for confirmation on a terminal; --yes skips the question (and is
+        required when standard input is not a terminal).
+        """)
+    @OptionGroup var db: DatabaseOption
+    @Argument(help: "Run ids or ranges, e.g. 3 or 3-8 or 1,3-5.") var runIDs: [String]
+    @Flag(name: [.customShort("y"), .long], help: "Delete without asking.") var yes = false
+
+    func validate() throws {
+      guard !runIDs.isEmpty else {
+        throw ValidationError("name at least one run id (see `cohort runs list`)")
+      }
+      _ = try ReportCommand.parseIDs(runIDs)
+    }
+
+    func run() throws {
+      let ids = try ReportCommand.parseIDs(runIDs)
+      let store = try db.open(writing: true)
+      var summaries: [RunSummary] = []
+      do throws(CohortError) {
+        for id in ids { summaries.append(try store.run(id)) }
+      } catch {
+        throw error.exit()
+      }
+      if !yes {
+        guard isatty(STDIN_FILENO) != 0 else {
+          throw CohortError(
+            .invalidConfiguration, "not deleting \(ids.count) run(s) without confirmation",
+            fix: "pass --yes to delete without asking"
+          ).exit()
+        }
+        for s in summaries {
+          print("run \(s.id): \(s.name), \(s.status.rawValue), \(s.roundsCommitted) rounds")
+        }
+        print("delete \(ids.count) run(s) from \(db.path)? [y/N] ", terminator: "")
+        guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
+          print("nothing deleted")
+          return
+        }
+      }
+      do throws(CohortError) { try store.deleteRuns(ids) } catch { throw error.exit() }
+      print("deleted run\(ids.count == 1 ? "" : "s") \(RunID.compact(ids)) from \(db.path)")
     }
   }
 

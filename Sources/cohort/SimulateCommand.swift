@@ -14,7 +14,10 @@ struct SimulateCommand: AsyncParsableCommand {
       Runs the plan round after round on virtual devices in virtual time, through the same \
       coordinator and device state machines a real federation uses. Every round, its metrics and \
       its checkpoint are committed to the results database, so a run stopped at any point can be \
-      continued with --resume and ends exactly as if it had not stopped.
+      continued with --resume and ends exactly as if it had not stopped. `--resume RUN --rounds N` \
+      extends a run (finished or not) to N rounds: it continues from the latest state saved before \
+      its old last round could shape the run, simulates the rounds after that again (each checked \
+      against the stored one) and goes on, so it ends as one run of N rounds would.
 
       Without a scenario, runs the built-in default: 1,000 devices, 100 per round, logistic \
       regression with FedAvg on a synthetic task with Dirichlet(0.5) label skew.
@@ -23,7 +26,7 @@ struct SimulateCommand: AsyncParsableCommand {
   @OptionGroup var scenario: ScenarioOptions
   @OptionGroup var db: DatabaseOption
 
-  @Option(help: "Override the plan's number of rounds.")
+  @Option(help: "Override the plan's number of rounds (with --resume: extend the run to this many).")
   var rounds: Int?
 
   @Option(help: "Continue the run with this id (from `cohort runs list`) from its last committed round.")
@@ -44,9 +47,10 @@ struct SimulateCommand: AsyncParsableCommand {
 
   func validate() throws {
     if let rounds, rounds < 1 { throw ValidationError("--rounds must be at least 1") }
-    if resume != nil && (scenario.path != nil || scenario.seed != nil || rounds != nil) {
+    if resume != nil && (scenario.path != nil || scenario.seed != nil) {
       throw ValidationError(
-        "--resume continues a stored run as it was planned; give no scenario, --seed or --rounds")
+        "--resume continues a stored run as it was planned (or, with --rounds, extends it); give no scenario "
+          + "or --seed")
     }
   }
 
@@ -59,10 +63,24 @@ struct SimulateCommand: AsyncParsableCommand {
     let runID: RunID
     var s: Scenario
     let fresh: Scenario? = resume == nil ? try scenario.load() : nil
+    var extendingFrom: Int?
     do throws(CohortError) {
       if let resume {
         runID = RunID(resume)
         s = try store.scenario(runID)
+        if let rounds, rounds != s.plan.server.rounds {
+          guard rounds > s.plan.server.rounds else {
+            throw CohortError(
+              .invalidConfiguration,
+              "run \(runID) was planned for \(s.plan.server.rounds) rounds; --rounds \(rounds) would shorten it",
+              fix:
+                "give more rounds than \(s.plan.server.rounds), or leave out --rounds to resume it as planned"
+            )
+          }
+          extendingFrom = s.plan.server.rounds
+          s.plan.server.rounds = rounds
+          try store.setScenario(runID, s)
+        }
         try store.setStatus(runID, .running, at: Date())
       } else {
         s = fresh!
@@ -81,6 +99,7 @@ struct SimulateCommand: AsyncParsableCommand {
     var options = SimulationOptions()
     options.crashAfterRound = crashAfterRound
     options.keepCheckpoints = keepCheckpoints
+    options.extendingFrom = extendingFrom
     let progress = Progress(total: s.plan.server.rounds, quiet: json)
     let interrupt = Self.onInterrupt {
       // Committed rounds are safe in the database; record why the run stopped and how to go on.

@@ -76,8 +76,8 @@ func randomSeries(label: String, seeds: Int, rounds: Int, seed: UInt64) -> Repor
       #expect(!html.lowercased().contains(forbidden), "found \(forbidden)")
     }
     #expect(!containsNonFiniteNumber(html))
-    // Accuracy, target bars, train loss, test loss.
-    #expect(html.components(separatedBy: "<svg").count - 1 == 4)
+    // Accuracy (by round, by time, by bytes: the series upload differently), target bars, losses.
+    #expect(html.components(separatedBy: "<svg class=\"chart\"").count - 1 == 6)
     #expect(html.contains("0.6000 ± 0.1414"))  // the summary row, as summaryRows() has it
     #expect(html.contains("target 0.55"))
   }
@@ -122,7 +122,7 @@ func randomSeries(label: String, seeds: Int, rounds: Int, seed: UInt64) -> Repor
     }
     let html = ComparisonReport(title: "sparse", series: [ReportSeries(label: "s", runs: [run])], target: nil)
       .html()
-    let accuracy = try #require(html.components(separatedBy: "<svg").dropFirst().first)
+    let accuracy = try #require(html.components(separatedBy: "<svg class=\"chart\"").dropFirst().first)
     let line = try #require(accuracy.components(separatedBy: "<polyline").dropFirst().first)
     let points = try #require(
       line.components(separatedBy: "points=\"").dropFirst().first?.prefix { $0 != "\"" })

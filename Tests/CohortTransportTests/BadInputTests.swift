@@ -216,9 +216,11 @@ struct Refusal: Equatable, CustomStringConvertible {
   /// after the misbehaviour when `holderFirst` is false) and `misbehave` runs.
   func round(
     _ name: String, holderFirst: Bool = true, strategy: String = "{kind: fedavg}", planKeys: [String] = [],
+    reports: ReportsPlan? = nil,
     misbehave: @escaping @Sendable (FederationConnection, inout SelectedDevice) async throws -> Void
   ) async throws -> Outcome {
     var planned = try networkScenario(devices: Self.honest, rounds: 1, strategy: strategy, planKeys: planKeys)
+    planned.plan.server.reports = reports
     let cohort = Self.honest + 2
     planned.plan.server.cohort = CohortPlan(
       goal: cohort, overSelection: 1, minimumFraction: Double(cohort - 1) / Double(cohort))
@@ -333,6 +335,59 @@ struct Refusal: Equatable, CustomStringConvertible {
       #expect(refusal?.reason == "malformed", "\(String(describing: refusal))")
     }
     expectRecovered(outcome, counted: .malformed)
+  }
+
+  // MARK: Figures beyond the plan ([Hardening], first and third rows of its table)
+
+  /// Sends `header` (altered by `lie`) with an all-zero update and expects `out_of_range`.
+  static func expectOutOfRange(
+    _ bad: inout SelectedDevice, values: [Float]? = nil, _ lie: (inout Cohort_V1_ReportHeader) -> Void
+  ) async {
+    var (header, bytes) = bad.header(values: values)
+    lie(&header)
+    await expectRefused(&bad, (header, bytes), .outOfRange, "out_of_range")
+  }
+
+  @Test func anExampleCountOfTwoToThe63IsOutOfRange() async throws {
+    // It once crashed the server on integer overflow at the next honest report.
+    let outcome = try await round("examples-overflow") { _, bad in
+      await Self.expectOutOfRange(&bad) { $0.examples = .max }
+    }
+    expectRecovered(outcome, counted: .outOfRange)
+  }
+
+  @Test func anEvaluationExampleCountOfTwoToThe63IsOutOfRange() async throws {
+    let outcome = try await round("evaluation-overflow") { _, bad in
+      await Self.expectOutOfRange(&bad) {
+        $0.evaluated = true
+        $0.evaluationExamples = .max
+        $0.evaluationLoss = 1
+        $0.evaluationAccuracy = 0.5
+      }
+    }
+    expectRecovered(outcome, counted: .outOfRange)
+  }
+
+  @Test func anInfiniteEvaluationLossOrANegativeAccuracyIsOutOfRange() async throws {
+    let outcome = try await round("evaluation-lies") { _, bad in
+      await Self.expectOutOfRange(&bad) {
+        $0.evaluated = true
+        $0.evaluationExamples = 5
+        $0.evaluationLoss = .infinity
+        $0.evaluationAccuracy = -3
+      }
+    }
+    expectRecovered(outcome, counted: .outOfRange)
+    #expect(outcome.rounds.first?.federatedEvalLoss?.isFinite != false, "\(outcome.rounds)")
+  }
+
+  @Test func anUpdateAboveThePlansNormBoundIsOutOfRange() async throws {
+    // Finite, 3e38 per value: once accepted, it destroyed the model.
+    let outcome = try await round("norm", reports: ReportsPlan(maximumUpdateNorm: 10, overNorm: .reject)) {
+      _, bad in
+      await Self.expectOutOfRange(&bad, values: [Float](repeating: 3e38, count: bad.parameters)) { _ in }
+    }
+    expectRecovered(outcome, counted: .outOfRange)
   }
 
   @Test func aChunkAboveTheTasksLimitIsTooLarge() async throws {

@@ -2,6 +2,7 @@ import CohortCore
 import CohortDevice
 import CohortOperations
 import CohortServing
+import CohortSimulator
 import CohortStore
 import Foundation
 import GRPCCore
@@ -67,41 +68,88 @@ import Testing
     return try await stream.next()
   }
 
+  /// Honest device runtimes 0..<`count` (each with its own certificate under mutual TLS) take
+  /// part until `rounds` rounds have committed.
+  static func honestDevices(
+    _ count: Int, rounds: Int = 1, scenario: Scenario, port: Int, mutual: Bool
+  ) async throws {
+    let data = try DeviceDataProvider(scenario: scenario)
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      for device in 0..<count {
+        let own = pki.devices[device]
+        let connection = try FederationConnection(
+          host: "127.0.0.1", port: port,
+          security: mutual
+            ? .tls(caPEM: pki.caCertificatePEM, certificatePEM: own.certificatePEM, privateKeyPEM: own.keyPEM)
+            : .insecure)
+        let local = data.data(device: device)
+        let runtime = DeviceRuntime(
+          configuration: .init(
+            device: device, seed: scenario.seed, initialBackoff: 0.05, maximumBackoff: 0.5),
+          connection: connection,
+          examples: { LocalExamples(train: local.train, indices: local.trainIndices, test: local.test) },
+          logger: Logger(label: "test-device-\(device)"))
+        group.addTask {
+          await runtime.run(participations: rounds)
+          connection.close()
+        }
+      }
+      try await group.waitForAll()
+    }
+  }
+
+  /// Every round of the server's run committed.
+  static func expectCommitted(_ server: FederationServer, _ store: ResultsStore, rounds: Int = 1) throws {
+    let records = try store.rounds(try #require(server.run))
+    #expect(records.map(\.outcome) == Array(repeating: .committed, count: rounds), "\(records)")
+  }
+
   @Test func underMutualTLSADeviceCannotSpeakForAnother() async throws {
     let registry = PrometheusCollectorRegistry()
     let scenario = try networkScenario(devices: 2, rounds: 1)
+    let store = try ResultsStore.inMemory()
     let server = try FederationServer(
       configuration: .init(
         plan: scenario.plan,
         security: .tls(
           certificateChainPEM: Self.pki.serverCertificatePEM, privateKeyPEM: Self.pki.serverKeyPEM,
           clientCAPEM: Self.pki.caCertificatePEM), seed: scenario.seed),
-      store: try ResultsStore.inMemory(), logger: Logger(label: "test-identity"),
+      store: store, logger: Logger(label: "test-identity"),
       metrics: PrometheusMetricsFactory(registry: registry))
-    let (impostor, honest) = try await serving(server) { port in
-      // Device 1's certificate; the messages claim device 0, then device 1.
+    let impostor = try await serving(server) { port in
+      // Device 1's certificate; the messages claim device 0: a check-in, then a report.
       let device1 = Self.pki.devices[1]
       let connection = try FederationConnection(
         host: "127.0.0.1", port: port,
         security: .tls(
           caPEM: Self.pki.caCertificatePEM, certificatePEM: device1.certificatePEM,
           privateKeyPEM: device1.keyPEM))
-      defer { connection.close() }
-      func checkIn(as device: Int) async throws -> (Cohort_V1_ServerMessage.OneOf_Kind?, RPCError?) {
-        var stream = RawParticipation(connection)
-        stream.sendCheckIn(device: device)
-        do {
-          return (try await stream.next(), nil)
-        } catch let error as RPCError {
-          return (nil, error)
-        }
-      }
-      return (try await checkIn(as: 0), try await checkIn(as: 1))
+      var refusals: [RPCError?] = []
+      var checkIn = RawParticipation(connection)
+      checkIn.sendCheckIn(device: 0)
+      refusals.append(await checkIn.status())
+      var report = RawParticipation(connection)
+      report.send(
+        .report(
+          .with {
+            $0.device = 0
+            $0.round = 1
+            $0.examples = 1
+            $0.updateBytes = 4
+            $0.updateSha256 = String(repeating: "0", count: 64)
+          }))
+      refusals.append(await report.status())
+      connection.close()
+      // The devices themselves, each with its own certificate, then commit the round.
+      try await Self.honestDevices(2, scenario: scenario, port: port, mutual: true)
+      return refusals
     }
-    #expect(impostor.1?.message.hasPrefix("identity:") == true, "\(String(describing: impostor))")
-    #expect(impostor.1?.code == .permissionDenied)
-    #expect(honest.0 != nil, "the device's own number is admitted or told when to come back")
-    #expect(registry.emitToString().contains("cohort_reports_rejected_total{reason=\"identity\"} 1"))
+    for refusal in impostor {
+      #expect(refusal?.message.hasPrefix("identity:") == true, "\(String(describing: refusal))")
+      #expect(refusal?.code == .permissionDenied)
+    }
+    #expect(registry.emitToString().contains("cohort_reports_rejected_total{reason=\"identity\"} 2"))
+    try Self.expectCommitted(server, store)
   }
 
   @Test func aDeviceSaysWhichTLSCheckFailed() async throws {
@@ -149,9 +197,10 @@ import Testing
   @Test func aStreamIsReleasedWhenItsDeviceGoesWhileWaitingForItsTask() async throws {
     let registry = PrometheusCollectorRegistry()
     let scenario = try networkScenario(devices: 2, rounds: 1)
+    let store = try ResultsStore.inMemory()
     let server = try FederationServer(
       configuration: .init(plan: scenario.plan, security: .insecureLoopback, seed: scenario.seed),
-      store: try ResultsStore.inMemory(), logger: Logger(label: "test-release"),
+      store: store, logger: Logger(label: "test-release"),
       metrics: PrometheusMetricsFactory(registry: registry))
     let connected = { @Sendable () -> String? in
       registry.emitToString().split(separator: "\n").first { $0.hasPrefix("cohort_devices_connected ") }
@@ -161,7 +210,7 @@ import Testing
       let connection = try FederationConnection(host: "127.0.0.1", port: port, security: .insecure)
       defer { connection.close() }
       let runtime = DeviceRuntime(
-        configuration: .init(device: 0, seed: 1), connection: connection,
+        configuration: .init(device: 7, seed: 1), connection: connection,
         examples: { throw CohortError(.notFound, "no examples needed") }, logger: Logger(label: "test-hold"))
       let (admitted, sink) = AsyncStream.makeStream(of: Void.self)
       // The device is admitted (one of two the round waits for) and holds its stream, then goes.
@@ -173,7 +222,36 @@ import Testing
       _ = await holding.value
       // The server hears of it through the RPC's cancellation, not from a message: wait for it.
       while connected() != "cohort_devices_connected 0.0" { await Task.yield() }
+      // It left the cohort: two other devices fill it, and the round commits without it.
+      try await Self.honestDevices(2, scenario: scenario, port: port, mutual: false)
     }
+    let run = try #require(server.run)
+    let round = try #require(try store.rounds(run).first)
+    #expect(round.outcome == .committed && round.selected == 2 && round.reported == 2, "\(round)")
+  }
+
+  @Test func streamsThatCheckInAndThenNeverReadOrSendDoNotStallTheRun() async throws {
+    // Two silent streams are admitted before the honest devices; the plan over-selects (4 for a
+    // goal of 2), as production plans do, so the round commits with the honest reports and
+    // does not wait for the silent ones.
+    var scenario = try networkScenario(devices: 2, rounds: 1)
+    scenario.plan.server.cohort = CohortPlan(goal: 2, overSelection: 2, minimumFraction: 1)
+    let store = try ResultsStore.inMemory()
+    let server = try FederationServer(
+      configuration: .init(plan: scenario.plan, security: .insecureLoopback, seed: scenario.seed),
+      store: store, logger: Logger(label: "test-silent"))
+    let planned = scenario
+    try await serving(server) { port in
+      let connection = try FederationConnection(host: "127.0.0.1", port: port, security: .insecure)
+      defer { connection.close() }
+      var silent: [RawParticipation] = []
+      for device in [100, 101] { silent.append(try await BadInputTests.admit(device, connection)) }
+      try await Self.honestDevices(2, scenario: planned, port: port, mutual: false)
+      _ = silent
+    }
+    let run = try #require(server.run)
+    let round = try #require(try store.rounds(run).first)
+    #expect(round.outcome == .committed && round.selected == 4 && round.reported == 2, "\(round)")
   }
 
   @Test func aServerListensOnIPv6Loopback() async throws {

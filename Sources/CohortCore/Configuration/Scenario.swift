@@ -232,8 +232,13 @@ extension Scenario {
 
   /// Parses a scenario; its `plan` path and data paths are resolved against `file`'s directory.
   public static func parse(yaml: String, file: String) throws(ConfigurationError) -> Scenario {
+    try parse(yaml: yaml, file: file, directory: URL(fileURLWithPath: file).deletingLastPathComponent())
+  }
+
+  /// Parses a scenario whose relative paths are resolved against `directory`; `file` only names it
+  /// in messages (e.g. "a.yaml with variant fedadam").
+  static func parse(yaml: String, file: String, directory: URL) throws(ConfigurationError) -> Scenario {
     let log = IssueLog(file: file)
-    let directory = URL(fileURLWithPath: file).deletingLastPathComponent()
     let scenario = YAMLDocument.root(yaml: yaml, log: log).flatMap { read($0, directory: directory) }
     guard let scenario, log.issues.isEmpty else { throw ConfigurationError(issues: log.issues) }
     return scenario
