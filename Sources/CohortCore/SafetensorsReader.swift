@@ -34,7 +34,7 @@ public enum SafetensorsReader {
   /// Bytes per element of the dtypes read.
   static let elementBytes: [String: Int] = ["F32": 4, "F64": 8, "F16": 2, "BF16": 2]
 
-  /// Reads the file at `path` as weights of `layout`; `display` names it in messages.
+  /// Reads the safetensors file at `path` as weights of `layout`, after checking its size.
   public static func load(path: String, layout: WeightsLayout) throws(CohortError) -> Weights {
     // The file's size bounds what is read: every value at most 8 bytes (F64) after the header.
     let (perValue, o1) = layout.count.multipliedReportingOverflow(by: 8)
