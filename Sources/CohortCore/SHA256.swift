@@ -81,4 +81,13 @@ extension Plan {
 
   /// SHA-256 of `canonicalJSON`: the plan's identity in the results store and on the wire.
   public var sha256: String { SHA256.hex(canonicalJSON) }
+
+  /// The plan as devices receive it (`Task.plan_json`): `canonicalJSON` without what only the
+  /// server reads (`model.initial`, a path on the server's disk; the device gets the model as the
+  /// round's checkpoint). The same bytes as `canonicalJSON` for a plan without it.
+  public var deviceJSON: Data {
+    var plan = self
+    plan.model.initial = nil
+    return plan.canonicalJSON
+  }
 }

@@ -61,6 +61,7 @@ public struct LocalTraining: Sendable {
 
   public let plan: Plan
   public let network: Network
+  /// Local training at the plan's base learning rate; a round trains with `training(round:)`.
   public let training: TrainingConfiguration
   /// The plan's update codec; nil for `compression.kind: none`.
   public let codec: UpdateCodec?
@@ -74,6 +75,12 @@ public struct LocalTraining: Sendable {
     layout = network.initialWeights(seed: 0).layout
     codec =
       plan.compression.kind == .none ? nil : try UpdateCodec(plan: plan.compression, dimension: layout.count)
+  }
+
+  /// Local training in `round`: the plan's learning-rate schedule applied (`training` exactly
+  /// when the plan has none).
+  public func training(round: Int) -> TrainingConfiguration {
+    plan.device.optimizer.schedule == nil ? training : TrainingConfiguration(plan: plan.device, round: round)
   }
 
   /// Trains `job` on `train` (only the examples at `indices` when given).
@@ -90,6 +97,7 @@ public struct LocalTraining: Sendable {
     let lossAtGlobal =
       plan.server.strategy.kind == .qfedavg
       ? network.evaluate(job.start, on: train, indices: indices).loss : nil
+    let training = self.training(round: job.round)
     let result = LocalTrainer(network: network).train(
       from: job.start, on: train, indices: indices, configuration: training, rng: &rng,
       controlVariates: job.controls)

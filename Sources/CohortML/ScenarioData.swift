@@ -165,22 +165,48 @@ extension Network {
 }
 
 extension TrainingConfiguration {
-  /// Local training as a plan's `device` section describes it.
+  /// Local training as a plan's `device` section describes it, at the base learning rate.
   public init(plan device: DevicePlan) {
+    let o = device.optimizer
+    let optimizer: OptimizerConfiguration
+    switch o.kind {
+    case .sgd:
+      optimizer = OptimizerConfiguration(
+        learningRate: Float(o.learningRate), momentum: Float(o.momentum), weightDecay: Float(o.weightDecay))
+    case .adam:
+      optimizer = .adam(
+        learningRate: Float(o.learningRate), beta1: Float(o.beta1 ?? OptimizerPlan.defaultBeta1),
+        beta2: Float(o.beta2 ?? OptimizerPlan.defaultBeta2),
+        epsilon: Float(o.epsilon ?? OptimizerPlan.defaultEpsilon), weightDecay: Float(o.weightDecay))
+    }
     self.init(
-      epochs: device.epochs, batchSize: device.batchSize,
-      optimizer: OptimizerConfiguration(
-        learningRate: Float(device.optimizer.learningRate), momentum: Float(device.optimizer.momentum),
-        weightDecay: Float(device.optimizer.weightDecay)),
+      epochs: device.epochs, batchSize: device.batchSize, optimizer: optimizer,
       proximalMu: Float(device.proximalMu))
+  }
+
+  /// Local training in `round` (1-based): the learning rate follows the plan's schedule; without
+  /// one this is `init(plan:)` exactly.
+  public init(plan device: DevicePlan, round: Int) {
+    self.init(plan: device)
+    if device.optimizer.schedule != nil {
+      optimizer.learningRate = Float(device.optimizer.learningRate(round: round))
+    }
   }
 }
 
 extension Network {
   /// The model every run of a scenario starts from, drawn from the scenario's seed; the same
   /// for `cohort train`, `cohort simulate` and `cohort model export --round 0`.
-  public func initialWeights(seed: UInt64) -> Weights {
+  public func initialWeights(seed: UInt64, scheme: ModelPlan.Initialization? = nil) -> Weights {
     var rng = RandomStream(seed: seed, purpose: "initial-weights")
-    return initialWeights(&rng)
+    return initialWeights(&rng, scheme: scheme)
+  }
+
+  /// The first global model of a run of `model` (this network's plan): read from
+  /// `model.initial` when the plan gives a file, otherwise drawn from `seed` with `model.init`.
+  /// Throws when the file cannot be read or does not match the layout, naming the tensor.
+  public func initialWeights(plan model: ModelPlan, seed: UInt64) throws(CohortError) -> Weights {
+    guard let path = model.initial else { return initialWeights(seed: seed, scheme: model.initialization) }
+    return try SafetensorsReader.load(path: path, layout: layout)
   }
 }

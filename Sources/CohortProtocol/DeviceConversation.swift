@@ -561,7 +561,26 @@ public struct DeviceConversation: Sendable {
     let secure = plan.secureAggregation
     let privacy = plan.privacy
     func positiveFloat(_ x: Double) -> Bool { x > 0 && Float(x).isFinite }
+    let optimizer = plan.device.optimizer
+    let decay = { (x: Double?) in x.map { (0..<1).contains($0) } ?? true }
+    let scheduleValid: Bool
+    switch optimizer.schedule {
+    case nil: scheduleValid = true
+    case .step(let stepSize, let gamma)?: scheduleValid = stepSize >= 1 && gamma > 0 && gamma <= 1
+    case .cosine(let rounds, let minimum)?:
+      scheduleValid = rounds >= 1 && minimum >= 0 && minimum < optimizer.learningRate
+    }
     let checks: [(Bool, String)] = [
+      (positiveFloat(optimizer.learningRate), "learning rate \(optimizer.learningRate)"),
+      (
+        optimizer.weightDecay >= 0 && Float(optimizer.weightDecay).isFinite,
+        "weight decay \(optimizer.weightDecay)"
+      ),
+      ((0..<1).contains(optimizer.momentum), "momentum \(optimizer.momentum)"),
+      (decay(optimizer.beta1), "beta1 \(optimizer.beta1 ?? 0)"),
+      (decay(optimizer.beta2), "beta2 \(optimizer.beta2 ?? 0)"),
+      (optimizer.epsilon.map(positiveFloat) ?? true, "epsilon \(optimizer.epsilon ?? 0)"),
+      (scheduleValid, "learning-rate schedule \(optimizer.schedule.map { "\($0)" } ?? "")"),
       ((1...10_000_000).contains(cohort.goal), "cohort goal \(cohort.goal)"),
       ((1...10).contains(cohort.overSelection), "over-selection \(cohort.overSelection)"),
       (

@@ -93,9 +93,9 @@ public final class FederationServer: Sendable {
         fix: "give cohort serve --population-size N, the number of devices in the population")
     }
     self.configuration = configuration
-    // The initial model comes from the seed, so a resumed run that committed nothing yet
-    // starts from the same model.
-    let initial = Network(plan: plan.model).initialWeights(seed: configuration.seed)
+    // The initial model comes from the seed (or the plan's `model.initial` file), so a resumed
+    // run that committed nothing yet starts from the same model.
+    let initial = try Network(plan: plan.model).initialWeights(plan: plan.model, seed: configuration.seed)
     let secure =
       plan.secureAggregation.enabled
       ? NetworkSecureAggregation(

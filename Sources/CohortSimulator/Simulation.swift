@@ -108,7 +108,7 @@ public final class Simulation: Sendable {
     network = localTraining.network
     data = try DeviceDataProvider(scenario: scenario, cacheBudget: options.cacheBytes)
     population = try Population(scenario: scenario, count: data.count)
-    initialModel = network.initialWeights(seed: scenario.seed)
+    initialModel = try network.initialWeights(plan: scenario.plan.model, seed: scenario.seed)
     adversaries = scenario.adversaries.map { Adversaries(plan: $0, seed: scenario.seed) }
     secureAggregation =
       scenario.plan.secureAggregation.enabled

@@ -113,7 +113,7 @@ public final class FederationEndpoint: Sendable {
       layout: WeightsLayout([.init("model", [modelParameters])]), limits: limits.participation,
       taskWait: configuration.taskWait ?? max(5, plan.server.windows.selection),
       selectionWindow: plan.server.windows.selection,
-      planJSON: String(decoding: plan.canonicalJSON, as: UTF8.self))
+      planJSON: String(decoding: plan.deviceJSON, as: UTF8.self))
     service = FederationService(
       handler: handler, secureAggregation: secureAggregation, certificates: certificates,
       participation: participation, limits: limits, clock: clock, metrics: TransportMetrics(factory: metrics),

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CohortCore
+import CohortML
 import Foundation
 
 struct PlanCommand: AsyncParsableCommand {
@@ -30,6 +31,16 @@ struct PlanCommand: AsyncParsableCommand {
           let plan =
             Scenario.looksLikeScenario(yaml: text)
             ? try Scenario.load(path: file).plan : try Plan.load(path: file)
+          // `model.initial` must hold the plan's model: every tensor, by name and shape.
+          if plan.model.initial != nil {
+            do throws(CohortError) {
+              _ = try Network(plan: plan.model).initialWeights(plan: plan.model, seed: 0)
+            } catch {
+              failed += 1
+              Console.error("\(file): model.initial: \(error.description)")
+              continue
+            }
+          }
           print("\(file): ok (\(Self.sizes(of: plan.model)))")
         } catch {
           failed += 1

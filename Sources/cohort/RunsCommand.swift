@@ -339,10 +339,10 @@ struct ModelCommand: AsyncParsableCommand {
       }
     }
 
-    /// The model a run starts from is not stored: it is drawn again from the scenario's seed,
-    /// exactly as the run drew it.
-    func initialModel(_ scenario: Scenario) -> Weights {
-      Network(plan: scenario.plan.model).initialWeights(seed: scenario.seed)
+    /// The model a run starts from is not stored: it is drawn again from the scenario's seed
+    /// (or read again from the plan's `model.initial` file), exactly as the run did.
+    func initialModel(_ scenario: Scenario) throws(CohortError) -> Weights {
+      try Network(plan: scenario.plan.model).initialWeights(plan: scenario.plan.model, seed: scenario.seed)
     }
 
     func write(_ data: Data, to path: String) throws(CohortError) {

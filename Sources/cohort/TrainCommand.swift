@@ -50,7 +50,10 @@ struct TrainCommand: AsyncParsableCommand {
     configuration.epochs = 1
     if let learningRate { configuration.optimizer.learningRate = Float(learningRate) }
     if let batchSize { configuration.batchSize = batchSize }
-    var weights = network.initialWeights(seed: s.seed)
+    var weights: Weights
+    do throws(CohortError) {
+      weights = try network.initialWeights(plan: s.plan.model, seed: s.seed)
+    } catch { throw error.exit() }
     let trainer = LocalTrainer(network: network)
 
     if !json {

@@ -39,12 +39,37 @@ public struct ModelPlan: Codable, Sendable, Hashable {
   /// Hidden layer widths of the MLP; empty otherwise.
   public var hidden: [Int]
   public var classes: Int
+  /// How the first global model is drawn from the run's seed (`model.init`); nil is `auto`, the
+  /// scheme every run used before the key existed. Absent from the JSON when nil, so stored
+  /// plans keep their SHA-256.
+  public var initialization: Initialization?
+  /// `model.initial`: a safetensors file holding the first global model, instead of drawing it
+  /// (the path resolved against the plan file's directory when loaded). Only the server and the
+  /// simulator read it: devices receive the model as the round's checkpoint, and the plan JSON
+  /// sent to them leaves this out (`Plan.deviceJSON`).
+  public var initial: String?
 
-  public init(kind: Kind, inputShape: [Int], hidden: [Int] = [], classes: Int) {
+  /// The schemes of `model.init`. Every scheme sets biases to zero.
+  public enum Initialization: String, Codable, Sendable, CaseIterable {
+    /// Uniform in ±√(6 / (fan_in + fan_out)) for every layer (Glorot and Bengio 2010).
+    case glorotUniform = "glorot_uniform"
+    /// Normal with standard deviation √(2 / fan_in) for every layer (He et al. 2015; PyTorch's
+    /// `kaiming_normal_` in fan-in mode, untruncated).
+    case heNormal = "he_normal"
+    /// All zeros: no draws. For convex models; hidden units of a zero MLP never separate.
+    case zeros
+  }
+
+  public init(
+    kind: Kind, inputShape: [Int], hidden: [Int] = [], classes: Int, initialization: Initialization? = nil,
+    initial: String? = nil
+  ) {
     self.kind = kind
     self.inputShape = inputShape
     self.hidden = hidden
     self.classes = classes
+    self.initialization = initialization
+    self.initial = initial
   }
 
   /// The values of one input; `Int.max` when the product overflows (a plan that came as JSON, past
@@ -97,18 +122,135 @@ public struct ModelPlan: Codable, Sendable, Hashable {
   }
 }
 
+/// The device's optimizer (`device.optimizer`). Its state (momentum, Adam's moments) lives for
+/// one participation: every round a device starts from the received model with fresh state, as in
+/// the FL papers (Reddi et al. 2021 keep adaptivity on the server, not across device rounds).
 public struct OptimizerPlan: Codable, Sendable, Hashable {
-  public enum Kind: String, Codable, Sendable, CaseIterable { case sgd }
+  public enum Kind: String, Codable, Sendable, CaseIterable {
+    /// Minibatch SGD with optional heavy-ball momentum (PyTorch's convention).
+    case sgd
+    /// Adam (Kingma and Ba 2015) with bias correction, as PyTorch's `torch.optim.Adam`;
+    /// `weightDecay` adds λw to the gradient (L2, not AdamW's decoupled decay).
+    case adam
+  }
   public var kind: Kind = .sgd
   public var learningRate: Double = 0.05
   public var momentum: Double = 0
   public var weightDecay: Double = 0
+  /// Adam's decay of the first moment, in [0, 1); nil (absent from the JSON) under SGD.
+  public var beta1: Double?
+  /// Adam's decay of the second moment, in [0, 1).
+  public var beta2: Double?
+  /// Adam's ε, added to √v̂, > 0.
+  public var epsilon: Double?
+  /// How the learning rate changes over the run's rounds; nil keeps it constant (absent from the
+  /// JSON, so stored plans keep their SHA-256).
+  public var schedule: LearningRateSchedule?
 
-  public init(kind: Kind = .sgd, learningRate: Double = 0.05, momentum: Double = 0, weightDecay: Double = 0) {
+  public static let defaultBeta1 = 0.9
+  public static let defaultBeta2 = 0.999
+  public static let defaultEpsilon = 1e-8
+
+  public init(
+    kind: Kind = .sgd, learningRate: Double = 0.05, momentum: Double = 0, weightDecay: Double = 0,
+    beta1: Double? = nil, beta2: Double? = nil, epsilon: Double? = nil, schedule: LearningRateSchedule? = nil
+  ) {
     self.kind = kind
     self.learningRate = learningRate
     self.momentum = momentum
     self.weightDecay = weightDecay
+    self.beta1 = beta1
+    self.beta2 = beta2
+    self.epsilon = epsilon
+    self.schedule = schedule
+  }
+
+  /// Adam with the usual defaults (β₁ 0.9, β₂ 0.999, ε 1e-8) unless given.
+  public static func adam(
+    learningRate: Double = 0.001, beta1: Double = defaultBeta1, beta2: Double = defaultBeta2,
+    epsilon: Double = defaultEpsilon, weightDecay: Double = 0, schedule: LearningRateSchedule? = nil
+  ) -> OptimizerPlan {
+    OptimizerPlan(
+      kind: .adam, learningRate: learningRate, weightDecay: weightDecay, beta1: beta1, beta2: beta2,
+      epsilon: epsilon, schedule: schedule)
+  }
+
+  /// The learning rate devices use in `round` (1 for the first round): `learningRate` times the
+  /// schedule's factor, exactly `learningRate` without a schedule.
+  public func learningRate(round: Int) -> Double {
+    guard let schedule else { return learningRate }
+    return schedule.learningRate(base: learningRate, round: round)
+  }
+}
+
+/// A learning-rate schedule over the run's rounds (`device.optimizer.schedule`).
+///
+/// The rate is a function of the server round, not of the steps inside one participation:
+/// `η_r = η · f(r)`. That is the decay FL papers analyse and run (Li et al., ICLR 2020, "On the
+/// Convergence of FedAvg on Non-IID Data", decay η_t with the global step; Acar et al. 2021 and
+/// Karimireddy et al. 2020 decay the local rate per round), and it keeps a device's work a pure
+/// function of the round it is given: a device holds no optimizer state between rounds, and
+/// restarting a decay inside every short participation would only shrink the last local steps.
+public enum LearningRateSchedule: Sendable, Hashable {
+  public enum Kind: String, Codable, Sendable, CaseIterable { case step, cosine }
+
+  /// η · γ^⌊(r − 1) / stepSize⌋: multiplied by γ every `stepSize` rounds (step size 1 is an
+  /// exponential decay per round).
+  case step(stepSize: Int, gamma: Double)
+  /// η_min + (η − η_min) · (1 + cos(π · min(r − 1, T) / T)) / 2 with T = `rounds` (by default the
+  /// plan's `server.rounds`): cosine annealing (Loshchilov and Hutter 2017) over the run, without
+  /// restarts; from round T + 1 on the rate stays at η_min.
+  case cosine(rounds: Int, minimumLearningRate: Double)
+
+  public var kind: Kind {
+    switch self {
+    case .step: .step
+    case .cosine: .cosine
+    }
+  }
+
+  /// The rate of `round` (1-based; rounds below 1 count as the first) from the base rate.
+  public func learningRate(base: Double, round: Int) -> Double {
+    let t = round > 1 ? round - 1 : 0
+    switch self {
+    case .step(let stepSize, let gamma):
+      return base * pow(gamma, Double(t / max(1, stepSize)))
+    case .cosine(let rounds, let minimum):
+      let total = max(1, rounds)
+      let progress = Double(min(t, total)) / Double(total)
+      return minimum + (base - minimum) * (1 + cos(Double.pi * progress)) / 2
+    }
+  }
+}
+
+extension LearningRateSchedule: Codable {
+  /// Flat, like the YAML: `{"kind": "step", "stepSize": 10, "gamma": 0.5}`.
+  private enum CodingKeys: String, CodingKey { case kind, stepSize, gamma, rounds, minimumLearningRate }
+
+  public init(from decoder: any Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    switch try c.decode(Kind.self, forKey: .kind) {
+    case .step:
+      self = .step(
+        stepSize: try c.decode(Int.self, forKey: .stepSize), gamma: try c.decode(Double.self, forKey: .gamma))
+    case .cosine:
+      self = .cosine(
+        rounds: try c.decode(Int.self, forKey: .rounds),
+        minimumLearningRate: try c.decode(Double.self, forKey: .minimumLearningRate))
+    }
+  }
+
+  public func encode(to encoder: any Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode(kind, forKey: .kind)
+    switch self {
+    case .step(let stepSize, let gamma):
+      try c.encode(stepSize, forKey: .stepSize)
+      try c.encode(gamma, forKey: .gamma)
+    case .cosine(let rounds, let minimum):
+      try c.encode(rounds, forKey: .rounds)
+      try c.encode(minimum, forKey: .minimumLearningRate)
+    }
   }
 }
 
@@ -905,6 +1047,18 @@ extension Plan {
     if case .qfedavg(let q, nil) = strategy.rule {
       server.strategy.rule = .qfedavg(q: q, learningRate: device.optimizer.learningRate)
     }
+    // A cosine schedule without `rounds` anneals over the whole run.
+    if case .cosine(0, let minimum) = device.optimizer.schedule {
+      device.optimizer.schedule = .cosine(rounds: server.rounds, minimumLearningRate: minimum)
+    }
+    if device.optimizer.kind == .adam, strategy.kind == .scaffold {
+      m.owner.log.add(
+        keyPath: "device.optimizer.kind",
+        line: m["device"]?.child("optimizer")?.child("kind")?.line ?? kindLine,
+        "device.optimizer.kind adam with server.strategy.kind scaffold: SCAFFOLD's control variate "
+          + "(x − y)/(K·η) assumes K plain SGD steps of rate η; use device.optimizer.kind sgd, or another "
+          + "strategy")
+    }
     if let attempts = server.maximumAttempts, attempts < server.rounds,
       let field = m["server"]?.child("max_attempts")
     {
@@ -963,7 +1117,11 @@ extension Plan {
 
 extension ModelPlan {
   static func read(_ field: YAMLField) -> ModelPlan? {
-    guard let m = field.mapping(allowed: ["kind", "inputs", "input_shape", "hidden", "classes"]) else {
+    guard
+      let m = field.mapping(allowed: [
+        "kind", "inputs", "input_shape", "hidden", "classes", "init", "initial",
+      ])
+    else {
       return nil
     }
     let kind = m.required("kind", hint: "one of: " + Kind.allCases.map(\.rawValue).joined(separator: ", ")) {
@@ -1003,8 +1161,33 @@ extension ModelPlan {
         return shape
       }
     }
+    // `auto` is the scheme of plans without the key, so it is stored as nil (the same SHA-256).
+    let schemes = ["auto"] + Initialization.allCases.map(\.rawValue)
+    let initialization = m.optional("init") { $0.oneOf(schemes) }.flatMap(Initialization.init)
+    let initial = m.optional("initial") { f -> String? in
+      guard let path = f.string() else { return nil }
+      guard path.lowercased().hasSuffix(".safetensors") else {
+        f.fail("expected a .safetensors file (e.g. initial: weights.safetensors), relative to the plan")
+        return nil
+      }
+      let resolved = Scenario.resolve(path, in: URL(fileURLWithPath: f.log.file).deletingLastPathComponent())
+      guard FileManager.default.isReadableFile(atPath: resolved) else {
+        f.fail(
+          "\(resolved) \(FileManager.default.fileExists(atPath: resolved) ? "cannot be read" : "does not exist"); "
+            + "the path is relative to the plan file's directory")
+        return nil
+      }
+      return resolved
+    }
+    if initial != nil, let f = m["init"] {
+      f.fail(
+        "does not apply: model.initial gives the first model, so nothing is drawn; remove model.init or "
+          + "model.initial")
+    }
     guard let inputShape, let classes else { return nil }
-    let model = ModelPlan(kind: kind, inputShape: inputShape, hidden: hidden, classes: classes)
+    let model = ModelPlan(
+      kind: kind, inputShape: inputShape, hidden: hidden, classes: classes, initialization: initialization,
+      initial: initial)
     guard model.parameterCount <= maximumParameters else {
       let count = model.parameterCount == .max ? "more than 2^63" : "\(model.parameterCount)"
       field.fail(
@@ -1025,22 +1208,97 @@ extension DevicePlan {
     plan.epochs = m.optional("epochs", default: plan.epochs) { $0.int(1...10_000) }
     plan.batchSize = m.optional("batch_size", default: plan.batchSize) { $0.int(1...1_000_000) }
     plan.proximalMu = m.optional("proximal_mu", default: plan.proximalMu) { $0.double(0...1e6) }
-    plan.optimizer = m.optional("optimizer", default: plan.optimizer) { f -> OptimizerPlan? in
-      guard let o = f.mapping(allowed: ["kind", "learning_rate", "momentum", "weight_decay"]) else {
-        return nil
-      }
-      var opt = OptimizerPlan()
-      opt.kind = o.optional("kind", default: opt.kind) {
-        $0.oneOf(OptimizerPlan.Kind.allCases.map(\.rawValue)).flatMap(OptimizerPlan.Kind.init)
-      }
-      opt.learningRate = o.optional("learning_rate", default: opt.learningRate) {
-        $0.double(0...1e3, above: true)
-      }
-      opt.momentum = o.optional("momentum", default: opt.momentum) { $0.double(0...0.999_999) }
-      opt.weightDecay = o.optional("weight_decay", default: opt.weightDecay) { $0.double(0...1e3) }
-      return opt
-    }
+    plan.optimizer = m.optional("optimizer", default: plan.optimizer) { OptimizerPlan.read($0) }
     return plan
+  }
+}
+
+extension OptimizerPlan {
+  static let keysByKind: [Kind: [String]] = [
+    .sgd: ["momentum"],
+    .adam: ["beta1", "beta2", "epsilon"],
+  ]
+
+  static func read(_ f: YAMLField) -> OptimizerPlan? {
+    let common = ["kind", "learning_rate", "weight_decay", "schedule"]
+    let all = common + Kind.allCases.flatMap { keysByKind[$0] ?? [] }
+    guard let o = f.mapping(allowed: all) else { return nil }
+    var opt = OptimizerPlan()
+    opt.kind = o.optional("kind", default: opt.kind) {
+      $0.oneOf(Kind.allCases.map(\.rawValue)).flatMap(Kind.init)
+    }
+    let own = keysByKind[opt.kind] ?? []
+    o.reject(
+      all.filter { !common.contains($0) && !own.contains($0) },
+      because: "optimizer kind \(opt.kind.rawValue) does not use it; its own keys are: "
+        + own.joined(separator: ", "))
+    // Adam's usual rate is 1e-3, SGD's here 0.05.
+    let defaultRate = opt.kind == .adam ? 0.001 : opt.learningRate
+    opt.learningRate = o.optional("learning_rate", default: defaultRate) { $0.double(0...1e3, above: true) }
+    opt.weightDecay = o.optional("weight_decay", default: opt.weightDecay) { $0.double(0...1e3) }
+    switch opt.kind {
+    case .sgd:
+      opt.momentum = o.optional("momentum", default: opt.momentum) { $0.double(0...0.999_999) }
+    case .adam:
+      // β in [0, 1): 1 would freeze a moment at its first value.
+      let decay = { (key: String, value: Double) in
+        o.optional(key, default: value) { f -> Double? in
+          guard let v = f.double(0...1), v < 1 else {
+            f.fail("out of range: expected a decay in [0, 1) (Adam's default is \(value))")
+            return nil
+          }
+          return v
+        }
+      }
+      opt.beta1 = decay("beta1", defaultBeta1)
+      opt.beta2 = decay("beta2", defaultBeta2)
+      opt.epsilon = o.optional("epsilon", default: defaultEpsilon) { $0.double(0...1, above: true) }
+    }
+    opt.schedule = o.optional("schedule") { LearningRateSchedule.read($0, learningRate: opt.learningRate) }
+    return opt
+  }
+}
+
+extension LearningRateSchedule {
+  static let keysByKind: [Kind: [String]] = [
+    .step: ["step_size", "gamma"],
+    .cosine: ["rounds", "min_learning_rate"],
+  ]
+
+  /// A cosine schedule read without `rounds` holds 0 until `Plan.checkAcrossKeys` sets the
+  /// plan's `server.rounds`.
+  static func read(_ field: YAMLField, learningRate: Double) -> LearningRateSchedule? {
+    let all = ["kind"] + Kind.allCases.flatMap { keysByKind[$0] ?? [] }
+    guard let s = field.mapping(allowed: all) else { return nil }
+    let kind = s.required("kind", hint: "one of: " + Kind.allCases.map(\.rawValue).joined(separator: ", ")) {
+      $0.oneOf(Kind.allCases.map(\.rawValue)).flatMap(Kind.init)
+    }
+    guard let kind else { return nil }
+    let own = keysByKind[kind] ?? []
+    s.reject(
+      all.filter { $0 != "kind" && !own.contains($0) },
+      because: "schedule kind \(kind.rawValue) does not use it; its keys are: " + own.joined(separator: ", "))
+    switch kind {
+    case .step:
+      let stepSize = s.required("step_size", hint: "rounds between decays, e.g. step_size: 50") {
+        $0.int(1...10_000_000)
+      }
+      let gamma = s.optional("gamma", default: 0.1) { $0.double(0...1, above: true) }
+      guard let stepSize else { return nil }
+      return .step(stepSize: stepSize, gamma: gamma)
+    case .cosine:
+      let rounds = s.optional("rounds", default: 0) { $0.int(1...10_000_000) }
+      let minimum = s.optional("min_learning_rate", default: 0) { f -> Double? in
+        guard let v = f.double(0...1e3) else { return nil }
+        guard v < learningRate else {
+          f.fail(
+            "must be below the optimizer's learning_rate (\(learningRate)), the rate the cosine starts at")
+          return nil
+        }
+        return v
+      }
+      return .cosine(rounds: rounds, minimumLearningRate: minimum)
+    }
   }
 }
 

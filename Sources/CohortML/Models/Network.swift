@@ -139,11 +139,17 @@ public struct Network: Sendable, Hashable {
   /// Values per example.
   public var inputCount: Int { inputShape.reduce(1, *) }
 
-  /// Fresh parameters: weights uniform in ±√(6 / fan_in) (He) for layers followed by ReLU and
-  /// ±√(6 / (fan_in + fan_out)) (Glorot) otherwise; biases zero. Draws come from `rng` only, in
-  /// layout order, so the same stream gives the same weights.
-  public func initialWeights(_ rng: inout RandomStream) -> Weights {
+  /// Fresh parameters with biases zero. Without a scheme (`model.init: auto`) weights are uniform
+  /// in ±√(6 / fan_in) (He) for layers followed by ReLU and ±√(6 / (fan_in + fan_out)) (Glorot)
+  /// otherwise; `glorotUniform` uses the latter everywhere, `heNormal` draws N(0, 2 / fan_in)
+  /// everywhere, `zeros` draws nothing. Convolutions count fan_in = channels · k² and fan_out =
+  /// filters · k². Draws come from `rng` only, in layout order, so the same stream gives the
+  /// same weights.
+  public func initialWeights(
+    _ rng: inout RandomStream, scheme: ModelPlan.Initialization? = nil
+  ) -> Weights {
     var values = [Float](repeating: 0, count: layout.count)
+    if scheme == .zeros { return Weights(layout: layout, values: values) }
     for (index, kernel) in kernels.enumerated() {
       let followedByReLU = index + 1 < layers.count && layers[index + 1] == .relu
       let offset: Int
@@ -159,8 +165,13 @@ public struct Network: Sendable, Hashable {
       case .relu, .maxPool:
         continue
       }
-      let limit = Float(
-        followedByReLU ? (6 / Double(fanIn)).squareRoot() : (6 / Double(fanIn + fanOut)).squareRoot())
+      if scheme == .heNormal {
+        let deviation = (2 / Double(fanIn)).squareRoot()
+        for i in offset..<(offset + count) { values[i] = Float(rng.normal() * deviation) }
+        continue
+      }
+      let he = followedByReLU && scheme == nil
+      let limit = Float(he ? (6 / Double(fanIn)).squareRoot() : (6 / Double(fanIn + fanOut)).squareRoot())
       for i in offset..<(offset + count) { values[i] = (2 * rng.uniformFloat() - 1) * limit }
     }
     return Weights(layout: layout, values: values)

@@ -1,17 +1,44 @@
 public import CohortCore
 
-/// Stochastic gradient descent with optional heavy-ball momentum and L2 weight decay:
-/// `v = momentum · v + (g + weightDecay · w)`, `w −= learningRate · v` (PyTorch's convention;
-/// with momentum 0 this is plain SGD).
+/// A device optimizer. `sgd`: stochastic gradient descent with optional heavy-ball momentum and
+/// L2 weight decay, `v = momentum · v + (g + weightDecay · w)`, `w −= learningRate · v`
+/// (PyTorch's convention; with momentum 0 this is plain SGD). `adam`: Adam with bias correction
+/// on `g + weightDecay · w` (PyTorch's `torch.optim.Adam`). Optimizer state starts at zero in
+/// every training call: it lives for one participation.
 public struct OptimizerConfiguration: Sendable, Hashable, Codable {
+  public enum Kind: String, Sendable, Hashable, Codable { case sgd, adam }
+
+  public var kind: Kind
   public var learningRate: Float
+  /// SGD only.
   public var momentum: Float
   public var weightDecay: Float
+  /// Adam only: the moments' decays and the denominator's ε.
+  public var beta1: Float
+  public var beta2: Float
+  public var epsilon: Float
 
   public init(learningRate: Float, momentum: Float = 0, weightDecay: Float = 0) {
+    self.kind = .sgd
     self.learningRate = learningRate
     self.momentum = momentum
     self.weightDecay = weightDecay
+    self.beta1 = 0
+    self.beta2 = 0
+    self.epsilon = 0
+  }
+
+  /// Adam, with the usual defaults.
+  public static func adam(
+    learningRate: Float = 0.001, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8,
+    weightDecay: Float = 0
+  ) -> OptimizerConfiguration {
+    var c = OptimizerConfiguration(learningRate: learningRate, weightDecay: weightDecay)
+    c.kind = .adam
+    c.beta1 = beta1
+    c.beta2 = beta2
+    c.epsilon = epsilon
+    return c
   }
 }
 

@@ -35,12 +35,18 @@ public struct LocalTrainer: Sendable {
     }
 
     let sgd = SGD(configuration.optimizer, proximalMu: configuration.proximalMu)
+    let adam =
+      configuration.optimizer.kind == .adam
+      ? Adam(configuration.optimizer, proximalMu: configuration.proximalMu) : nil
     let batchSize = min(configuration.batchSize, n)
     let workspace = Workspace(network: network, capacity: batchSize, backward: true)
     let count = network.layout.count
     var parameters = weights.values
     var gradient = [Float](repeating: 0, count: count)
-    var velocity = [Float](repeating: 0, count: sgd.needsVelocity ? count : 0)
+    // SGD's velocity, or Adam's first moment; Adam's second moment. Fresh for every call.
+    let needsVelocity = adam != nil || sgd.needsVelocity
+    var velocity = [Float](repeating: 0, count: needsVelocity ? count : 0)
+    var secondMoment = [Float](repeating: 0, count: adam != nil ? count : 0)
     // w_global for FedProx: the starting weights, shared with `weights` (no copy).
     let anchor = weights.values
     // SCAFFOLD: every step's gradient becomes g − c_k + c; the difference is formed once.
@@ -61,32 +67,40 @@ public struct LocalTrainer: Sendable {
         parameters.withUnsafeMutableBufferPointer { w in
           gradient.withUnsafeMutableBufferPointer { g in
             velocity.withUnsafeMutableBufferPointer { v in
-              anchor.withUnsafeBufferPointer { a in
-                let w = w.start
-                let gradientBuffer = g
-                let g = g.start
-                let v = sgd.needsVelocity ? v.baseAddress : nil
-                let a = sgd.needsAnchor ? a.baseAddress : nil
-                for _ in 0..<configuration.epochs {
-                  order.withUnsafeMutableBufferPointer { order in
-                    // One fresh permutation of the client's examples per epoch.
-                    _ = order.update(fromContentsOf: base)
-                    rng.shuffle(&order)
-                    let order = UnsafeBufferPointer(order)
-                    var start = 0
-                    while start < n {
-                      let batch = min(batchSize, n - start)
-                      workspace.load(
-                        features: features, labels: labels, order: order, range: start..<(start + batch))
-                      workspace.forward(parameters: w, batch: batch)
-                      lossSum +=
-                        workspace.lossAndBackward(parameters: w, gradient: g, batch: batch).lossSum
-                      if corrected {
-                        correction.withUnsafeBufferPointer { Vector.axpy(1, $0, gradientBuffer) }
+              secondMoment.withUnsafeMutableBufferPointer { s in
+                anchor.withUnsafeBufferPointer { a in
+                  let w = w.start
+                  let gradientBuffer = g
+                  let g = g.start
+                  let v = needsVelocity ? v.baseAddress : nil
+                  let a = sgd.needsAnchor ? a.baseAddress : nil
+                  for _ in 0..<configuration.epochs {
+                    order.withUnsafeMutableBufferPointer { order in
+                      // One fresh permutation of the client's examples per epoch.
+                      _ = order.update(fromContentsOf: base)
+                      rng.shuffle(&order)
+                      let order = UnsafeBufferPointer(order)
+                      var start = 0
+                      while start < n {
+                        let batch = min(batchSize, n - start)
+                        workspace.load(
+                          features: features, labels: labels, order: order, range: start..<(start + batch))
+                        workspace.forward(parameters: w, batch: batch)
+                        lossSum +=
+                          workspace.lossAndBackward(parameters: w, gradient: g, batch: batch).lossSum
+                        if corrected {
+                          correction.withUnsafeBufferPointer { Vector.axpy(1, $0, gradientBuffer) }
+                        }
+                        if let adam, let v, let s = s.baseAddress {
+                          adam.step(
+                            weights: w, gradient: g, firstMoment: v, secondMoment: s, anchor: a, count: count,
+                            t: steps + 1)
+                        } else {
+                          sgd.step(weights: w, gradient: g, velocity: v, anchor: a, count: count)
+                        }
+                        steps += 1
+                        start += batch
                       }
-                      sgd.step(weights: w, gradient: g, velocity: v, anchor: a, count: count)
-                      steps += 1
-                      start += batch
                     }
                   }
                 }
