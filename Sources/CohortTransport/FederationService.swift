@@ -63,39 +63,59 @@ struct FederationService: Cohort_V1_Federation.SimpleServiceProtocol {
     configuration.certifiedDevice = connections?.device(peer: context.remotePeer)
     let watchdog = StreamWatchdog(deadlines: deadlines)
     let machine = ServerParticipation(configuration: configuration)
-    try await withThrowingTaskGroup(of: Void.self) { group in
+    try await withThrowingTaskGroup(of: StreamEnding.self) { group in
       group.addTask {
         defer { watchdog.stop() }
         var pump = Pump(service: self, response: response, machine: machine, watchdog: watchdog)
         open.add(pump.mailbox)
         defer { open.remove(pump.mailbox) }
         try await pump.run(request)
+        return .pumped
       }
       group.addTask {
         // gRPC says an RPC is over (the device reset its stream, or its connection closed) only
         // through this handle, not by cancelling the handler: without it a stream waiting for
         // its task would be held, with its device in the cohort, after its device is gone.
         try? await context.cancellation.cancelled
+        return .cancelled
       }
       group.addTask {
-        guard await watchdog.expired() else { return }
+        guard await watchdog.expired() else { return .watchdogStopped }
         metrics.inactive.increment()
         throw RPCError(
           code: .deadlineExceeded,
           message:
             "inactive: the device made no progress for \(Int(streamInactivity)) s; the stream is closed")
       }
-      // The first to end ends the others: the pump (its stream is over), the RPC's cancellation
-      // or the watchdog (then the pump is cancelled, and its stream's device is counted as gone).
+      // The pump's ending is the stream's (its refusal is the status the device sees). The RPC's
+      // cancellation or the watchdog end the pump; the watchdog stopping only says the pump is
+      // ending, so its outcome is still awaited (it must not end the stream as OK first).
       do {
-        try await group.next()
+        while let ending = try await group.next() {
+          switch ending {
+          case .pumped:
+            group.cancelAll()
+            return
+          case .cancelled: group.cancelAll()
+          case .watchdogStopped: continue
+          }
+        }
       } catch {
         group.cancelAll()
         throw error
       }
-      group.cancelAll()
     }
   }
+}
+
+/// Which of a stream's three tasks ended first.
+private enum StreamEnding: Sendable {
+  /// The participation is over (its refusal, if any, was thrown instead).
+  case pumped
+  /// gRPC cancelled the RPC (or the group did).
+  case cancelled
+  /// The watchdog was stopped: the pump is ending.
+  case watchdogStopped
 }
 
 private final class LayoutCache: Sendable {
