@@ -51,6 +51,8 @@ let package = Package(
     .systemLibrary(
       name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
       providers: [.apt(["zlib1g-dev"])]),
+    // The C library's standard output, which Swift 6 cannot name.
+    .systemLibrary(name: "CStdio", path: "Sources/CStdio"),
 
     .target(
       name: "CohortCore",
@@ -187,7 +189,7 @@ let package = Package(
       dependencies: [
         "CohortCore", "CohortML", "CohortStore", "CohortServer", "CohortSimulator", "CohortReport",
         "CohortPrivacy", "CohortSecAgg", "CBLAS", "CohortDevice", "CohortTransport", "CohortProtocol",
-        "CohortServing", "CohortOperations",
+        "CohortServing", "CohortOperations", "CStdio",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CStdio
 
 @main
 struct Cohort: AsyncParsableCommand {
@@ -27,4 +28,11 @@ struct Cohort: AsyncParsableCommand {
       DeviceCommand.self,
       LoadCommand.self,
     ])
+
+  /// Standard output is line-buffered even when piped: `cohort simulate | tee log` shows each
+  /// round as it is printed, and a killed run leaves its lines.
+  static func main() async {
+    cohort_line_buffer_standard_output()
+    await main(nil)
+  }
 }
