@@ -116,10 +116,9 @@ final class ConnectionBook: Sendable {
 
   /// Counts a refused handshake; true when a warning is due (at most one every 10 s, so a flood
   /// of bad handshakes cannot flood the log).
-  func refusedHandshake() -> (warn: Bool, count: Int) {
+  func refusedHandshake(at now: ContinuousClock.Instant = .now) -> (warn: Bool, count: Int) {
     state.withLock { s in
       s.refusedHandshakes += 1
-      let now = ContinuousClock.now
       if let last = s.lastWarning, now - last < .seconds(10) { return (false, s.refusedHandshakes) }
       s.lastWarning = now
       return (true, s.refusedHandshakes)

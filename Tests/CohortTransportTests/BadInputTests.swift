@@ -19,6 +19,7 @@ import Testing
 struct RawParticipation {
   private let outgoing: AsyncStream<Cohort_V1_DeviceMessage>.Continuation
   private var answers: AsyncThrowingStream<Cohort_V1_ServerMessage, any Error>.AsyncIterator
+  private let call: Task<Void, Never>
 
   init(_ connection: FederationConnection) {
     let (requests, outgoing) = AsyncStream.makeStream(of: Cohort_V1_DeviceMessage.self)
@@ -26,7 +27,7 @@ struct RawParticipation {
     self.outgoing = outgoing
     self.answers = answers.makeAsyncIterator()
     let federation = connection.federation
-    Task {
+    call = Task {
       var options = CallOptions.defaults
       options.waitForReady = false
       do {
@@ -95,6 +96,9 @@ struct RawParticipation {
   }
 
   func close() { outgoing.finish() }
+
+  /// Resets the stream, as a device that goes away does.
+  func cancel() { call.cancel() }
 }
 
 /// What a selected raw device holds: its stream (still open, after the task and checkpoint),

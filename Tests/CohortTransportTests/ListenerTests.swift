@@ -7,11 +7,13 @@ import CohortStore
 import Foundation
 import GRPCCore
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import NIOSSL
 import NIOTLS
 import Prometheus
+import Synchronization
 import Testing
 
 @testable import CohortTransport
@@ -23,7 +25,7 @@ import Testing
 
   func server(
     host: String = "127.0.0.1", port: Int = 0, security: ServerSecurity? = nil,
-    connections: ConnectionLimits = ConnectionLimits()
+    connections: ConnectionLimits = ConnectionLimits(), registry: PrometheusCollectorRegistry? = nil
   ) throws -> FederationServer {
     let scenario = try networkScenario(devices: 2, rounds: 1)
     return try FederationServer(
@@ -34,7 +36,8 @@ import Testing
             certificateChainPEM: Self.pki.serverCertificatePEM, privateKeyPEM: Self.pki.serverKeyPEM,
             clientCAPEM: nil),
         seed: scenario.seed, connections: connections),
-      store: try ResultsStore.inMemory(), logger: Logger(label: "test-listener"))
+      store: try ResultsStore.inMemory(), logger: Logger(label: "test-listener"),
+      metrics: registry.map { PrometheusMetricsFactory(registry: $0) } ?? NOOPMetricsHandler.instance)
   }
 
   /// Serves `server` while `body` runs with its port, then stops it.
@@ -64,24 +67,35 @@ import Testing
       security: .tls(caPEM: Self.pki.caCertificatePEM, certificatePEM: nil, privateKeyPEM: nil))
     defer { connection.close() }
     var stream = RawParticipation(connection)
-    stream.sendCheckIn(device: 1)
+    // A device outside the honest ones (0 and 1); it goes once answered.
+    stream.sendCheckIn(device: 9)
+    defer { stream.cancel() }
     return try await stream.next()
+  }
+
+  /// Waits until the server counts no device connected (the probe of `checkIn` has gone, so
+  /// the honest devices fill the cohort).
+  static func untilNoDeviceIsConnected(_ registry: PrometheusCollectorRegistry) async {
+    while !registry.emitToString().contains("cohort_devices_connected 0.0") { await Task.yield() }
   }
 
   /// Honest device runtimes 0..<`count` (each with its own certificate under mutual TLS) take
   /// part until `rounds` rounds have committed.
   static func honestDevices(
-    _ count: Int, rounds: Int = 1, scenario: Scenario, port: Int, mutual: Bool
+    _ count: Int, rounds: Int = 1, scenario: Scenario? = nil, host: String = "127.0.0.1", port: Int,
+    mutual: Bool = false, tls: Bool? = nil
   ) async throws {
+    let scenario = try scenario ?? networkScenario(devices: 2, rounds: 1)
     let data = try DeviceDataProvider(scenario: scenario)
     try await withThrowingTaskGroup(of: Void.self) { group in
       for device in 0..<count {
         let own = pki.devices[device]
-        let connection = try FederationConnection(
-          host: "127.0.0.1", port: port,
-          security: mutual
-            ? .tls(caPEM: pki.caCertificatePEM, certificatePEM: own.certificatePEM, privateKeyPEM: own.keyPEM)
-            : .insecure)
+        let security: ClientSecurity =
+          mutual
+          ? .tls(caPEM: pki.caCertificatePEM, certificatePEM: own.certificatePEM, privateKeyPEM: own.keyPEM)
+          : tls ?? false
+            ? .tls(caPEM: pki.caCertificatePEM, certificatePEM: nil, privateKeyPEM: nil) : .insecure
+        let connection = try FederationConnection(host: host, port: port, security: security)
         let local = data.data(device: device)
         let runtime = DeviceRuntime(
           configuration: .init(
@@ -102,6 +116,15 @@ import Testing
   static func expectCommitted(_ server: FederationServer, _ store: ResultsStore, rounds: Int = 1) throws {
     let records = try store.rounds(try #require(server.run))
     #expect(records.map(\.outcome) == Array(repeating: .committed, count: rounds), "\(records)")
+  }
+
+  /// After the misbehaviour, two honest devices (over TLS, with no certificate of their own)
+  /// commit the server's one round.
+  static func honestDevicesCommit(_ server: FederationServer, host: String = "127.0.0.1", port: Int)
+    async throws
+  {
+    try await honestDevices(2, host: host, port: port, tls: true)
+    #expect(await server.coordinator.committedRounds == 1, "the honest devices' round did not commit")
   }
 
   @Test func underMutualTLSADeviceCannotSpeakForAnother() async throws {
@@ -171,7 +194,7 @@ import Testing
         certificateChainPEM: Self.pki.serverCertificatePEM, privateKeyPEM: Self.pki.serverKeyPEM,
         clientCAPEM: Self.pki.caCertificatePEM))
     let answers = try await serving(mutual) { port -> [String] in
-      [
+      let answers = [
         try await attempt(
           .tls(
             caPEM: stranger.caCertificatePEM, certificatePEM: own.certificatePEM, privateKeyPEM: own.keyPEM),
@@ -183,6 +206,10 @@ import Testing
             caPEM: Self.pki.caCertificatePEM, certificatePEM: other.certificatePEM,
             privateKeyPEM: other.keyPEM), port: port),
       ]
+      // Devices with their own certificates are not held up by the refused ones.
+      try await Self.honestDevices(2, port: port, mutual: true)
+      #expect(await mutual.coordinator.committedRounds == 1, "the honest devices' round did not commit")
+      return answers
     }
     let plaintext = try await serving(try server(security: .insecureLoopback)) { port in
       try await attempt(
@@ -255,8 +282,13 @@ import Testing
   }
 
   @Test func aServerListensOnIPv6Loopback() async throws {
-    let answer = try await serving(try server(host: "::1")) { port in
-      try await checkIn(host: "::1", port: port)
+    let registry = PrometheusCollectorRegistry()
+    let ipv6 = try server(host: "::1", registry: registry)
+    let answer = try await serving(ipv6) { port in
+      let answer = try await checkIn(host: "::1", port: port)
+      await Self.untilNoDeviceIsConnected(registry)
+      try await Self.honestDevicesCommit(ipv6, host: "::1", port: port)
+      return answer
     }
     #expect(answer != nil, "the device got no answer over [::1]")
   }
@@ -341,6 +373,40 @@ import Testing
     return completed
   }
 
+  @Test func refusedHandshakesAreWarnedOfAtMostOnceEvery10Seconds() {
+    let book = ConnectionBook(limit: 10)
+    let start = ContinuousClock.now
+    let warned = [0, 1, 9.9, 10, 10.5, 25].map { seconds in
+      book.refusedHandshake(at: start.advanced(by: .milliseconds(Int64(seconds * 1000))))
+    }
+    #expect(warned.map(\.warn) == [true, false, false, true, false, true])
+    #expect(warned.map(\.count) == [1, 2, 3, 4, 5, 6], "every refusal is counted, warned of or not")
+  }
+
+  @Test func theServerWarnsOfARefusedHandshake() async throws {
+    let log = CollectedLog()
+    let scenario = try networkScenario(devices: 2, rounds: 1)
+    let server = try FederationServer(
+      configuration: .init(
+        plan: scenario.plan,
+        security: .tls(
+          certificateChainPEM: Self.pki.serverCertificatePEM, privateKeyPEM: Self.pki.serverKeyPEM,
+          clientCAPEM: Self.pki.caCertificatePEM), seed: scenario.seed),
+      store: try ResultsStore.inMemory(),
+      logger: Logger(label: "test-refused") { _ in CollectingLogHandler(log: log) })
+    try await serving(server) { port in
+      // TLS 1.2 with CBC suites only: the server refuses the handshake.
+      _ = try await Self.handshake(port: port) {
+        $0.maximumTLSVersion = .tlsv12
+        $0.cipherSuites = "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA"
+      }
+      // The refusal is logged on the server's event loop: wait for it, not for a time.
+      while log.warnings("TLS handshake refused").isEmpty { await Task.yield() }
+    }
+    let warning = try #require(log.warnings("TLS handshake refused").first)
+    #expect(warning.contains("peer=ipv4:127.0.0.1:"), "\(warning)")
+  }
+
   @Test func tls12WithCBCSuitesIsRefusedAndTLS13OnlyRefusesTLS12() async throws {
     let tls12AEAD: @Sendable (inout TLSConfiguration) -> Void = {
       $0.maximumTLSVersion = .tlsv12
@@ -350,11 +416,14 @@ import Testing
       $0.maximumTLSVersion = .tlsv12
       $0.cipherSuites = "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:AES128-SHA:AES256-SHA"
     }
-    let defaults = try await serving(try server()) { port -> [Bool] in
-      [
+    let modern = try server()
+    let defaults = try await serving(modern) { port -> [Bool] in
+      let outcomes = [
         try await Self.handshake(port: port) { _ in }, try await Self.handshake(port: port, tls12AEAD),
         try await Self.handshake(port: port, tls12CBC),
       ]
+      try await Self.honestDevicesCommit(modern, port: port)
+      return outcomes
     }
     #expect(defaults == [true, true, false], "TLS 1.3, TLS 1.2 with AEAD, TLS 1.2 with CBC")
     let tls13 = try await serving(try server(connections: ConnectionLimits(tls13Only: true))) {
@@ -372,20 +441,24 @@ import Testing
 
   @Test func aConnectionThatNeverShakesHandsIsClosedAtItsDeadline() async throws {
     let limits = ConnectionLimits(handshakeTimeout: 0.2)
-    try await serving(try server(connections: limits)) { port in
+    let server = try server(connections: limits)
+    try await serving(server) { port in
       let silent = try await Self.silentConnection(port: port)
       // The server closes it (the test waits for the close, not for a time).
       try await silent.closeFuture.get()
+      try await Self.honestDevicesCommit(server, port: port)
     }
   }
 
   @Test func aConnectionThatShakesHandsAndThenSpeaksNoHTTP2IsClosedAtItsDeadline() async throws {
     let limits = ConnectionLimits(handshakeTimeout: 0.5)
-    try await serving(try server(connections: limits)) { port in
+    let server = try server(connections: limits)
+    try await serving(server) { port in
       let (channel, completed) = try await Self.tlsClient(port: port)
       #expect(completed, "the handshake completes")
       // No HTTP/2 preface: the server closes the connection at its deadline.
       try await channel.closeFuture.get()
+      try await Self.honestDevicesCommit(server, port: port)
     }
   }
 
@@ -434,13 +507,18 @@ import Testing
 
   @Test func aFloodOfSilentConnectionsMakesRoomForADevice() async throws {
     let limits = ConnectionLimits(maximumConnections: 2, handshakeTimeout: 30)
-    try await serving(try server(connections: limits)) { port in
+    let registry = PrometheusCollectorRegistry()
+    let server = try server(connections: limits, registry: registry)
+    try await serving(server) { port in
       let silent = [try await Self.silentConnection(port: port), try await Self.silentConnection(port: port)]
       // At the limit, the oldest connection that never spoke makes room for the device.
       let answer = try await checkIn(host: "127.0.0.1", port: port)
       #expect(answer != nil, "the device was answered")
+      await Self.untilNoDeviceIsConnected(registry)
       try await silent[0].closeFuture.get()
-      try await silent[1].close()
+      // The other makes room for the honest devices, which commit the round.
+      try await Self.honestDevicesCommit(server, port: port)
+      try await silent[1].closeFuture.get()
     }
   }
 
@@ -490,5 +568,34 @@ final class HandshakeOutcome: ChannelInboundHandler, Sendable {
     sink.yield(false)
     sink.finish()
     context.fireChannelInactive()
+  }
+}
+
+/// What a logger was told, for tests that check a warning.
+final class CollectedLog: Sendable {
+  private let entries = Mutex<[(level: Logger.Level, text: String)]>([])
+
+  func append(_ level: Logger.Level, _ text: String) { entries.withLock { $0.append((level, text)) } }
+
+  /// The warnings whose message is `message`, each with its metadata.
+  func warnings(_ message: String) -> [String] {
+    entries.withLock { $0.filter { $0.level == .warning && $0.text.hasPrefix(message) }.map(\.text) }
+  }
+}
+
+struct CollectingLogHandler: LogHandler {
+  let log: CollectedLog
+  var metadata: Logger.Metadata = [:]
+  var logLevel: Logger.Level = .info
+
+  subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    get { metadata[key] }
+    set { metadata[key] = newValue }
+  }
+
+  func log(event: LogEvent) {
+    let all = metadata.merging(event.metadata ?? [:]) { $1 }
+    let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+    log.append(event.level, ([event.message.description] + fields).joined(separator: " "))
   }
 }
