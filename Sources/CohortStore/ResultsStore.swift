@@ -380,7 +380,8 @@ public final class ResultsStore: Sendable {
             UPDATE rounds SET started_at = ?, ended_at = ?, abandon_reason = ?, selected = ?, reported = ?,
               dropped = ?, rejected = ?, bytes_down = ?, bytes_up = ?, train_loss = ?, eval_loss = ?,
               eval_accuracy = ?, federated_eval_loss = ?, federated_eval_accuracy = ?,
-              federated_eval_examples = ?, epsilon = ?, wall_seconds = ?, resume_state = ?
+              federated_eval_examples = ?, epsilon = ?, duration_seconds = ?, real_seconds = ?,
+              resume_state = ?
             WHERE run_id = ? AND round = ?
             """,
           arguments: [
@@ -388,8 +389,8 @@ public final class ResultsStore: Sendable {
             record.dropped, record.rejected, record.bytesDown, record.bytesUp, record.trainLoss,
             record.evalLoss,
             record.evalAccuracy, record.federatedEvalLoss, record.federatedEvalAccuracy,
-            record.federatedEvalExamples, record.epsilon, record.wallSeconds, resumeState, run.rawValue,
-            round,
+            record.federatedEvalExamples, record.epsilon, record.durationSeconds, record.realSeconds, resumeState,
+            run.rawValue, round,
           ])
       }
     }
