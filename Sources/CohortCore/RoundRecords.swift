@@ -86,7 +86,8 @@ public struct RoundRecord: Sendable, Hashable, Codable {
   }
 }
 
-/// What one selected device did in a round, for the device counters.
+/// What one selected device did in a round, for the device counters and the per-device
+/// evaluations (`device_evaluations`).
 public struct DeviceParticipation: Sendable, Hashable {
   /// The device's index in the population (simulation) or registry (server).
   public var device: Int
@@ -94,11 +95,15 @@ public struct DeviceParticipation: Sendable, Hashable {
   public var reported: Bool
   /// It dropped out after being selected.
   public var dropped: Bool
+  /// Its evaluation of the model it received on its own held-out examples, when its accepted
+  /// report carried one with at least one example: what the round's `federated_eval_*` sum.
+  public var evaluation: Evaluation?
 
-  public init(device: Int, reported: Bool, dropped: Bool) {
+  public init(device: Int, reported: Bool, dropped: Bool, evaluation: Evaluation? = nil) {
     self.device = device
     self.reported = reported
     self.dropped = dropped
+    self.evaluation = evaluation
   }
 }
 

@@ -95,6 +95,8 @@ public struct RoundPipeline: Sendable {
     var evaluationLossSum = 0.0
     var evaluationCorrect = 0.0
     var evaluationExamples = 0
+    /// Each accepted report's evaluation (with examples), by device: the sums above, one by one.
+    var evaluations: [DeviceID: Evaluation] = [:]
     /// Adaptive clipping: accepted reports whose update was within the clip.
     var withinClip = 0
     var counts = RoundCounts()
@@ -161,6 +163,7 @@ public struct RoundPipeline: Sendable {
         book.evaluationLossSum += e.loss * Double(e.examples)
         book.evaluationCorrect += e.accuracy * Double(e.examples)
         book.evaluationExamples += e.examples
+        book.evaluations[report.device] = e
       }
       books[report.round] = book
     case .rejected(.late):
@@ -283,7 +286,7 @@ public struct RoundPipeline: Sendable {
     let participants = (book?.selected ?? []).map {
       DeviceParticipation(
         device: $0, reported: book?.reported.contains($0) ?? false,
-        dropped: book?.dropped.contains($0) ?? false)
+        dropped: book?.dropped.contains($0) ?? false, evaluation: book?.evaluations[$0])
     }
     return ClosedRound(record: record, participants: participants, evaluate: false)
   }
@@ -294,6 +297,10 @@ public struct RoundPipeline: Sendable {
 extension RoundPipeline {
   /// Writes the pipeline's state (not its configuration, which comes from the plan), maps in
   /// key order, so the same state always gives the same bytes.
+  ///
+  /// A book's per-device evaluations are not written (the format stays as it was): the state is
+  /// saved between one round's close and the next round's configuration, when no open book holds
+  /// a report.
   public func save(into w: inout SnapshotWriter) {
     machine.save(into: &w)
     w.write(books.count)

@@ -51,7 +51,8 @@ public struct ComparisonReport: Sendable {
   }
 
   /// Every chart, in report order. Charts that need something only some runs have (a target,
-  /// differential privacy, differing upload sizes, test losses) appear only when they have it.
+  /// differential privacy, differing upload sizes, per-device evaluations, test losses) appear
+  /// only when they have it.
   public func figures() -> [Figure] {
     var out: [Figure] = []
     out.append(
@@ -115,6 +116,17 @@ public struct ComparisonReport: Sendable {
             title: "Central test accuracy against ε", yLabel: "test accuracy", isAccuracy: true,
             reference: target.map { ($0, "target " + NumberText.fixed($0, 2)) }, xAxis: .epsilon,
             x: { _, r in r.epsilon }, value: \.evalAccuracy)))
+    }
+    if series.contains(where: \.hasDeviceEvaluations) {
+      out.append(
+        Figure(
+          name: "device-accuracy-by-round", heading: "Accuracy across devices",
+          caption:
+            "Each reporting device's accuracy on its own held-out examples, of the model it received: the "
+            + "median over devices (line) and the 10th to 90th percentile (band) at every round where devices "
+            + "evaluated. The devices of a series' seeds are pooled at each round, each device counting once "
+            + "whatever its number of examples.",
+          svg: deviceAccuracyChart()))
     }
     out.append(
       Figure(
@@ -205,16 +217,35 @@ public struct ComparisonReport: Sendable {
     .svg()
   }
 
+  /// Per-device accuracy percentiles per round, one line and band per series (series whose
+  /// devices did not evaluate keep their legend entry, with nothing drawn).
+  private func deviceAccuracyChart() -> String {
+    let lines = series.enumerated().map { i, s in
+      LineChart.Series(
+        label: s.label, index: i,
+        points: Statistics.deviceAccuracyByRound(s).map { round, p in
+          BandPoint(x: Double(round), mean: p.median, low: p.p10, high: p.p90)
+        })
+    }
+    return LineChart(
+      title: "Per-device accuracy: median and 10th–90th percentile", yLabel: "device accuracy",
+      series: lines, isAccuracy: true, reference: nil
+    )
+    .svg()
+  }
+
   private func summaryTable() -> String {
+    let rows = summaryRows()
+    let columns = SummaryRow.columns(for: rows)
     var out = "<section>\n<h2>Summary</h2>\n<table>\n<thead><tr><th class=\"key\"></th>"
-    for (i, column) in SummaryRow.columns.enumerated() {
+    for (i, column) in columns.enumerated() {
       out += i == 0 ? "<th class=\"series\">\(escaped(column))</th>" : "<th>\(escaped(column))</th>"
     }
     out += "</tr></thead>\n<tbody>\n"
-    for (i, row) in summaryRows().enumerated() {
+    for (i, row) in rows.enumerated() {
       out += "<tr><td class=\"key\"><svg class=\"key\" width=\"34\" height=\"12\" viewBox=\"0 0 34 12\" "
       out += "aria-hidden=\"true\">\(Palette.sampleSVG(i, x: 2, y: 6, width: 30))</svg></td>"
-      for (column, cell) in row.cells.enumerated() {
+      for (column, cell) in row.cells(in: columns).enumerated() {
         out +=
           column == 0
           ? "<td class=\"series\">\(escaped(cell))</td>" : "<td class=\"num\">\(escaped(cell))</td>"
@@ -226,7 +257,11 @@ public struct ComparisonReport: Sendable {
       "Final accuracy: each seed's last evaluated central-test accuracy, mean ± sample standard deviation over "
         + "seeds. Best: each seed's highest, averaged. Rounds and simulated time to target: the first round "
         + "reaching the target, averaged over the seeds that reached it. Bytes up per device: uploaded bytes "
-        + "divided by reporting devices, averaged over rounds, then seeds.")
+        + "divided by reporting devices, averaged over rounds, then seeds."
+        + (columns.contains(SummaryRow.deviceAccuracyColumn)
+          ? " Final device accuracy: the 10th, 50th and 90th percentile of the accuracy each device measured on "
+            + "its own held-out examples, at each seed's last round with device evaluations, the seeds' devices "
+            + "pooled." : ""))
     out += "</p>\n</section>\n"
     return out
   }

@@ -151,6 +151,24 @@ public struct DeviceRecord: Sendable, Hashable {
   }
 }
 
+/// One row of the `device_evaluations` table: a device's evaluation, in one round, of the model
+/// it received, on its own held-out examples.
+public struct DeviceEvaluationRecord: Sendable, Hashable {
+  public var round: Int
+  public var device: Int
+  public var accuracy: Double
+  public var loss: Double
+  public var examples: Int
+
+  public init(round: Int, device: Int, accuracy: Double, loss: Double, examples: Int) {
+    self.round = round
+    self.device = device
+    self.accuracy = accuracy
+    self.loss = loss
+    self.examples = examples
+  }
+}
+
 /// Which of a run's checkpoints the results store keeps (`--keep-checkpoints`). The latest
 /// checkpoint is always kept: it is the run's model, and what a resume starts from.
 public enum CheckpointRetention: Sendable, Hashable, CustomStringConvertible {

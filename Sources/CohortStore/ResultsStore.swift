@@ -318,6 +318,17 @@ public final class ResultsStore: Sendable {
               last_round = max(last_round, excluded.last_round)
             """
         ).execute(arguments: [run.rawValue, round, rows])
+        // Devices' evaluations, one bound row each (exact Doubles; a cohort's reports are few
+        // beside its selection).
+        for d in devices {
+          guard let e = d.evaluation else { continue }
+          try db.cachedStatement(
+            sql: """
+              INSERT INTO device_evaluations (run_id, round, device, accuracy, loss, examples)
+              VALUES (?, ?, ?, ?, ?, ?)
+              """
+          ).execute(arguments: [run.rawValue, round, d.device, e.accuracy, e.loss, e.examples])
+        }
         for (earlier, count) in lateReports where count > 0 {
           try db.cachedStatement(sql: "UPDATE rounds SET late = late + ? WHERE run_id = ? AND round = ?")
             .execute(arguments: [count, run.rawValue, earlier])
@@ -347,8 +358,8 @@ public final class ResultsStore: Sendable {
   /// stored: the same outcome and, for a committed round, the same checkpoint (by SHA-256);
   /// otherwise nothing is changed and the error says so. What may differ, and is replaced, is
   /// what depended on the round being the run's last: its evaluation and its saved state. The
-  /// device counters, secure-aggregation steps and late count stay as they are (they are the
-  /// same rounds' counts).
+  /// device counters, device evaluations, secure-aggregation steps and late count stay as they
+  /// are (they are the same rounds' counts).
   public func replayRound(
     _ run: RunID, _ record: RoundRecord, checkpoint: Weights?, resumeState: Data?
   ) throws(CohortError) {
@@ -391,8 +402,7 @@ public final class ResultsStore: Sendable {
             record.evalAccuracy, record.federatedEvalLoss, record.federatedEvalAccuracy,
             record.federatedEvalExamples, record.epsilon, record.durationSeconds, record.realSeconds,
             resumeState,
-            run.rawValue,
-            round,
+            run.rawValue, round,
           ])
       }
     }
@@ -533,6 +543,25 @@ public final class ResultsStore: Sendable {
             participations: try row.decode(forColumn: "participations"),
             reports: try row.decode(forColumn: "reports"), dropouts: try row.decode(forColumn: "dropouts"),
             lastRound: try row.decode(forColumn: "last_round"))
+        }
+      }
+    }
+  }
+
+  /// A run's per-device evaluations, by round and then device; empty for runs whose devices did
+  /// not evaluate, and for rounds written before they were recorded.
+  public func deviceEvaluations(_ run: RunID) throws(CohortError) -> [DeviceEvaluationRecord] {
+    try access("reading the device evaluations of run \(run)") {
+      try writer.read { db in
+        try requireRun(db, run)
+        return try Row.fetchAll(
+          db, sql: "SELECT * FROM device_evaluations WHERE run_id = ? ORDER BY round, device",
+          arguments: [run.rawValue]
+        ).map { row in
+          DeviceEvaluationRecord(
+            round: try row.decode(forColumn: "round"), device: try row.decode(forColumn: "device"),
+            accuracy: try row.decode(forColumn: "accuracy"), loss: try row.decode(forColumn: "loss"),
+            examples: try row.decode(forColumn: "examples"))
         }
       }
     }

@@ -127,6 +127,24 @@ enum Schema {
           ALTER TABLE runs ADD COLUMN variant TEXT;
           """)
     }
+    migrator.registerMigration("v6: per-device evaluations") { db in
+      // Each reporting device's evaluation of the model it received, on its own held-out
+      // examples: the rows the round's federated_eval_* columns sum. Files written before this
+      // version have none; their rounds keep their sums.
+      try db.execute(
+        sql: """
+          CREATE TABLE device_evaluations (
+            run_id INTEGER NOT NULL,
+            round INTEGER NOT NULL,
+            device INTEGER NOT NULL,
+            accuracy REAL NOT NULL,
+            loss REAL NOT NULL,
+            examples INTEGER NOT NULL,
+            PRIMARY KEY (run_id, round, device),
+            FOREIGN KEY (run_id, round) REFERENCES rounds(run_id, round) ON DELETE CASCADE
+          );
+          """)
+    }
     return migrator
   }
 }

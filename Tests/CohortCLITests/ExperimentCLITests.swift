@@ -148,12 +148,15 @@ private func writeScenarios(_ dir: TemporaryDirectory) -> (String, String) {
     func rounds(_ path: String) throws -> [RoundRecord] {
       try ResultsStore(path: path).rounds(RunID(1)).map { r in
         var r = r
-        r.realSeconds = nil
+        r.realSeconds = nil  // the machine's time, which no two runs share
         return r
       }
     }
     #expect(try rounds(short) == rounds(long))
     #expect(try ResultsStore(path: short).devices(RunID(1)) == ResultsStore(path: long).devices(RunID(1)))
+    #expect(
+      try ResultsStore(path: short).deviceEvaluations(RunID(1))
+        == ResultsStore(path: long).deviceEvaluations(RunID(1)))
     #expect(try ResultsStore(path: short).scenario(RunID(1)).plan.server.rounds == 6)
     // Shortening is refused.
     let shorter = try cohort(["simulate", "--resume", "1", "--rounds", "4", "--db", short])

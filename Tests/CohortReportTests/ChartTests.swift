@@ -7,7 +7,8 @@ import Testing
 @testable import CohortReport
 
 /// Fourteen series with long labels that differ only at their ends, test losses whose ticks step
-/// by 0.25, differential privacy, different upload sizes, and 23 rounds (not a tick number).
+/// by 0.25, differential privacy, different upload sizes, per-device evaluations (ten devices a
+/// round, every other round), and 23 rounds (not a tick number).
 func crowdedReport() -> ComparisonReport {
   let series = (0..<14).map { i in
     let label =
@@ -26,7 +27,20 @@ func crowdedReport() -> ComparisonReport {
         return record
       }
     }
-    return ReportSeries(label: label, runs: runs)
+    var devices: [[DeviceEvaluationRecord]] = []
+    for seed in 0..<3 {
+      var run: [DeviceEvaluationRecord] = []
+      for r in stride(from: 1, through: 23, by: 2) {
+        for d in 0..<10 {
+          let accuracy: Double = 0.05 + 0.03 * Double(r) + 0.004 * Double(i) + 0.04 * Double(d - 5)
+          run.append(
+            DeviceEvaluationRecord(
+              round: r, device: 10 * seed + d, accuracy: min(1, max(0, accuracy)), loss: 1, examples: 5 + d))
+        }
+      }
+      devices.append(run)
+    }
+    return ReportSeries(label: label, runs: runs, deviceEvaluations: devices)
   }
   return ComparisonReport(
     title: "Fourteen series with long labels", series: series, target: 0.6,
@@ -99,7 +113,7 @@ func crowdedReport() -> ComparisonReport {
     #expect(
       crowded == [
         "accuracy-by-round", "rounds-to-target", "accuracy-by-time", "accuracy-by-bytes", "epsilon-by-round",
-        "accuracy-by-epsilon", "training-loss", "test-loss",
+        "accuracy-by-epsilon", "device-accuracy-by-round", "training-loss", "test-loss",
       ])
     let plain = ComparisonReport(title: "p", series: [handMadeSeries()], target: nil).figures().map(\.name)
     #expect(plain == ["accuracy-by-round", "accuracy-by-time", "training-loss"])

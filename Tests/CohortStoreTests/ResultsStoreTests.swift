@@ -23,10 +23,13 @@ import Testing
       try db.read { db in
         let tables = try String.fetchAll(
           db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        for t in ["checkpoints", "devices", "plans", "rounds", "runs", "secure_aggregation_steps"] {
+        for t in [
+          "checkpoints", "devices", "plans", "rounds", "runs", "secure_aggregation_steps",
+          "device_evaluations",
+        ] {
           #expect(tables.contains(t), "\(tables)")
         }
-        #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").count == 5)
+        #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").count == 6)
         #expect(try String.fetchOne(db, sql: "PRAGMA journal_mode") == "wal")
         let roundColumns = try db.columns(in: "rounds").map(\.name)
         #expect(
