@@ -7,7 +7,9 @@ public import CohortCore
 public protocol FederationHandler: Sendable {
   /// A device's stream is open: messages for it go down `link`.
   func connect(_ device: DeviceID, link: any DeviceLink) async
-  func disconnect(_ device: DeviceID) async
+  /// The stream of `link` ended; false when a newer stream of the device has taken over (the
+  /// device reconnected), which then stands for it: it has not left.
+  func disconnect(_ device: DeviceID, link: any DeviceLink) async -> Bool
   func checkIn(_ checkIn: CheckIn) async -> ServerReply
   func report(_ report: UpdateReport) async -> ServerReply
   /// A device of `round` left (its stream ended before it reported).

@@ -17,8 +17,15 @@ public actor Selector: DeviceLink {
     links[device] = link
   }
 
-  public func disconnect(_ device: DeviceID) {
+  /// Forgets the device's link if it is `link`; false when another link (a newer stream of the
+  /// device) has replaced it, which stays.
+  @discardableResult
+  public func disconnect(_ device: DeviceID, link: any DeviceLink) -> Bool {
+    guard let current = links[device], (current as AnyObject) === (link as AnyObject) else {
+      return links[device] == nil
+    }
     links.removeValueReleasingSpace(forKey: device)
+    return true
   }
 
   public var connectedDevices: Int { links.count }

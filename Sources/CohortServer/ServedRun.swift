@@ -194,7 +194,9 @@ public final class ServedRun: FederationHandler {
   public func connect(_ device: DeviceID, link: any DeviceLink) async {
     await selector.connect(device, link: link)
   }
-  public func disconnect(_ device: DeviceID) async { await selector.disconnect(device) }
+  public func disconnect(_ device: DeviceID, link: any DeviceLink) async -> Bool {
+    await selector.disconnect(device, link: link)
+  }
   public func checkIn(_ checkIn: CheckIn) async -> ServerReply { await coordinator.checkIn(checkIn) }
   public func report(_ report: UpdateReport) async -> ServerReply { await coordinator.report(report) }
   public func dropped(device: DeviceID, round: Int) async {

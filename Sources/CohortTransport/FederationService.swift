@@ -140,6 +140,8 @@ private struct Pump {
   /// The certificate the device presented at check-in, once verified (active secure aggregation).
   var certificate: VerifiedDeviceCertificate?
   var timer: UInt64?
+  /// The device opened a newer stream, whose link replaced this one's.
+  var superseded = false
   let watchdog: StreamWatchdog
   /// The reporting deadline of the task sent (server time): the device trains until then.
   var reportingDeadline: Double?
@@ -277,8 +279,11 @@ private struct Pump {
       case .relay(let round, let device, let message):
         await service.secureAggregation?.receive(round: round, device: device, bytes: message)
       case .leave(let round, let device): await service.secureAggregation?.leave(round: round, device: device)
-      case .disconnect(let device): await service.handler.disconnect(device)
-      case .dropped(let device, let round): await service.handler.dropped(device: device, round: round)
+      case .disconnect(let device): superseded = !(await service.handler.disconnect(device, link: mailbox))
+      case .dropped(let device, let round):
+        // A device that reconnected is in its new stream's hands: its old stream's end is no
+        // dropout (it would take the device out of the cohort its new stream waits in).
+        if !superseded { await service.handler.dropped(device: device, round: round) }
       case .end(let refusal): self.refusal = refusal
       }
       if let answer { queue += machine.handle(answer, now: service.clock.now) }

@@ -257,6 +257,26 @@ import Testing
     #expect(round.outcome == .committed && round.selected == 2 && round.reported == 2, "\(round)")
   }
 
+  @Test func aDeviceThatReconnectsKeepsItsPlaceWhenItsOldStreamEnds() async throws {
+    let registry = PrometheusCollectorRegistry()
+    let server = try server(security: .insecureLoopback, registry: registry)
+    try await serving(server) { port in
+      let connection = try FederationConnection(host: "127.0.0.1", port: port, security: .insecure)
+      defer { connection.close() }
+      // Device 5 is admitted, then checks in again on a new stream (its connection dropped, as
+      // far as it knows) before the server hears that the old one ended.
+      let old = try await BadInputTests.admit(5, connection)
+      var new = try await BadInputTests.admit(5, connection)
+      old.cancel()
+      while !registry.emitToString().contains("cohort_devices_connected 1.0") { await Task.yield() }
+      // The old stream's end is no dropout: with device 6 the cohort is full, and the task
+      // reaches device 5's new stream.
+      var other = try await BadInputTests.admit(6, connection)
+      _ = try await BadInputTests.task(for: 5, &new)
+      _ = try await BadInputTests.task(for: 6, &other)
+    }
+  }
+
   @Test func streamsThatCheckInAndThenNeverReadOrSendDoNotStallTheRun() async throws {
     // Two silent streams are admitted before the honest devices; the plan over-selects (4 for a
     // goal of 2), as production plans do, so the round commits with the honest reports and
