@@ -569,13 +569,18 @@ public struct ServerPlan: Codable, Sendable, Hashable {
   /// What the server accepts in a report beyond its shape (`server.reports`); nil for the
   /// defaults. Absent from the JSON when nil (stored plans keep their SHA-256).
   public var reports: ReportsPlan?
+  /// Buffered asynchronous aggregation (`server.mode: async` with `server.async`); nil for
+  /// synchronous rounds (`server.mode: sync`, the default). Absent from the JSON when nil, so
+  /// synchronous plans keep their SHA-256 whether or not they spell out `mode: sync`.
+  public var asynchronous: AsyncPlan?
 
   public init(
     rounds: Int = 100, maximumAttempts: Int? = nil, cohort: CohortPlan = CohortPlan(),
     windows: WindowsPlan = WindowsPlan(), strategy: StrategyPlan = StrategyPlan(),
-    evaluation: EvaluationPlan = EvaluationPlan(), reports: ReportsPlan? = nil
+    evaluation: EvaluationPlan = EvaluationPlan(), reports: ReportsPlan? = nil, asynchronous: AsyncPlan? = nil
   ) {
     self.reports = reports
+    self.asynchronous = asynchronous
     self.rounds = rounds
     self.maximumAttempts = maximumAttempts
     self.cohort = cohort
@@ -586,6 +591,154 @@ public struct ServerPlan: Codable, Sendable, Hashable {
 
   /// The attempts in force: `maximumAttempts`, or three per round to commit.
   public var attemptBudget: Int { max(rounds, maximumAttempts ?? 3 * rounds) }
+
+  /// `server.mode`: async exactly when `asynchronous` is set; setting async keeps (or makes
+  /// default) the async parameters, setting sync drops them.
+  public var mode: ServerMode {
+    get { asynchronous == nil ? .sync : .async }
+    set {
+      switch newValue {
+      case .sync: asynchronous = nil
+      case .async: asynchronous = asynchronous ?? AsyncPlan()
+      }
+    }
+  }
+}
+
+/// How the server turns updates into new models (`server.mode`).
+public enum ServerMode: String, Codable, Sendable, Hashable, CaseIterable {
+  /// Rounds: select a cohort, wait for its reports, aggregate them, commit.
+  case sync
+  /// FedBuff (Nguyen et al., AISTATS 2022): devices are admitted continuously up to
+  /// `server.async.concurrency`, each trains on the model version it downloaded, and every
+  /// `server.async.buffer` updates, down-weighted by staleness, make the next version.
+  case async
+}
+
+/// Buffered asynchronous aggregation (`server.async`, read with `server.mode: async`), FedBuff
+/// (Nguyen et al., AISTATS 2022, Algorithm 1). `server.rounds` counts buffer applications
+/// (model versions); `server.cohort` does not apply (admission is continuous).
+///
+/// The strategies that run asynchronously are those that need only a weighted mean
+/// (`supportedStrategies`): FedAvg and FedProx step by `serverLearningRate` along the buffered
+/// mean; the server optimizers (FedAvgM, FedAdagrad, FedAdam, FedYogi) take the buffered mean as
+/// their pseudo-gradient with their own `server.strategy.server_learning_rate`.
+///
+/// Central DP (`privacy.kind: central_gaussian`) clips each update on its device and adds noise
+/// once per buffer application, to the sum of the `buffer` staleness-weighted clipped updates
+/// (each weighs at most 1, so the sensitivity is the clip), dividing by `buffer`. No ε is
+/// reported for asynchronous runs: which devices fill a buffer depends on their speed and
+/// availability, not on Poisson or uniform sampling, so the accountant's amplification by
+/// sampling does not apply (and `privacy.target_epsilon` is refused). Distributed DP is refused.
+public struct AsyncPlan: Codable, Sendable, Hashable {
+  /// Devices training at once (admitted and not yet reported or dropped), ≥ 1.
+  public var concurrency: Int = 100
+  /// K: updates folded into one buffer before it is applied as the next model version, ≥ 1.
+  /// Under secure aggregation each buffer is one secure-aggregation group.
+  public var buffer: Int = 10
+  /// How an update's weight falls with its staleness (versions applied since its device
+  /// downloaded the model); FedBuff's default, (1 + s)^−½.
+  public var staleness: StalenessPlan = .polynomial(a: 0.5)
+  /// Updates staler than this many versions are refused and counted, ≥ 0.
+  public var maximumStaleness: Int = 100
+  /// η_g: the step along the buffered mean under FedAvg and FedProx (w ← w + η_g·Δ̄); nil for 1.
+  /// The server optimizers use their own rate, so setting it with them is refused.
+  public var serverLearningRate: Double?
+
+  public init(
+    concurrency: Int = 100, buffer: Int = 10, staleness: StalenessPlan = .polynomial(a: 0.5),
+    maximumStaleness: Int = 100, serverLearningRate: Double? = nil
+  ) {
+    self.concurrency = concurrency
+    self.buffer = buffer
+    self.staleness = staleness
+    self.maximumStaleness = maximumStaleness
+    self.serverLearningRate = serverLearningRate
+  }
+
+  /// The step along the buffered mean under FedAvg and FedProx.
+  public var stepSize: Double { serverLearningRate ?? 1 }
+
+  /// The strategies whose aggregate is a weighted mean of the updates, which a buffer of
+  /// staleness-weighted updates can stand in for.
+  public static let supportedStrategies: [StrategyPlan.Kind] = [
+    .fedavg, .fedprox, .fedavgm, .fedadagrad, .fedadam, .fedyogi,
+  ]
+
+  /// Why `kind` cannot run asynchronously; nil when it can.
+  public static func refusal(of kind: StrategyPlan.Kind) -> String? {
+    switch kind {
+    case .fedavg, .fedprox, .fedavgm, .fedadagrad, .fedadam, .fedyogi: nil
+    case .fedmedian, .fedtrimmedavg, .krum, .multikrum, .bulyan:
+      "needs every update of a round side by side (a coordinate-wise order statistic or a "
+        + "comparison between updates), but an asynchronous buffer folds each update into a running "
+        + "sum as it arrives, from devices that trained on different versions"
+    case .qfedavg:
+      "reweights each round's updates by the devices' losses at one common global model, but an "
+        + "asynchronous buffer's updates were trained from different versions"
+    case .scaffold:
+      "corrects every device with the server control variate of the round it joined and updates "
+        + "it from the same round's control deltas, but an asynchronous buffer mixes devices that "
+        + "started from different versions and control variates"
+    }
+  }
+}
+
+/// The staleness weighting of an asynchronous update (`server.async.staleness`), FedBuff's s(τ)
+/// for an update trained on a model `τ` versions old.
+public enum StalenessPlan: Sendable, Hashable {
+  /// s(τ) = 1.
+  case constant
+  /// s(τ) = (1 + τ)^−a, a ≥ 0.
+  case polynomial(a: Double)
+  /// s(τ) = 1 for τ ≤ b, else 1 / (a(τ − b) + 1); a > 0, b ≥ 0.
+  case hinge(a: Double, b: Double)
+
+  public enum Kind: String, Codable, Sendable, CaseIterable { case constant, polynomial, hinge }
+
+  /// The kind with its default parameters: a = ½ for polynomial (FedBuff), a = 10, b = 4 for hinge.
+  public init(kind: Kind) {
+    switch kind {
+    case .constant: self = .constant
+    case .polynomial: self = .polynomial(a: 0.5)
+    case .hinge: self = .hinge(a: 10, b: 4)
+    }
+  }
+
+  public var kind: Kind {
+    switch self {
+    case .constant: .constant
+    case .polynomial: .polynomial
+    case .hinge: .hinge
+    }
+  }
+}
+
+extension StalenessPlan: Codable {
+  /// Flat, like the YAML: `{"kind": "hinge", "a": 10, "b": 4}`.
+  private enum CodingKeys: String, CodingKey { case kind, a, b }
+
+  public init(from decoder: any Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    switch try c.decode(Kind.self, forKey: .kind) {
+    case .constant: self = .constant
+    case .polynomial: self = .polynomial(a: try c.decode(Double.self, forKey: .a))
+    case .hinge:
+      self = .hinge(a: try c.decode(Double.self, forKey: .a), b: try c.decode(Double.self, forKey: .b))
+    }
+  }
+
+  public func encode(to encoder: any Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode(kind, forKey: .kind)
+    switch self {
+    case .constant: break
+    case .polynomial(let a): try c.encode(a, forKey: .a)
+    case .hinge(let a, let b):
+      try c.encode(a, forKey: .a)
+      try c.encode(b, forKey: .b)
+    }
+  }
 }
 
 /// Bounds on what a device reports (`server.reports`): a report beyond them is refused
@@ -688,6 +841,11 @@ public struct SecureAggregationPlan: Codable, Sendable, Hashable {
   public static let supportedStrategies: [StrategyPlan.Kind] = [
     .fedavg, .fedavgm, .fedprox, .fedadagrad, .fedadam, .fedyogi,
   ]
+
+  /// The fewest devices one secure-aggregation group may have: 2 (the sum of one update is that
+  /// update; `SecAggParameters.resolve` refuses fewer), and with an explicit threshold t, t + 1
+  /// (each device's secret is shared among at most n − 1 neighbours, t of which must rebuild it).
+  public var minimumGroup: Int { Swift.max(2, (threshold ?? 1) + 1) }
 
   /// The widest ring secure aggregation uses: masks and sums are `UInt32`.
   public static let maximumRingBits = 32
@@ -1016,6 +1174,7 @@ extension Plan {
     SecureAggregationPlan.checkAcrossKeys(m, plan: secAgg, server: resolvedServer)
     CompressionPlan.checkAcrossKeys(m, plan: compression)
     PrivacyPlan.checkAcrossKeys(m, plan: &privacy, server: resolvedServer, secureAggregation: secAgg)
+    AsyncPlan.checkAcrossKeys(m, server: resolvedServer, secureAggregation: secAgg, privacy: privacy)
     if privacy.isDistributed, compression.kind != .none {
       m.owner.log.add(
         keyPath: "compression.kind", line: m["compression"]?.line ?? 1,
@@ -1306,7 +1465,7 @@ extension ServerPlan {
   static func read(_ field: YAMLField) -> ServerPlan? {
     guard
       let m = field.mapping(allowed: [
-        "rounds", "max_attempts", "cohort", "windows", "strategy", "evaluation", "reports",
+        "rounds", "max_attempts", "cohort", "windows", "strategy", "evaluation", "reports", "mode", "async",
       ])
     else {
       return nil
@@ -1355,7 +1514,131 @@ extension ServerPlan {
       }
       return reports
     }
+    // nil when absent or invalid (then its issue is already recorded).
+    let mode = m.optional("mode") { $0.oneOf(ServerMode.allCases.map(\.rawValue)).flatMap(ServerMode.init) }
+    let asynchronous = m.optional("async") { AsyncPlan.read($0) }
+    if mode == .async {
+      plan.asynchronous = asynchronous ?? AsyncPlan()
+    } else if let field = m["async"], mode == .sync || m["mode"] == nil {
+      m.owner.log.add(
+        field,
+        "server.async is read only with server.mode: async (the default mode is sync); set "
+          + "server.mode: async or remove server.async", showValue: false)
+    }
     return plan
+  }
+}
+
+extension AsyncPlan {
+  static let keys = ["concurrency", "buffer", "staleness", "max_staleness", "server_learning_rate"]
+
+  static func read(_ field: YAMLField) -> AsyncPlan? {
+    guard let m = field.mapping(allowed: keys) else { return nil }
+    var plan = AsyncPlan()
+    plan.concurrency = m.optional("concurrency", default: plan.concurrency) { $0.int(1...10_000_000) }
+    plan.buffer = m.optional("buffer", default: plan.buffer) { $0.int(1...1_000_000) }
+    plan.staleness = m.optional("staleness", default: plan.staleness) { StalenessPlan.read($0) }
+    plan.maximumStaleness = m.optional("max_staleness", default: plan.maximumStaleness) {
+      $0.int(0...1_000_000_000)
+    }
+    plan.serverLearningRate = m.optional("server_learning_rate") { $0.double(0...1e3, above: true) }
+    return plan
+  }
+
+  /// Rules between `server.async` and the rest of the plan, for a plan in async mode; fills in
+  /// nothing. Each issue names the keys involved and the fix.
+  static func checkAcrossKeys(
+    _ m: YAMLMapping, server: ServerPlan, secureAggregation: SecureAggregationPlan, privacy: PrivacyPlan
+  ) {
+    guard let plan = server.asynchronous else { return }
+    let serverField = m["server"]
+    let asyncField = serverField?.child("async")
+    let modeLine = serverField?.child("mode")?.line ?? serverField?.line
+    let line = { (key: String) in asyncField?.child(key)?.line ?? asyncField?.line ?? modeLine }
+    let strategy = server.strategy.kind
+    let kindLine = serverField?.child("strategy")?.child("kind")?.line ?? modeLine
+    if let why = refusal(of: strategy) {
+      let names = supportedStrategies.map(\.rawValue)
+      m.owner.log.add(
+        keyPath: "server.strategy.kind", line: kindLine,
+        "server.strategy.kind \(strategy.rawValue) cannot run with server.mode: async: it \(why); choose "
+          + names.dropLast().joined(separator: ", ") + " or \(names.last ?? "fedavg")"
+          + ", or set server.mode: sync")
+    }
+    if plan.serverLearningRate != nil, [.fedavgm, .fedadagrad, .fedadam, .fedyogi].contains(strategy) {
+      m.owner.log.add(
+        keyPath: "server.async.server_learning_rate", line: line("server_learning_rate"),
+        "server.strategy.kind \(strategy.rawValue) steps along the buffered mean with its own "
+          + "server.strategy.server_learning_rate, so server.async.server_learning_rate would be a second "
+          + "rate for the same step: remove server.async.server_learning_rate")
+    }
+    if let cohort = serverField?.child("cohort") {
+      m.owner.log.add(
+        keyPath: "server.cohort", line: cohort.line,
+        "server.cohort does not apply with server.mode: async: devices are admitted continuously up to "
+          + "server.async.concurrency and every server.async.buffer updates make a version; remove "
+          + "server.cohort")
+    }
+    if secureAggregation.enabled {
+      if plan.buffer < secureAggregation.minimumGroup {
+        let because =
+          secureAggregation.threshold.map {
+            "with secure_aggregation.threshold \($0) a group needs at least \($0 + 1) devices (each "
+              + "device's secret is shared among at most n − 1 neighbours, \($0) of whom must rebuild it)"
+          } ?? "the sum of one update is that update"
+        m.owner.log.add(
+          keyPath: "server.async.buffer", line: line("buffer"),
+          "server.async.buffer is \(plan.buffer), but each buffer is one secure-aggregation group and "
+            + "\(because): raise server.async.buffer to at least \(secureAggregation.minimumGroup)"
+            + (secureAggregation.threshold == nil ? "" : " or lower secure_aggregation.threshold")
+            + ", or set secure_aggregation.enabled: false")
+      }
+      let ring = secureAggregation.ringBits(devices: plan.buffer)
+      if ring > SecureAggregationPlan.maximumRingBits {
+        m.owner.log.add(
+          keyPath: "server.async.buffer", line: line("buffer"),
+          "server.async.buffer is \(plan.buffer): the secure sum of that many devices' codes needs \(ring) "
+            + "bits and the ring has \(SecureAggregationPlan.maximumRingBits); lower server.async.buffer "
+            + "or secure_aggregation.encoding_bits")
+      }
+    }
+    guard privacy.isPrivate, let section = m["privacy"] else { return }
+    if privacy.isDistributed {
+      m.owner.log.add(
+        keyPath: "privacy.kind", line: section.child("kind")?.line ?? section.line,
+        "privacy.kind distributed_discrete_gaussian with server.mode: async: its noise is calibrated to a "
+          + "cohort that secure aggregation sums at once, and its accounting to sampled rounds; use "
+          + "privacy.kind central_gaussian (noise per buffer application) or server.mode: sync")
+    }
+    if privacy.targetEpsilon != nil, let field = section.child("target_epsilon") {
+      m.owner.log.add(
+        keyPath: "privacy.target_epsilon", line: field.line,
+        "privacy.target_epsilon with server.mode: async: no ε is reported for asynchronous runs (devices "
+          + "fill buffers by speed and availability, not by Poisson or uniform sampling, so the "
+          + "accountant's amplification by sampling does not hold); remove target_epsilon or use "
+          + "server.mode: sync")
+    }
+  }
+}
+
+extension StalenessPlan {
+  static func read(_ field: YAMLField) -> StalenessPlan? {
+    guard let m = field.mapping(allowed: ["kind", "a", "b"]) else { return nil }
+    let kind = m.optional("kind", default: Kind.polynomial) {
+      $0.oneOf(Kind.allCases.map(\.rawValue)).flatMap(Kind.init)
+    }
+    switch StalenessPlan(kind: kind) {
+    case .constant:
+      m.reject(["a", "b"], because: "staleness kind constant weighs every update 1 and takes no parameters")
+      return .constant
+    case .polynomial(let a):
+      m.reject(["b"], because: "staleness kind polynomial, (1 + s)^−a, takes only a")
+      return .polynomial(a: m.optional("a", default: a) { $0.double(0...100) })
+    case .hinge(let a, let b):
+      return .hinge(
+        a: m.optional("a", default: a) { $0.double(0...1e6, above: true) },
+        b: m.optional("b", default: b) { $0.double(0...1e9) })
+    }
   }
 }
 
@@ -1516,7 +1799,8 @@ extension SecureAggregationPlan {
 
   /// Rules between `secure_aggregation` and the rest of the plan, when it is enabled.
   static func checkAcrossKeys(_ m: YAMLMapping, plan: SecureAggregationPlan, server: ServerPlan) {
-    guard plan.enabled, let section = m["secure_aggregation"] else { return }
+    // In async mode each buffer is the group: `AsyncPlan.checkAcrossKeys` checks it instead.
+    guard plan.enabled, server.asynchronous == nil, let section = m["secure_aggregation"] else { return }
     let path = { (key: String) in (section.path + [key]).joined(separator: ".") }
     let cohort = server.cohort
     let devices = cohort.selectionTarget
@@ -1736,7 +2020,8 @@ extension PrivacyPlan {
     }
     guard var adaptive = plan.adaptiveClipping, let field = section.child("adaptive_clipping") else { return }
     if field.child("count_noise_multiplier") == nil {
-      adaptive.countNoiseMultiplier = Double(server.cohort.goal) / 20
+      // The expected count of updates summed at once: the cohort, or in async mode the buffer.
+      adaptive.countNoiseMultiplier = Double(server.asynchronous?.buffer ?? server.cohort.goal) / 20
       plan.adaptiveClipping = adaptive
     }
     let countPath = "privacy.adaptive_clipping.count_noise_multiplier"
@@ -1750,7 +2035,8 @@ extension PrivacyPlan {
     }
     if plan.updateNoiseMultiplier == nil {
       let sigma = adaptive.countNoiseMultiplier
-      let given = field.child("count_noise_multiplier") == nil ? " (server.cohort.goal / 20)" : ""
+      let expected = server.asynchronous == nil ? "server.cohort.goal" : "server.async.buffer"
+      let given = field.child("count_noise_multiplier") == nil ? " (\(expected) / 20)" : ""
       m.owner.log.add(
         keyPath: plan.noiseMultiplier == 0 ? "privacy.noise_multiplier" : countPath,
         line: plan.noiseMultiplier == 0 ? line("noise_multiplier") : countLine,
