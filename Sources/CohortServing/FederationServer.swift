@@ -86,6 +86,7 @@ public final class FederationServer: Sendable {
     metrics: any MetricsFactory = MetricsSystem.factory
   ) throws(CohortError) {
     let plan = configuration.plan
+    try plan.requireSynchronous("cohort serve")
     if plan.server.strategy.kind == .scaffold, (configuration.populationSize ?? 0) < 1 {
       throw CohortError(
         .invalidConfiguration,

@@ -100,6 +100,7 @@ public final class Simulation: Sendable {
     self.run = run
     self.options = options
     self.logger = logger
+    try scenario.plan.requireSynchronous("cohort simulate")
     // Parallelism comes from training many devices at once; BLAS threads inside each device's
     // training would only compete with them.
     BLAS.useOneThread()

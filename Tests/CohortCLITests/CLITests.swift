@@ -165,6 +165,19 @@ func simulateJSON(_ arguments: [String]) throws -> [String: Any] {
     #expect(a["rounds_attempted"] as? Int == 6)
   }
 
+  @Test func anAsynchronousPlanIsRefusedUntilItIsCarriedOut() throws {
+    let dir = TemporaryDirectory()
+    let yaml = smallScenario.replacingOccurrences(
+      of: "    cohort: {goal: 20, over_selection: 1.3, minimum_fraction: 0.8}\n", with: "    mode: async\n")
+    #expect(yaml.contains("mode: async"))
+    let scenario = dir.write("async.yaml", yaml)
+    let refused = try cohort(["simulate", scenario, "--db", dir.file("a.sqlite")])
+    #expect(refused.status != 0)
+    #expect(
+      refused.stderr.contains("server.mode: async is validated but not yet carried out by cohort simulate"),
+      "\(refused.stderr)")
+  }
+
   @Test func aSecondWriterOfTheSameDatabaseRefusesAtStart() throws {
     let dir = TemporaryDirectory()
     let scenario = dir.write("small.yaml", smallScenario)
