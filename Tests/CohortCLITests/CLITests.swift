@@ -3,10 +3,11 @@ import CohortTesting
 import Foundation
 import Testing
 
-/// Runs the `cohort` binary built next to this test bundle and returns its exit status and output.
-func cohort(_ arguments: [String], in directory: URL = repositoryRoot) throws -> (
-  status: Int32, stdout: String, stderr: String
-) {
+/// Runs the `cohort` binary built next to this test bundle and returns its exit status and output,
+/// with `environment` added to (or, for nil values, removed from) this process's.
+func cohort(
+  _ arguments: [String], in directory: URL = repositoryRoot, environment: [String: String?] = [:]
+) throws -> (status: Int32, stdout: String, stderr: String) {
   let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     .appendingPathComponent("cohort")
   // The test runner may live inside a bundle directory; walk up until the binary is found.
@@ -19,6 +20,7 @@ func cohort(_ arguments: [String], in directory: URL = repositoryRoot) throws ->
   process.executableURL = candidate
   process.arguments = arguments
   process.currentDirectoryURL = directory
+  process.environment = merged(environment)
   let out = Pipe()
   let err = Pipe()
   process.standardOutput = out

@@ -3,29 +3,6 @@ import CohortTesting
 import Foundation
 import Testing
 
-/// Runs `cohort` with `environment` added to (or, for nil values, removed from) this process's.
-func cohort(_ arguments: [String], environment: [String: String?]) throws -> (
-  status: Int32, stdout: String, stderr: String
-) {
-  let process = Process()
-  process.executableURL = cohortBinary
-  process.arguments = arguments
-  process.currentDirectoryURL = repositoryRoot
-  process.environment = merged(environment)
-  let out = Pipe()
-  let err = Pipe()
-  process.standardOutput = out
-  process.standardError = err
-  try process.run()
-  let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
-  let stderrData = err.fileHandleForReading.readDataToEndOfFile()
-  process.waitUntilExit()
-  return (
-    process.terminationStatus, String(decoding: stdoutData, as: UTF8.self),
-    String(decoding: stderrData, as: UTF8.self)
-  )
-}
-
 func merged(_ changes: [String: String?]) -> [String: String] {
   var environment = ProcessInfo.processInfo.environment
   for (key, value) in changes { environment[key] = value }
