@@ -215,8 +215,10 @@ public struct ServerParticipation: Sendable {
     /// Secure aggregation: the device is out.
     case leave(round: Int, device: DeviceID)
     case disconnect(DeviceID)
-    /// A device of `round` left before it reported.
-    case dropped(device: DeviceID, round: Int)
+    /// A device of `round` left before it reported. `hadTask`: it left with its task; otherwise
+    /// it left the cohort being gathered, which a newer stream of the same device (it
+    /// reconnected) still stands for, so the driver drops it only if this stream was its last.
+    case dropped(device: DeviceID, round: Int, hadTask: Bool)
     /// End the stream: cleanly (nil) or refused.
     case end(Refusal?)
   }
@@ -641,9 +643,9 @@ public struct ServerParticipation: Sendable {
     if let device {
       if connected { actions.append(.disconnect(device)) }
       if let taskRound {
-        if !reported { actions.append(.dropped(device: device, round: taskRound)) }
+        if !reported { actions.append(.dropped(device: device, round: taskRound, hadTask: true)) }
       } else if let admittedRound {
-        actions.append(.dropped(device: device, round: admittedRound))
+        actions.append(.dropped(device: device, round: admittedRound, hadTask: false))
       }
     }
     return actions + leave() + [.end(refusal)]

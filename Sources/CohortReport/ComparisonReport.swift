@@ -86,7 +86,7 @@ public struct ComparisonReport: Sendable {
         svg: chart(
           title: "Central test accuracy against simulated time", yLabel: "test accuracy", isAccuracy: true,
           reference: target.map { ($0, "target " + NumberText.fixed($0, 2)) }, xAxis: .time,
-          x: { _, r in r.endedAt }, value: \.evalAccuracy)))
+          x: { _, r in r.endedAt }, fromRunStart: true, value: \.evalAccuracy)))
     if uploadsDiffer {
       out.append(
         Figure(
@@ -191,11 +191,13 @@ public struct ComparisonReport: Sendable {
   }
 
   /// A line chart of `value` per series. `x` gives a round's x from the run's bytes uploaded up
-  /// to and including it and the round's record; nil leaves the round out.
+  /// to and including it and the round's record; nil leaves the round out. `fromRunStart`: x is a
+  /// time, counted from the run's start (a server's rounds carry Unix time, a simulation's start
+  /// at 0).
   private func chart(
     title: String, yLabel: String, isAccuracy: Bool, reference: (Double, String)?, xAxis: XAxis = .round,
     x: (_ cumulativeBytesUp: Double, _ record: RoundRecord) -> Double? = { _, r in Double(r.round) },
-    value: KeyPath<RoundRecord, Double?>
+    fromRunStart: Bool = false, value: KeyPath<RoundRecord, Double?>
   ) -> String {
     let lines = series.enumerated().map { i, s in
       LineChart.Series(
@@ -203,11 +205,12 @@ public struct ComparisonReport: Sendable {
         points: BandPoint.combine(
           s.runs.map { run in
             var bytes = 0.0
+            let origin = fromRunStart ? run.map(\.startedAt).min() ?? 0 : 0
             return run.sorted { $0.round < $1.round }.compactMap {
               r -> (round: Int, x: Double, value: Double)? in
               bytes += Double(r.bytesUp)
               guard let v = r[keyPath: value], let at = x(bytes, r) else { return nil }
-              return (r.round, at, v)
+              return (r.round, at - origin, v)
             }
           }))
     }

@@ -169,10 +169,12 @@ enum Statistics {
     return (squares / Double(xs.count - 1)).squareRoot()
   }
 
-  /// A run's evaluated rounds, in round order.
+  /// A run's evaluated rounds, in round order; `endedAt` counts from the run's start (a server's
+  /// rounds carry Unix time, a simulation's start at 0).
   static func evaluated(_ run: [RoundRecord]) -> [(round: Int, accuracy: Double, endedAt: Double)] {
-    run.sorted { $0.round < $1.round }.compactMap { r in
-      r.evalAccuracy.map { (r.round, $0, r.endedAt) }
+    let origin = run.map(\.startedAt).min() ?? 0
+    return run.sorted { $0.round < $1.round }.compactMap { r in
+      r.evalAccuracy.map { (r.round, $0, r.endedAt - origin) }
     }
   }
 

@@ -203,7 +203,7 @@ public enum CheckpointRetention: Sendable, Hashable, CustomStringConvertible {
     switch self {
     case .all: true
     case .last: false
-    case .every(let n): round % n == 0
+    case .every(let n): round % max(1, n) == 0
     }
   }
 }

@@ -280,10 +280,10 @@ private struct Pump {
         await service.secureAggregation?.receive(round: round, device: device, bytes: message)
       case .leave(let round, let device): await service.secureAggregation?.leave(round: round, device: device)
       case .disconnect(let device): superseded = !(await service.handler.disconnect(device, link: mailbox))
-      case .dropped(let device, let round):
-        // A device that reconnected is in its new stream's hands: its old stream's end is no
-        // dropout (it would take the device out of the cohort its new stream waits in).
-        if !superseded { await service.handler.dropped(device: device, round: round) }
+      case .dropped(let device, let round, let hadTask):
+        // A device that reconnected while waiting to be chosen waits in its new stream; one that
+        // had its task lost it with this stream (the task went to this stream alone).
+        if hadTask || !superseded { await service.handler.dropped(device: device, round: round) }
       case .end(let refusal): self.refusal = refusal
       }
       if let answer { queue += machine.handle(answer, now: service.clock.now) }

@@ -112,7 +112,7 @@ struct BenchSimulate: AsyncParsableCommand {
 
   func synthetic(store: ResultsStore, logger: Logger) async throws {
     var s = try Scenario.parse(yaml: Self.syntheticYAML, file: "<bench: synthetic>")
-    s.plan.server.rounds = syntheticRounds
+    s.plan.setRounds(syntheticRounds)
     var seconds: [Double] = []
     var updates = 0
     for _ in 0..<repeats {

@@ -144,7 +144,7 @@ struct CompareCommand: AsyncParsableCommand {
         } catch {
           throw error.exit()
         }
-        if let rounds = e.rounds { s.plan.server.rounds = rounds }
+        if let rounds = e.rounds { s.plan.setRounds(rounds) }
         for seed in e.seeds.seeds(base: s.seed) {
           s.seed = seed
           let prefix = e.scenarios.count > 1 ? "\(scenarioName) · " : ""

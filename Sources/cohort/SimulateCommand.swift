@@ -77,14 +77,33 @@ struct SimulateCommand: AsyncParsableCommand {
                 "give more rounds than \(s.plan.server.rounds), or leave out --rounds to resume it as planned"
             )
           }
+          // An extension restarts from a state two committed rounds before the old end, so it
+          // needs every committed round's checkpoint, and a schedule that does not depend on how
+          // many rounds the run has.
+          let committed = try store.rounds(runID).filter { $0.outcome == .committed }.map(\.round)
+          let kept = Set(try store.checkpointRounds(runID))
+          if let missing = committed.first(where: { !kept.contains($0) }) {
+            throw CohortError(
+              .invalidConfiguration,
+              "run \(runID) cannot be extended: it kept no checkpoint of round \(missing) "
+                + "(--keep-checkpoints), and an extension replays its last rounds from them",
+              fix: "run the scenario anew with --rounds \(rounds)")
+          }
+          if case .cosine(s.plan.server.rounds, _) = s.plan.device.optimizer.schedule {
+            throw CohortError(
+              .invalidConfiguration,
+              "run \(runID)'s cosine learning-rate schedule anneals over its \(s.plan.server.rounds) rounds; "
+                + "extended, it could not end as one run of \(rounds) rounds would",
+              fix: "run the scenario anew with --rounds \(rounds)")
+          }
           extendingFrom = s.plan.server.rounds
-          s.plan.server.rounds = rounds
+          s.plan.setRounds(rounds)
           try store.setScenario(runID, s)
         }
         try store.setStatus(runID, .running, at: Date())
       } else {
         s = fresh!
-        if let rounds { s.plan.server.rounds = rounds }
+        if let rounds { s.plan.setRounds(rounds) }
         // "NAME seed N": `cohort report` groups runs that differ only in their seed.
         let file = scenario.path.map {
           (($0 as NSString).lastPathComponent as NSString).deletingPathExtension
@@ -124,8 +143,9 @@ struct SimulateCommand: AsyncParsableCommand {
         if record.round == 1 { TestGate.wait() }
       }
       try store.setStatus(runID, .finished, at: Date())
-      // One self-contained file: the write-ahead log folded in, no -wal or -shm beside it.
-      try store.close()
+      // One self-contained file: the write-ahead log folded in, no -wal or -shm beside it. Best
+      // effort: the run is finished and stored whether or not a reader holds the log open.
+      try? store.close()
     } catch {
       try? store.setStatus(runID, .failed, at: Date())
       try? store.close()

@@ -125,6 +125,29 @@ private func writeScenarios(_ dir: TemporaryDirectory) -> (String, String) {
 }
 
 @Suite struct ExtendRunCLITests {
+  /// An extension replays the last rounds from their checkpoints and the schedule of the run's
+  /// length: a run that pruned them, or whose cosine schedule anneals over its rounds, is refused
+  /// with the way on, not extended into something else.
+  @Test func aRunThatCannotBeExtendedExactlyIsRefused() throws {
+    let dir = TemporaryDirectory()
+    let scenario = dir.write("small.yaml", smallScenario)
+    let pruned = dir.file("pruned.sqlite")
+    _ = try simulateJSON([scenario, "--db", pruned, "--rounds", "3", "--keep-checkpoints", "last"])
+    let refused = try cohort(["simulate", "--resume", "1", "--rounds", "5", "--db", pruned])
+    #expect(refused.status != 0 && refused.stderr.contains("--keep-checkpoints"), "\(refused.stderr)")
+    let cosine = dir.write(
+      "cosine.yaml",
+      smallScenario.replacingOccurrences(
+        of: "optimizer: {kind: sgd, learning_rate: 0.05}",
+        with: "optimizer: {kind: sgd, learning_rate: 0.05, schedule: {kind: cosine}}"))
+    let annealed = dir.file("cosine.sqlite")
+    _ = try simulateJSON([cosine, "--db", annealed, "--rounds", "3"])
+    let refusedCosine = try cohort(["simulate", "--resume", "1", "--rounds", "5", "--db", annealed])
+    #expect(
+      refusedCosine.status != 0 && refusedCosine.stderr.contains("cosine learning-rate schedule"),
+      "\(refusedCosine.stderr)")
+  }
+
   /// A finished run of 3 rounds extended to 6 ends exactly as one run of 6 rounds: the same final
   /// checkpoint and the same rounds (evaluation of round 3 included, which the short run had only
   /// because it was its last).

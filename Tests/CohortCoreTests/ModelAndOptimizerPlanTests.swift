@@ -103,6 +103,22 @@ import Testing
     #expect(scaffold.map(\.keyPath) == ["device.optimizer.kind"])
   }
 
+  @Test func aRoundsOverrideCarriesAWholeRunCosineScheduleAlong() throws {
+    // `--rounds 10` on a 40-round plan anneals over 10 rounds, as the plan written with 10 does.
+    var overridden = try plan(
+      "device: {optimizer: {learning_rate: 0.1, schedule: {kind: cosine}}}\nserver: {rounds: 40}")
+    overridden.setRounds(10)
+    let written = try plan(
+      "device: {optimizer: {learning_rate: 0.1, schedule: {kind: cosine}}}\nserver: {rounds: 10}")
+    #expect(overridden.device.optimizer.schedule == written.device.optimizer.schedule)
+    #expect(overridden.server.rounds == 10)
+    // A schedule with a length of its own keeps it.
+    var own = try plan(
+      "device: {optimizer: {learning_rate: 0.1, schedule: {kind: cosine, rounds: 7}}}\nserver: {rounds: 40}")
+    own.setRounds(10)
+    #expect(own.device.optimizer.schedule == .cosine(rounds: 7, minimumLearningRate: 0))
+  }
+
   @Test func schedulesReadTheirKeysAndFillCosineRoundsFromTheServer() throws {
     let step = try optimizer(
       "{kind: sgd, learning_rate: 0.1, schedule: {kind: step, step_size: 2, gamma: 0.5}}")

@@ -70,7 +70,7 @@ import Testing
       case .relay(let round, let device, let message): "relay \(device)@\(round) \(message)"
       case .leave(let round, let device): "leave \(device)@\(round)"
       case .disconnect(let device): "disconnect \(device)"
-      case .dropped(let device, let round): "dropped \(device)@\(round)"
+      case .dropped(let device, let round, _): "dropped \(device)@\(round)"
       case .end(nil): "end"
       case .end(let refusal?): "end \(refusal.name)\(refusal.counted ? " counted" : "")"
       }

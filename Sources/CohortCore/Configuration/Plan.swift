@@ -616,6 +616,17 @@ public enum ServerMode: String, Codable, Sendable, Hashable, CaseIterable {
 }
 
 extension Plan {
+  /// Sets `server.rounds` (a `--rounds` override, an experiment's `rounds`, an extended run) with
+  /// what the plan derived from it following: a cosine schedule that anneals over the whole run
+  /// (written without `rounds` of its own, or with the run's) anneals over the new number, as a
+  /// plan written with it would.
+  public mutating func setRounds(_ rounds: Int) {
+    if case .cosine(server.rounds, let minimum) = device.optimizer.schedule {
+      device.optimizer.schedule = .cosine(rounds: rounds, minimumLearningRate: minimum)
+    }
+    server.rounds = rounds
+  }
+
   /// Refuses an asynchronous plan where it is not carried out yet: the buffer's machine and the
   /// plan keys exist, but `cohort simulate` and `cohort serve` still run rounds, and running an
   /// async plan as rounds would give results that are not what the plan says.
