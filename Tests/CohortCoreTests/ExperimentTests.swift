@@ -58,6 +58,32 @@ private func issues(_ body: () throws -> Void) -> [ConfigurationIssue] {
     #expect(Experiment.Seeds.count(3).seeds(base: 9) == [9, 10, 11])
   }
 
+  @Test func aPlansInitialWeightsStayRelativeToThePlanFileUnderAVariant() throws {
+    let dir = TemporaryDirectory()
+    let weights = try Data(
+      contentsOf: repositoryRoot.appendingPathComponent("Tests/Fixtures/initial-weights/initial.safetensors"))
+    let copy = dir.write("plans/initial.safetensors", Array(weights))
+    _ = dir.write(
+      "plans/p.yaml",
+      """
+      name: p
+      model: {kind: mlp, inputs: 60, hidden: [4], classes: 10, initial: initial.safetensors}
+      server: {rounds: 7, cohort: {goal: 10}, strategy: {kind: fedavg}}
+      """)
+    let path = dir.write(
+      "sims/s.yaml",
+      """
+      plan: ../plans/p.yaml
+      data: {kind: synthetic_fedprox, alpha: 0, beta: 0, devices: 50}
+      partition: {kind: iid}
+      devices: {count: 50}
+      """)
+    let s = try Scenario.load(
+      path: path, variant: .init(label: "lr/2", overrides: [.init(key: "device.epochs", yaml: "2")]))
+    #expect(s.plan.model.initial == URL(fileURLWithPath: copy).standardizedFileURL.path)
+    #expect(s.plan.device.epochs == 2)
+  }
+
   @Test func overridesReachThePlanBeforeValidation() throws {
     let dir = TemporaryDirectory()
     let path = writeScenario(dir)

@@ -253,12 +253,22 @@ extension Scenario {
       }
       // A plan in its own file is brought inline, so its keys can be replaced.
       var plan = planNode
+      var planDirectory = directory
       if case .scalar(let s) = planNode {
         let planPath = resolve(s.string, in: directory)
         guard let planRoot = try YAMLDocument.compose(yaml: try ConfigurationFile.read(planPath)) else {
           return try parse(yaml: text, file: label, directory: directory)
         }
         plan = planRoot
+        planDirectory = URL(fileURLWithPath: planPath).deletingLastPathComponent()
+      }
+      // `model.initial` is relative to the plan file's directory, and the text parsed below is
+      // named by its label, not a path: make it absolute while the plan's directory is known.
+      if case .scalar(let s)? = plan["model"]?["initial"], !s.string.hasPrefix("/") {
+        plan = try setting(
+          Node(resolve(s.string, in: planDirectory)), at: ["model", "initial"][...], in: plan,
+          key: "model.initial",
+          fail: fail)
       }
       for override in variant.overrides {
         var components = override.key.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
