@@ -239,12 +239,10 @@ struct ServeCommand: AsyncParsableCommand {
 extension ServeCommand {
   /// Central evaluation on `--test-data`: its features must be the plan's model inputs.
   static func evaluator(testData path: String, plan: Plan) throws(CohortError) -> CentralTestEvaluator {
-    let header = (try? String(contentsOfFile: path, encoding: .utf8))?.prefix { $0 != "\n" } ?? ""
-    let hasDevice = header.split(separator: ",").contains {
-      $0.trimmingCharacters(in: .whitespaces) == "device"
-    }
+    // A `device` column, if there is one, is read as such (not as a feature) and otherwise ignored.
     let test = try CSVDataset.load(
-      path: path, labelColumn: "label", clientColumn: hasDevice ? "device" : nil, classes: plan.model.classes)
+      path: path, labelColumn: "label", clientColumn: "device", classes: plan.model.classes,
+      clientColumnOptional: true)
     guard test.featureCount == plan.model.inputCount else {
       throw CohortError(
         .shapeMismatch,

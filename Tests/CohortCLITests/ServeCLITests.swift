@@ -209,6 +209,19 @@ let cohortBinary: URL = {
     #expect(rounds.stdout.contains("rounds committed 5 of"), "\(rounds.stdout)")
   }
 
+  @Test func aTestSetOfAnotherShapeIsRefusedBeforeServing() throws {
+    let dir = TemporaryDirectory()
+    // Three features and a device column (read as such, not as a fourth feature).
+    let test = dir.write("test.csv", "f0,f1,f2,device,label\n0.1,0.2,0.3,4,1\n0.5,0.1,0.0,2,0\n")
+    let refused = try cohort([
+      "serve", "--plan", "Plans/network-demo.yaml", "--insecure", "--listen", "127.0.0.1:0", "--db",
+      dir.path + "/s.sqlite", "--test-data", test,
+    ])
+    #expect(refused.status != 0)
+    #expect(
+      refused.stderr.contains("has 3 feature columns but the plan's model takes 60"), "\(refused.stderr)")
+  }
+
   @Test func serveRefusesPlaintextOffLoopbackAndMissingTLS() throws {
     let dir = TemporaryDirectory()
     let noTLS = try cohort(["serve", "--plan", "Plans/network-demo.yaml", "--db", dir.path + "/s.sqlite"])
