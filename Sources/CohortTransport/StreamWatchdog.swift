@@ -15,10 +15,18 @@ struct StreamDeadlines: Sendable {
 
   /// Calls `fire` after `seconds` unless the returned handle is cancelled first.
   func schedule(after seconds: Double, _ fire: @escaping @Sendable () -> Void) -> Scheduled<Void> {
-    // The wait may come from a plan's deadline: bounded (a year) and never NaN, so the
-    // conversion cannot trap.
+    schedule(at: Self.deadline(after: seconds), fire)
+  }
+
+  func schedule(at deadline: NIODeadline, _ fire: @escaping @Sendable () -> Void) -> Scheduled<Void> {
+    group.next().scheduleTask(deadline: deadline) { fire() }
+  }
+
+  /// `seconds` from now. The wait may come from a plan's deadline: bounded (a year) and never
+  /// NaN, so the conversion cannot trap.
+  static func deadline(after seconds: Double) -> NIODeadline {
     let bounded = seconds.isFinite ? min(max(0, seconds), 365 * 86_400) : 0
-    return group.next().scheduleTask(in: .milliseconds(Int64(bounded * 1000))) { fire() }
+    return .now() + .milliseconds(Int64(bounded * 1000))
   }
 }
 
@@ -30,10 +38,12 @@ struct StreamDeadlines: Sendable {
 /// longer than this.
 final class StreamWatchdog: Sendable {
   private struct State {
-    /// Which arming a firing timer belongs to: a timer cancelled too late to stop it fires
-    /// for an old generation and is ignored.
-    var generation: UInt64 = 0
-    var timer: Scheduled<Void>?
+    /// When progress is due; nil while disarmed.
+    var deadline: NIODeadline?
+    /// One timer per stream, moved only when a deadline comes earlier than it: a stream arms
+    /// the watchdog around every message, and rescheduling each time would wake an event loop
+    /// per message. When it fires before the deadline, it is set again for the rest.
+    var timer: (at: NIODeadline, handle: Scheduled<Void>)?
     var fired = false
     var stopped = false
     var waiter: CheckedContinuation<Bool, Never>?
@@ -48,29 +58,24 @@ final class StreamWatchdog: Sendable {
 
   /// Progress must come within `seconds` from now.
   func arm(seconds: Double) {
+    let deadline = StreamDeadlines.deadline(after: seconds)
     state.withLock { s in
       guard !s.stopped, !s.fired else { return }
-      s.timer?.cancel()
-      s.generation &+= 1
-      let generation = s.generation
-      s.timer = deadlines.schedule(after: seconds) { [weak self] in self?.fire(generation) }
+      s.deadline = deadline
+      if let timer = s.timer, timer.at <= deadline { return }
+      s.timer?.handle.cancel()
+      s.timer = (deadline, deadlines.schedule(at: deadline) { [weak self] in self?.due() })
     }
   }
 
-  /// No deadline while the server's side has the next move.
-  func disarm() {
-    state.withLock { s in
-      s.timer?.cancel()
-      s.timer = nil
-      s.generation &+= 1
-    }
-  }
+  /// No deadline while the server's side has the next move (the timer, if any, finds none).
+  func disarm() { state.withLock { $0.deadline = nil } }
 
   /// The stream ended: `expired()` returns false at once and for good.
   func stop() {
     let waiter = state.withLock { s -> CheckedContinuation<Bool, Never>? in
       s.stopped = true
-      s.timer?.cancel()
+      s.timer?.handle.cancel()
       s.timer = nil
       defer { s.waiter = nil }
       return s.waiter
@@ -78,11 +83,15 @@ final class StreamWatchdog: Sendable {
     waiter?.resume(returning: false)
   }
 
-  private func fire(_ generation: UInt64) {
+  private func due() {
     let waiter = state.withLock { s -> CheckedContinuation<Bool, Never>? in
-      guard s.generation == generation, s.timer != nil, !s.stopped else { return nil }
-      s.fired = true
       s.timer = nil
+      guard !s.stopped, let deadline = s.deadline else { return nil }
+      if NIODeadline.now() < deadline {
+        s.timer = (deadline, deadlines.schedule(at: deadline) { [weak self] in self?.due() })
+        return nil
+      }
+      s.fired = true
       defer { s.waiter = nil }
       return s.waiter
     }
