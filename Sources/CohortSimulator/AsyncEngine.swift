@@ -286,9 +286,12 @@ final class AsyncEngine {
       evalLoss: evaluation?.loss, evalAccuracy: evaluation?.accuracy,
       durationSeconds: now - interval.startedAt,
       meanStaleness: application.meanStaleness, maximumStaleness: application.maximumStaleness)
-    let devices =
-      application.devices.map { DeviceParticipation(device: $0, reported: true, dropped: false) }
-      + interval.droppedDevices.map { DeviceParticipation(device: $0, reported: false, dropped: true) }
+    // One entry per device: it may have dropped out and, readmitted, been folded in the same
+    // interval, or dropped out twice.
+    let folded = Set(application.devices)
+    let devices = folded.union(interval.droppedDevices).sorted().map {
+      DeviceParticipation(device: $0, reported: folded.contains($0), dropped: !folded.contains($0))
+    }
     try store.commitRound(run, record, checkpoint: model, devices: devices)
     records.append(record)
     progress(record)
