@@ -53,6 +53,10 @@ public struct RoundRecord: Sendable, Hashable, Codable {
   /// clock: what a simulated round costs to compute. Nil when unknown (files written before it
   /// was recorded, a round in flight across a resume).
   public var realSeconds: Double?
+  /// `server.mode: async`: the mean and largest staleness (versions applied between a device's
+  /// download and its update's folding) of the updates this version folded; nil for rounds.
+  public var meanStaleness: Double?
+  public var maximumStaleness: Int?
 
   public init(
     round: Int, startedAt: Double, endedAt: Double, outcome: RoundOutcome = .committed,
@@ -60,8 +64,11 @@ public struct RoundRecord: Sendable, Hashable, Codable {
     rejected: Int = 0, bytesDown: Int = 0, bytesUp: Int = 0, trainLoss: Double? = nil,
     evalLoss: Double? = nil, evalAccuracy: Double? = nil, federatedEvalLoss: Double? = nil,
     federatedEvalAccuracy: Double? = nil, federatedEvalExamples: Int? = nil, epsilon: Double? = nil,
-    durationSeconds: Double = 0, realSeconds: Double? = nil
+    durationSeconds: Double = 0, realSeconds: Double? = nil, meanStaleness: Double? = nil,
+    maximumStaleness: Int? = nil
   ) {
+    self.meanStaleness = meanStaleness
+    self.maximumStaleness = maximumStaleness
     self.round = round
     self.startedAt = startedAt
     self.endedAt = endedAt

@@ -31,6 +31,8 @@ public struct SimulationSummary: Sendable, Codable {
   public var delta: Double? = nil
   /// Why the run ended before the plan's last round (its privacy budget), if it did.
   public var stopReason: String? = nil
+  /// `server.mode: async`: reports refused as staler than `server.async.max_staleness`.
+  public var tooStale: Int? = nil
 }
 
 /// Settings of the simulation machinery itself (not of the scenario).
@@ -100,7 +102,6 @@ public final class Simulation: Sendable {
     self.run = run
     self.options = options
     self.logger = logger
-    try scenario.plan.requireSynchronous("cohort simulate")
     // Parallelism comes from training many devices at once; BLAS threads inside each device's
     // training would only compete with them.
     BLAS.useOneThread()
@@ -112,7 +113,7 @@ public final class Simulation: Sendable {
     initialModel = try network.initialWeights(plan: scenario.plan.model, seed: scenario.seed)
     adversaries = scenario.adversaries.map { Adversaries(plan: $0, seed: scenario.seed) }
     secureAggregation =
-      scenario.plan.secureAggregation.enabled
+      scenario.plan.secureAggregation.enabled && scenario.plan.server.mode == .sync
       ? SimulatedSecureAggregation(
         plan: scenario.plan, seed: scenario.seed, population: population, parallelism: options.parallelism)
       : nil
@@ -124,6 +125,7 @@ public final class Simulation: Sendable {
   public func run(progress: @escaping @Sendable (RoundRecord) -> Void = { _ in }) async throws(CohortError)
     -> SimulationSummary
   {
+    if scenario.plan.server.mode == .async { return try await runAsynchronously(progress: progress) }
     let clock = ManualClock()
     let link = SimulatedLink()
     let selector = Selector(fallback: link)
@@ -200,6 +202,21 @@ public final class Simulation: Sendable {
       }
     }
     return try outcome.get()
+  }
+
+  /// `server.mode: async`: the buffer driven in virtual time (`AsyncEngine`), from the start.
+  func runAsynchronously(progress: @escaping @Sendable (RoundRecord) -> Void) async throws(CohortError)
+    -> SimulationSummary
+  {
+    guard options.extendingFrom == nil, try store.rounds(run).isEmpty else {
+      throw CohortError(
+        .invalidConfiguration,
+        "run \(run) is asynchronous (server.mode: async), and cohort simulate cannot yet resume or extend "
+          + "an asynchronous run",
+        fix: "simulate the scenario anew (a new run)")
+    }
+    let engine = try AsyncEngine(simulation: self, initial: initialModel, progress: progress)
+    return try await engine.run()
   }
 
   /// One device's local training for a round, and its result: the same work a real device does.

@@ -784,15 +784,16 @@ public final class ResultsStore: Sendable {
         INSERT INTO rounds (
           run_id, round, started_at, ended_at, outcome, abandon_reason, selected, reported, dropped, late,
           rejected, bytes_down, bytes_up, train_loss, eval_loss, eval_accuracy, federated_eval_loss,
-          federated_eval_accuracy, federated_eval_examples, epsilon, duration_seconds, real_seconds)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+          federated_eval_accuracy, federated_eval_examples, epsilon, duration_seconds, real_seconds,
+          mean_staleness, max_staleness)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         """
     ).execute(
       arguments: [
         run.rawValue, r.round, r.startedAt, r.endedAt, r.outcome.rawValue, r.abandonReason, r.selected,
         r.reported, r.dropped, r.late, r.rejected, r.bytesDown, r.bytesUp, r.trainLoss, r.evalLoss,
         r.evalAccuracy, r.federatedEvalLoss, r.federatedEvalAccuracy, r.federatedEvalExamples, r.epsilon,
-        r.durationSeconds, r.realSeconds,
+        r.durationSeconds, r.realSeconds, r.meanStaleness, r.maximumStaleness,
       ])
   }
 
@@ -817,7 +818,9 @@ public final class ResultsStore: Sendable {
       federatedEvalExamples: try row.decode(forColumn: "federated_eval_examples"),
       epsilon: try row.decode(forColumn: "epsilon"),
       durationSeconds: try row.decode(forColumn: "duration_seconds"),
-      realSeconds: try row.decode(forColumn: "real_seconds"))
+      realSeconds: try row.decode(forColumn: "real_seconds"),
+      meanStaleness: try row.decode(forColumn: "mean_staleness"),
+      maximumStaleness: try row.decode(forColumn: "max_staleness"))
   }
 }
 

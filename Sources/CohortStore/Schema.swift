@@ -145,6 +145,16 @@ enum Schema {
           );
           """)
     }
+    migrator.registerMigration("v7: staleness of asynchronous versions") { db in
+      // `server.mode: async` writes one row per buffer application (round = model version) with
+      // the mean and largest staleness of the updates it folded; NULL for synchronous rounds and
+      // for rows written before this version.
+      try db.execute(
+        sql: """
+          ALTER TABLE rounds ADD COLUMN mean_staleness REAL;
+          ALTER TABLE rounds ADD COLUMN max_staleness INTEGER;
+          """)
+    }
     return migrator
   }
 }

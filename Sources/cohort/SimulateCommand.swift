@@ -182,6 +182,8 @@ struct SimulateCommand: AsyncParsableCommand {
       if let epsilon = summary.epsilon { object["epsilon"] = epsilon }
       if let delta = summary.delta { object["delta"] = delta }
       if let reason = summary.stopReason { object["stop_reason"] = reason }
+      // Present only for server.mode: async.
+      if let stale = summary.tooStale { object["too_stale"] = stale }
       let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
       print(String(decoding: data, as: UTF8.self))
       return
@@ -194,6 +196,7 @@ struct SimulateCommand: AsyncParsableCommand {
       table.add(["privacy", "ε \(Format.optional(summary.epsilon)) at δ \(delta)"])
     }
     if let reason = summary.stopReason { table.add(["stopped", reason]) }
+    if let stale = summary.tooStale { table.add(["too stale", "\(stale) updates refused"]) }
     table.add(["simulated time", Format.duration(summary.virtualSeconds)])
     table.add(["wall time", Format.duration(wall)])
     table.add(["bytes up", Format.bytes(summary.bytesUp)])

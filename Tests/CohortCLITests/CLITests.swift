@@ -167,17 +167,18 @@ func simulateJSON(_ arguments: [String]) throws -> [String: Any] {
     #expect(a["rounds_attempted"] as? Int == 6)
   }
 
-  @Test func anAsynchronousPlanIsRefusedUntilItIsCarriedOut() throws {
+  @Test func anAsynchronousPlanSimulatesItsVersions() throws {
     let dir = TemporaryDirectory()
     let yaml = smallScenario.replacingOccurrences(
-      of: "    cohort: {goal: 20, over_selection: 1.3, minimum_fraction: 0.8}\n", with: "    mode: async\n")
+      of: "    cohort: {goal: 20, over_selection: 1.3, minimum_fraction: 0.8}\n",
+      with: "    mode: async\n    async: {concurrency: 30, buffer: 10}\n")
     #expect(yaml.contains("mode: async"))
     let scenario = dir.write("async.yaml", yaml)
-    let refused = try cohort(["simulate", scenario, "--db", dir.file("a.sqlite")])
-    #expect(refused.status != 0)
-    #expect(
-      refused.stderr.contains("server.mode: async is validated but not yet carried out by cohort simulate"),
-      "\(refused.stderr)")
+    let a = try simulateJSON([scenario, "--db", dir.file("a.sqlite")])
+    let b = try simulateJSON([scenario, "--db", dir.file("b.sqlite")])
+    #expect(a["rounds_attempted"] as? Int == 6 && a["too_stale"] as? Int != nil, "\(a)")
+    let sha = a["checkpoint_sha256"] as? String
+    #expect(sha != nil && sha == b["checkpoint_sha256"] as? String)
   }
 
   @Test func aSecondWriterOfTheSameDatabaseRefusesAtStart() throws {

@@ -124,13 +124,14 @@ private func floats(_ data: Data) -> [UInt32] {
     let lines = csv.split(separator: "\n", omittingEmptySubsequences: false)
     #expect(lines.count == 4 && lines[3].isEmpty)
     #expect(lines[0] == Substring(RoundsCSV.columns.joined(separator: ",")))
-    // The duration on the run's clock (42.5 simulated seconds), then the real seconds it took.
+    // The duration on the run's clock (42.5 simulated seconds), then the real seconds it took, then
+    // the staleness figures (empty: a synchronous round).
     #expect(
       lines[1]
-        == "1,100.0,142.5,committed,,7,5,1,1,0,420,300,1.0,0.5,0.5,0.6000000000000001,0.49,250,,42.5,0.25")
+        == "1,100.0,142.5,committed,,7,5,1,1,0,420,300,1.0,0.5,0.5,0.6000000000000001,0.49,250,,42.5,0.25,,")
     #expect(
       lines[2]
-        == "2,200.0,242.5,abandoned,\"only 2 reports, \"\"late\"\"\",7,2,1,1,0,420,300,,,,,,,,42.5,0.25")
+        == "2,200.0,242.5,abandoned,\"only 2 reports, \"\"late\"\"\",7,2,1,1,0,420,300,,,,,,,,42.5,0.25,,")
     #expect(RoundsCSV.render([]) == RoundsCSV.columns.joined(separator: ",") + "\n")
   }
 }

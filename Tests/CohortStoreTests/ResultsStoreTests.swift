@@ -29,7 +29,7 @@ import Testing
         ] {
           #expect(tables.contains(t), "\(tables)")
         }
-        #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").count == 6)
+        #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").count == 7)
         #expect(try String.fetchOne(db, sql: "PRAGMA journal_mode") == "wal")
         let roundColumns = try db.columns(in: "rounds").map(\.name)
         #expect(
@@ -38,7 +38,7 @@ import Testing
             "dropped", "late", "rejected", "bytes_down", "bytes_up", "train_loss", "eval_loss",
             "eval_accuracy",
             "federated_eval_loss", "federated_eval_accuracy", "federated_eval_examples", "epsilon",
-            "duration_seconds", "resume_state", "real_seconds",
+            "duration_seconds", "resume_state", "real_seconds", "mean_staleness", "max_staleness",
           ])
         #expect(try db.foreignKeys(on: "checkpoints").first?.destinationTable == "rounds")
         #expect(try db.foreignKeys(on: "runs").first?.destinationTable == "plans")

@@ -37,7 +37,10 @@ import Testing
       try store.commitRound(RunID(1), next, checkpoint: nil, devices: [])
       #expect(try store.rounds(RunID(1)).last?.realSeconds == 0.125)
       #expect(RoundsCSV.render(try store.rounds(RunID(1))).hasPrefix("round,"))
-      #expect(RoundsCSV.columns.suffix(2) == ["duration_seconds", "real_seconds"])
+      #expect(
+        RoundsCSV.columns.suffix(4) == [
+          "duration_seconds", "real_seconds", "mean_staleness", "max_staleness",
+        ])
     }
   }
 

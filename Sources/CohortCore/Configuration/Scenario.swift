@@ -329,7 +329,15 @@ extension Scenario {
         "is \(k), but the plan's model has \(plan.model.classes) classes; expected at most "
           + "\(plan.model.classes)")
     }
-    if let count = populationSize, plan.server.cohort.goal > count {
+    if let count = populationSize, let async = plan.server.asynchronous {
+      // No cohort: a buffer fills with one update per device at most per version.
+      if async.buffer > count {
+        issue(
+          "devices.count",
+          "the plan's server.async.buffer (\(async.buffer)) is larger than the population (\(count) devices), "
+            + "and each device counts at most once per version; lower the buffer or add devices")
+      }
+    } else if let count = populationSize, plan.server.cohort.goal > count {
       issue(
         "devices.count",
         "the plan's server.cohort.goal (\(plan.server.cohort.goal)) is larger than the population "

@@ -9,7 +9,7 @@ public enum RoundsCSV {
     "round", "started_at", "ended_at", "outcome", "abandon_reason", "selected", "reported", "dropped", "late",
     "rejected", "bytes_down", "bytes_up", "train_loss", "eval_loss", "eval_accuracy", "federated_eval_loss",
     "federated_eval_accuracy", "federated_eval_examples", "epsilon", "duration_seconds",
-    "real_seconds",
+    "real_seconds", "mean_staleness", "max_staleness",
   ]
 
   public static func render(_ rounds: [RoundRecord]) -> String {
@@ -21,7 +21,8 @@ public enum RoundsCSV {
         String(r.late), String(r.rejected), String(r.bytesDown), String(r.bytesUp), number(r.trainLoss),
         number(r.evalLoss), number(r.evalAccuracy), number(r.federatedEvalLoss),
         number(r.federatedEvalAccuracy), r.federatedEvalExamples.map { String($0) } ?? "", number(r.epsilon),
-        number(r.durationSeconds), number(r.realSeconds),
+        number(r.durationSeconds), number(r.realSeconds), number(r.meanStaleness),
+        r.maximumStaleness.map { String($0) } ?? "",
       ]
       out += cells.joined(separator: ",") + "\n"
     }
