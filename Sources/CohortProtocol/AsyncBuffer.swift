@@ -305,6 +305,13 @@ public struct AsyncBuffer: Sendable {
         .storage, "the asynchronous buffer's saved state does not fit the plan: \(what)",
         fix: "resume with the plan the run was started with")
     }
+    let tallies = [
+      counts.admitted, counts.folded, counts.applications, counts.dropped, counts.cancelled,
+      counts.turnedAway,
+      counts.tooStale, counts.notInFlight, counts.duplicate, counts.wrongVersion, counts.malformed,
+      counts.outOfRange, counts.finished,
+    ]
+    guard tallies.allSatisfy({ (0..<Int.max / 2).contains($0) }) else { throw bad("counts \(tallies)") }
     switch snapshot.state {
     case .finished(let version):
       guard version >= 0 else { throw bad("version \(version)") }
@@ -320,6 +327,19 @@ public struct AsyncBuffer: Sendable {
       }
       guard b.devices.count < configuration.bufferSize, b.denominator.isFinite, b.denominator >= 0 else {
         throw bad("\(b.devices.count) updates in a buffer of \(configuration.bufferSize)")
+      }
+      // The figures a later fold adds to: bounded by what the folded updates can have brought, so
+      // no `+=` on a corrupt snapshot can overflow.
+      let folded = b.devices.count
+      guard (0...configuration.maximumStaleness).contains(b.maximumStaleness),
+        (0...folded.multipliedReportingOverflow(by: configuration.maximumStaleness).partialValue)
+          .contains(b.stalenessSum),
+        (0...folded.multipliedReportingOverflow(by: configuration.maximumExamples).partialValue)
+          .contains(b.examples)
+      else {
+        throw bad(
+          "staleness \(b.stalenessSum) (max \(b.maximumStaleness)) and \(b.examples) examples for \(folded) updates"
+        )
       }
       guard c.inFlight.count <= configuration.concurrency,
         c.inFlight.values.allSatisfy({ (0...c.version) ~= $0 })

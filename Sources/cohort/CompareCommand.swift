@@ -289,14 +289,15 @@ final class CompareProgress: Sendable {
     if terminal {
       // The finished run's line stays above the redrawn bar.
       let bar = state.withLock { s in Self.line(done: s.done, total: total, current: s.current) }
-      FileHandle.standardOutput.write(Data(("\r\u{1B}[K[\(done)/\(total)] " + message + "\n" + bar).utf8))
+      FileHandle.standardOutput.write(
+        Data((Console.clearLine + "[\(done)/\(total)] " + message + "\n" + bar).utf8))
     } else {
       print("[\(done)/\(total)] " + message)
     }
   }
 
   func end() {
-    if terminal { FileHandle.standardOutput.write(Data("\r\u{1B}[K".utf8)) }
+    if terminal { FileHandle.standardOutput.write(Data(Console.clearLine.utf8)) }
   }
 
   static func line(done: Int, total: Int, current: String) -> String {

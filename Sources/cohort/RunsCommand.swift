@@ -54,9 +54,9 @@ struct RunsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
       abstract: "One line per run, or per series with --series.",
       discussion: """
-        Runs of `cohort compare` show their experiment, scenario and variant, and are listed
-        together. With --series, runs are grouped as `cohort report` groups them (one series per
-        scenario and variant, or per name and configuration) and each series is one line: its run
+        Runs of `cohort compare` show their experiment, scenario and variant, and are listed \
+        together. With --series, runs are grouped as `cohort report` groups them (one series per \
+        scenario and variant, or per name and configuration) and each series is one line: its run \
         ids (for `cohort report`), seeds, and final accuracy over seeds.
         """)
     @OptionGroup var db: DatabaseOption
@@ -132,10 +132,10 @@ struct RunsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
       abstract: "Delete runs and everything stored with them.",
       discussion: """
-        Deletes the runs' rows in every table (rounds, checkpoints, device counters, secure
-        aggregation steps) and plans no other run uses, in one transaction. Ids take ranges:
-        `3-8`, `1,3-5`. Asks for confirmation on a terminal; --yes skips the question (and is
-        required when standard input is not a terminal).
+        Deletes the runs' rows in every table (rounds, checkpoints, device counters, secure \
+        aggregation steps, device evaluations) and plans no other run uses, in one transaction. \
+        Ids take ranges: `3-8`, `1,3-5`. Asks for confirmation on a terminal; --yes skips the \
+        question (and is required when standard input is not a terminal).
         """)
     @OptionGroup var db: DatabaseOption
     @Argument(help: "Run ids or ranges, e.g. 3 or 3-8 or 1,3-5.") var runIDs: [String]

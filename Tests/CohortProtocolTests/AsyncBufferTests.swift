@@ -194,6 +194,29 @@ import Testing
     #expect(throws: CohortError.self) { try AsyncBuffer(configuration: smallBuffer, restoring: m.snapshot) }
   }
 
+  @Test func aCorruptSnapshotCannotMakeALaterFoldOverflow() throws {
+    var m = Self.machine(dimension: 2)
+    _ = m.admit(1)
+    _ = m.report(Self.report(1, 0, [1, 1]))
+    guard case .collecting(var c) = m.snapshot.state else {
+      Issue.record("expected a buffer being filled")
+      return
+    }
+    c.buffer.stalenessSum = .max
+    #expect(throws: CohortError.self) {
+      try AsyncBuffer(
+        configuration: m.configuration, restoring: .init(state: .collecting(c), counts: m.counts))
+    }
+    var counts = m.counts
+    counts.folded = .max
+    #expect(throws: CohortError.self) {
+      try AsyncBuffer(
+        configuration: m.configuration, restoring: .init(state: m.snapshot.state, counts: counts))
+    }
+    // The snapshot as written restores.
+    #expect(throws: Never.self) { try AsyncBuffer(configuration: m.configuration, restoring: m.snapshot) }
+  }
+
   @Test func configurationFollowsThePlan() throws {
     let plan = try Plan.parse(
       yaml: """
