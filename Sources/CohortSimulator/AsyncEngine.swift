@@ -273,7 +273,10 @@ final class AsyncEngine {
     }
     let every = plan.server.evaluation.every
     var evaluation: Evaluation?
-    if model != nil, version % every == 0 { evaluation = await evaluator.evaluate(global) }
+    // Every `every` versions and after the last one, as a synchronous run evaluates its rounds.
+    if model != nil, version % every == 0 || version == plan.server.rounds {
+      evaluation = await evaluator.evaluate(global)
+    }
     let losses = interval.losses
     let record = RoundRecord(
       round: version, startedAt: interval.startedAt, endedAt: now,

@@ -46,6 +46,14 @@ func simulateAsync(_ scenario: Scenario) async throws -> (
 }
 
 @Suite struct AsyncSimulationTests {
+  @Test func theLastVersionIsEvaluatedWhateverTheSchedule() async throws {
+    var scenario = try asyncScenario(versions: 5)
+    scenario.plan.server.evaluation.every = 4
+    let (summary, rounds, _, _) = try await simulateAsync(scenario)
+    #expect(rounds.filter { $0.evalAccuracy != nil }.map(\.round) == [4, 5], "\(rounds)")
+    #expect(summary.finalAccuracy == rounds.last?.evalAccuracy)
+  }
+
   @Test func versionsAreCommittedWithTheirStaleness() async throws {
     let (summary, rounds, store, run) = try await simulateAsync(try asyncScenario(versions: 5))
     #expect(summary.roundsCommitted == 5 && summary.roundsAttempted == 5)

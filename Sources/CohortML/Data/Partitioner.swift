@@ -43,11 +43,7 @@ public enum Partitioner {
     labels: [Int32], classes: Int, clients: Int, alpha: Double, minimumSize: Int = 1,
     rng: inout RandomStream
   ) throws(CohortError) -> Partition {
-    guard alpha > 0 && alpha.isFinite else {
-      throw CohortError(
-        .invalidConfiguration, "Dirichlet alpha is \(alpha); expected a finite value > 0",
-        fix: "use e.g. 0.1 for strong label skew, 100 for nearly IID")
-    }
+    try requireAlpha(alpha)
     guard minimumSize >= 0 else {
       throw CohortError(.invalidConfiguration, "minimumSize is \(minimumSize); expected ≥ 0")
     }
@@ -91,11 +87,7 @@ public enum Partitioner {
     labels: [Int32], classes: Int, clients: Int, alpha: Double, minimumSize: Int, onSmall: SmallClients,
     attempts: Int = 100, rng: inout RandomStream
   ) throws(CohortError) -> Partition {
-    guard alpha > 0 && alpha.isFinite else {
-      throw CohortError(
-        .invalidConfiguration, "Dirichlet alpha is \(alpha); expected a finite value > 0",
-        fix: "use e.g. 0.1 for strong label skew, 100 for nearly IID")
-    }
+    try requireAlpha(alpha)
     guard minimumSize >= 1 else {
       throw CohortError(.invalidConfiguration, "min_size is \(minimumSize); expected ≥ 1")
     }
@@ -285,11 +277,7 @@ public enum Partitioner {
   public static func innerDirichlet(
     labels: [Int32], classes: Int, clients: Int, alpha: Double, law: SizeLaw, rng: inout RandomStream
   ) throws(CohortError) -> Partition {
-    guard alpha > 0 && alpha.isFinite else {
-      throw CohortError(
-        .invalidConfiguration, "Dirichlet alpha is \(alpha); expected a finite value > 0",
-        fix: "use e.g. 0.1 for strong label skew, 100 for nearly IID")
-    }
+    try requireAlpha(alpha)
     let counts = try sizes(exampleCount: labels.count, clients: clients, law: law)
     var remaining = try examplesByClass(labels, classes: classes)
     for k in remaining.indices { rng.shuffle(&remaining[k]) }
@@ -414,6 +402,14 @@ public enum Partitioner {
   }
 
   // MARK: Helpers
+
+  private static func requireAlpha(_ alpha: Double) throws(CohortError) {
+    guard alpha > 0 && alpha.isFinite else {
+      throw CohortError(
+        .invalidConfiguration, "Dirichlet alpha is \(alpha); expected a finite value > 0",
+        fix: "use e.g. 0.1 for strong label skew, 100 for nearly IID")
+    }
+  }
 
   private static func requireClients(_ clients: Int, examples: Int, minimumSize: Int) throws(CohortError) {
     guard clients >= 1 else {
