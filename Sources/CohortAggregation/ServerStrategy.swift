@@ -25,7 +25,7 @@ public struct ClientUpdate: Sendable {
 
 /// What a strategy carries from round to round, besides the global model; each field is nil
 /// when the strategy has none. The Coordinator saves it with its snapshot (`Coordinator.Snapshot`).
-public struct StrategyState: Sendable, Hashable {
+public struct StrategyState: Sendable, Hashable, Codable {
   /// FedAvgM's server velocity v.
   public var velocity: [Double]?
   /// FedAdagrad/FedAdam/FedYogi's first moment m.

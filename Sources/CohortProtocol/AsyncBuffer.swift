@@ -368,6 +368,18 @@ public struct AsyncBuffer: Sendable {
     }
   }
 
+  /// The version `device` trains on, nil when it is not training.
+  public func trainingVersion(of device: DeviceID) -> Int? {
+    guard case .collecting(let c) = state else { return nil }
+    return c.inFlight[device]
+  }
+
+  /// The devices training now, with their versions (a resumed driver gives them new deadlines).
+  public var training: [DeviceID: Int] {
+    guard case .collecting(let c) = state else { return [:] }
+    return c.inFlight
+  }
+
   /// Free concurrency slots.
   public var freeSlots: Int { configuration.concurrency - inFlightCount }
 
@@ -443,6 +455,17 @@ public struct AsyncBuffer: Sendable {
       }
       return actions
     }
+  }
+
+  /// A report the driver refused before it reached the buffer (the plan's report rules: an
+  /// out-of-range figure, an undecodable update): the participation is over, so a device
+  /// training on the version it names gets its slot freed, and the refusal is counted.
+  public mutating func refused(_ device: DeviceID, version: Int, _ reason: Refusal) -> [Action] {
+    if case .collecting(var c) = state, c.inFlight[device] == version {
+      c.inFlight[device] = nil
+      state = .collecting(c)
+    }
+    return refuse(device, reason)
   }
 
   /// A device in flight dropped out or missed its deadline: its slot is free. Returns whether it

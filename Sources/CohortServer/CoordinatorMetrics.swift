@@ -18,8 +18,15 @@ struct CoordinatorMetrics: Sendable {
   let lastAccuracy: Gauge?
   let lastLoss: Gauge?
   let epsilon: Gauge?
+  /// `server.mode: async`: devices training now, and the staleness of each folded update.
+  let training: Gauge?
+  let staleness: Recorder?
 
-  init(factory: any MetricsFactory, evaluated: Bool = false, isPrivate: Bool = false) {
+  init(
+    factory: any MetricsFactory, evaluated: Bool = false, isPrivate: Bool = false, asynchronous: Bool = false
+  ) {
+    training = asynchronous ? Gauge(label: "cohort_devices_training", factory: factory) : nil
+    staleness = asynchronous ? Recorder(label: "cohort_update_staleness", factory: factory) : nil
     checkIns = Counter(label: "cohort_check_ins_total", factory: factory)
     reportsAccepted = Counter(label: "cohort_reports_accepted_total", factory: factory)
     roundsCommitted = Counter(label: "cohort_rounds_committed_total", factory: factory)

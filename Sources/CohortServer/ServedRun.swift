@@ -59,7 +59,8 @@ public final class ServedRun: FederationHandler {
     case failed(CohortError)
   }
 
-  public let coordinator: Coordinator
+  /// A `Coordinator` (synchronous rounds) or an `AsyncCoordinator` (`server.mode: async`).
+  public let coordinator: any RunCoordinator
   public let selector: Selector
   /// The run rounds are committed to (nil without a store).
   public let run: RunID?
@@ -88,6 +89,7 @@ public final class ServedRun: FederationHandler {
     var resumed = 0
     var committed = 0
     var modelRound = 0
+    var saved: Data?
     var run: RunID?
     if let store {
       if let existing = try Self.resumable(in: store, plan: plan) {
@@ -100,6 +102,7 @@ public final class ServedRun: FederationHandler {
         let rounds = try store.rounds(existing.id)
         resumed = rounds.map(\.round).max() ?? 0
         committed = rounds.filter { $0.outcome == .committed }.count
+        if plan.server.mode == .async { saved = try Self.asyncState(in: store, run: existing.id) }
         try store.setStatus(existing.id, .running, at: Date())
         logger.info("resuming run", metadata: ["run": "\(existing.id)", "after round": "\(resumed)"])
       } else {
@@ -116,15 +119,27 @@ public final class ServedRun: FederationHandler {
     self.logger = logger
     resumedAfter = resumed
     selector = Selector()
-    coordinator = Coordinator(
-      configuration: .init(
-        plan: plan, population: configuration.population, run: run, autoCommit: true,
-        populationSize: configuration.populationSize, secureAggregation: configuration.secureAggregation,
-        privacySeed: configuration.privacySeed, commitAttempts: configuration.commitAttempts,
-        commitBackoff: configuration.commitBackoff),
-      initial: start, resumingAfter: resumed, committed: committed, modelRound: modelRound,
-      store: journal ?? store, link: selector,
-      evaluator: evaluator, clock: clock, logger: logger, metrics: metrics)
+    if plan.server.mode == .async {
+      // A journal a test injects must take the buffer's writes too.
+      let journal: (any AsyncJournal)? = journal == nil ? store : journal as? any AsyncJournal
+      coordinator = try AsyncCoordinator(
+        configuration: .init(
+          plan: plan, population: configuration.population, run: run,
+          populationSize: configuration.populationSize, privacySeed: configuration.privacySeed,
+          commitAttempts: configuration.commitAttempts),
+        initial: start, committed: committed, saved: saved, store: journal, link: selector,
+        evaluator: evaluator, clock: clock, logger: logger, metrics: metrics)
+    } else {
+      coordinator = Coordinator(
+        configuration: .init(
+          plan: plan, population: configuration.population, run: run, autoCommit: true,
+          populationSize: configuration.populationSize, secureAggregation: configuration.secureAggregation,
+          privacySeed: configuration.privacySeed, commitAttempts: configuration.commitAttempts,
+          commitBackoff: configuration.commitBackoff),
+        initial: start, resumingAfter: resumed, committed: committed, modelRound: modelRound,
+        store: journal ?? store, link: selector,
+        evaluator: evaluator, clock: clock, logger: logger, metrics: metrics)
+    }
     (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
   }
 
@@ -134,6 +149,15 @@ public final class ServedRun: FederationHandler {
     try store.runs().last {
       $0.planSHA256 == plan.sha256 && ($0.status == .running || $0.status == .interrupted)
     }
+  }
+
+  /// The newest state an asynchronous run stored: the buffer saved at its last acknowledgement,
+  /// or the state committed with its last version when that is newer (saved at an earlier
+  /// version); nil when it stored none.
+  static func asyncState(in store: ResultsStore, run: RunID) throws(CohortError) -> Data? {
+    let version = try store.latestSavedState(run)
+    if let buffer = try store.asyncBuffer(run), buffer.version >= version?.round ?? 0 { return buffer.state }
+    return version?.state
   }
 
   /// The seed a server of `plan` on `store` runs with when the operator gives none: the seed of

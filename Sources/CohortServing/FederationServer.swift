@@ -68,7 +68,7 @@ public final class FederationServer: Sendable {
   public let served: ServedRun
   let endpoint: FederationEndpoint
 
-  public var coordinator: Coordinator { served.coordinator }
+  public var coordinator: any RunCoordinator { served.coordinator }
   /// The run rounds are committed to (nil without a store).
   public var run: RunID? { served.run }
   /// The last round recorded before this server started (0 for a new run).
@@ -86,7 +86,6 @@ public final class FederationServer: Sendable {
     metrics: any MetricsFactory = MetricsSystem.factory
   ) throws(CohortError) {
     let plan = configuration.plan
-    try plan.requireSynchronous("cohort serve")
     if plan.server.strategy.kind == .scaffold, (configuration.populationSize ?? 0) < 1 {
       throw CohortError(
         .invalidConfiguration,

@@ -59,13 +59,10 @@ final class AsyncEngine {
   let store: ResultsStore
   let run: RunID
   var buffer: AsyncBuffer
-  let strategy: ServerStrategy
+  /// From a full buffer to the next version, as `cohort serve` takes it.
+  let step: AsyncModelStep
   var strategyState: StrategyState
-  /// Central DP: noise per application, dividing by the buffer size.
-  let privacy: CentralGaussianMechanism?
   var clip: Double?
-  /// FedAvg/FedProx: η_g, the step along the buffered mean.
-  let stepSize: Double?
   let evaluator: CentralTestEvaluator
   var global: Weights
   var now: Double = 0
@@ -82,9 +79,7 @@ final class AsyncEngine {
     throws(CohortError)
   {
     let plan = simulation.scenario.plan
-    guard let configuration = AsyncBuffer.Configuration(plan: plan, dimension: initial.count),
-      let asynchronous = plan.server.asynchronous
-    else {
+    guard let configuration = AsyncBuffer.Configuration(plan: plan, dimension: initial.count) else {
       throw CohortError(
         .invalidConfiguration, "the asynchronous engine runs only plans with server.mode: async")
     }
@@ -107,20 +102,11 @@ final class AsyncEngine {
     store = simulation.store
     run = simulation.run
     buffer = AsyncBuffer(configuration: configuration)
-    // The buffer weighs the updates (by examples or once each) and the staleness; the strategy
-    // only steps along the mean it is given.
-    strategy = ServerStrategy(
-      plan: plan.server.strategy, layout: initial.layout, population: simulation.population.count,
-      equalWeights: plan.privacy.isPrivate)
-    strategyState = strategy.initialState()
-    privacy =
-      plan.privacy.isCentral
-      ? CentralGaussianMechanism(
-        plan: plan.privacy, expectedCohort: configuration.bufferSize, populationSize: nil,
-        seed: simulation.scenario.seed)
-      : nil
+    step = AsyncModelStep(
+      plan: plan, layout: initial.layout, population: simulation.population.count,
+      privacySeed: simulation.scenario.seed)!
+    strategyState = step.strategy.initialState()
     clip = plan.privacy.isPrivate ? plan.privacy.initialClip : nil
-    stepSize = [.fedavg, .fedprox].contains(plan.server.strategy.kind) ? asynchronous.stepSize : nil
     evaluator = CentralTestEvaluator(
       network: simulation.network, test: simulation.data.centralTest,
       parallelism: simulation.options.parallelism)
@@ -248,29 +234,10 @@ final class AsyncEngine {
   /// and its row and checkpoint, committed together.
   func apply(_ application: AsyncBuffer.Application) async throws(CohortError) {
     let version = application.version
-    var sum = application.sum
-    var denominator = application.denominator
-    if let privacy, let clip {
-      // Each folded update is clipped and weighs at most 1: the sensitivity is the clip.
-      privacy.addNoise(to: &sum, clip: clip, round: version)
-      denominator = Double(buffer.configuration.bufferSize)
-      self.clip = privacy.nextClip(after: version, clip: clip, unclipped: interval.unclipped)
-    }
-    if let stepSize, stepSize != 1 {
-      for i in 0..<sum.count { sum[i] *= stepSize }
-    }
-    var aggregate = strategy.makeRound()
-    strategy.foldSecureSum(
-      sum, totalWeight: denominator, count: application.folded, examples: application.examples,
-      into: &aggregate)
-    var state = strategyState
-    var model = strategy.nextGlobal(from: global, aggregate, state: &state)
     // As in a synchronous round: a model that overflowed Float32 is not kept.
-    if let m = model, !m.values.allSatisfy(\.isFinite) { model = nil }
-    if let model {
-      global = model
-      strategyState = state
-    }
+    let model = step.apply(
+      application, to: global, state: &strategyState, clip: &clip, unclipped: interval.unclipped)
+    if let model { global = model }
     let every = plan.server.evaluation.every
     var evaluation: Evaluation?
     // Every `every` versions and after the last one, as a synchronous run evaluates its rounds.

@@ -518,6 +518,46 @@ public final class ResultsStore: Sendable {
     }
   }
 
+  /// Stores the state of a served asynchronous run's buffer at `version`, replacing the one
+  /// stored before: the update it was saved for may then be acknowledged (see `AsyncBuffer`).
+  public func saveAsyncBuffer(_ run: RunID, version: Int, state: Data) throws(CohortError) {
+    try access("saving the asynchronous buffer of run \(run)") {
+      try writer.write { db in
+        try requireRun(db, run)
+        try db.execute(
+          sql: "INSERT OR REPLACE INTO async_buffers (run_id, version, state) VALUES (?, ?, ?)",
+          arguments: [run.rawValue, version, state])
+      }
+    }
+  }
+
+  /// The latest buffer state `saveAsyncBuffer` stored for a run, and its version; nil when none.
+  public func asyncBuffer(_ run: RunID) throws(CohortError) -> (version: Int, state: Data)? {
+    try access("reading the asynchronous buffer of run \(run)") {
+      try writer.read { db in
+        try requireRun(db, run)
+        guard
+          let row = try Row.fetchOne(
+            db, sql: "SELECT version, state FROM async_buffers WHERE run_id = ?", arguments: [run.rawValue])
+        else { return nil }
+        return (row["version"], row["state"])
+      }
+    }
+  }
+
+  /// Fills in the central evaluation of a committed round, measured after its commit (a served
+  /// asynchronous run commits a version before evaluating it, so reports go on meanwhile).
+  public func recordEvaluation(_ run: RunID, round: Int, _ evaluation: Evaluation) throws(CohortError) {
+    try access("recording the evaluation of round \(round) of run \(run)") {
+      try writer.write { db in
+        try requireRun(db, run)
+        try db.execute(
+          sql: "UPDATE rounds SET eval_loss = ?, eval_accuracy = ? WHERE run_id = ? AND round = ?",
+          arguments: [evaluation.loss, evaluation.accuracy, run.rawValue, round])
+      }
+    }
+  }
+
   /// A run's rounds in order, committed and abandoned.
   public func rounds(_ run: RunID) throws(CohortError) -> [RoundRecord] {
     try access("reading the rounds of run \(run)") {

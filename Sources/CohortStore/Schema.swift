@@ -155,6 +155,19 @@ enum Schema {
           ALTER TABLE rounds ADD COLUMN max_staleness INTEGER;
           """)
     }
+    migrator.registerMigration("v8: asynchronous buffer state") { db in
+      // A served `server.mode: async` run acknowledges an update only once the buffer holding
+      // it is stored here (one row per run, replaced at each acknowledgement); a version's own
+      // state goes with its round row (`resume_state`), in the commit's transaction.
+      try db.execute(
+        sql: """
+          CREATE TABLE async_buffers (
+            run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+            version INTEGER NOT NULL,
+            state BLOB NOT NULL
+          );
+          """)
+    }
     return migrator
   }
 }

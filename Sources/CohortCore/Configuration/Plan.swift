@@ -626,17 +626,6 @@ extension Plan {
     }
     server.rounds = rounds
   }
-
-  /// Refuses an asynchronous plan where it is not carried out yet: the buffer's machine and the
-  /// plan keys exist, but `cohort simulate` and `cohort serve` still run rounds, and running an
-  /// async plan as rounds would give results that are not what the plan says.
-  public func requireSynchronous(_ command: String) throws(CohortError) {
-    guard server.mode == .async else { return }
-    throw CohortError(
-      .invalidConfiguration,
-      "server.mode: async is validated but not yet carried out by \(command): it runs rounds only",
-      fix: "remove server.mode: async (and server.async) to run this plan in synchronous rounds")
-  }
 }
 
 /// Buffered asynchronous aggregation (`server.async`, read with `server.mode: async`), FedBuff

@@ -1,0 +1,503 @@
+import CohortAggregation
+import CohortCompression
+public import CohortCore
+public import CohortProtocol
+public import CohortStore
+public import Foundation
+public import Logging
+public import Metrics
+
+/// Where a served asynchronous run persists what it acknowledges: the buffer's state at every
+/// acknowledgement, each version with its state in one transaction (`RoundJournal`), and the
+/// central evaluation of a version, measured after its commit.
+public protocol AsyncJournal: RoundJournal {
+  func saveAsyncBuffer(_ run: RunID, version: Int, state: Data) throws(CohortError)
+  func recordEvaluation(_ run: RunID, round: Int, _ evaluation: Evaluation) throws(CohortError)
+}
+
+extension ResultsStore: AsyncJournal {}
+
+/// The coordinator of a run in `server.mode: async` (FedBuff): a thin actor around the pure
+/// `AsyncBuffer`, the machine `cohort simulate` drives too, and `AsyncModelStep`, which makes
+/// each version from a full buffer as the simulator does.
+///
+/// A device that checks in while a slot is free is handed the current version at once (its
+/// task's `round` is that version) and has `server.windows.reporting` seconds to report; one
+/// that misses it, or whose stream ends, frees its slot. Every `server.async.buffer` folded
+/// updates make the next version, committed as one row of `rounds` (round = version) with its
+/// checkpoint.
+///
+/// Crash safety (the buffer's driver contract): an update is acknowledged only after the
+/// buffer holding it is stored (`AsyncJournal.saveAsyncBuffer`), or, when it fills the buffer,
+/// after the new version is committed with the buffer's state in one transaction. A write that
+/// fails is rolled back in memory as well, and the device is not acknowledged (it may send the
+/// same upload again); after `commitAttempts` failed writes in a row the coordinator stops.
+/// A resumed run restores the last stored state: no acknowledged update is lost, and a replay
+/// of one is refused as a duplicate.
+public actor AsyncCoordinator: RunCoordinator {
+  public struct Configuration: Sendable {
+    public var plan: Plan
+    public var population: String
+    /// The run this coordinator commits versions to, when it has a store.
+    public var run: RunID?
+    /// Devices in the population, when known.
+    public var populationSize: Int?
+    /// The seed of central DP noise; nil draws it from libsodium (a served run).
+    public var privacySeed: UInt64?
+    /// Failed writes in a row before the coordinator gives up (see `failure`).
+    public var commitAttempts: Int
+
+    public init(
+      plan: Plan, population: String = "default", run: RunID? = nil, populationSize: Int? = nil,
+      privacySeed: UInt64? = nil, commitAttempts: Int = 6
+    ) {
+      self.plan = plan
+      self.population = population
+      self.run = run
+      self.populationSize = populationSize
+      self.privacySeed = privacySeed
+      self.commitAttempts = commitAttempts
+    }
+  }
+
+  /// What happened since the last version: the counts of the next row.
+  struct Interval: Codable, Sendable {
+    var startedAt: Double
+    var dropped = 0
+    var tooStale = 0
+    var rejected = 0
+    var bytesUp = 0
+    var bytesDown = 0
+    /// Devices that dropped out, for the row's device counters (bounded: see `droppedLimit`).
+    var droppedDevices: [DeviceID] = []
+    var lossSum = 0.0
+    var lossCount = 0
+    /// Folded updates that were within the DP clip before clipping (adaptive clipping).
+    var unclipped = 0
+
+    init(startedAt: Double) { self.startedAt = startedAt }
+  }
+
+  /// What a resumed run restores: stored at every acknowledgement and with every version.
+  struct SavedState: Codable, Sendable {
+    var buffer: AsyncBuffer.Snapshot
+    var strategy: StrategyState
+    var clip: Double?
+    var interval: Interval
+  }
+
+  /// A stored state the coordinator cannot use.
+  static func corrupt(_ detail: String) -> CohortError {
+    CohortError(
+      .storage, "the stored state of the asynchronous run is unreadable: \(detail)",
+      fix: "restore the results database from a backup, or start a new run with another --db")
+  }
+
+  /// Dropped devices listed per version at most: the row's counts stay exact beyond it.
+  static let droppedLimit = 100_000
+
+  public nonisolated let configuration: Configuration
+  private var buffer: AsyncBuffer
+  private let step: AsyncModelStep
+  private let codec: UpdateCodec?
+  private let rules: ReportRules
+  private var strategyState: StrategyState
+  private var clip: Double?
+  private var interval: Interval
+  /// When each training device must have reported (server time).
+  private var deadlines: [DeviceID: Double] = [:]
+  private var rate: CheckInRate
+  private let pace: PaceSteering
+  private let store: (any AsyncJournal)?
+  private let link: any DeviceLink
+  private let evaluator: (any CentralEvaluator)?
+  private let clock: any RoundClock
+  private let logger: Logger
+  private let metrics: CoordinatorMetrics
+  public private(set) var global: Weights
+  private var globalSHA256: String
+  public private(set) var committedRounds: Int
+  public private(set) var failure: CohortError?
+  private var failedWrites = 0
+  /// Versions committed and not yet evaluated and published: the run is not finished before.
+  private var publishing = 0
+  /// When the current interval started, on the machine's clock (a row's `realSeconds`).
+  private var realStart = ContinuousClock.now
+  private var roundObservers: [@Sendable (RoundRecord) -> Void] = []
+  private var deadlineObserver: (@Sendable () -> Void)?
+  private var observedDeadline: Double?
+
+  /// - Parameters:
+  ///   - initial: the model to start from: the plan's, or a resumed run's latest checkpoint.
+  ///   - committed: versions the run has committed already (a resumed run).
+  ///   - saved: the state stored by the run being resumed (`AsyncJournal`), nil for a new run.
+  public init(
+    configuration: Configuration, initial: Weights, committed: Int = 0, saved: Data? = nil,
+    store: (any AsyncJournal)?, link: any DeviceLink, evaluator: (any CentralEvaluator)?,
+    clock: any RoundClock, logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory
+  ) throws(CohortError) {
+    let plan = configuration.plan
+    guard let settings = AsyncBuffer.Configuration(plan: plan, dimension: initial.count),
+      let step = AsyncModelStep(
+        plan: plan, layout: initial.layout, population: configuration.populationSize,
+        privacySeed: configuration.privacySeed)
+    else {
+      throw CohortError(
+        .invalidConfiguration, "the asynchronous coordinator runs only plans with server.mode: async")
+    }
+    guard !plan.secureAggregation.enabled else {
+      throw CohortError(
+        .invalidConfiguration,
+        "secure aggregation with server.mode: async is not carried out yet (each buffer would be one "
+          + "secure-aggregation group)",
+        fix: "set secure_aggregation.enabled: false, or server.mode: sync")
+    }
+    self.configuration = configuration
+    self.step = step
+    let now = clock.now
+    if let saved {
+      let state: SavedState
+      do {
+        state = try JSONDecoder().decode(SavedState.self, from: saved)
+      } catch {
+        throw Self.corrupt("\(error)")
+      }
+      buffer = try AsyncBuffer(configuration: settings, restoring: state.buffer)
+      let dimension = initial.count
+      for vector in [state.strategy.velocity, state.strategy.firstMoment, state.strategy.secondMoment] {
+        guard (vector?.count ?? dimension) == dimension else {
+          throw Self.corrupt("a server optimizer state of \(vector!.count) values for \(dimension) parameters")
+        }
+      }
+      guard state.clip.map({ $0.isFinite && $0 > 0 }) ?? true else {
+        throw Self.corrupt("a clip of \(state.clip!)")
+      }
+      strategyState = state.strategy
+      clip = state.clip
+      interval = state.interval
+      interval.droppedDevices = Array(interval.droppedDevices.prefix(Self.droppedLimit))
+      // Devices that were training when the server stopped may still report (on a new stream):
+      // they have a reporting window from now.
+      for device in buffer.training.keys { deadlines[device] = now + plan.server.windows.reporting }
+    } else {
+      buffer = AsyncBuffer(configuration: settings)
+      strategyState = step.strategy.initialState()
+      clip = plan.privacy.isPrivate ? plan.privacy.initialClip : nil
+      interval = Interval(startedAt: now)
+    }
+    codec =
+      plan.compression.kind == .none ? nil : try? UpdateCodec(plan: plan.compression, dimension: initial.count)
+    rules = ReportRules(plan: plan, layout: initial.layout, secure: false)
+    let windows = plan.server.windows
+    rate = CheckInRate(bucketSeconds: max(1, windows.selection))
+    pace = PaceSteering(
+      wanted: settings.bufferSize, selectionWindow: max(1, windows.selection), maximumRetry: windows.retryBound)
+    self.store = store
+    self.link = link
+    self.evaluator = evaluator
+    self.clock = clock
+    self.logger = logger
+    self.metrics = CoordinatorMetrics(
+      factory: metrics, evaluated: evaluator != nil, isPrivate: plan.privacy.isPrivate, asynchronous: true)
+    self.committedRounds = committed
+    global = initial
+    globalSHA256 = initial.sha256
+  }
+
+  // MARK: RunCoordinator
+
+  public func observeRounds(_ observer: @escaping @Sendable (RoundRecord) -> Void) {
+    roundObservers.append(observer)
+  }
+
+  public func observeDeadlines(_ observer: @escaping @Sendable () -> Void) {
+    deadlineObserver = observer
+  }
+
+  public var status: Coordinator.Status {
+    Coordinator.Status(
+      isFinished: isFinished, globalRound: buffer.version, hasPendingCommit: false,
+      nextDeadline: nextDeadline, failure: failure)
+  }
+
+  /// The last version is applied, and evaluated where the plan asks.
+  public var isFinished: Bool {
+    if case .finished = buffer.state { return publishing == 0 }
+    return false
+  }
+
+  /// The current model version.
+  public var globalRound: Int { buffer.version }
+  public var nextDeadline: Double? { failure == nil ? deadlines.values.min() : nil }
+
+  /// Nothing to open: devices are admitted as they check in.
+  public func start() async {
+    logger.info(
+      "asynchronous run started",
+      metadata: [
+        "version": "\(buffer.version)", "concurrency": "\(buffer.configuration.concurrency)",
+        "buffer": "\(buffer.configuration.bufferSize)",
+      ])
+    metrics.lastRound.record(buffer.version)
+    metrics.training?.record(buffer.inFlightCount)
+    deadlinesChanged()
+  }
+
+  /// A device checks in: it is handed the current version if a slot is free, or told when to
+  /// come back.
+  public func checkIn(_ checkIn: CheckIn) async -> ServerReply {
+    metrics.checkIns.increment()
+    if checkIn.protocolVersion != protocolVersion { return .rejected(.protocolVersion) }
+    if checkIn.population != configuration.population { return .rejected(.wrongPopulation) }
+    let now = clock.now
+    rate.record(now: now)
+    guard failure == nil else { return .retry(window: retryWindow(now: now)) }
+    var assignment: TaskAssignment?
+    for case .train(_, let version) in buffer.admit(checkIn.device) {
+      let deadline = now + configuration.plan.server.windows.reporting
+      deadlines[checkIn.device] = deadline
+      interval.bytesDown += global.count * MemoryLayout<Float>.size
+      assignment = TaskAssignment(
+        task: RoundTask(round: version, checkpointSHA256: globalSHA256, reportingDeadline: deadline),
+        checkpoint: global, evaluate: false, clipNorm: clip)
+    }
+    guard let assignment else { return .retry(window: retryWindow(now: now)) }
+    metrics.training?.record(buffer.inFlightCount)
+    deadlinesChanged()
+    // The task is built before this suspension, so it carries the version the device was
+    // admitted to even if a version is applied meanwhile.
+    await link.assign(assignment, to: [checkIn.device])
+    return .waitForTask(round: assignment.task.round)
+  }
+
+  /// A device reports the update it trained on the version its report names.
+  public func report(_ report: UpdateReport) async -> ServerReply {
+    let now = clock.now
+    guard failure == nil else { return .retry(window: retryWindow(now: now)) }
+    var refusal: Rejection?
+    let admitted = rules.admit(report.decoded(by: codec, layout: global.layout)).get(else: report, &refusal)
+    let device = report.device
+    // Rolled back if what must be stored before the answer cannot be.
+    let before = (buffer: buffer, interval: interval, deadline: deadlines[device])
+    interval.bytesUp += report.bytes
+    let actions =
+      refusal.map {
+        buffer.refused(device, version: report.round, $0 == .malformed ? .malformed : .outOfRange)
+      }
+      ?? buffer.report(
+        AsyncBuffer.Report(
+          device: device, version: report.round, update: admitted.update.values, examples: admitted.examples))
+    var reply = ServerReply.rejected(.malformed)
+    var staleness: Int?
+    var application: AsyncBuffer.Application?
+    var cancelled: [DeviceID] = []
+    for action in actions {
+      switch action {
+      case .acknowledge(_, let s, _):
+        reply = .accepted(round: report.round)
+        staleness = s
+        interval.lossSum += admitted.trainLoss
+        interval.lossCount += 1
+        if admitted.withinClip == true { interval.unclipped += 1 }
+      case .refuse(_, let reason):
+        reply = .rejected(reason.rejection)
+        if reason == .tooStale { interval.tooStale += 1 } else { interval.rejected += 1 }
+      case .apply(let a):
+        application = a
+      case .cancel(let d):
+        cancelled.append(d)
+      case .train, .turnAway, .finish:
+        break
+      }
+    }
+    if buffer.trainingVersion(of: device) == nil { deadlines[device] = nil }
+    var committed: (record: RoundRecord, model: Weights?)?
+    if case .accepted = reply {
+      do throws(CohortError) {
+        if let application {
+          committed = try commit(application, now: now)
+        } else if let store, let run = configuration.run {
+          try store.saveAsyncBuffer(run, version: buffer.version, state: try encodedState())
+        }
+        failedWrites = 0
+      } catch {
+        buffer = before.buffer
+        interval = before.interval
+        deadlines[device] = before.deadline
+        return writeFailed(error, version: report.round, now: now)
+      }
+      if let staleness { metrics.staleness?.record(staleness) }
+    }
+    metrics.count(reply)
+    metrics.training?.record(buffer.inFlightCount)
+    deadlinesChanged()
+    if !cancelled.isEmpty {
+      for d in cancelled { deadlines[d] = nil }
+      await link.release(cancelled, window: retryWindow(now: now))
+    }
+    if let committed { await evaluateAndPublish(committed.record, model: committed.model) }
+    return reply
+  }
+
+  /// A device's stream ended before it reported: its slot is free.
+  public func dropped(device: DeviceID, round: Int) async {
+    guard buffer.trainingVersion(of: device) == round else { return }
+    drop(device)
+    metrics.training?.record(buffer.inFlightCount)
+    deadlinesChanged()
+  }
+
+  /// Time passed: devices past their reporting deadline are dropped.
+  public func tick() async {
+    let now = clock.now
+    let late = deadlines.filter { $0.value <= now }.keys.sorted()
+    for device in late { drop(device) }
+    metrics.training?.record(buffer.inFlightCount)
+    deadlinesChanged()
+  }
+
+  /// Nothing to abandon: what was acknowledged is stored, and devices still training may report
+  /// to the resumed run.
+  public func shutdown() async {
+    logger.info("asynchronous run stopped", metadata: ["version": "\(buffer.version)"])
+  }
+
+  // MARK: Internals
+
+  private func drop(_ device: DeviceID) {
+    deadlines[device] = nil
+    guard buffer.dropped(device) else { return }
+    interval.dropped += 1
+    if interval.droppedDevices.count < Self.droppedLimit { interval.droppedDevices.append(device) }
+  }
+
+  private func encodedState() throws(CohortError) -> Data {
+    let state = SavedState(buffer: buffer.snapshot, strategy: strategyState, clip: clip, interval: interval)
+    do {
+      return try JSONEncoder().encode(state)
+    } catch {
+      throw CohortError(.storage, "the asynchronous buffer's state could not be encoded: \(error)")
+    }
+  }
+
+  /// Makes the next version from a full buffer and commits it with the buffer's state; moves
+  /// the coordinator on only once the commit holds.
+  private func commit(_ application: AsyncBuffer.Application, now: Double) throws(CohortError) -> (
+    record: RoundRecord, model: Weights?
+  ) {
+    var state = strategyState
+    var nextClip = clip
+    let model = step.apply(
+      application, to: global, state: &state, clip: &nextClip, unclipped: interval.unclipped)
+    let record = RoundRecord(
+      round: application.version, startedAt: interval.startedAt, endedAt: now,
+      outcome: model == nil ? .abandoned : .committed,
+      abandonReason: model == nil ? "the buffered update made a model that is not finite" : nil,
+      selected: application.folded, reported: application.folded, dropped: interval.dropped,
+      late: interval.tooStale, rejected: interval.rejected, bytesDown: interval.bytesDown,
+      bytesUp: interval.bytesUp,
+      trainLoss: interval.lossCount == 0 ? nil : interval.lossSum / Double(interval.lossCount),
+      durationSeconds: now - interval.startedAt, realSeconds: (ContinuousClock.now - realStart) / .seconds(1),
+      meanStaleness: application.meanStaleness, maximumStaleness: application.maximumStaleness)
+    let folded = Set(application.devices)
+    let devices = folded.union(interval.droppedDevices).sorted().map {
+      DeviceParticipation(device: $0, reported: folded.contains($0), dropped: !folded.contains($0))
+    }
+    let previous = (strategyState, clip, interval)
+    (strategyState, clip, interval) = (state, nextClip, Interval(startedAt: now))
+    do {
+      if let store, let run = configuration.run {
+        try store.commitRound(
+          run, record, checkpoint: model, devices: devices, lateReports: [:], resumeState: try encodedState(),
+          secureAggregation: [])
+      }
+    } catch {
+      (strategyState, clip, interval) = previous
+      throw error
+    }
+    realStart = ContinuousClock.now
+    // Evaluated and published after this returns; the run is not finished before.
+    publishing += 1
+    if let model {
+      global = model
+      globalSHA256 = model.sha256
+      committedRounds += 1
+    } else {
+      logger.info("version abandoned", metadata: ["version": "\(record.round)", "reason": "not finite"])
+    }
+    return (record, model)
+  }
+
+  private func shouldEvaluate(_ version: Int) -> Bool {
+    guard evaluator != nil else { return false }
+    return version % configuration.plan.server.evaluation.every == 0 || version == configuration.plan.server.rounds
+  }
+
+  /// Evaluates a committed version where the plan asks, records the evaluation, and tells the
+  /// observers and metrics of the row.
+  private func evaluateAndPublish(_ record: RoundRecord, model: Weights?) async {
+    var record = record
+    if let model, let evaluator, shouldEvaluate(record.round) {
+      let evaluation = await evaluator.evaluate(model)
+      record.evalLoss = evaluation.loss
+      record.evalAccuracy = evaluation.accuracy
+      if let store, let run = configuration.run {
+        do throws(CohortError) {
+          try store.recordEvaluation(run, round: record.round, evaluation)
+        } catch {
+          // A measurement, not state: the version stays committed without it.
+          logger.error(
+            "could not record the evaluation", metadata: ["version": "\(record.round)", "error": "\(error.message)"])
+        }
+      }
+    }
+    metrics.written(record)
+    logger.info(
+      "version committed",
+      metadata: [
+        "version": "\(record.round)", "folded": "\(record.reported)",
+        "mean staleness": "\(record.meanStaleness ?? 0)",
+      ])
+    for observer in roundObservers { observer(record) }
+    publishing -= 1
+    if case .finished = buffer.state, publishing == 0 {
+      logger.info("run finished", metadata: ["versions committed": "\(committedRounds)"])
+    }
+    deadlineObserver?()
+  }
+
+  /// A write that had to precede an answer failed: the device is not acknowledged (it may send
+  /// the same upload again) and, after `commitAttempts` failures in a row, the run stops.
+  private func writeFailed(_ error: CohortError, version: Int, now: Double) -> ServerReply {
+    metrics.commitFailures.increment()
+    failedWrites += 1
+    logger.error(
+      "could not store the asynchronous buffer", metadata: ["version": "\(version)", "error": "\(error.message)"])
+    if failedWrites >= configuration.commitAttempts {
+      failure = CohortError(
+        .storage,
+        "the asynchronous buffer could not be stored after \(failedWrites) attempts: \(error.message)",
+        fix: "free disk space or repair the database, make sure no other process writes to it, then start "
+          + "the same command again to resume from the last stored buffer")
+      logger.critical("stopping: \(failure!.message)")
+      deadlineObserver?()
+    }
+    return .retry(window: retryWindow(now: now))
+  }
+
+  private func retryWindow(now: Double) -> ClosedRange<Double> {
+    if case .finished = buffer.state {
+      let bound = configuration.plan.server.windows.retryBound
+      return (now + bound / 2)...(now + bound)
+    }
+    return pace.retryWindow(now: now, nextSelectionOpens: now, checkInRate: rate.perSecond(now: now))
+  }
+
+  /// Wakes the server loop when the next deadline moved.
+  private func deadlinesChanged() {
+    let next = nextDeadline
+    guard next != observedDeadline else { return }
+    observedDeadline = next
+    deadlineObserver?()
+  }
+}
