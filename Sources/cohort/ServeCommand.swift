@@ -185,8 +185,11 @@ struct ServeCommand: AsyncParsableCommand {
       let port = try await endpoint.start(host: m.host, port: m.port)
       say("metrics on http://\(m.host):\(port)/metrics")
     }
+    // In async mode a row is a model version (one buffer applied), not a round.
+    let asynchronous = loadedPlan.server.mode == .async
+    let unit = asynchronous ? "version" : "round"
     if server.resumedAfter > 0 {
-      say("resuming run \(server.run.map { "\($0)" } ?? "-") after round \(server.resumedAfter)")
+      say("resuming run \(server.run.map { "\($0)" } ?? "-") after \(unit) \(server.resumedAfter)")
     }
     let run = server.run
     let retention = keepCheckpoints
@@ -194,11 +197,15 @@ struct ServeCommand: AsyncParsableCommand {
     await server.coordinator.observeRounds { record in
       // One line per round, for people and scripts following the run.
       let accuracy = record.evalAccuracy.map { ", test accuracy \(Format.fixed($0, 4))" } ?? ""
+      let counts =
+        asynchronous
+        ? "\(record.reported) updates folded, mean staleness \(Format.fixed(record.meanStaleness ?? 0, 2))"
+        : "\(record.reported) of \(record.selected) reported"
       let detail =
         record.outcome == .committed
-        ? "committed (\(record.reported) of \(record.selected) reported\(accuracy))"
+        ? "committed (\(counts)\(accuracy))"
         : "abandoned: \(record.abandonReason ?? "-")"
-      say("round \(record.round) \(detail)")
+      say("\(unit) \(record.round) \(detail)")
       // The round is written before observers hear of it; a restart resumes from the latest
       // checkpoint only, so older ones may go at once.
       if record.outcome == .committed, let run {
@@ -229,9 +236,9 @@ struct ServeCommand: AsyncParsableCommand {
     let round = await server.coordinator.globalRound
     let committed = await server.coordinator.committedRounds
     if finished {
-      say("run finished after round \(round) (\(committed) rounds committed)")
+      say("run finished after \(unit) \(round) (\(committed) \(unit)s committed)")
     } else {
-      say("stopped; the last committed round is \(round); run the same command to resume")
+      say("stopped; the last committed \(unit) is \(round); run the same command to resume")
     }
   }
 }
