@@ -105,12 +105,36 @@ public struct DeviceParticipation: Sendable, Hashable {
   /// Its evaluation of the model it received on its own held-out examples, when its accepted
   /// report carried one with at least one example: what the round's `federated_eval_*` sum.
   public var evaluation: Evaluation?
+  /// Its updates that counted, and its dropouts: at most one each in a round, but in a version
+  /// of `server.mode: async` a device may count twice (two updates, trained on two versions,
+  /// folded into the same buffer) or drop out, come back and drop out again.
+  public var reports: Int
+  public var dropouts: Int
 
-  public init(device: Int, reported: Bool, dropped: Bool, evaluation: Evaluation? = nil) {
+  public init(
+    device: Int, reported: Bool, dropped: Bool, evaluation: Evaluation? = nil, reports: Int? = nil,
+    dropouts: Int? = nil
+  ) {
     self.device = device
     self.reported = reported
     self.dropped = dropped
     self.evaluation = evaluation
+    self.reports = reports ?? (reported ? 1 : 0)
+    self.dropouts = dropouts ?? (dropped ? 1 : 0)
+  }
+
+  /// One entry per device of an asynchronous version, from the devices folded and dropped
+  /// since the previous version (each as often as it happened).
+  public static func versionEntries(folded: [Int], dropped: [Int]) -> [DeviceParticipation] {
+    var reports: [Int: Int] = [:]
+    var dropouts: [Int: Int] = [:]
+    for d in folded { reports[d, default: 0] += 1 }
+    for d in dropped { dropouts[d, default: 0] += 1 }
+    return Set(reports.keys).union(dropouts.keys).sorted().map { d in
+      let r = reports[d] ?? 0
+      let o = dropouts[d] ?? 0
+      return DeviceParticipation(device: d, reported: r > 0, dropped: r == 0, reports: r, dropouts: o)
+    }
   }
 }
 

@@ -399,10 +399,8 @@ public actor AsyncCoordinator: RunCoordinator {
       trainLoss: interval.lossCount == 0 ? nil : interval.lossSum / Double(interval.lossCount),
       durationSeconds: now - interval.startedAt, realSeconds: (ContinuousClock.now - realStart) / .seconds(1),
       meanStaleness: application.meanStaleness, maximumStaleness: application.maximumStaleness)
-    let folded = Set(application.devices)
-    let devices = folded.union(interval.droppedDevices).sorted().map {
-      DeviceParticipation(device: $0, reported: folded.contains($0), dropped: !folded.contains($0))
-    }
+    let devices = DeviceParticipation.versionEntries(
+      folded: application.devices, dropped: interval.droppedDevices)
     let previous = (strategyState, clip, interval)
     (strategyState, clip, interval) = (state, nextClip, Interval(startedAt: now))
     do {

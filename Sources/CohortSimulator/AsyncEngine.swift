@@ -256,12 +256,9 @@ final class AsyncEngine {
       evalLoss: evaluation?.loss, evalAccuracy: evaluation?.accuracy,
       durationSeconds: now - interval.startedAt,
       meanStaleness: application.meanStaleness, maximumStaleness: application.maximumStaleness)
-    // One entry per device: it may have dropped out and, readmitted, been folded in the same
-    // interval, or dropped out twice.
-    let folded = Set(application.devices)
-    let devices = folded.union(interval.droppedDevices).sorted().map {
-      DeviceParticipation(device: $0, reported: folded.contains($0), dropped: !folded.contains($0))
-    }
+    // One entry per device, with how often it was folded and dropped since the last version.
+    let devices = DeviceParticipation.versionEntries(
+      folded: application.devices, dropped: interval.droppedDevices)
     try store.commitRound(run, record, checkpoint: model, devices: devices)
     records.append(record)
     progress(record)

@@ -300,19 +300,20 @@ public final class ResultsStore: Sendable {
             .storage, "device \(d.device) is listed twice for round \(round) of run \(run)",
             fix: "pass each selected device once, with reported/dropped for what it did")
         }
-        // The whole cohort in one statement, from a JSON array of [device, reported, dropped]:
-        // a cohort is hundreds of rows every round.
+        // The whole cohort in one statement, from a JSON array of [device, participations,
+        // reports, dropouts]: a cohort is hundreds of rows every round. A participation is a
+        // selection in a round, an admission in async mode (each report or dropout ends one).
         let rows =
           "["
-          + devices.map { "[\($0.device),\($0.reported ? 1 : 0),\($0.dropped ? 1 : 0)]" }.joined(
-            separator: ",")
+          + devices.map { "[\($0.device),\(max(1, $0.reports + $0.dropouts)),\($0.reports),\($0.dropouts)]" }
+          .joined(separator: ",")
           + "]"
         try db.cachedStatement(
           sql: """
             INSERT INTO devices (run_id, device, participations, reports, dropouts, last_round)
-            SELECT ?, value ->> 0, 1, value ->> 1, value ->> 2, ? FROM json_each(?) WHERE true
+            SELECT ?, value ->> 0, value ->> 1, value ->> 2, value ->> 3, ? FROM json_each(?) WHERE true
             ON CONFLICT (run_id, device) DO UPDATE SET
-              participations = participations + 1,
+              participations = participations + excluded.participations,
               reports = reports + excluded.reports,
               dropouts = dropouts + excluded.dropouts,
               last_round = max(last_round, excluded.last_round)

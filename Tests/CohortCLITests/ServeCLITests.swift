@@ -1,3 +1,5 @@
+import CohortCore
+import CohortStore
 import CohortTesting
 import Foundation
 import Testing
@@ -183,6 +185,63 @@ let cohortBinary: URL = {
     #expect(
       !committedLines.contains { $0.hasPrefix("round 1 ") || $0.hasPrefix("round 2 ") },
       "\(second.transcript)")
+  }
+
+  /// `server.mode: async` through the binaries: the server is killed with SIGKILL once it has
+  /// committed version 2 (devices go on training and reporting meanwhile, so it dies with
+  /// updates in flight and in its buffer); started again on the same port it resumes the same
+  /// run from its stored buffer and commits the rest. Every version folds exactly its two
+  /// updates, and no update a device saw acknowledged was folded twice or lost: the devices'
+  /// own records of acknowledged (device, version) pairs are distinct and each is among the
+  /// server's folds.
+  @Test func killedAsyncServerResumesFromItsStoredBuffer() throws {
+    let dir = TemporaryDirectory()
+    let demo = try String(contentsOfFile: try federation(in: dir, rounds: 6), encoding: .utf8)
+    let plan = dir.write(
+      "async.yaml",
+      demo.replacingOccurrences(
+        of: "cohort: {goal: 3, over_selection: 1.0, minimum_fraction: 1.0}",
+        with: "mode: async\n  async: {concurrency: 3, buffer: 2, max_staleness: 10}"
+      ).replacingOccurrences(
+        of: "windows: {selection: 10s, reporting: 60s}", with: "windows: {selection: 1s, reporting: 60s, max_retry: 2s}"))
+    let first = try serve(dir, plan: plan, listen: "127.0.0.1:0")
+    guard let listening = first.waitForLine(containing: "listening on") else {
+      Issue.record("the server did not start: \(first.transcript)")
+      return
+    }
+    let port = String(listening.split(separator: ":").last!)
+    let devices = try devices(dir, port: port)
+    guard first.waitForLine(containing: "version 2 committed") != nil else {
+      first.stop()
+      for d in devices { d.stop() }
+      Issue.record("version 2 never committed: \(first.transcript)")
+      return
+    }
+    first.kill()
+    let second = try serve(dir, plan: plan, listen: "127.0.0.1:\(port)")
+    let resumed = second.waitForLine(containing: "resuming run")
+    #expect(resumed?.contains("resuming run 1 after version") == true, "\(second.transcript)")
+    #expect(second.waitForLine(containing: "6 versions committed") != nil, "\(second.transcript)")
+    second.process.waitUntilExit()
+    #expect(second.process.terminationStatus == 0)
+    for d in devices { d.stop() }
+
+    let store = try ResultsStore(path: dir.path + "/server.sqlite")
+    let rows = try store.rounds(RunID(1))
+    #expect(rows.map(\.round) == Array(1...6), "\(rows)")
+    #expect(rows.allSatisfy { $0.outcome == .committed && $0.reported == 2 }, "\(rows)")
+    let folds = try store.devices(RunID(1))
+    #expect(folds.reduce(0) { $0 + $1.reports } == 12)
+    var acknowledged: [Int: [Int]] = [:]
+    for i in 1...3 {
+      let examples = try ExampleStore(path: dir.path + "/device-\(i).sqlite")
+      acknowledged[i] = try examples.participations().filter { $0.outcome == .accepted }.map(\.round)
+    }
+    for (device, versions) in acknowledged {
+      #expect(Set(versions).count == versions.count, "device \(device) acknowledged twice: \(versions)")
+      let folded = folds.first { $0.device == device }?.reports ?? 0
+      #expect(versions.count <= folded, "device \(device): \(versions) acknowledged, \(folded) folded")
+    }
   }
 
   /// SIGTERM stops the server gracefully after round 2; the run is `interrupted`, and the same

@@ -175,6 +175,22 @@ struct AsyncHarness {
     #expect(row.reported == 2)
   }
 
+  /// A device may count twice in one version: its stale update and its update on the current
+  /// version are both folded into the same buffer. The device counters count both.
+  @Test func aDeviceFoldedTwiceInOneVersionCountsTwice() async throws {
+    let h = try AsyncHarness(plan: makeAsyncPlan(), store: try ResultsStore.inMemory())
+    for d in 1...3 { _ = await h.checkIn(d) }
+    for d in 2...3 { _ = await h.coordinator.report(h.update(d, version: 0, [1, 1])) }
+    #expect(await h.coordinator.report(h.update(1, version: 0, [1, 1])).isAccepted)
+    #expect(await h.checkIn(1) == .waitForTask(round: 1))
+    #expect(await h.coordinator.report(h.update(1, version: 1, [1, 1])).isAccepted)
+    let rows = try h.store.rounds(h.run)
+    #expect(rows.map(\.reported) == [2, 2])
+    #expect(rows.map(\.maximumStaleness) == [0, 1])
+    let one = try #require(try h.store.devices(h.run).first { $0.device == 1 })
+    #expect(one.reports == 2 && one.participations == 2)
+  }
+
   /// An update whose figures are beyond the plan's report rules is refused and its device's
   /// slot is freed.
   @Test func aReportBeyondTheRulesIsRefusedAndFreesItsSlot() async throws {
