@@ -78,9 +78,13 @@ public struct LocalTraining: Sendable {
   }
 
   /// Local training in `round`: the plan's learning-rate schedule applied (`training` exactly
-  /// when the plan has none).
+  /// when the plan has none). In `server.mode: async` the task's round is the model version
+  /// trained on, from 0; the schedule counts the version being made (v + 1), as it counts the
+  /// round being made in synchronous mode, on the device and in the simulator alike.
   public func training(round: Int) -> TrainingConfiguration {
-    plan.device.optimizer.schedule == nil ? training : TrainingConfiguration(plan: plan.device, round: round)
+    guard plan.device.optimizer.schedule != nil else { return training }
+    let made = plan.server.mode == .async ? round &+ 1 : round
+    return TrainingConfiguration(plan: plan.device, round: made)
   }
 
   /// Trains `job` on `train` (only the examples at `indices` when given).

@@ -218,9 +218,9 @@ final class AsyncEngine {
       queue.push(.dropout(device, serial: serial), at: now + point * timing.total)
       return
     }
-    // The round of the training streams and learning-rate schedule is the version being made.
+    // The job's round is the version trained on, as a served device's task names it.
     let job = Simulation.TrainingJob(
-      device: device, round: version + 1, start: global, evaluate: false, clip: clip)
+      device: device, round: version, start: global, evaluate: false, clip: clip)
     let simulation = self.simulation
     let training = Task.detached { simulation.train(job) }
     localTrainings += 1

@@ -43,6 +43,21 @@ import Testing
     #expect(adam.training(round: 5).optimizer == .adam(learningRate: 0.001))
   }
 
+  /// In async mode a task names the version it trains on (from 0); the schedule counts the
+  /// version being made, as a synchronous round counts itself, on devices and in the simulator.
+  @Test func inAsyncModeTheScheduleCountsTheVersionBeingMade() throws {
+    let sync = try plan("{kind: sgd, learning_rate: 0.1, schedule: {kind: step, step_size: 2, gamma: 0.5}}")
+    var async = sync
+    async.server.mode = .async
+    let received = try JSONDecoder().decode(Plan.self, from: async.deviceJSON)
+    #expect(received.server.mode == .async)
+    let rounds = try LocalTraining(plan: sync)
+    let versions = try LocalTraining(plan: received)
+    for version in 0...6 {
+      #expect(versions.training(round: version) == rounds.training(round: version + 1), "version \(version)")
+    }
+  }
+
   @Test func aDeviceRefusesOptimizerValuesNoPlanReaderWouldAccept() throws {
     var p = try plan("{kind: adam}")
     p.device.optimizer.beta1 = 1
