@@ -190,8 +190,10 @@ public enum MetricHelp {
     "cohort_bytes_received_total": "Payload bytes received from devices.",
     "cohort_bytes_sent_total": "Payload bytes sent to devices.",
     "cohort_streams_inactive_total": "Device streams closed for inactivity (a stalled or vanished device).",
-    "cohort_devices_training": "server.mode async: devices admitted and training now (at most the concurrency).",
-    "cohort_update_staleness": "server.mode async: versions applied between a folded update's download and its fold.",
+    "cohort_devices_training":
+      "server.mode async: devices admitted and training now (at most the concurrency).",
+    "cohort_update_staleness":
+      "server.mode async: versions applied between a folded update's download and its fold.",
   ]
 
   /// Buckets of `cohort_round_duration_seconds`: rounds last seconds to an hour, not milliseconds.

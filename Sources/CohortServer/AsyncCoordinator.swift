@@ -166,7 +166,8 @@ public actor AsyncCoordinator: RunCoordinator {
       let dimension = initial.count
       for vector in [state.strategy.velocity, state.strategy.firstMoment, state.strategy.secondMoment] {
         guard (vector?.count ?? dimension) == dimension else {
-          throw Self.corrupt("a server optimizer state of \(vector!.count) values for \(dimension) parameters")
+          throw Self.corrupt(
+            "a server optimizer state of \(vector!.count) values for \(dimension) parameters")
         }
       }
       guard state.clip.map({ $0.isFinite && $0 > 0 }) ?? true else {
@@ -186,12 +187,14 @@ public actor AsyncCoordinator: RunCoordinator {
       interval = Interval(startedAt: now)
     }
     codec =
-      plan.compression.kind == .none ? nil : try? UpdateCodec(plan: plan.compression, dimension: initial.count)
+      plan.compression.kind == .none
+      ? nil : try? UpdateCodec(plan: plan.compression, dimension: initial.count)
     rules = ReportRules(plan: plan, layout: initial.layout, secure: false)
     let windows = plan.server.windows
     rate = CheckInRate(bucketSeconds: max(1, windows.selection))
     pace = PaceSteering(
-      wanted: settings.bufferSize, selectionWindow: max(1, windows.selection), maximumRetry: windows.retryBound)
+      wanted: settings.bufferSize, selectionWindow: max(1, windows.selection),
+      maximumRetry: windows.retryBound)
     self.store = store
     self.link = link
     self.evaluator = evaluator
@@ -428,7 +431,8 @@ public actor AsyncCoordinator: RunCoordinator {
 
   private func shouldEvaluate(_ version: Int) -> Bool {
     guard evaluator != nil else { return false }
-    return version % configuration.plan.server.evaluation.every == 0 || version == configuration.plan.server.rounds
+    return version % configuration.plan.server.evaluation.every == 0
+      || version == configuration.plan.server.rounds
   }
 
   /// Evaluates a committed version where the plan asks, records the evaluation, and tells the
@@ -445,7 +449,8 @@ public actor AsyncCoordinator: RunCoordinator {
         } catch {
           // A measurement, not state: the version stays committed without it.
           logger.error(
-            "could not record the evaluation", metadata: ["version": "\(record.round)", "error": "\(error.message)"])
+            "could not record the evaluation",
+            metadata: ["version": "\(record.round)", "error": "\(error.message)"])
         }
       }
     }
@@ -470,7 +475,8 @@ public actor AsyncCoordinator: RunCoordinator {
     metrics.commitFailures.increment()
     failedWrites += 1
     logger.error(
-      "could not store the asynchronous buffer", metadata: ["version": "\(version)", "error": "\(error.message)"])
+      "could not store the asynchronous buffer",
+      metadata: ["version": "\(version)", "error": "\(error.message)"])
     if failedWrites >= configuration.commitAttempts {
       failure = CohortError(
         .storage,

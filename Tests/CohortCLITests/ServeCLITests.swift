@@ -203,7 +203,8 @@ let cohortBinary: URL = {
         of: "cohort: {goal: 3, over_selection: 1.0, minimum_fraction: 1.0}",
         with: "mode: async\n  async: {concurrency: 3, buffer: 2, max_staleness: 10}"
       ).replacingOccurrences(
-        of: "windows: {selection: 10s, reporting: 60s}", with: "windows: {selection: 1s, reporting: 60s, max_retry: 2s}"))
+        of: "windows: {selection: 10s, reporting: 60s}",
+        with: "windows: {selection: 1s, reporting: 60s, max_retry: 2s}"))
     let first = try serve(dir, plan: plan, listen: "127.0.0.1:0")
     guard let listening = first.waitForLine(containing: "listening on") else {
       Issue.record("the server did not start: \(first.transcript)")

@@ -11,7 +11,9 @@ import Testing
 
 /// An asynchronous plan on the two-parameter test model: concurrency 3, buffer 2, at most one
 /// version of staleness, 3 versions, FedAvg weighted by examples.
-func makeAsyncPlan(versions: Int = 3, concurrency: Int = 3, buffer: Int = 2, maximumStaleness: Int = 1) -> Plan {
+func makeAsyncPlan(versions: Int = 3, concurrency: Int = 3, buffer: Int = 2, maximumStaleness: Int = 1)
+  -> Plan
+{
   var plan = makePlan(rounds: versions)
   plan.server.asynchronous = AsyncPlan(
     concurrency: concurrency, buffer: buffer, staleness: .constant, maximumStaleness: maximumStaleness)
@@ -43,7 +45,8 @@ final class FailingAsyncJournal: AsyncJournal {
   ) throws(CohortError) {
     try fail()
     try store.commitRound(
-      run, record, checkpoint: checkpoint, devices: devices, lateReports: lateReports, resumeState: resumeState,
+      run, record, checkpoint: checkpoint, devices: devices, lateReports: lateReports,
+      resumeState: resumeState,
       secureAggregation: secureAggregation)
   }
 
@@ -114,7 +117,8 @@ struct AsyncHarness {
       return
     }
     #expect(window.lowerBound >= 0 && window.upperBound <= 3600)
-    #expect(await h.coordinator.checkIn(CheckIn(device: 5, population: "other")) == .rejected(.wrongPopulation))
+    #expect(
+      await h.coordinator.checkIn(CheckIn(device: 5, population: "other")) == .rejected(.wrongPopulation))
   }
 
   /// Two folds make version 1 = initial + the example-weighted mean, committed with its
@@ -126,7 +130,8 @@ struct AsyncHarness {
     for d in 1...3 { _ = await h.checkIn(d) }
     h.clock.set(10)
     #expect(await h.coordinator.report(h.update(1, version: 0, [1, 0], examples: 1)) == .accepted(round: 0))
-    #expect(await h.coordinator.report(h.update(1, version: 0, [1, 0], examples: 1)) == .rejected(.duplicate))
+    #expect(
+      await h.coordinator.report(h.update(1, version: 0, [1, 0], examples: 1)) == .rejected(.duplicate))
     #expect(await h.coordinator.report(h.update(2, version: 0, [0, 3], examples: 3)) == .accepted(round: 0))
     let v1 = try #require(try h.store.latestCheckpoint(h.run))
     #expect(v1.round == 1)
@@ -200,7 +205,8 @@ struct AsyncHarness {
     #expect(await h.coordinator.report(h.update(1, version: 0, [.nan, 0])) == .rejected(.malformed))
     #expect(await h.checkIn(2) == .waitForTask(round: 0))
     #expect(
-      await h.coordinator.report(h.update(2, version: 0, [1, 1], examples: Int.max)) == .rejected(.outOfRange))
+      await h.coordinator.report(h.update(2, version: 0, [1, 1], examples: Int.max)) == .rejected(.outOfRange)
+    )
     #expect(await h.checkIn(3) == .waitForTask(round: 0))
   }
 
@@ -216,7 +222,9 @@ struct AsyncHarness {
     let uninterrupted = try AsyncHarness(plan: plan, store: try ResultsStore.inMemory())
     for (d, _, _) in reports { _ = await uninterrupted.checkIn(d) }
     for (d, v, n) in reports {
-      #expect(await uninterrupted.coordinator.report(uninterrupted.update(d, version: 0, v, examples: n)).isAccepted)
+      #expect(
+        await uninterrupted.coordinator.report(uninterrupted.update(d, version: 0, v, examples: n)).isAccepted
+      )
     }
     let expected = try #require(try uninterrupted.store.latestCheckpoint(uninterrupted.run)).weights
 
@@ -232,7 +240,9 @@ struct AsyncHarness {
 
     let second = try AsyncHarness(plan: plan, store: try ResultsStore(path: path), run: run)
     // The device that was acknowledged sends its upload again (it may not have seen the answer).
-    #expect(await second.coordinator.report(second.update(d1, version: 0, v1, examples: n1)) == .rejected(.duplicate))
+    #expect(
+      await second.coordinator.report(second.update(d1, version: 0, v1, examples: n1))
+        == .rejected(.duplicate))
     // Devices 2 and 3 were training when the server died: they report to the new one.
     for (d, v, n) in reports.dropFirst() {
       #expect(await second.coordinator.report(second.update(d, version: 0, v, examples: n)).isAccepted)

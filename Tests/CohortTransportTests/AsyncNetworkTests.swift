@@ -84,10 +84,12 @@ import Testing
           let own = pki.devices[device]
           let connection = try FederationConnection(
             host: "127.0.0.1", port: port,
-            security: .tls(caPEM: pki.caCertificatePEM, certificatePEM: own.certificatePEM, privateKeyPEM: own.keyPEM))
+            security: .tls(
+              caPEM: pki.caCertificatePEM, certificatePEM: own.certificatePEM, privateKeyPEM: own.keyPEM))
           let local = data.data(device: device)
           let runtime = DeviceRuntime(
-            configuration: .init(device: device, seed: scenario.seed, initialBackoff: 0.05, maximumBackoff: 0.5),
+            configuration: .init(
+              device: device, seed: scenario.seed, initialBackoff: 0.05, maximumBackoff: 0.5),
             connection: connection,
             examples: { LocalExamples(train: local.train, indices: local.trainIndices, test: local.test) },
             observe: { outcome, _, _ in
