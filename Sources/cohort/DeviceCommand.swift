@@ -41,8 +41,19 @@ struct DeviceRunCommand: AsyncParsableCommand {
           --signing-key certs/device-1-signing.key
       """)
 
-  @Option(help: ArgumentHelp("The server to join.", valueName: "HOST:PORT"))
+  @Option(
+    help: ArgumentHelp(
+      "The server to join; several, comma-separated, for replicas of one federation: the device "
+        + "moves to the next when a server cannot be reached.",
+      valueName: "HOST:PORT[,HOST:PORT…]"))
   var server: String
+
+  /// `--server`'s addresses, in order.
+  func servers() throws -> [HostPort] {
+    try server.split(separator: ",", omittingEmptySubsequences: false).map {
+      try HostPort($0.trimmingCharacters(in: .whitespaces), option: "--server")
+    }
+  }
 
   @OptionGroup var tls: ClientTLSOptions
 
@@ -87,7 +98,7 @@ struct DeviceRunCommand: AsyncParsableCommand {
     guard (1...65_536).contains(maxModelMB) else {
       throw ValidationError("--max-model-mb is between 1 and 65536, not \(maxModelMB)")
     }
-    _ = try HostPort(server, option: "--server")
+    _ = try servers()
     if signingKey != nil, tls.cert == nil || tls.ca == nil {
       throw ValidationError("--signing-key needs --cert (the certificate carrying its public key) and --ca")
     }
@@ -96,7 +107,7 @@ struct DeviceRunCommand: AsyncParsableCommand {
   func run() async throws {
     var logger = Logger(label: "cohort.device") { StreamLogHandler.standardError(label: $0) }
     logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
-    let address = try HostPort(server, option: "--server")
+    let addresses = try servers()
     let security = try tls.security()
     do throws(CohortError) {
       let store = try ExampleStore(path: examples)
@@ -117,13 +128,17 @@ struct DeviceRunCommand: AsyncParsableCommand {
           signingKeyPEM: try readText(signingKey, option: "--signing-key"),
           caPEM: try readText(ca, option: "--ca"), device: Int(identity.device))
       }
-      let connection = try FederationConnection(host: address.host, port: address.port, security: security)
+      let connections = try addresses.map { address throws(CohortError) in
+        try FederationConnection(host: address.host, port: address.port, security: security)
+      }
+      let channel: any ParticipationChannel =
+        connections.count == 1 ? connections[0] : FailoverChannel(connections)
       let population = self.population
       let runtime = DeviceRuntime(
         configuration: .init(
           device: Int(identity.device), population: population, seed: rootSeed,
           maxCheckpointBytes: maxModelMB << 20, identity: signing),
-        connection: connection,
+        connection: channel,
         examples: {
           LocalExamples(train: try store.examples(now: Date().timeIntervalSince1970))
         },
@@ -146,9 +161,9 @@ struct DeviceRunCommand: AsyncParsableCommand {
               round: round, population: population, startedAt: started, endedAt: ended, outcome: outcome))
         },
         logger: logger)
-      logger.info("device started", metadata: ["device": "\(identity.device)", "server": "\(server)"])
+      logger.info("device started", metadata: ["device": "\(identity.device)", "servers": "\(server)"])
       await runtime.run(participations: once ? 1 : nil)
-      connection.close()
+      for connection in connections { connection.close() }
       if once, let last = await runtime.history.last {
         print("participation: \(last)")
       }

@@ -131,3 +131,44 @@ import Testing
     #expect(accuracy > 0.2, "ten classes: chance is 0.1; \(rows.map(\.evalAccuracy))")
   }
 }
+
+/// Devices given several servers (replicas, a standby) move on from one that cannot be reached.
+@Suite struct FailoverNetworkTests {
+  /// The first server in each device's list is down (nothing listens on port 1); both devices
+  /// reach the second and its round commits with both reports.
+  @Test func devicesReachTheNextServerWhenTheFirstIsDown() async throws {
+    let scenario = try networkScenario(devices: 2, rounds: 1)
+    let directory = try temporaryDirectory("failover")
+    let store = try ResultsStore(path: directory + "/server.sqlite")
+    let server = try FederationServer(
+      configuration: .init(plan: scenario.plan, security: .insecureLoopback, seed: scenario.seed),
+      store: store, logger: Logger(label: "test-server"))
+    let data = try DeviceDataProvider(scenario: scenario)
+    let channels = try await withServer(server) { port in
+      try await withThrowingTaskGroup(of: FailoverChannel.self) { group in
+        for device in 0..<2 {
+          let channel = FailoverChannel([
+            try FederationConnection(host: "127.0.0.1", port: 1, security: .insecure),
+            try FederationConnection(host: "127.0.0.1", port: port, security: .insecure),
+          ])
+          let local = data.data(device: device)
+          let runtime = DeviceRuntime(
+            configuration: .init(
+              device: device, seed: scenario.seed, initialBackoff: 0.05, maximumBackoff: 0.5),
+            connection: channel,
+            examples: { LocalExamples(train: local.train, indices: local.trainIndices, test: local.test) },
+            logger: Logger(label: "test-device-\(device)"))
+          group.addTask {
+            await runtime.run(participations: 1)
+            for server in channel.servers { (server as? FederationConnection)?.close() }
+            return channel
+          }
+        }
+        return try await group.reduce(into: []) { $0.append($1) }
+      }
+    }
+    #expect(channels.allSatisfy { $0.currentServer == 1 })
+    let rows = try store.rounds(try #require(server.run))
+    #expect(rows.count == 1 && rows[0].outcome == .committed && rows[0].reported == 2, "\(rows)")
+  }
+}
