@@ -501,3 +501,35 @@ struct PostgresFederationStoreTests {
     #expect(error?.fix.contains("check that PostgreSQL runs") == true)
   }
 }
+
+/// The lease and fencing rules alone, without a database.
+@Suite struct LeaseRulesTests {
+  let run = RunID(7)
+
+  @Test func aLeaseIsGrantedRenewedRefusedAndTakenOver() {
+    let first = LeaseRules.decide(current: nil, run: run, holder: "a", now: at(0), duration: 5)
+    #expect(first == .grant(LeaseGrant(run: run, holder: "a", token: 1, expiresAt: at(5))))
+    let held = LeaseGrant(run: run, holder: "a", token: 4, expiresAt: at(5))
+    #expect(
+      LeaseRules.decide(current: held, run: run, holder: "a", now: at(9), duration: 5)
+        == .grant(LeaseGrant(run: run, holder: "a", token: 4, expiresAt: at(14))))
+    #expect(LeaseRules.decide(current: held, run: run, holder: "b", now: at(4.999), duration: 5) == .refuse)
+    #expect(
+      LeaseRules.decide(current: held, run: run, holder: "b", now: at(5), duration: 5)
+        == .grant(LeaseGrant(run: run, holder: "b", token: 5, expiresAt: at(10))))
+    // A token that cannot grow is never wrapped around.
+    let last = LeaseGrant(run: run, holder: "a", token: .max, expiresAt: at(0))
+    #expect(LeaseRules.decide(current: last, run: run, holder: "b", now: at(1), duration: 5) == .refuse)
+  }
+
+  @Test func onlyTheCurrentTokenMayCommit() throws {
+    let current = LeaseGrant(run: run, holder: "b", token: 3, expiresAt: at(10))
+    try LeaseRules.checkFence(token: nil, current: nil, run: run, round: 1)
+    try LeaseRules.checkFence(token: 3, current: current, run: run, round: 1)
+    for (token, lease) in [(Int64?.none, Optional(current)), (2, current), (4, current), (1, nil)] {
+      let error = storeError { try LeaseRules.checkFence(token: token, current: lease, run: run, round: 1) }
+      #expect(error?.code == .fenced)
+      #expect(error?.message.contains("was not committed") == true)
+    }
+  }
+}
