@@ -39,6 +39,8 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+    // PostgreSQL for replicas of `cohort serve` sharing one run (the store's second backend).
+    .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
   ],
   targets: [
     // System libraries. scripts/setup installs the Debian packages named in `providers`.
@@ -62,10 +64,17 @@ let package = Package(
       name: "CohortML",
       dependencies: ["CohortCore", "CBLAS", "CZlib"],
       swiftSettings: swiftSettings),
-    // SQLite through GRDB (the system libsqlite3; scripts/setup installs libsqlite3-dev).
+    // SQLite through GRDB (the system libsqlite3; scripts/setup installs libsqlite3-dev), and
+    // PostgreSQL through postgres-nio for replicas: DESIGN.md gives the store module "all SQLite
+    // (and, for replicas, PostgreSQL) through one store interface", so both backends live here.
     .target(
       name: "CohortStore",
-      dependencies: ["CohortCore", .product(name: "GRDB", package: "GRDB.swift")],
+      dependencies: [
+        "CohortCore", .product(name: "GRDB", package: "GRDB.swift"),
+        .product(name: "PostgresNIO", package: "postgres-nio"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
       swiftSettings: swiftSettings),
     .target(
       name: "CohortAggregation",
@@ -281,6 +290,8 @@ let package = Package(
       name: "CohortStoreTests",
       dependencies: [
         "CohortStore", "CohortCore", "CohortTesting", .product(name: "GRDB", package: "GRDB.swift"),
+        .product(name: "PostgresNIO", package: "postgres-nio"),
+        .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: swiftSettings),
   ]

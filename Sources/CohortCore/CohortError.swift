@@ -17,6 +17,9 @@ public struct CohortError: Error, Sendable, Hashable, CustomStringConvertible {
     public static let notFound = Code("not-found")
     /// The results store (SQLite) failed, or holds data that fails its checks.
     public static let storage = Code("storage")
+    /// A write by a server that no longer leads the run: another replica took the run's lease
+    /// (a larger fencing token), so the write was refused and nothing was stored.
+    public static let fenced = Code("fenced")
   }
 
   public var code: Code

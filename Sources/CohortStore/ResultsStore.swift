@@ -26,7 +26,7 @@ public final class ResultsStore: Sendable {
 
   /// The file the store lives in, or `:memory:`.
   public let path: String
-  private let writer: any DatabaseWriter
+  let writer: any DatabaseWriter
   /// Held while this store is the database's one writer (`exclusiveWriter`).
   private let writerLock: DatabaseWriterLock?
 
@@ -237,6 +237,19 @@ public final class ResultsStore: Sendable {
     lateReports: [Int: Int] = [:], resumeState: Data? = nil,
     secureAggregation: [SecureAggregationStepRecord] = []
   ) throws(CohortError) {
+    try commitRound(
+      run, record, checkpoint: checkpoint, devices: devices, lateReports: lateReports,
+      resumeState: resumeState,
+      secureAggregation: secureAggregation, fence: nil)
+  }
+
+  /// `commitRound`, with `fence` run first inside the round's transaction: it throws to refuse
+  /// the commit (a deposed leader's, see `FederationStore`).
+  func commitRound(
+    _ run: RunID, _ record: RoundRecord, checkpoint: Weights?, devices: [DeviceParticipation],
+    lateReports: [Int: Int], resumeState: Data?, secureAggregation: [SecureAggregationStepRecord],
+    fence: ((Database) throws -> Void)?
+  ) throws(CohortError) {
     // Encode outside the transaction: pure work that can be large.
     let blob = checkpoint.map { Float32LittleEndian.data($0.values) }
     let digest = blob.map { SHA256.hex($0) }
@@ -247,6 +260,7 @@ public final class ResultsStore: Sendable {
     try access("committing round \(round) of run \(run)") {
       try writer.write { db in
         try requireRun(db, run)
+        try fence?(db)
         if let latest = try Int.fetchOne(
           db.cachedStatement(sql: "SELECT max(round) FROM rounds WHERE run_id = ?"), arguments: [run.rawValue]
         ),
@@ -753,7 +767,7 @@ public final class ResultsStore: Sendable {
   // MARK: - Helpers
 
   /// Runs a database access, turning every failure into a `CohortError` that names the file.
-  private func access<T>(_ doing: String, _ body: () throws -> T) throws(CohortError) -> T {
+  func access<T>(_ doing: String, _ body: () throws -> T) throws(CohortError) -> T {
     do {
       return try body()
     } catch let error as CohortError {
@@ -763,13 +777,13 @@ public final class ResultsStore: Sendable {
     }
   }
 
-  private func missingRun(_ id: RunID) -> CohortError {
+  func missingRun(_ id: RunID) -> CohortError {
     CohortError(
       .notFound, "there is no run \(id) in the results store \(path)",
       fix: "run `cohort runs list` to see the runs it holds")
   }
 
-  private func requireRun(_ db: Database, _ run: RunID) throws {
+  func requireRun(_ db: Database, _ run: RunID) throws {
     let exists = try Bool.fetchOne(
       db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?)"), arguments: [run.rawValue])
     if exists != true { throw missingRun(run) }
@@ -780,7 +794,7 @@ public final class ResultsStore: Sendable {
     return layout.tensors.map { "\($0.name)\($0.shape)" }.joined(separator: ", ")
   }
 
-  private static let summarySQL = """
+  static let summarySQL = """
     SELECT runs.id, runs.name, runs.created_at, runs.status, runs.finished_at, runs.seed,
       runs.plan_sha256, plans.name AS plan_name, runs.experiment, runs.scenario, runs.variant,
       (SELECT count(*) FROM rounds WHERE rounds.run_id = runs.id AND outcome = 'committed')
@@ -791,7 +805,7 @@ public final class ResultsStore: Sendable {
     FROM runs JOIN plans ON plans.sha256 = runs.plan_sha256
     """
 
-  private static func summary(_ row: Row) throws -> RunSummary {
+  static func summary(_ row: Row) throws -> RunSummary {
     let id = RunID(try row.decode(Int64.self, forColumn: "id"))
     let statusText: String = try row.decode(forColumn: "status")
     guard let status = RunStatus(rawValue: statusText) else {

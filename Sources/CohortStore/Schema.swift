@@ -168,6 +168,20 @@ enum Schema {
           );
           """)
     }
+    migrator.registerMigration("v9: leader leases") { db in
+      // One row per run that replicas lead through a lease (`FederationStore`): who holds it,
+      // until when, and its fencing token, which grows by one at every change of holder and is
+      // never reset (releasing a lease expires it and keeps the row).
+      try db.execute(
+        sql: """
+          CREATE TABLE leases (
+            run_id INTEGER PRIMARY KEY NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            holder TEXT NOT NULL,
+            token INTEGER NOT NULL CHECK (token >= 1),
+            expires_at TEXT NOT NULL
+          );
+          """)
+    }
     return migrator
   }
 }
