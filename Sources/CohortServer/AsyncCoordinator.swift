@@ -105,7 +105,9 @@ public actor AsyncCoordinator: RunCoordinator {
   private var clip: Double?
   private var interval: Interval
   /// When each training device must have reported (server time).
-  private var deadlines: [DeviceID: Double] = [:]
+  private var deadlines = ReportingDeadlines()
+  /// The earliest of them, kept as they change (`deadlinesChanged`).
+  private var earliestDeadline: Double?
   private var rate: CheckInRate
   private let pace: PaceSteering
   private let store: (any AsyncJournal)?
@@ -179,7 +181,7 @@ public actor AsyncCoordinator: RunCoordinator {
       interval.droppedDevices = Array(interval.droppedDevices.prefix(Self.droppedLimit))
       // Devices that were training when the server stopped may still report (on a new stream):
       // they have a reporting window from now.
-      for device in buffer.training.keys { deadlines[device] = now + plan.server.windows.reporting }
+      for device in buffer.training.keys.sorted() { deadlines[device] = now + plan.server.windows.reporting }
     } else {
       buffer = AsyncBuffer(configuration: settings)
       strategyState = step.strategy.initialState()
@@ -231,7 +233,7 @@ public actor AsyncCoordinator: RunCoordinator {
 
   /// The current model version.
   public var globalRound: Int { buffer.version }
-  public var nextDeadline: Double? { failure == nil ? deadlines.values.min() : nil }
+  public var nextDeadline: Double? { failure == nil ? earliestDeadline : nil }
 
   /// Nothing to open: devices are admitted as they check in.
   public func start() async {
@@ -353,8 +355,7 @@ public actor AsyncCoordinator: RunCoordinator {
   /// Time passed: devices past their reporting deadline are dropped.
   public func tick() async {
     let now = clock.now
-    let late = deadlines.filter { $0.value <= now }.keys.sorted()
-    for device in late { drop(device) }
+    for device in deadlines.due(now: now) { drop(device) }
     metrics.training?.record(buffer.inFlightCount)
     deadlinesChanged()
   }
@@ -499,9 +500,57 @@ public actor AsyncCoordinator: RunCoordinator {
 
   /// Wakes the server loop when the next deadline moved.
   private func deadlinesChanged() {
+    earliestDeadline = deadlines.earliest()
     let next = nextDeadline
     guard next != observedDeadline else { return }
     observedDeadline = next
     deadlineObserver?()
+  }
+}
+
+/// The reporting deadlines of the devices training, with the earliest found in amortised O(1)
+/// however many train: every deadline is its admission time plus the same window, so admission
+/// order is deadline order (a clock set back is the rare case, kept in order by an insertion).
+struct ReportingDeadlines {
+  private var byDevice: [DeviceID: Double] = [:]
+  /// Deadlines in order; an entry whose device has another deadline now (or none) is stale and
+  /// skipped.
+  private var order: [(device: DeviceID, deadline: Double)] = []
+  private var head = 0
+
+  subscript(device: DeviceID) -> Double? {
+    get { byDevice[device] }
+    set {
+      byDevice[device] = newValue
+      guard let deadline = newValue else { return }
+      if let last = order.last, last.deadline > deadline {
+        let at = order[head...].firstIndex { $0.deadline > deadline } ?? order.endIndex
+        order.insert((device, deadline), at: at)
+      } else {
+        order.append((device, deadline))
+      }
+    }
+  }
+
+  /// The earliest deadline, dropping stale entries from the front.
+  mutating func earliest() -> Double? {
+    while head < order.count, byDevice[order[head].device] != order[head].deadline { head += 1 }
+    // Give the dropped front back once it is most of the array.
+    if head > 64, head * 2 > order.count {
+      order.removeFirst(head)
+      head = 0
+    }
+    return head < order.count ? order[head].deadline : nil
+  }
+
+  /// The devices whose deadline is at or before `now`, earliest first; they are removed.
+  mutating func due(now: Double) -> [DeviceID] {
+    var due: [DeviceID] = []
+    while let next = earliest(), next <= now {
+      let device = order[head].device
+      byDevice[device] = nil
+      due.append(device)
+    }
+    return due
   }
 }

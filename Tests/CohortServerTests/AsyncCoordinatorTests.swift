@@ -303,3 +303,22 @@ extension ServerReply {
     return false
   }
 }
+
+@Suite struct ReportingDeadlinesTests {
+  @Test func theEarliestIsFoundPastRemovedAndReplacedDeadlines() {
+    var d = ReportingDeadlines()
+    #expect(d.earliest() == nil)
+    for device in 0..<200 { d[device] = Double(device) }
+    d[0] = nil
+    d[1] = 500
+    #expect(d.earliest() == 2)
+    #expect(d.due(now: 99.5) == Array(2...99))
+    #expect(d.earliest() == 100)
+    // A clock set back: an earlier deadline still comes out first.
+    d[7] = 50
+    #expect(d.earliest() == 50)
+    #expect(d.due(now: 150) == [7] + Array(100...150))
+    #expect(d.due(now: 1000) == Array(151...199) + [1])
+    #expect(d.earliest() == nil)
+  }
+}
