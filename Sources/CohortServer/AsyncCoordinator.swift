@@ -79,11 +79,83 @@ public actor AsyncCoordinator: RunCoordinator {
   }
 
   /// What a resumed run restores: stored at every acknowledgement and with every version.
-  struct SavedState: Codable, Sendable {
+  struct SavedState: Sendable {
     var buffer: AsyncBuffer.Snapshot
     var strategy: StrategyState
     var clip: Double?
     var interval: Interval
+
+    /// JSON, with the vectors as long as the model (the buffer's sum, the server optimizer's
+    /// moments) as raw little-endian doubles: 8 bytes a parameter, not 20 as JSON numbers, since
+    /// the state is written at every acknowledgement.
+    private struct Stored: Codable {
+      var buffer: AsyncBuffer.Snapshot
+      var sum: Data?
+      var velocity: Data?
+      var firstMoment: Data?
+      var secondMoment: Data?
+      var control: [Float]?
+      var clip: Double?
+      var interval: Interval
+    }
+
+    init(buffer: AsyncBuffer.Snapshot, strategy: StrategyState, clip: Double?, interval: Interval) {
+      self.buffer = buffer
+      self.strategy = strategy
+      self.clip = clip
+      self.interval = interval
+    }
+
+    func encoded() throws -> Data {
+      var buffer = self.buffer
+      var sum: Data?
+      if case .collecting(var c) = buffer.state {
+        sum = Self.raw(c.buffer.sum)
+        c.buffer.sum = []
+        buffer.state = .collecting(c)
+      }
+      return try JSONEncoder().encode(
+        Stored(
+          buffer: buffer, sum: sum, velocity: strategy.velocity.map(Self.raw),
+          firstMoment: strategy.firstMoment.map(Self.raw), secondMoment: strategy.secondMoment.map(Self.raw),
+          control: strategy.control, clip: clip, interval: interval))
+    }
+
+    init(decoding data: Data) throws {
+      let stored = try JSONDecoder().decode(Stored.self, from: data)
+      buffer = stored.buffer
+      if case .collecting(var c) = buffer.state {
+        c.buffer.sum = try Self.doubles(stored.sum ?? Data())
+        buffer.state = .collecting(c)
+      }
+      strategy = StrategyState(
+        velocity: try stored.velocity.map(Self.doubles),
+        firstMoment: try stored.firstMoment.map(Self.doubles),
+        secondMoment: try stored.secondMoment.map(Self.doubles), control: stored.control)
+      clip = stored.clip
+      interval = stored.interval
+    }
+
+    static func raw(_ values: [Double]) -> Data {
+      var data = Data(capacity: values.count * 8)
+      for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { data.append(contentsOf: $0) } }
+      return data
+    }
+
+    static func doubles(_ data: Data) throws -> [Double] {
+      guard data.count % 8 == 0 else { throw AsyncCoordinator.corrupt("a vector of \(data.count) bytes") }
+      var values: [Double] = []
+      values.reserveCapacity(data.count / 8)
+      var bits: UInt64 = 0
+      for (i, byte) in data.enumerated() {
+        bits |= UInt64(byte) << (8 * UInt64(i % 8))
+        if i % 8 == 7 {
+          values.append(Double(bitPattern: bits))
+          bits = 0
+        }
+      }
+      return values
+    }
   }
 
   /// A stored state the coordinator cannot use.
@@ -160,7 +232,9 @@ public actor AsyncCoordinator: RunCoordinator {
     if let saved {
       let state: SavedState
       do {
-        state = try JSONDecoder().decode(SavedState.self, from: saved)
+        state = try SavedState(decoding: saved)
+      } catch let error as CohortError {
+        throw error
       } catch {
         throw Self.corrupt("\(error)")
       }
@@ -378,7 +452,7 @@ public actor AsyncCoordinator: RunCoordinator {
   private func encodedState() throws(CohortError) -> Data {
     let state = SavedState(buffer: buffer.snapshot, strategy: strategyState, clip: clip, interval: interval)
     do {
-      return try JSONEncoder().encode(state)
+      return try state.encoded()
     } catch {
       throw CohortError(.storage, "the asynchronous buffer's state could not be encoded: \(error)")
     }

@@ -211,29 +211,38 @@ struct AsyncHarness {
   }
 
   /// The server is killed in the middle of a buffer (the coordinator is dropped, nothing shut
-  /// down): a new one on the same database goes on from the stored buffer. The acknowledged
-  /// update is not lost (version 1 is what an uninterrupted run makes, bit for bit) and not
-  /// folded twice (its replay is refused as a duplicate).
-  @Test func aRunKilledMidBufferResumesWithEveryAcknowledgedUpdateOnce() async throws {
+  /// down): a new one on the same database goes on from the stored buffer and strategy state.
+  /// The acknowledged update is not lost (version 2 is what an uninterrupted run makes, bit for
+  /// bit, FedAdam's moments included) and not folded twice (its replay is refused as a duplicate).
+  @Test(arguments: [StrategyPlan.Rule.fedavg(weighted: true), .fedadam(.init(serverLearningRate: 0.1))])
+  func aRunKilledMidBufferResumesWithEveryAcknowledgedUpdateOnce(strategy: StrategyPlan.Rule) async throws {
     let dir = TemporaryDirectory()
-    let plan = makeAsyncPlan(buffer: 3)
+    var plan = makeAsyncPlan(buffer: 3)
+    plan.server.strategy.rule = strategy
     let reports: [(DeviceID, [Float], Int)] = [(1, [0.5, -1], 2), (2, [0.25, 4], 1), (3, [-3, 0.125], 5)]
+    /// Version 1 from all three, then all three admitted to version 1.
+    func versionOne(_ h: AsyncHarness) async {
+      for (d, _, _) in reports { _ = await h.checkIn(d) }
+      for (d, v, n) in reports { _ = await h.coordinator.report(h.update(d, version: 0, v, examples: n)) }
+      for (d, _, _) in reports { #expect(await h.checkIn(d) == .waitForTask(round: 1)) }
+    }
 
     let uninterrupted = try AsyncHarness(plan: plan, store: try ResultsStore.inMemory())
-    for (d, _, _) in reports { _ = await uninterrupted.checkIn(d) }
+    await versionOne(uninterrupted)
     for (d, v, n) in reports {
       #expect(
-        await uninterrupted.coordinator.report(uninterrupted.update(d, version: 0, v, examples: n)).isAccepted
+        await uninterrupted.coordinator.report(uninterrupted.update(d, version: 1, v, examples: n)).isAccepted
       )
     }
-    let expected = try #require(try uninterrupted.store.latestCheckpoint(uninterrupted.run)).weights
+    let expected = try #require(try uninterrupted.store.latestCheckpoint(uninterrupted.run))
+    #expect(expected.round == 2)
 
     let path = dir.file("server.sqlite")
     var first: AsyncHarness? = try AsyncHarness(plan: plan, store: try ResultsStore(path: path))
     let run = first!.run
-    for (d, _, _) in reports { _ = await first!.checkIn(d) }
+    await versionOne(first!)
     let (d1, v1, n1) = reports[0]
-    #expect(await first!.coordinator.report(first!.update(d1, version: 0, v1, examples: n1)).isAccepted)
+    #expect(await first!.coordinator.report(first!.update(d1, version: 1, v1, examples: n1)).isAccepted)
     // Killed: no shutdown, no status written; the store is closed as a dead process's would be.
     try first!.store.close()
     first = nil
@@ -241,18 +250,28 @@ struct AsyncHarness {
     let second = try AsyncHarness(plan: plan, store: try ResultsStore(path: path), run: run)
     // The device that was acknowledged sends its upload again (it may not have seen the answer).
     #expect(
-      await second.coordinator.report(second.update(d1, version: 0, v1, examples: n1))
+      await second.coordinator.report(second.update(d1, version: 1, v1, examples: n1))
         == .rejected(.duplicate))
     // Devices 2 and 3 were training when the server died: they report to the new one.
     for (d, v, n) in reports.dropFirst() {
-      #expect(await second.coordinator.report(second.update(d, version: 0, v, examples: n)).isAccepted)
+      #expect(await second.coordinator.report(second.update(d, version: 1, v, examples: n)).isAccepted)
     }
     let resumed = try #require(try second.store.latestCheckpoint(run))
-    #expect(resumed.round == 1)
-    #expect(resumed.weights.values == expected.values)
-    let row = try #require(try second.store.rounds(run).first)
-    #expect(row.reported == 3)
-    #expect(Set(try second.store.devices(run).filter { $0.reports > 0 }.map(\.device)) == [1, 2, 3])
+    #expect(resumed.round == 2)
+    #expect(resumed.weights.values == expected.weights.values, "\(strategy)")
+    #expect(try second.store.rounds(run).map(\.reported) == [3, 3])
+    #expect(try second.store.devices(run).map(\.reports) == [2, 2, 2])
+  }
+
+  /// A stored state that is not one refuses to start, saying what to do.
+  @Test func anUnreadableStoredStateIsRefused() throws {
+    #expect(throws: CohortError.self) {
+      _ = try AsyncCoordinator(
+        configuration: .init(plan: makeAsyncPlan()), initial: Weights(layout: layout, values: [1, 1]),
+        saved: Data("{not json".utf8), store: nil, link: RecordingLink(), evaluator: nil,
+        clock: ManualClock(),
+        logger: Logger(label: "test"))
+    }
   }
 
   /// A buffer save or a version's commit that fails is undone: the device is not acknowledged
