@@ -17,7 +17,7 @@ import Foundation
 /// Determinism: events are handled one at a time in (time, insertion) order and every random
 /// draw comes from a stream of the scenario seed; local training runs in parallel, but each
 /// result depends only on its device, start model and streams. Not resumable yet: no resume
-/// state is stored with the versions.
+/// state is stored with the versions (a served asynchronous run is: `AsyncCoordinator`).
 final class AsyncEngine {
   enum Event: Sendable, Hashable {
     /// The population's next spontaneous check-in (one is always pending).
@@ -142,7 +142,10 @@ final class AsyncEngine {
         }
       }
     }
-    // The run is over: the trainings of devices still in flight are not waited for.
+    // The run is over, but the trainings of devices still in flight run on the cores: wait for
+    // them, so nothing of this run competes with what the process does next (the next run of a
+    // comparison, whose real time is measured).
+    for flight in inFlight.values { _ = await flight.training?.value }
     return summary()
   }
 
