@@ -70,6 +70,16 @@ public protocol FederationStore: Sendable {
   /// The checkpoint of the run's latest round that has one, its SHA-256 verified; nil when none.
   func latestCheckpoint(_ run: RunID) async throws(CohortError) -> (round: Int, weights: Weights)?
 
+  /// Stores a served asynchronous run's buffer at `version`, replacing the one stored before
+  /// (see `AsyncBuffer`'s driver contract: the update it was saved for may then be acknowledged).
+  func saveAsyncBuffer(_ run: RunID, version: Int, state: Data) async throws(CohortError)
+
+  /// The buffer `saveAsyncBuffer` stored last for a run, and its version; nil when none.
+  func asyncBuffer(_ run: RunID) async throws(CohortError) -> (version: Int, state: Data)?
+
+  /// Fills in the central evaluation of a committed round, measured after its commit.
+  func recordEvaluation(_ run: RunID, round: Int, _ evaluation: Evaluation) async throws(CohortError)
+
   /// Grants `holder` the run's lease until `now + duration`, or nil while another holder's lease
   /// has not expired at `now`. A holder that holds it already renews it with the same token; a
   /// new holder (the lease free, expired or released) gets the previous token plus one, 1 for

@@ -469,6 +469,42 @@ public final class PostgresStore: FederationStore {
     }
   }
 
+  public func saveAsyncBuffer(_ run: RunID, version: Int, state: Data) async throws(CohortError) {
+    try await transaction("saving the asynchronous buffer of run \(run)") { c in
+      try await self.requireRun(c, run)
+      try await c.query(
+        """
+        INSERT INTO async_buffers (run_id, version, state) VALUES (\(run.rawValue), \(version), \(state))
+        ON CONFLICT (run_id) DO UPDATE SET version = excluded.version, state = excluded.state
+        """, logger: self.logger
+      ).allRows()
+    }
+  }
+
+  public func asyncBuffer(_ run: RunID) async throws(CohortError) -> (version: Int, state: Data)? {
+    try await transaction("reading the asynchronous buffer of run \(run)") { c in
+      try await self.requireRun(c, run)
+      return try await c.query(
+        "SELECT version, state FROM async_buffers WHERE run_id = \(run.rawValue)", logger: self.logger
+      ).allRows().first.map { row in
+        let r = row.makeRandomAccess()
+        return (try r["version"].decode(Int.self), try r["state"].decode(Data.self))
+      }
+    }
+  }
+
+  public func recordEvaluation(_ run: RunID, round: Int, _ evaluation: Evaluation) async throws(CohortError) {
+    try await transaction("recording the evaluation of round \(round) of run \(run)") { c in
+      try await self.requireRun(c, run)
+      try await c.query(
+        """
+        UPDATE rounds SET eval_loss = \(evaluation.loss), eval_accuracy = \(evaluation.accuracy)
+        WHERE run_id = \(run.rawValue) AND round = \(round)
+        """, logger: self.logger
+      ).allRows()
+    }
+  }
+
   public func latestCheckpoint(_ run: RunID) async throws(CohortError) -> (round: Int, weights: Weights)? {
     let stored = try await transaction("reading a checkpoint of run \(run)") { c in
       try await self.requireRun(c, run)

@@ -234,6 +234,29 @@ enum FederationStoreChecks {
     #expect(missing?.code == .notFound)
   }
 
+  /// A served asynchronous run's stored buffer is replaced, not added to, and read back whole;
+  /// a version's evaluation is filled in after its commit.
+  static func asyncBufferIsReplacedAndEvaluationsFilledIn(_ location: any StoreLocation) async throws {
+    let store = try await location.open()
+    let run = try await store.createRun(
+      name: "async", scenario: makeScenario(), createdAt: fixedDate(), labels: RunLabels())
+    #expect(try await store.asyncBuffer(run) == nil)
+    try await store.saveAsyncBuffer(run, version: 0, state: Data([1, 2, 3]))
+    try await store.saveAsyncBuffer(run, version: 1, state: Data(repeating: 0xAB, count: 70_000))
+    let saved = try #require(try await store.asyncBuffer(run))
+    #expect(saved.version == 1 && saved.state == Data(repeating: 0xAB, count: 70_000))
+    try await store.commitRound(
+      run, record(1), checkpoint: nil, devices: [], lateReports: [:], resumeState: nil, secureAggregation: [],
+      fencingToken: nil)
+    try await store.recordEvaluation(run, round: 1, Evaluation(loss: 0.25, accuracy: 0.875, examples: 10))
+    let row = try #require(try await store.rounds(run).first)
+    #expect(row.evalLoss == 0.25 && row.evalAccuracy == 0.875)
+    let missing = await asyncStoreError {
+      try await store.saveAsyncBuffer(RunID(987_654), version: 0, state: Data())
+    }
+    #expect(missing != nil)
+  }
+
   static func leaseIsExclusive(_ location: any StoreLocation) async throws {
     let a = try await location.open()
     let b = try await location.open()
@@ -417,6 +440,12 @@ func record(_ round: Int, reporting: Int) -> RoundRecord {
     try await withLocation(.sqlite) { try await FederationStoreChecks.leaseIsExclusive($0) }
   }
 
+  @Test func anAsyncBufferIsReplacedAndEvaluationsFilledIn() async throws {
+    try await withLocation(.sqlite) {
+      try await FederationStoreChecks.asyncBufferIsReplacedAndEvaluationsFilledIn($0)
+    }
+  }
+
   @Test func aDeposedLeadersLateCommitIsRefused() async throws {
     try await withLocation(.sqlite) { try await FederationStoreChecks.deposedLeaderCannotCommit($0) }
   }
@@ -433,7 +462,7 @@ func record(_ round: Int, reporting: Int) -> RoundRecord {
       let path = dir.appendingPathComponent("old.sqlite").path
       // A file as the version before leases left it: every migration but the last.
       let queue = try DatabaseQueue(path: path)
-      try Schema.migrator.migrate(queue, upTo: "v7: staleness of asynchronous versions")
+      try Schema.migrator.migrate(queue, upTo: "v8: asynchronous buffer state")
       try queue.close()
       let store = try ResultsStore(path: path)
       let run = try store.createRun(name: "old", scenario: makeScenario(), createdAt: fixedDate())
@@ -460,6 +489,12 @@ struct PostgresFederationStoreTests {
 
   @Test func theLeaseIsExclusiveBetweenTwoClients() async throws {
     try await withLocation(.postgres) { try await FederationStoreChecks.leaseIsExclusive($0) }
+  }
+
+  @Test func anAsyncBufferIsReplacedAndEvaluationsFilledIn() async throws {
+    try await withLocation(.postgres) {
+      try await FederationStoreChecks.asyncBufferIsReplacedAndEvaluationsFilledIn($0)
+    }
   }
 
   @Test func aDeposedLeadersLateCommitIsRefused() async throws {
