@@ -120,7 +120,13 @@ enum LeaseRules {
   /// never ends or a row no tool can show.
   static let maximumHolderLength = 256
 
-  static func validate(holder: String, duration: TimeInterval, run: RunID) throws(CohortError) {
+  static func validate(holder: String, duration: TimeInterval, run: RunID, now: Date) throws(CohortError) {
+    // A time from a broken clock would trap when it is encoded (as whole microseconds).
+    guard now.timeIntervalSince1970.isFinite, abs(now.timeIntervalSince1970) < 1e11 else {
+      throw CohortError(
+        .invalidConfiguration, "the time given for the lease on run \(run) is not a time: \(now)",
+        fix: "pass the server clock's time")
+    }
     guard !holder.isEmpty, holder.utf8.count <= maximumHolderLength else {
       throw CohortError(
         .invalidConfiguration,
@@ -239,7 +245,7 @@ extension ResultsStore: FederationStore {
   public func acquireLease(run: RunID, holder: String, now: Date, duration: TimeInterval)
     async throws(CohortError) -> LeaseGrant?
   {
-    try LeaseRules.validate(holder: holder, duration: duration, run: run)
+    try LeaseRules.validate(holder: holder, duration: duration, run: run, now: now)
     return try access("acquiring the lease on run \(run)") {
       try writer.write { db in
         try requireRun(db, run)

@@ -21,7 +21,9 @@ public final class PostgresStore: FederationStore {
   private let logger: Logger
 
   /// Connects to `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=MODE]`, MODE one
-  /// of disable, prefer (the default) and require) and brings the schema up to date. Connections
+  /// of libpq's disable, prefer (the default: TLS when the server offers it), require (TLS, the
+  /// certificate unchecked, as libpq) and verify-full (TLS, the certificate checked against the
+  /// system's CAs and the host name)) and brings the schema up to date. Connections
   /// are pooled; one is opened at once, so a server that is down or refuses the user is an error
   /// here, not a wait.
   /// - Parameter schema: keeps the tables in this schema (created if missing; lower-case letters,
@@ -46,8 +48,8 @@ public final class PostgresStore: FederationStore {
       database: parsed.database, tls: .disable)
     switch parsed.tlsMode {
     case .disable: break
-    case .prefer: configuration.tls = .prefer(.makeClientConfiguration())
-    case .require: configuration.tls = .require(.makeClientConfiguration())
+    case .prefer: configuration.tls = .prefer(parsed.tlsConfiguration)
+    case .require, .verifyFull: configuration.tls = .require(parsed.tlsConfiguration)
     }
     if let schema {
       configuration.options.additionalStartupParameters = [("search_path", schema)]
@@ -64,8 +66,9 @@ public final class PostgresStore: FederationStore {
         database: parsed.database, tls: .disable)
       switch parsed.tlsMode {
       case .disable: break
-      case .prefer: probe.tls = .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
-      case .require: probe.tls = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+      case .prefer: probe.tls = .prefer(try NIOSSLContext(configuration: parsed.tlsConfiguration))
+      case .require, .verifyFull:
+        probe.tls = .require(try NIOSSLContext(configuration: parsed.tlsConfiguration))
       }
       let connection = try await PostgresConnection.connect(configuration: probe, id: 0, logger: logger)
       try await connection.close()
@@ -552,7 +555,7 @@ public final class PostgresStore: FederationStore {
   public func acquireLease(run: RunID, holder: String, now: Date, duration: TimeInterval)
     async throws(CohortError) -> LeaseGrant?
   {
-    try LeaseRules.validate(holder: holder, duration: duration, run: run)
+    try LeaseRules.validate(holder: holder, duration: duration, run: run, now: now)
     return try await transaction("acquiring the lease on run \(run)") { c in
       try await self.lockRun(c, run)
       let current = try await self.lease(c, run)
@@ -613,7 +616,9 @@ public final class PostgresStore: FederationStore {
   ) async throws(CohortError) -> T {
     do {
       return try await client.withConnection { c in
-        try await c.query("BEGIN", logger: self.logger).allRows()
+        // Pinned: the row locks and lease reads assume READ COMMITTED, whatever the database's
+        // default is (under REPEATABLE READ a locked row that changed would fail the transaction).
+        try await c.query("BEGIN ISOLATION LEVEL READ COMMITTED", logger: self.logger).allRows()
         do {
           let value = try await body(c)
           try await c.query("COMMIT", logger: self.logger).allRows()
@@ -641,11 +646,30 @@ public final class PostgresStore: FederationStore {
       let message = info[.message] ?? "the server refused"
       let state = info[.sqlState].map { " (SQLSTATE \($0))" } ?? ""
       let detail = info[.detail].map { ": \($0)" } ?? ""
-      return CohortError(.storage, "\(doing) in the store \(location) failed: \(message)\(detail)\(state)")
+      let failed = "\(doing) in the store \(location) failed: \(message)\(detail)\(state)"
+      guard let fix = info[.sqlState].flatMap(Self.fix(sqlState:)) else {
+        return CohortError(.storage, failed)
+      }
+      return CohortError(.storage, failed, fix: fix)
     }
     let underlying = error.underlying.map { ": \($0)" } ?? ""
     return CohortError(
       .storage, "\(doing) in the store \(location) failed: \(error.code)\(underlying)", fix: reach)
+  }
+
+  /// What to do about the server errors an operator meets first.
+  static func fix(sqlState: String) -> String? {
+    switch sqlState {
+    case "28P01", "28000":
+      "check the user and password in the URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE) and pg_hba.conf"
+    case "3D000": "create the database first (createdb DATABASE), or name an existing one in the URL"
+    case "42501":
+      "grant the user rights on the database and schema (PostgreSQL 15 no longer lets every user create "
+        + "tables in schema public: GRANT CREATE ON SCHEMA public TO USER, or make the user the database's owner)"
+    case "53300": "the server has no connection slots left: raise max_connections or stop idle clients"
+    case "40001", "40P01": "another server wrote the same rows at once; try again"
+    default: nil
+    }
   }
 
   private func missingRun(_ id: RunID) -> CohortError {
@@ -750,6 +774,15 @@ struct PostgresURL {
     case disable
     case prefer
     case require
+    case verifyFull
+  }
+
+  /// libpq's meaning: only verify-full checks the server's certificate (against the system's
+  /// CAs, and its name against the host); prefer and require encrypt without checking it.
+  var tlsConfiguration: TLSConfiguration {
+    var tls = TLSConfiguration.makeClientConfiguration()
+    if tlsMode != .verifyFull { tls.certificateVerification = .none }
+    return tls
   }
 
   var user: String
@@ -762,7 +795,7 @@ struct PostgresURL {
   var redacted: String
 
   init(_ text: String) throws(CohortError) {
-    let form = "postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=disable|prefer|require]"
+    let form = "postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=disable|prefer|require|verify-full]"
     func invalid(_ why: String) -> CohortError {
       CohortError(
         .invalidConfiguration, "the PostgreSQL URL is not usable: \(why)", fix: "give it as \(form)")
@@ -786,7 +819,9 @@ struct PostgresURL {
       case "disable": tls = .disable
       case "prefer": tls = .prefer
       case "require": tls = .require
-      default: throw invalid("sslmode '\(item.value ?? "")' is not one of disable, prefer and require")
+      case "verify-full": tls = .verifyFull
+      default:
+        throw invalid("sslmode '\(item.value ?? "")' is not one of disable, prefer, require and verify-full")
       }
     }
     self.user = user
