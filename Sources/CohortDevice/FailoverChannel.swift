@@ -8,8 +8,8 @@ import Synchronization
 ///
 /// A stream that heard from its server and then failed does not move the device: the server
 /// answered, and the next attempt finds out whether it is still there. An upload the device
-/// could not finish is resent to whichever server it reaches next; a replica that shares the
-/// run takes it (docs/PROTOCOL.md §2.7).
+/// could not finish is resent to whichever server it reaches next (docs/PROTOCOL.md §2.7): the
+/// same server restarted takes it; servers that do not share the run refuse it.
 public final class FailoverChannel: ParticipationChannel {
   public let servers: [any ParticipationChannel]
   /// The index of the server participations go to now.

@@ -115,6 +115,10 @@ public struct AsyncBuffer: Sendable {
     /// refused as a duplicate, and a device is not admitted twice to the same version. Older
     /// ones are forgotten: their replays are refused anyway (not in flight, too stale).
     public var reported: Set<Participation> = []
+    /// Devices whose connection ended while they trained: their slot is free, but the update
+    /// may still come, on a new stream (a device resends an upload it could not finish), while
+    /// it is not too stale. The most recent `concurrency` are kept, oldest first.
+    public var left: [Participation] = []
     public var buffer: Buffer
 
     public init(version: Int, dimension: Int) {
@@ -158,6 +162,12 @@ public struct AsyncBuffer: Sendable {
     case outOfRange = "out_of_range"
     /// The run has applied its last version.
     case finished
+
+    /// The refusal of a report the plan's report rules (`ReportRules`) turned away before it
+    /// reached the buffer: an update that is not well formed, or figures out of range.
+    public init(rule rejection: Rejection) {
+      self = rejection == .malformed ? .malformed : .outOfRange
+    }
 
     /// The wire's rejection for it.
     public var rejection: Rejection {
@@ -346,6 +356,10 @@ public struct AsyncBuffer: Sendable {
       else {
         throw bad("\(c.inFlight.count) devices in flight for a concurrency of \(configuration.concurrency)")
       }
+      guard c.left.count <= configuration.concurrency, c.left.allSatisfy({ (0...c.version) ~= $0.version })
+      else {
+        throw bad("\(c.left.count) devices that left for a concurrency of \(configuration.concurrency)")
+      }
       state = .collecting(c)
     }
   }
@@ -412,13 +426,16 @@ public struct AsyncBuffer: Sendable {
       let device = report.device
       let participation = Participation(device: device, version: report.version)
       if c.reported.contains(participation) { return refuse(device, .duplicate) }
-      guard let trainingOn = c.inFlight[device] else { return refuse(device, .notInFlight) }
-      guard trainingOn == report.version else { return refuse(device, .wrongVersion) }
+      let trainingOn = report.version
+      let left = c.inFlight[device] == trainingOn ? nil : c.left.firstIndex(of: participation)
+      if c.inFlight[device] != trainingOn, left == nil {
+        return refuse(device, c.inFlight[device] == nil ? .notInFlight : .wrongVersion)
+      }
       // Leave `state` without the buffer so the sum is changed in place, not copied; every
       // path below sets it again.
       state = .finished(version: c.version)
       // From here the participation is over, counted or not: its slot is freed.
-      c.inFlight[device] = nil
+      if let left { c.left.remove(at: left) } else { c.inFlight[device] = nil }
       let refusal: Refusal? = {
         guard report.update.count == configuration.dimension, report.update.allSatisfy(\.isFinite) else {
           return .malformed
@@ -461,19 +478,33 @@ public struct AsyncBuffer: Sendable {
   /// out-of-range figure, an undecodable update): the participation is over, so a device
   /// training on the version it names gets its slot freed, and the refusal is counted.
   public mutating func refused(_ device: DeviceID, version: Int, _ reason: Refusal) -> [Action] {
-    if case .collecting(var c) = state, c.inFlight[device] == version {
-      c.inFlight[device] = nil
+    if case .collecting(var c) = state {
+      if c.inFlight[device] == version {
+        c.inFlight[device] = nil
+      } else if let left = c.left.firstIndex(of: Participation(device: device, version: version)) {
+        c.left.remove(at: left)
+      }
       state = .collecting(c)
     }
     return refuse(device, reason)
   }
 
-  /// A device in flight dropped out or missed its deadline: its slot is free. Returns whether it
-  /// was in flight.
+  /// A device in flight dropped out or missed its deadline: its slot is free. With
+  /// `mayStillReport` (its connection ended, which a device survives), its update on that
+  /// version is still taken if it comes while not too stale. Returns whether it was in flight.
   @discardableResult
-  public mutating func dropped(_ device: DeviceID) -> Bool {
-    guard case .collecting(var c) = state, c.inFlight.removeValue(forKey: device) != nil else { return false }
+  public mutating func dropped(_ device: DeviceID, mayStillReport: Bool = false) -> Bool {
+    guard case .collecting(var c) = state, let version = c.inFlight.removeValue(forKey: device) else {
+      return false
+    }
     counts.dropped += 1
+    let participation = Participation(device: device, version: version)
+    if mayStillReport, !c.left.contains(participation) {
+      c.left.append(participation)
+      if c.left.count > configuration.concurrency {
+        c.left.removeFirst(c.left.count - configuration.concurrency)
+      }
+    }
     state = .collecting(c)
     return true
   }
@@ -501,6 +532,7 @@ public struct AsyncBuffer: Sendable {
     // they report (refused, counted as too stale) or drop, as in FedBuff.
     let oldest = next - configuration.maximumStaleness
     c.reported = c.reported.filter { $0.version >= oldest }
+    c.left.removeAll { $0.version < oldest }
     state = .collecting(c)
     return actions
   }
@@ -520,7 +552,7 @@ public struct AsyncBuffer: Sendable {
 // states encode equally under an encoder with sorted keys (the simulator compares saved state
 // across runs).
 extension AsyncBuffer.Collecting: Codable {
-  private enum CodingKeys: String, CodingKey { case version, inFlight, reported, buffer }
+  private enum CodingKeys: String, CodingKey { case version, inFlight, reported, left, buffer }
 
   public init(from decoder: any Decoder) throws {
     let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -534,6 +566,7 @@ extension AsyncBuffer.Collecting: Codable {
       }
     }
     reported = Set(try c.decode([AsyncBuffer.Participation].self, forKey: .reported))
+    left = try c.decodeIfPresent([AsyncBuffer.Participation].self, forKey: .left) ?? []
     buffer = try c.decode(AsyncBuffer.Buffer.self, forKey: .buffer)
   }
 
@@ -544,6 +577,7 @@ extension AsyncBuffer.Collecting: Codable {
       inFlight.map { AsyncBuffer.Participation(device: $0.key, version: $0.value) }.sorted(),
       forKey: .inFlight)
     try c.encode(reported.sorted(), forKey: .reported)
+    try c.encode(left, forKey: .left)
     try c.encode(buffer, forKey: .buffer)
   }
 }

@@ -60,30 +60,12 @@ public actor AsyncCoordinator: RunCoordinator {
     }
   }
 
-  /// What happened since the last version: the counts of the next row.
-  struct Interval: Codable, Sendable {
-    var startedAt: Double
-    var dropped = 0
-    var tooStale = 0
-    var rejected = 0
-    var bytesUp = 0
-    var bytesDown = 0
-    /// Devices that dropped out, for the row's device counters (bounded: see `droppedLimit`).
-    var droppedDevices: [DeviceID] = []
-    var lossSum = 0.0
-    var lossCount = 0
-    /// Folded updates that were within the DP clip before clipping (adaptive clipping).
-    var unclipped = 0
-
-    init(startedAt: Double) { self.startedAt = startedAt }
-  }
-
   /// What a resumed run restores: stored at every acknowledgement and with every version.
   struct SavedState: Sendable {
     var buffer: AsyncBuffer.Snapshot
     var strategy: StrategyState
     var clip: Double?
-    var interval: Interval
+    var interval: AsyncVersionBook
 
     /// JSON, with the vectors as long as the model (the buffer's sum, the server optimizer's
     /// moments) as raw little-endian doubles: 8 bytes a parameter, not 20 as JSON numbers, since
@@ -96,10 +78,10 @@ public actor AsyncCoordinator: RunCoordinator {
       var secondMoment: Data?
       var control: [Float]?
       var clip: Double?
-      var interval: Interval
+      var interval: AsyncVersionBook
     }
 
-    init(buffer: AsyncBuffer.Snapshot, strategy: StrategyState, clip: Double?, interval: Interval) {
+    init(buffer: AsyncBuffer.Snapshot, strategy: StrategyState, clip: Double?, interval: AsyncVersionBook) {
       self.buffer = buffer
       self.strategy = strategy
       self.clip = clip
@@ -165,9 +147,6 @@ public actor AsyncCoordinator: RunCoordinator {
       fix: "restore the results database from a backup, or start a new run with another --db")
   }
 
-  /// Dropped devices listed per version at most: the row's counts stay exact beyond it.
-  static let droppedLimit = 100_000
-
   public nonisolated let configuration: Configuration
   private var buffer: AsyncBuffer
   private let step: AsyncModelStep
@@ -175,7 +154,7 @@ public actor AsyncCoordinator: RunCoordinator {
   private let rules: ReportRules
   private var strategyState: StrategyState
   private var clip: Double?
-  private var interval: Interval
+  private var interval: AsyncVersionBook
   /// When each training device must have reported (server time).
   private var deadlines = ReportingDeadlines()
   /// The earliest of them, kept as they change (`deadlinesChanged`).
@@ -195,6 +174,10 @@ public actor AsyncCoordinator: RunCoordinator {
   private var failedWrites = 0
   /// Versions committed and not yet evaluated and published: the run is not finished before.
   private var publishing = 0
+  /// Committed versions' rows waiting for an earlier one to be published, and the next version
+  /// to publish.
+  private var ready: [Int: RoundRecord] = [:]
+  private var nextToPublish: Int
   /// When the current interval started, on the machine's clock (a row's `realSeconds`).
   private var realStart = ContinuousClock.now
   private var roundObservers: [@Sendable (RoundRecord) -> Void] = []
@@ -219,13 +202,7 @@ public actor AsyncCoordinator: RunCoordinator {
       throw CohortError(
         .invalidConfiguration, "the asynchronous coordinator runs only plans with server.mode: async")
     }
-    guard !plan.secureAggregation.enabled else {
-      throw CohortError(
-        .invalidConfiguration,
-        "secure aggregation with server.mode: async is not carried out yet (each buffer would be one "
-          + "secure-aggregation group)",
-        fix: "set secure_aggregation.enabled: false, or server.mode: sync")
-    }
+    if let refusal = AsyncModelStep.refusal(of: plan) { throw refusal }
     self.configuration = configuration
     self.step = step
     let now = clock.now
@@ -249,10 +226,10 @@ public actor AsyncCoordinator: RunCoordinator {
       guard state.clip.map({ $0.isFinite && $0 > 0 }) ?? true else {
         throw Self.corrupt("a clip of \(state.clip!)")
       }
+      guard state.interval.isPlausible else { throw Self.corrupt("the counts since the last version") }
       strategyState = state.strategy
       clip = state.clip
       interval = state.interval
-      interval.droppedDevices = Array(interval.droppedDevices.prefix(Self.droppedLimit))
       // Devices that were training when the server stopped may still report (on a new stream):
       // they have a reporting window from now.
       for device in buffer.training.keys.sorted() { deadlines[device] = now + plan.server.windows.reporting }
@@ -260,7 +237,7 @@ public actor AsyncCoordinator: RunCoordinator {
       buffer = AsyncBuffer(configuration: settings)
       strategyState = step.strategy.initialState()
       clip = plan.privacy.isPrivate ? plan.privacy.initialClip : nil
-      interval = Interval(startedAt: now)
+      interval = AsyncVersionBook(startedAt: now)
     }
     codec =
       plan.compression.kind == .none
@@ -277,8 +254,9 @@ public actor AsyncCoordinator: RunCoordinator {
     self.clock = clock
     self.logger = logger
     self.metrics = CoordinatorMetrics(
-      factory: metrics, evaluated: evaluator != nil, isPrivate: plan.privacy.isPrivate, asynchronous: true)
+      factory: metrics, evaluated: evaluator != nil, asynchronous: true)
     self.committedRounds = committed
+    nextToPublish = buffer.version + 1
     global = initial
     globalSHA256 = initial.sha256
   }
@@ -356,13 +334,12 @@ public actor AsyncCoordinator: RunCoordinator {
     var refusal: Rejection?
     let admitted = rules.admit(report.decoded(by: codec, layout: global.layout)).get(else: report, &refusal)
     let device = report.device
-    // Rolled back if what must be stored before the answer cannot be.
+    // Rolled back if what must be stored before the answer cannot be. Holding this copy makes the
+    // fold copy the buffer's sum once: the same order of work as storing it, which follows.
     let before = (buffer: buffer, interval: interval, deadline: deadlines[device])
     interval.bytesUp += report.bytes
     let actions =
-      refusal.map {
-        buffer.refused(device, version: report.round, $0 == .malformed ? .malformed : .outOfRange)
-      }
+      refusal.map { buffer.refused(device, version: report.round, AsyncBuffer.Refusal(rule: $0)) }
       ?? buffer.report(
         AsyncBuffer.Report(
           device: device, version: report.round, update: admitted.update.values, examples: admitted.examples))
@@ -375,12 +352,10 @@ public actor AsyncCoordinator: RunCoordinator {
       case .acknowledge(_, let s, _):
         reply = .accepted(round: report.round)
         staleness = s
-        interval.lossSum += admitted.trainLoss
-        interval.lossCount += 1
-        if admitted.withinClip == true { interval.unclipped += 1 }
+        interval.folded(trainLoss: admitted.trainLoss, withinClip: admitted.withinClip)
       case .refuse(_, let reason):
         reply = .rejected(reason.rejection)
-        if reason == .tooStale { interval.tooStale += 1 } else { interval.rejected += 1 }
+        interval.refused(reason)
       case .apply(let a):
         application = a
       case .cancel(let d):
@@ -409,27 +384,26 @@ public actor AsyncCoordinator: RunCoordinator {
     }
     metrics.count(reply)
     metrics.training?.record(buffer.inFlightCount)
+    for d in cancelled { deadlines[d] = nil }
     deadlinesChanged()
-    if !cancelled.isEmpty {
-      for d in cancelled { deadlines[d] = nil }
-      await link.release(cancelled, window: retryWindow(now: now))
-    }
+    if !cancelled.isEmpty { await link.release(cancelled, window: retryWindow(now: now)) }
     if let committed { await evaluateAndPublish(committed.record, model: committed.model) }
     return reply
   }
 
-  /// A device's stream ended before it reported: its slot is free.
+  /// A device's stream ended before it reported: its slot is free, but the update it was
+  /// training may still come on a new stream (docs/PROTOCOL.md §2.7) while it is not too stale.
   public func dropped(device: DeviceID, round: Int) async {
     guard buffer.trainingVersion(of: device) == round else { return }
-    drop(device)
+    drop(device, mayStillReport: true)
     metrics.training?.record(buffer.inFlightCount)
     deadlinesChanged()
   }
 
-  /// Time passed: devices past their reporting deadline are dropped.
+  /// Time passed: devices past their reporting deadline are dropped, and their updates refused.
   public func tick() async {
     let now = clock.now
-    for device in deadlines.due(now: now) { drop(device) }
+    for device in deadlines.due(now: now) { drop(device, mayStillReport: false) }
     metrics.training?.record(buffer.inFlightCount)
     deadlinesChanged()
   }
@@ -442,11 +416,10 @@ public actor AsyncCoordinator: RunCoordinator {
 
   // MARK: Internals
 
-  private func drop(_ device: DeviceID) {
+  private func drop(_ device: DeviceID, mayStillReport: Bool) {
     deadlines[device] = nil
-    guard buffer.dropped(device) else { return }
-    interval.dropped += 1
-    if interval.droppedDevices.count < Self.droppedLimit { interval.droppedDevices.append(device) }
+    guard buffer.dropped(device, mayStillReport: mayStillReport) else { return }
+    interval.dropped(device)
   }
 
   private func encodedState() throws(CohortError) -> Data {
@@ -467,20 +440,11 @@ public actor AsyncCoordinator: RunCoordinator {
     var nextClip = clip
     let model = step.apply(
       application, to: global, state: &state, clip: &nextClip, unclipped: interval.unclipped)
-    let record = RoundRecord(
-      round: application.version, startedAt: interval.startedAt, endedAt: now,
-      outcome: model == nil ? .abandoned : .committed,
-      abandonReason: model == nil ? "the buffered update made a model that is not finite" : nil,
-      selected: application.folded, reported: application.folded, dropped: interval.dropped,
-      late: interval.tooStale, rejected: interval.rejected, bytesDown: interval.bytesDown,
-      bytesUp: interval.bytesUp,
-      trainLoss: interval.lossCount == 0 ? nil : interval.lossSum / Double(interval.lossCount),
-      durationSeconds: now - interval.startedAt, realSeconds: (ContinuousClock.now - realStart) / .seconds(1),
-      meanStaleness: application.meanStaleness, maximumStaleness: application.maximumStaleness)
-    let devices = DeviceParticipation.versionEntries(
-      folded: application.devices, dropped: interval.droppedDevices)
+    var record = interval.record(application, endedAt: now, model: model, evaluation: nil)
+    record.realSeconds = (ContinuousClock.now - realStart) / .seconds(1)
+    let devices = interval.devices(application)
     let previous = (strategyState, clip, interval)
-    (strategyState, clip, interval) = (state, nextClip, Interval(startedAt: now))
+    (strategyState, clip, interval) = (state, nextClip, AsyncVersionBook(startedAt: now))
     do {
       if let store, let run = configuration.run {
         try store.commitRound(
@@ -504,17 +468,12 @@ public actor AsyncCoordinator: RunCoordinator {
     return (record, model)
   }
 
-  private func shouldEvaluate(_ version: Int) -> Bool {
-    guard evaluator != nil else { return false }
-    return version % configuration.plan.server.evaluation.every == 0
-      || version == configuration.plan.server.rounds
-  }
-
-  /// Evaluates a committed version where the plan asks, records the evaluation, and tells the
-  /// observers and metrics of the row.
+  /// Evaluates a committed version where the plan asks and records the evaluation, then tells
+  /// the observers and metrics of the rows in version order (a version evaluated slowly holds
+  /// back the ones after it).
   private func evaluateAndPublish(_ record: RoundRecord, model: Weights?) async {
     var record = record
-    if let model, let evaluator, shouldEvaluate(record.round) {
+    if let model, let evaluator, step.evaluates(version: record.round) {
       let evaluation = await evaluator.evaluate(model)
       record.evalLoss = evaluation.loss
       record.evalAccuracy = evaluation.accuracy
@@ -529,15 +488,19 @@ public actor AsyncCoordinator: RunCoordinator {
         }
       }
     }
-    metrics.written(record)
-    logger.info(
-      "version committed",
-      metadata: [
-        "version": "\(record.round)", "folded": "\(record.reported)",
-        "mean staleness": "\(record.meanStaleness ?? 0)",
-      ])
-    for observer in roundObservers { observer(record) }
-    publishing -= 1
+    ready[record.round] = record
+    while let next = ready.removeValue(forKey: nextToPublish) {
+      nextToPublish += 1
+      metrics.written(next)
+      logger.info(
+        "version committed",
+        metadata: [
+          "version": "\(next.round)", "folded": "\(next.reported)",
+          "mean staleness": "\(next.meanStaleness ?? 0)",
+        ])
+      for observer in roundObservers { observer(next) }
+      publishing -= 1
+    }
     if case .finished = buffer.state, publishing == 0 {
       logger.info("run finished", metadata: ["versions committed": "\(committedRounds)"])
     }

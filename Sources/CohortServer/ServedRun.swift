@@ -120,14 +120,23 @@ public final class ServedRun: FederationHandler {
     resumedAfter = resumed
     selector = Selector()
     if plan.server.mode == .async {
-      // A journal a test injects must take the buffer's writes too.
-      let journal: (any AsyncJournal)? = journal == nil ? store : journal as? any AsyncJournal
+      // A journal a test injects must take the buffer's writes too: without them nothing
+      // acknowledged would be stored.
+      var asyncJournal: (any AsyncJournal)? = store
+      if let journal {
+        guard let j = journal as? any AsyncJournal else {
+          throw CohortError(
+            .invalidConfiguration, "server.mode: async stores its buffer, but the journal given cannot",
+            fix: "give a journal that is an AsyncJournal")
+        }
+        asyncJournal = j
+      }
       coordinator = try AsyncCoordinator(
         configuration: .init(
           plan: plan, population: configuration.population, run: run,
           populationSize: configuration.populationSize, privacySeed: configuration.privacySeed,
           commitAttempts: configuration.commitAttempts),
-        initial: start, committed: committed, saved: saved, store: journal, link: selector,
+        initial: start, committed: committed, saved: saved, store: asyncJournal, link: selector,
         evaluator: evaluator, clock: clock, logger: logger, metrics: metrics)
     } else {
       coordinator = Coordinator(

@@ -40,27 +40,14 @@ final class AsyncEngine {
     var training: Task<Simulation.Trained, Never>?
   }
 
-  /// What happened since the previous application: the next row's counts.
-  struct Interval {
-    var startedAt: Double
-    var dropped = 0
-    var tooStale = 0
-    var rejected = 0
-    var bytesUp = 0
-    var bytesDown = 0
-    var droppedDevices: [DeviceID] = []
-    /// Training losses of the folded updates, in folding order.
-    var losses: [Double] = []
-    /// Folded updates that were within the DP clip before clipping (adaptive clipping).
-    var unclipped = 0
-  }
-
   let simulation: Simulation
   let store: ResultsStore
   let run: RunID
   var buffer: AsyncBuffer
   /// From a full buffer to the next version, as `cohort serve` takes it.
   let step: AsyncModelStep
+  /// What a report may say (`server.reports`), as a server checks it.
+  let rules: ReportRules
   var strategyState: StrategyState
   var clip: Double?
   let evaluator: CentralTestEvaluator
@@ -70,7 +57,7 @@ final class AsyncEngine {
   var process: CheckInProcess
   var inFlight: [DeviceID: InFlight] = [:]
   var serials = 0
-  var interval = Interval(startedAt: 0)
+  var interval = AsyncVersionBook(startedAt: 0)
   var localTrainings = 0
   var records: [RoundRecord] = []
   let progress: @Sendable (RoundRecord) -> Void
@@ -83,12 +70,7 @@ final class AsyncEngine {
       throw CohortError(
         .invalidConfiguration, "the asynchronous engine runs only plans with server.mode: async")
     }
-    guard !plan.secureAggregation.enabled else {
-      throw CohortError(
-        .invalidConfiguration,
-        "cohort simulate does not yet carry out secure aggregation with server.mode: async",
-        fix: "set secure_aggregation.enabled: false, or server.mode: sync")
-    }
+    if let refusal = AsyncModelStep.refusal(of: plan) { throw refusal }
     guard configuration.bufferSize <= simulation.population.count else {
       // Each device counts at most once per version, so a smaller population never fills a buffer.
       throw CohortError(
@@ -106,6 +88,7 @@ final class AsyncEngine {
       plan: plan, layout: initial.layout, population: simulation.population.count,
       privacySeed: simulation.scenario.seed)!
     strategyState = step.strategy.initialState()
+    rules = ReportRules(plan: plan, layout: initial.layout, secure: false)
     clip = plan.privacy.isPrivate ? plan.privacy.initialClip : nil
     evaluator = CentralTestEvaluator(
       network: simulation.network, test: simulation.data.centralTest,
@@ -178,16 +161,26 @@ final class AsyncEngine {
       interval.bytesUp += trained.uploadBytes
       // An encoded update is decoded by the server, as the synchronous one is.
       let values = trained.encoded.map { simulation.codec!.decode($0) } ?? trained.update.values
-      let actions = buffer.report(
-        AsyncBuffer.Report(
-          device: device, version: flight.version, update: values, examples: trained.examples))
+      // The plan's report rules (`server.reports`) hold here as on a server.
+      let report = UpdateReport(
+        device: device, round: flight.version, update: Weights(layout: global.layout, values: values),
+        examples: trained.examples, trainLoss: trained.loss, bytes: trained.uploadBytes)
+      let actions: [AsyncBuffer.Action]
+      switch rules.admit(report) {
+      case .failure(let rejection):
+        actions = buffer.refused(device, version: flight.version, AsyncBuffer.Refusal(rule: rejection))
+      case .success(let admitted):
+        actions = buffer.report(
+          AsyncBuffer.Report(
+            device: device, version: flight.version, update: admitted.update.values,
+            examples: admitted.examples))
+      }
       for action in actions {
         switch action {
         case .acknowledge:
-          interval.losses.append(trained.loss)
-          if trained.withinClip == true { interval.unclipped += 1 }
+          interval.folded(trainLoss: trained.loss, withinClip: trained.withinClip)
         case .refuse(_, let reason):
-          if reason == .tooStale { interval.tooStale += 1 } else { interval.rejected += 1 }
+          interval.refused(reason)
         case .apply(let application):
           try await apply(application)
         case .train, .turnAway, .cancel, .finish:
@@ -199,8 +192,7 @@ final class AsyncEngine {
       inFlight[device] = nil
       process.release(device)
       buffer.dropped(device)
-      interval.dropped += 1
-      interval.droppedDevices.append(device)
+      interval.dropped(device)
     }
   }
 
@@ -236,36 +228,17 @@ final class AsyncEngine {
   /// Makes the next version from a full buffer: central DP noise, the server step, evaluation,
   /// and its row and checkpoint, committed together.
   func apply(_ application: AsyncBuffer.Application) async throws(CohortError) {
-    let version = application.version
     // As in a synchronous round: a model that overflowed Float32 is not kept.
     let model = step.apply(
       application, to: global, state: &strategyState, clip: &clip, unclipped: interval.unclipped)
     if let model { global = model }
-    let every = plan.server.evaluation.every
-    var evaluation: Evaluation?
-    // Every `every` versions and after the last one, as a synchronous run evaluates its rounds.
-    if model != nil, version % every == 0 || version == plan.server.rounds {
-      evaluation = await evaluator.evaluate(global)
-    }
-    let losses = interval.losses
-    let record = RoundRecord(
-      round: version, startedAt: interval.startedAt, endedAt: now,
-      outcome: model == nil ? .abandoned : .committed,
-      abandonReason: model == nil ? "the buffered update made a model that is not finite" : nil,
-      selected: application.folded, reported: application.folded, dropped: interval.dropped,
-      late: interval.tooStale, rejected: interval.rejected, bytesDown: interval.bytesDown,
-      bytesUp: interval.bytesUp,
-      trainLoss: losses.isEmpty ? nil : losses.reduce(0, +) / Double(losses.count),
-      evalLoss: evaluation?.loss, evalAccuracy: evaluation?.accuracy,
-      durationSeconds: now - interval.startedAt,
-      meanStaleness: application.meanStaleness, maximumStaleness: application.maximumStaleness)
-    // One entry per device, with how often it was folded and dropped since the last version.
-    let devices = DeviceParticipation.versionEntries(
-      folded: application.devices, dropped: interval.droppedDevices)
-    try store.commitRound(run, record, checkpoint: model, devices: devices)
+    let evaluation =
+      model != nil && step.evaluates(version: application.version) ? await evaluator.evaluate(global) : nil
+    let record = interval.record(application, endedAt: now, model: model, evaluation: evaluation)
+    try store.commitRound(run, record, checkpoint: model, devices: interval.devices(application))
     records.append(record)
     progress(record)
-    interval = Interval(startedAt: now)
+    interval = AsyncVersionBook(startedAt: now)
   }
 
   // MARK: Check-ins

@@ -192,8 +192,8 @@ let cohortBinary: URL = {
   /// updates in flight and in its buffer); started again on the same port it resumes the same
   /// run from its stored buffer and commits the rest. Every version folds exactly its two
   /// updates, and no update a device saw acknowledged was folded twice or lost: the devices'
-  /// own records of acknowledged (device, version) pairs are distinct and each is among the
-  /// server's folds.
+  /// own records of acknowledged (device, version) pairs are distinct, and no device saw more
+  /// acknowledged than the server folded of its updates.
   @Test func killedAsyncServerResumesFromItsStoredBuffer() throws {
     let dir = TemporaryDirectory()
     let demo = try String(contentsOfFile: try federation(in: dir, rounds: 6), encoding: .utf8)

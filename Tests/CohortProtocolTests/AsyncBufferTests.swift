@@ -41,7 +41,8 @@ import Testing
     #expect(m.admit(3) == [.train(device: 3, version: 0)])
     #expect(m.counts.admitted == 3 && m.counts.dropped == 1 && m.counts.turnedAway == 2)
     // A dropped device's late report does not count.
-    #expect(m.report(Self.report(2, 0, [1, 1])) == [.refuse(device: 2, .notInFlight)])
+    let stale = m.report(Self.report(2, 0, [1, 1]))
+    #expect(stale == [.refuse(device: 2, .notInFlight)])
   }
 
   /// Hand-computed: weight (1 + s)^−1 times examples; the mean divides by Σ examples.
@@ -109,7 +110,8 @@ import Testing
     var m = Self.machine(buffer: 5)
     _ = m.admit(1)
     _ = m.report(Self.report(1, 0, [1, 1]))
-    #expect(m.report(Self.report(1, 0, [1, 1])) == [.refuse(device: 1, .duplicate)])
+    let replay = m.report(Self.report(1, 0, [1, 1]))
+    #expect(replay == [.refuse(device: 1, .duplicate)])
     // A device whose update on this version counted waits for the next.
     #expect(m.admit(1) == [.turnAway(device: 1, .alreadyReported)])
     #expect(m.report(Self.report(77, 0, [1, 1])) == [.refuse(device: 77, .notInFlight)])
@@ -215,6 +217,48 @@ import Testing
     }
     // The snapshot as written restores.
     #expect(throws: Never.self) { try AsyncBuffer(configuration: m.configuration, restoring: m.snapshot) }
+  }
+
+  /// A device whose connection ended frees its slot but may still send the update it trained,
+  /// once, while it is not too stale; at most `concurrency` such devices are remembered, and a
+  /// snapshot keeps them (one written before they existed reads as none).
+  @Test func aDeviceThatLeftMayStillReportOnceWhileNotTooStale() throws {
+    var m = Self.machine(concurrency: 2, buffer: 1, maximumStaleness: 1)
+    _ = m.admit(1)
+    _ = m.admit(2)
+    let left = m.dropped(1, mayStillReport: true)
+    #expect(left && m.freeSlots == 1)
+    #expect(m.admit(3) == [.train(device: 3, version: 0)])
+    let restored = try AsyncBuffer(
+      configuration: m.configuration,
+      restoring: JSONDecoder().decode(AsyncBuffer.Snapshot.self, from: JSONEncoder().encode(m.snapshot)))
+    #expect(restored.snapshot == m.snapshot)
+    let folded = m.report(Self.report(1, 0, [1, 1]))
+    #expect(Self.applications(folded).count == 1)
+    let replay = m.report(Self.report(1, 0, [1, 1]))
+    #expect(replay == [.refuse(device: 1, .duplicate)])
+    // Device 2 leaves and comes back too late: two versions on, its update is too stale.
+    m.dropped(2, mayStillReport: true)
+    _ = m.report(Self.report(3, 0, [1, 1]))
+    _ = m.admit(4)
+    _ = m.report(Self.report(4, 2, [1, 1]))
+    let stale = m.report(Self.report(2, 0, [1, 1]))
+    #expect(stale == [.refuse(device: 2, .notInFlight)])
+    // Only the latest `concurrency` devices that left are remembered.
+    var n = Self.machine(concurrency: 2)
+    for d in 1...3 {
+      _ = n.admit(d)
+      n.dropped(d, mayStillReport: true)
+    }
+    let forgotten = n.report(Self.report(1, 0, [1, 1]))
+    #expect(forgotten == [.refuse(device: 1, .notInFlight)])
+    let remembered = n.report(Self.report(3, 0, [1, 1]))
+    #expect(remembered.contains(.acknowledge(device: 3, staleness: 0, weight: 1)))
+    // A device dropped at its deadline may not.
+    _ = n.admit(5)
+    n.dropped(5)
+    let late = n.report(Self.report(5, 0, [1, 1]))
+    #expect(late == [.refuse(device: 5, .notInFlight)])
   }
 
   @Test func configurationFollowsThePlan() throws {

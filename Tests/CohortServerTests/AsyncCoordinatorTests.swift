@@ -306,6 +306,125 @@ struct AsyncHarness {
     #expect(await h.coordinator.status.failure != nil)
   }
 
+  /// A device whose stream ended while it trained frees its slot, but the upload it resends on
+  /// a new stream (docs/PROTOCOL.md §2.7) still counts; one past its reporting deadline does not.
+  @Test func aDeviceThatLostItsStreamMayStillSendItsUpdate() async throws {
+    let h = try AsyncHarness(
+      plan: makeAsyncPlan(concurrency: 2, buffer: 3), store: try ResultsStore.inMemory())
+    for d in 1...2 { _ = await h.checkIn(d) }
+    await h.coordinator.dropped(device: 1, round: 0)
+    #expect(await h.checkIn(3) == .waitForTask(round: 0))
+    #expect(await h.coordinator.report(h.update(1, version: 0, [1, 1])).isAccepted)
+    #expect(await h.coordinator.report(h.update(1, version: 0, [1, 1])) == .rejected(.duplicate))
+    h.clock.set(300)
+    await h.coordinator.tick()
+    #expect(await h.coordinator.report(h.update(2, version: 0, [1, 1])) == .rejected(.notSelected))
+  }
+
+  /// A buffer whose mean overflows Float32 makes no model: the version is recorded as abandoned,
+  /// the model stays, and the run goes on to the next version.
+  @Test func aVersionThatIsNotFiniteIsAbandonedAndTheModelKept() async throws {
+    var plan = makeAsyncPlan()
+    // A step of 10 along a mean near Float32's largest value goes past it.
+    plan.server.asynchronous?.serverLearningRate = 10
+    let h = try AsyncHarness(plan: plan, store: try ResultsStore.inMemory())
+    for d in 1...3 { _ = await h.checkIn(d) }
+    let huge = Float.greatestFiniteMagnitude
+    for d in 1...2 { _ = await h.coordinator.report(h.update(d, version: 0, [huge, huge])) }
+    let row = try #require(try h.store.rounds(h.run).first)
+    #expect(row.outcome == .abandoned && row.abandonReason?.contains("not finite") == true)
+    #expect(await h.coordinator.global.values == [1, 1])
+    #expect(await h.coordinator.globalRound == 1)
+    #expect(try h.store.latestCheckpoint(h.run) == nil)
+  }
+
+  /// When the last version is applied, the devices still training are let go: no deadline of
+  /// theirs is left, and the run is finished.
+  @Test func theDevicesStillTrainingWhenTheRunEndsAreLetGo() async throws {
+    let h = try AsyncHarness(plan: makeAsyncPlan(versions: 1), store: try ResultsStore.inMemory())
+    for d in 1...3 { _ = await h.checkIn(d) }
+    for d in 1...2 { _ = await h.coordinator.report(h.update(d, version: 0, [1, 1])) }
+    #expect(await h.coordinator.isFinished)
+    #expect(await h.coordinator.nextDeadline == nil)
+    #expect(await h.coordinator.report(h.update(3, version: 0, [1, 1])) == .rejected(.late))
+    guard case .retry = await h.checkIn(4) else {
+      Issue.record("a device was admitted after the last version")
+      return
+    }
+  }
+
+  /// Killed right after a version's commit: the state committed with the version is newer than
+  /// the buffer saved before it, and the resumed run starts from it (an empty buffer at version 1).
+  @Test func aRunKilledRightAfterACommitResumesFromTheCommittedState() async throws {
+    let dir = TemporaryDirectory()
+    let path = dir.file("server.sqlite")
+    let plan = makeAsyncPlan()
+    var first: AsyncHarness? = try AsyncHarness(plan: plan, store: try ResultsStore(path: path))
+    let run = first!.run
+    for d in 1...2 { _ = await first!.checkIn(d) }
+    for d in 1...2 { _ = await first!.coordinator.report(first!.update(d, version: 0, [1, 1])) }
+    #expect(try first!.store.asyncBuffer(run)?.version == 0)
+    try first!.store.close()
+    first = nil
+    let second = try AsyncHarness(plan: plan, store: try ResultsStore(path: path), run: run)
+    #expect(await second.coordinator.globalRound == 1)
+    #expect(await second.coordinator.global.values == [2, 2])
+    #expect(await second.coordinator.report(second.update(1, version: 0, [1, 1])) == .rejected(.duplicate))
+    #expect(await second.checkIn(1) == .waitForTask(round: 1))
+  }
+
+  /// A version evaluated slowly holds back the publication of the next: observers see versions
+  /// in order.
+  @Test func versionsArePublishedInOrderWhateverTheirEvaluationTakes() async throws {
+    var plan = makeAsyncPlan(versions: 4, buffer: 1)
+    plan.server.evaluation.every = 2
+    let (entered, enter) = AsyncStream.makeStream(of: Void.self)
+    let (gate, open) = AsyncStream.makeStream(of: Void.self)
+    let evaluator = GatedEvaluator(entered: enter, gate: gate)
+    let store = try ResultsStore.inMemory()
+    let scenario = Scenario(
+      planPath: "plan.yaml", plan: plan, data: .syntheticFedProx(.init(alpha: 0, beta: 0, devices: 10)),
+      partition: .natural, devices: PopulationPlan(), seed: 1)
+    let run = try store.createRun(name: "t", scenario: scenario, createdAt: Date(timeIntervalSince1970: 0))
+    let coordinator = try AsyncCoordinator(
+      configuration: .init(plan: plan, run: run), initial: Weights(layout: layout, values: [1, 1]),
+      store: store, link: RecordingLink(), evaluator: evaluator, clock: ManualClock(),
+      logger: Logger(label: "test"))
+    let seen = Mutex<[Int]>([])
+    await coordinator.observeRounds { record in seen.withLock { $0.append(record.round) } }
+    func report(_ device: DeviceID, _ version: Int) async -> ServerReply {
+      _ = await coordinator.checkIn(CheckIn(device: device, population: "default"))
+      return await coordinator.report(
+        UpdateReport(
+          device: device, round: version, update: Weights(layout: layout, values: [1, 1]), examples: 1,
+          trainLoss: 0.5, bytes: 8))
+    }
+    #expect(await report(1, 0).isAccepted)
+    // Version 2 is evaluated (every 2): its report waits in the evaluation, held at the gate.
+    let second = Task { await report(2, 1) }
+    var entries = entered.makeAsyncIterator()
+    _ = await entries.next()
+    #expect(await report(3, 2).isAccepted)
+    #expect(seen.withLock { $0 } == [1])
+    open.yield()
+    #expect(await second.value.isAccepted)
+    #expect(seen.withLock { $0 } == [1, 2, 3])
+    open.yield()
+    _ = await report(4, 3)
+    #expect(seen.withLock { $0 } == [1, 2, 3, 4])
+  }
+
+  /// A journal that cannot store the buffer is refused for an asynchronous plan rather than
+  /// run without storing what it acknowledges.
+  @Test func aJournalThatCannotStoreTheBufferIsRefused() throws {
+    let store = try ResultsStore.inMemory()
+    #expect(throws: CohortError.self) {
+      _ = try ServedRun(
+        configuration: .init(plan: makeAsyncPlan()), initial: Weights(layout: layout, values: [1, 1]),
+        store: store, journal: FailingJournal(store: store, failures: 0), logger: Logger(label: "test"))
+    }
+  }
+
   /// `cohort serve` runs secure aggregation only in synchronous rounds, and says so.
   @Test func secureAggregationIsRefusedInAsyncMode() throws {
     var plan = makeAsyncPlan()
@@ -313,6 +432,18 @@ struct AsyncHarness {
     #expect(throws: CohortError.self) {
       _ = try AsyncHarness(plan: plan, store: try ResultsStore.inMemory())
     }
+  }
+}
+
+/// Central evaluation that tells when it starts and waits at a gate for each evaluation.
+struct GatedEvaluator: CentralEvaluator {
+  let entered: AsyncStream<Void>.Continuation
+  let gate: AsyncStream<Void>
+  func evaluate(_ weights: Weights) async -> Evaluation {
+    entered.yield()
+    var iterator = gate.makeAsyncIterator()
+    _ = await iterator.next()
+    return Evaluation(loss: 0, accuracy: Double(weights.values[0]), examples: 1)
   }
 }
 
