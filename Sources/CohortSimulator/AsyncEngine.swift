@@ -58,6 +58,8 @@ final class AsyncEngine {
   var inFlight: [DeviceID: InFlight] = [:]
   var serials = 0
   var interval = AsyncVersionBook(startedAt: 0)
+  /// When the current version's simulation began, on the machine's clock.
+  var realStart = ContinuousClock.now
   var localTrainings = 0
   var records: [RoundRecord] = []
   let progress: @Sendable (RoundRecord) -> Void
@@ -234,7 +236,10 @@ final class AsyncEngine {
     if let model { global = model }
     let evaluation =
       model != nil && step.evaluates(version: application.version) ? await evaluator.evaluate(global) : nil
-    let record = interval.record(application, endedAt: now, model: model, evaluation: evaluation)
+    var record = interval.record(application, endedAt: now, model: model, evaluation: evaluation)
+    // What the version cost to simulate, on the machine's clock (a measurement only).
+    record.realSeconds = (ContinuousClock.now - realStart) / .seconds(1)
+    realStart = ContinuousClock.now
     try store.commitRound(run, record, checkpoint: model, devices: interval.devices(application))
     records.append(record)
     progress(record)
