@@ -325,7 +325,8 @@ public final class PostgresStore: FederationStore {
         ).allRows().first.map { try $0.makeRandomAccess()["layout_json"].decode(String.self) }
         // Layouts are written with sorted keys: the same text is the same layout.
         if let previous, previous != layoutJSON {
-          let layout = try self.decodeLayout(previous, run: run, round: round)
+          let layout = try StoredCheckpoint.decodeLayout(
+            previous, run: run, round: round, location: self.location)
           if layout != checkpoint.layout {
             throw CohortError(
               .shapeMismatch,
@@ -524,30 +525,11 @@ public final class PostgresStore: FederationStore {
       }
     }
     guard let stored else { return nil }
-    let what = "the checkpoint of round \(stored.round) of run \(run) in \(location)"
-    let fix =
-      "the table was changed outside Cohort; restore it from a backup, or use an earlier round's checkpoint"
-    let actual = SHA256.hex(stored.blob)
-    guard actual == stored.sha256 else {
-      throw CohortError(
-        .storage, "\(what) is corrupted: its SHA-256 is \(actual) but \(stored.sha256) was recorded", fix: fix
-      )
-    }
-    let layout = try decodeLayout(stored.layoutJSON, run: run, round: stored.round)
-    guard let values = Float32LittleEndian.values(stored.blob), values.count == layout.count else {
-      throw CohortError(
-        .storage,
-        "\(what) holds \(stored.blob.count) bytes but its layout \(ResultsStore.describe(layout)) needs "
-          + "\(layout.count * 4)", fix: fix)
-    }
-    return (stored.round, Weights(layout: layout, values: values))
-  }
-
-  private struct StoredCheckpoint: Sendable {
-    var round: Int
-    var sha256: String
-    var layoutJSON: String
-    var blob: Data
+    return try stored.verified(
+      run: run, location: location,
+      fix:
+        "the table was changed outside Cohort; restore it from a backup, or use an earlier round's checkpoint"
+    )
   }
 
   // MARK: - Leases
@@ -693,23 +675,8 @@ public final class PostgresStore: FederationStore {
     }
   }
 
-  private func decodeLayout(_ json: String, run: RunID, round: Int) throws(CohortError) -> WeightsLayout {
-    let decoded = try StoreJSON.decode(
-      WeightsLayout.self, from: Data(json.utf8),
-      what: "the layout of the checkpoint of round \(round) of run \(run) in \(location)")
-    return WeightsLayout(decoded.tensors)
-  }
-
-  private static let summarySQL = """
-    SELECT runs.id, runs.name, runs.created_at, runs.status, runs.finished_at, runs.seed,
-      runs.plan_sha256, plans.name AS plan_name, runs.experiment, runs.scenario, runs.variant,
-      (SELECT count(*) FROM rounds WHERE rounds.run_id = runs.id AND outcome = 'committed')
-        AS rounds_committed,
-      (SELECT eval_accuracy FROM rounds WHERE rounds.run_id = runs.id AND eval_accuracy IS NOT NULL
-        ORDER BY round DESC LIMIT 1) AS last_accuracy,
-      (SELECT max(eval_accuracy) FROM rounds WHERE rounds.run_id = runs.id) AS best_accuracy
-    FROM runs JOIN plans ON plans.sha256 = runs.plan_sha256
-    """
+  /// The same summary query as SQLite's: both dialects read it alike.
+  private static var summarySQL: String { ResultsStore.summarySQL }
 
   private static func summary(_ r: PostgresRandomAccessRow) throws -> RunSummary {
     let id = RunID(try r["id"].decode(Int64.self))

@@ -292,7 +292,7 @@ public final class ResultsStore: Sendable {
             // Layouts are written with sorted keys: the same text is the same layout.
             previous != layoutJSON
           {
-            let layout = try decodeLayout(previous, run: run, round: round)
+            let layout = try StoredCheckpoint.decodeLayout(previous, run: run, round: round, location: path)
             if layout != checkpoint.layout {
               throw CohortError(
                 .shapeMismatch,
@@ -701,13 +701,6 @@ public final class ResultsStore: Sendable {
       fix: "ask for one of those rounds, or leave out the round for the latest (\(last))")
   }
 
-  private struct StoredCheckpoint {
-    var round: Int
-    var sha256: String
-    var layoutJSON: String
-    var blob: Data
-  }
-
   private func storedCheckpoint(_ run: RunID, round: Int?, through: Int = Int.max) throws(CohortError)
     -> StoredCheckpoint?
   {
@@ -735,34 +728,14 @@ public final class ResultsStore: Sendable {
   private func verify(_ stored: StoredCheckpoint, run: RunID) throws(CohortError) -> (
     round: Int, weights: Weights
   ) {
-    let what = "the checkpoint of round \(stored.round) of run \(run) in \(path)"
-    let fix =
-      "the file was changed outside Cohort or damaged; restore it from a backup, or use an earlier "
-      + "round's checkpoint"
-    let actual = SHA256.hex(stored.blob)
-    guard actual == stored.sha256 else {
-      throw CohortError(
-        .storage, "\(what) is corrupted: its SHA-256 is \(actual) but \(stored.sha256) was recorded", fix: fix
-      )
-    }
-    let layout = try decodeLayout(stored.layoutJSON, run: run, round: stored.round)
-    guard let values = Float32LittleEndian.values(stored.blob), values.count == layout.count else {
-      throw CohortError(
-        .storage,
-        "\(what) holds \(stored.blob.count) bytes but its layout \(Self.describe(layout)) needs "
-          + "\(layout.count * 4)", fix: fix)
-    }
-    return (stored.round, Weights(layout: layout, values: values))
+    try stored.verified(
+      run: run, location: path,
+      fix: "the file was changed outside Cohort or damaged; restore it from a backup, or use an earlier "
+        + "round's checkpoint")
   }
 
   /// Decodes a stored layout and rebuilds it from its tensors, so offsets and count are never
   /// taken on trust from the file.
-  private func decodeLayout(_ json: String, run: RunID, round: Int) throws(CohortError) -> WeightsLayout {
-    let decoded = try StoreJSON.decode(
-      WeightsLayout.self, from: Data(json.utf8),
-      what: "the layout of the checkpoint of round \(round) of run \(run) in \(path)")
-    return WeightsLayout(decoded.tensors)
-  }
 
   // MARK: - Helpers
 
