@@ -9,7 +9,8 @@ import Synchronization
 /// A stream that heard from its server and then failed does not move the device: the server
 /// answered, and the next attempt finds out whether it is still there. An upload the device
 /// could not finish is resent to whichever server it reaches next (docs/PROTOCOL.md §2.7): the
-/// same server restarted takes it; servers that do not share the run refuse it.
+/// server that gave the task takes it while the round (or, in async mode, the device's
+/// reporting window) is open; servers that do not share the run refuse it.
 public final class FailoverChannel: ParticipationChannel {
   public let servers: [any ParticipationChannel]
   /// The index of the server participations go to now.

@@ -116,8 +116,9 @@ public struct AsyncBuffer: Sendable {
     /// ones are forgotten: their replays are refused anyway (not in flight, too stale).
     public var reported: Set<Participation> = []
     /// Devices whose connection ended while they trained: their slot is free, but the update
-    /// may still come, on a new stream (a device resends an upload it could not finish), while
-    /// it is not too stale. The most recent `concurrency` are kept, oldest first.
+    /// may still come, on a new stream (a device resends an upload it could not finish), until
+    /// the driver `forget`s it (its reporting deadline). The most recent `leftLimit` are kept,
+    /// oldest first; one that comes too stale is refused as such.
     public var left: [Participation] = []
     public var buffer: Buffer
 
@@ -329,7 +330,7 @@ public struct AsyncBuffer: Sendable {
         version < configuration.versions
         ? .collecting(Collecting(version: version, dimension: configuration.dimension))
         : .finished(version: version)
-    case .collecting(let c):
+    case .collecting(var c):
       let b = c.buffer
       guard c.version >= 0, c.version < configuration.versions else { throw bad("version \(c.version)") }
       guard b.sum.count == configuration.dimension, b.sum.allSatisfy(\.isFinite) else {
@@ -356,9 +357,10 @@ public struct AsyncBuffer: Sendable {
       else {
         throw bad("\(c.inFlight.count) devices in flight for a concurrency of \(configuration.concurrency)")
       }
-      guard c.left.count <= configuration.concurrency, c.left.allSatisfy({ (0...c.version) ~= $0.version })
-      else {
-        throw bad("\(c.left.count) devices that left for a concurrency of \(configuration.concurrency)")
+      // A longer list (an older limit) is cut to the newest, not refused.
+      c.left = Array(c.left.suffix(Self.leftLimit(configuration)))
+      guard c.left.allSatisfy({ (0...c.version) ~= $0.version }) else {
+        throw bad("a device that left on a version after \(c.version)")
       }
       state = .collecting(c)
     }
@@ -410,6 +412,10 @@ public struct AsyncBuffer: Sendable {
         return turnAway(device, .alreadyReported)
       }
       guard c.inFlight.count < configuration.concurrency else { return turnAway(device, .full) }
+      // Admitted again to the version it left: the new participation stands for it.
+      if let left = c.left.firstIndex(of: Participation(device: device, version: c.version)) {
+        c.left.remove(at: left)
+      }
       c.inFlight[device] = c.version
       counts.admitted += 1
       state = .collecting(c)
@@ -474,6 +480,19 @@ public struct AsyncBuffer: Sendable {
     }
   }
 
+  /// How many devices that left are remembered: enough for a fleet's reconnections, few enough
+  /// that looking one up and storing the state at each acknowledgement stay cheap.
+  public var leftLimit: Int { Self.leftLimit(configuration) }
+
+  static func leftLimit(_ configuration: Configuration) -> Int { Swift.min(configuration.concurrency, 1_000) }
+
+  /// A device that left may no longer send its update (its reporting deadline passed).
+  public mutating func forget(_ device: DeviceID) {
+    guard case .collecting(var c) = state, c.left.contains(where: { $0.device == device }) else { return }
+    c.left.removeAll { $0.device == device }
+    state = .collecting(c)
+  }
+
   /// A report the driver refused before it reached the buffer (the plan's report rules: an
   /// out-of-range figure, an undecodable update): the participation is over, so a device
   /// training on the version it names gets its slot freed, and the refusal is counted.
@@ -491,7 +510,7 @@ public struct AsyncBuffer: Sendable {
 
   /// A device in flight dropped out or missed its deadline: its slot is free. With
   /// `mayStillReport` (its connection ended, which a device survives), its update on that
-  /// version is still taken if it comes while not too stale. Returns whether it was in flight.
+  /// version is still taken until the driver `forget`s the device. Returns whether it was in flight.
   @discardableResult
   public mutating func dropped(_ device: DeviceID, mayStillReport: Bool = false) -> Bool {
     guard case .collecting(var c) = state, let version = c.inFlight.removeValue(forKey: device) else {
@@ -501,9 +520,7 @@ public struct AsyncBuffer: Sendable {
     let participation = Participation(device: device, version: version)
     if mayStillReport, !c.left.contains(participation) {
       c.left.append(participation)
-      if c.left.count > configuration.concurrency {
-        c.left.removeFirst(c.left.count - configuration.concurrency)
-      }
+      if c.left.count > leftLimit { c.left.removeFirst(c.left.count - leftLimit) }
     }
     state = .collecting(c)
     return true
@@ -532,7 +549,6 @@ public struct AsyncBuffer: Sendable {
     // they report (refused, counted as too stale) or drop, as in FedBuff.
     let oldest = next - configuration.maximumStaleness
     c.reported = c.reported.filter { $0.version >= oldest }
-    c.left.removeAll { $0.version < oldest }
     state = .collecting(c)
     return actions
   }

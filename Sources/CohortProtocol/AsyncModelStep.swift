@@ -156,10 +156,17 @@ public struct AsyncVersionBook: Sendable, Hashable, Codable {
     DeviceParticipation.versionEntries(folded: application.devices, dropped: droppedDevices)
   }
 
-  /// Whether a book read back from storage holds counts a later `+=` cannot overflow.
+  /// Whether a book read back from storage holds counts a later `+=` cannot overflow (a longer
+  /// list of dropped devices is cut to the limit by `restored`, not refused).
   public var isPlausible: Bool {
     let counts = [dropped, tooStale, rejected, bytesUp, bytesDown, lossCount, unclipped]
     return counts.allSatisfy { (0..<Int.max / 4).contains($0) } && lossSum.isFinite && startedAt.isFinite
-      && droppedDevices.count <= Self.droppedDevicesLimit
+  }
+
+  /// The book as read back from storage, its list of dropped devices cut to the limit.
+  public var restored: AsyncVersionBook {
+    var book = self
+    book.droppedDevices = Array(droppedDevices.prefix(Self.droppedDevicesLimit))
+    return book
   }
 }

@@ -22,8 +22,9 @@ extension ResultsStore: AsyncJournal {}
 /// each version from a full buffer as the simulator does.
 ///
 /// A device that checks in while a slot is free is handed the current version at once (its
-/// task's `round` is that version) and has `server.windows.reporting` seconds to report; one
-/// that misses it, or whose stream ends, frees its slot. Every `server.async.buffer` folded
+/// task's `round` is that version) and has `server.windows.reporting` seconds to report. One
+/// whose stream ends frees its slot, but the update it resends on a new stream still counts
+/// until that deadline; one that misses it loses both. Every `server.async.buffer` folded
 /// updates make the next version, committed as one row of `rounds` (round = version) with its
 /// checkpoint.
 ///
@@ -68,8 +69,8 @@ public actor AsyncCoordinator: RunCoordinator {
     var interval: AsyncVersionBook
 
     /// JSON, with the vectors as long as the model (the buffer's sum, the server optimizer's
-    /// moments) as raw little-endian doubles: 8 bytes a parameter, not 20 as JSON numbers, since
-    /// the state is written at every acknowledgement.
+    /// moments) as raw little-endian doubles in base64: about 11 bytes a parameter per vector,
+    /// not 20 as JSON numbers, since the state is written at every acknowledgement.
     private struct Stored: Codable {
       var buffer: AsyncBuffer.Snapshot
       var sum: Data?
@@ -229,7 +230,7 @@ public actor AsyncCoordinator: RunCoordinator {
       guard state.interval.isPlausible else { throw Self.corrupt("the counts since the last version") }
       strategyState = state.strategy
       clip = state.clip
-      interval = state.interval
+      interval = state.interval.restored
       // Devices that were training when the server stopped may still report (on a new stream):
       // they have a reporting window from now.
       for device in buffer.training.keys.sorted() { deadlines[device] = now + plan.server.windows.reporting }
@@ -403,7 +404,13 @@ public actor AsyncCoordinator: RunCoordinator {
   /// Time passed: devices past their reporting deadline are dropped, and their updates refused.
   public func tick() async {
     let now = clock.now
-    for device in deadlines.due(now: now) { drop(device, mayStillReport: false) }
+    for device in deadlines.due(now: now) {
+      if buffer.trainingVersion(of: device) != nil {
+        drop(device, mayStillReport: false)
+      } else {
+        buffer.forget(device)
+      }
+    }
     metrics.training?.record(buffer.inFlightCount)
     deadlinesChanged()
   }
@@ -416,8 +423,10 @@ public actor AsyncCoordinator: RunCoordinator {
 
   // MARK: Internals
 
+  /// A device that was training is gone. One whose stream ended keeps its deadline: its resent
+  /// update counts until then (`tick` forgets it).
   private func drop(_ device: DeviceID, mayStillReport: Bool) {
-    deadlines[device] = nil
+    if !mayStillReport { deadlines[device] = nil }
     guard buffer.dropped(device, mayStillReport: mayStillReport) else { return }
     interval.dropped(device)
   }

@@ -734,9 +734,6 @@ public final class ResultsStore: Sendable {
         + "round's checkpoint")
   }
 
-  /// Decodes a stored layout and rebuilds it from its tensors, so offsets and count are never
-  /// taken on trust from the file.
-
   // MARK: - Helpers
 
   /// Runs a database access, turning every failure into a `CohortError` that names the file.

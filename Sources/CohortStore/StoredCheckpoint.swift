@@ -31,6 +31,8 @@ struct StoredCheckpoint: Sendable {
     return (round, Weights(layout: layout, values: values))
   }
 
+  /// Decodes a stored layout and rebuilds it from its tensors, so offsets and count are never
+  /// taken on trust from the store.
   static func decodeLayout(_ json: String, run: RunID, round: Int, location: String) throws(CohortError)
     -> WeightsLayout
   {

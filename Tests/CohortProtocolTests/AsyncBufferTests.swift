@@ -41,8 +41,7 @@ import Testing
     #expect(m.admit(3) == [.train(device: 3, version: 0)])
     #expect(m.counts.admitted == 3 && m.counts.dropped == 1 && m.counts.turnedAway == 2)
     // A dropped device's late report does not count.
-    let stale = m.report(Self.report(2, 0, [1, 1]))
-    #expect(stale == [.refuse(device: 2, .notInFlight)])
+    #expect(m.report(Self.report(2, 0, [1, 1])) == [.refuse(device: 2, .notInFlight)])
   }
 
   /// Hand-computed: weight (1 + s)^−1 times examples; the mean divides by Σ examples.
@@ -110,8 +109,7 @@ import Testing
     var m = Self.machine(buffer: 5)
     _ = m.admit(1)
     _ = m.report(Self.report(1, 0, [1, 1]))
-    let replay = m.report(Self.report(1, 0, [1, 1]))
-    #expect(replay == [.refuse(device: 1, .duplicate)])
+    #expect(m.report(Self.report(1, 0, [1, 1])) == [.refuse(device: 1, .duplicate)])
     // A device whose update on this version counted waits for the next.
     #expect(m.admit(1) == [.turnAway(device: 1, .alreadyReported)])
     #expect(m.report(Self.report(77, 0, [1, 1])) == [.refuse(device: 77, .notInFlight)])
@@ -220,9 +218,9 @@ import Testing
   }
 
   /// A device whose connection ended frees its slot but may still send the update it trained,
-  /// once, while it is not too stale; at most `concurrency` such devices are remembered, and a
-  /// snapshot keeps them (one written before they existed reads as none).
-  @Test func aDeviceThatLeftMayStillReportOnceWhileNotTooStale() throws {
+  /// once, until the driver forgets it; one that comes too stale is refused as such; at most
+  /// `leftLimit` such devices are remembered, and a snapshot keeps them.
+  @Test func aDeviceThatLeftMayStillReportOnceUntilForgotten() throws {
     var m = Self.machine(concurrency: 2, buffer: 1, maximumStaleness: 1)
     _ = m.admit(1)
     _ = m.admit(2)
@@ -243,7 +241,7 @@ import Testing
     _ = m.admit(4)
     _ = m.report(Self.report(4, 2, [1, 1]))
     let stale = m.report(Self.report(2, 0, [1, 1]))
-    #expect(stale == [.refuse(device: 2, .notInFlight)])
+    #expect(stale == [.refuse(device: 2, .tooStale)])
     // Only the latest `concurrency` devices that left are remembered.
     var n = Self.machine(concurrency: 2)
     for d in 1...3 {
@@ -254,11 +252,25 @@ import Testing
     #expect(forgotten == [.refuse(device: 1, .notInFlight)])
     let remembered = n.report(Self.report(3, 0, [1, 1]))
     #expect(remembered.contains(.acknowledge(device: 3, staleness: 0, weight: 1)))
-    // A device dropped at its deadline may not.
+    // A device dropped at its deadline may not, nor one the driver forgot.
     _ = n.admit(5)
     n.dropped(5)
     let late = n.report(Self.report(5, 0, [1, 1]))
     #expect(late == [.refuse(device: 5, .notInFlight)])
+    _ = n.admit(6)
+    n.dropped(6, mayStillReport: true)
+    n.forget(6)
+    let forgot = n.report(Self.report(6, 0, [1, 1]))
+    #expect(forgot == [.refuse(device: 6, .notInFlight)])
+    // Admitted again to the version it left, a device's new participation stands for it: once
+    // that is dropped at its deadline, nothing of the device on that version is taken.
+    var o = Self.machine(concurrency: 2)
+    _ = o.admit(7)
+    o.dropped(7, mayStillReport: true)
+    #expect(o.admit(7) == [.train(device: 7, version: 0)])
+    o.dropped(7)
+    let gone = o.report(Self.report(7, 0, [1, 1]))
+    #expect(gone == [.refuse(device: 7, .notInFlight)])
   }
 
   @Test func configurationFollowsThePlan() throws {

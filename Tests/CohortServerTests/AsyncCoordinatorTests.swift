@@ -307,7 +307,7 @@ struct AsyncHarness {
   }
 
   /// A device whose stream ended while it trained frees its slot, but the upload it resends on
-  /// a new stream (docs/PROTOCOL.md §2.7) still counts; one past its reporting deadline does not.
+  /// a new stream (docs/PROTOCOL.md §2.7) still counts until its reporting deadline.
   @Test func aDeviceThatLostItsStreamMayStillSendItsUpdate() async throws {
     let h = try AsyncHarness(
       plan: makeAsyncPlan(concurrency: 2, buffer: 3), store: try ResultsStore.inMemory())
@@ -316,9 +316,15 @@ struct AsyncHarness {
     #expect(await h.checkIn(3) == .waitForTask(round: 0))
     #expect(await h.coordinator.report(h.update(1, version: 0, [1, 1])).isAccepted)
     #expect(await h.coordinator.report(h.update(1, version: 0, [1, 1])) == .rejected(.duplicate))
+    // Device 3 loses its stream too; its reporting deadline still stands, and passes with
+    // device 2's, which is still connected: neither update counts any more.
+    await h.coordinator.dropped(device: 3, round: 0)
+    #expect(await h.coordinator.nextDeadline == 300)
     h.clock.set(300)
     await h.coordinator.tick()
+    #expect(await h.coordinator.nextDeadline == nil)
     #expect(await h.coordinator.report(h.update(2, version: 0, [1, 1])) == .rejected(.notSelected))
+    #expect(await h.coordinator.report(h.update(3, version: 0, [1, 1])) == .rejected(.notSelected))
   }
 
   /// A buffer whose mean overflows Float32 makes no model: the version is recorded as abandoned,
