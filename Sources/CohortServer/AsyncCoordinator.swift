@@ -10,7 +10,11 @@ public import Metrics
 /// Where a served asynchronous run persists what it acknowledges: the buffer's state at every
 /// acknowledgement, each version with its state in one transaction (`RoundJournal`), and the
 /// central evaluation of a version, measured after its commit.
-public protocol AsyncJournal: RoundJournal {
+public protocol AsyncJournal: Sendable {
+  func commitRound(
+    _ run: RunID, _ record: RoundRecord, checkpoint: Weights?, devices: [DeviceParticipation],
+    lateReports: [Int: Int], resumeState: Data?, secureAggregation: [SecureAggregationStepRecord]
+  ) throws(CohortError)
   func saveAsyncBuffer(_ run: RunID, version: Int, state: Data) throws(CohortError)
   func recordEvaluation(_ run: RunID, round: Int, _ evaluation: Evaluation) throws(CohortError)
 }

@@ -47,7 +47,7 @@ extension Coordinator {
   public func commitPending(resumeState: Data?) async throws(CohortError) {
     guard let p = pending else { return }
     if let store, let run = configuration.run {
-      try store.commitRound(
+      try await store.commitRound(
         run, p.record, checkpoint: p.model, devices: p.participants, lateReports: pipeline.lateReportsPending,
         resumeState: resumeState, secureAggregation: p.secureAggregation)
     }

@@ -173,7 +173,9 @@ public actor Coordinator {
 
   func perform(_ actions: [RoundPipeline.Action]) async {
     defer {
-      if pipeline.nextDeadline != observedDeadline || failure != nil {
+      // A finished run wakes the loop too: with a store that commits asynchronously, the loop
+      // may have read the status while the last commit was in flight, with no deadline left.
+      if pipeline.nextDeadline != observedDeadline || failure != nil || pipeline.isFinished {
         observedDeadline = pipeline.nextDeadline
         deadlineObserver?()
       }

@@ -9,7 +9,30 @@ public protocol RoundJournal: Sendable {
   func commitRound(
     _ run: RunID, _ record: RoundRecord, checkpoint: Weights?, devices: [DeviceParticipation],
     lateReports: [Int: Int], resumeState: Data?, secureAggregation: [SecureAggregationStepRecord]
-  ) throws(CohortError)
+  ) async throws(CohortError)
 }
 
 extension ResultsStore: RoundJournal {}
+
+/// Commits rounds to a store that several servers may share (PostgreSQL), each commit carrying
+/// the fencing token of the leader lease this server took: if another server has taken the lease
+/// since, the commit is refused (`fenced`) in its own transaction and nothing is written.
+public struct LeasedJournal: RoundJournal {
+  public let store: any FederationStore
+  public let lease: LeaseGrant
+
+  public init(store: any FederationStore, lease: LeaseGrant) {
+    self.store = store
+    self.lease = lease
+  }
+
+  public func commitRound(
+    _ run: RunID, _ record: RoundRecord, checkpoint: Weights?, devices: [DeviceParticipation],
+    lateReports: [Int: Int], resumeState: Data?, secureAggregation: [SecureAggregationStepRecord]
+  ) async throws(CohortError) {
+    try await store.commitRound(
+      run, record, checkpoint: checkpoint, devices: devices, lateReports: lateReports,
+      resumeState: resumeState,
+      secureAggregation: secureAggregation, fencingToken: lease.token)
+  }
+}

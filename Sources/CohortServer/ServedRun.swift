@@ -66,12 +66,26 @@ public final class ServedRun: FederationHandler {
   public let run: RunID?
   /// The last round recorded before this server started (0 for a new run).
   public let resumedAfter: Int
-  let store: ResultsStore?
+  /// Where the run's status is kept (nil without a store).
+  let store: (any FederationStore)?
+  /// The leader lease this server holds on a shared store, and how long each grant lasts.
+  let lease: (grant: LeaseGrant, seconds: Double)?
   let logger: Logger
   /// Wakes the deadline loop: a deadline changed, its timer fired, or a stop was asked for.
   private let wake: AsyncStream<Void>.Continuation
   private let wakeups: AsyncStream<Void>
   private let stopRequested = Mutex(false)
+
+  /// Where a run stands when a server starts on it: found in the store, or new.
+  struct Start {
+    var run: RunID?
+    var model: Weights
+    var resumedAfter = 0
+    var committed = 0
+    var modelRound = 0
+    /// An asynchronous run's stored buffer.
+    var saved: Data?
+  }
 
   /// - Parameters:
   ///   - initial: the model a new run starts from (a resumed run starts from its checkpoint).
@@ -79,77 +93,152 @@ public final class ServedRun: FederationHandler {
   ///   - journal: where rounds are written, when not `store` itself (tests inject failures).
   ///   - evaluator: evaluates each new model centrally (a server's held-out test set), as the
   ///     simulator does, on the rounds `server.evaluation` names.
-  public init(
+  public convenience init(
     configuration: Configuration, initial: Weights, store: ResultsStore?, journal: (any RoundJournal)? = nil,
     evaluator: (any CentralEvaluator)? = nil, clock: any RoundClock = WallClock(), logger: Logger,
     metrics: any MetricsFactory = MetricsSystem.factory
   ) throws(CohortError) {
-    let plan = configuration.plan
-    var start = initial
-    var resumed = 0
-    var committed = 0
-    var modelRound = 0
-    var saved: Data?
-    var run: RunID?
-    if let store {
-      if let existing = try Self.resumable(in: store, plan: plan) {
-        run = existing.id
-        if let checkpoint = try store.latestCheckpoint(existing.id) {
-          start = checkpoint.weights
-          modelRound = checkpoint.round
-        }
-        // Round numbers go on after the last round recorded, committed or not.
-        let rounds = try store.rounds(existing.id)
-        resumed = rounds.map(\.round).max() ?? 0
-        committed = rounds.filter { $0.outcome == .committed }.count
-        if plan.server.mode == .async { saved = try Self.asyncState(in: store, run: existing.id) }
-        try store.setStatus(existing.id, .running, at: Date())
-        logger.info("resuming run", metadata: ["run": "\(existing.id)", "after round": "\(resumed)"])
-      } else {
-        let scenario = Scenario(
-          planPath: configuration.planPath, plan: plan,
-          data: .syntheticFedProx(DataSource.SyntheticData(alpha: 0, beta: 0, devices: 0)),
-          partition: .natural,
-          devices: PopulationPlan(), seed: configuration.seed)
-        run = try store.createRun(name: plan.name, scenario: scenario, createdAt: Date())
+    var start = Start(model: initial)
+    if let store { start = try Self.start(configuration, initial: initial, in: store, logger: logger) }
+    // A journal a test injects must take an asynchronous run's buffer writes too: without them
+    // nothing acknowledged would be stored.
+    var asyncJournal: (any AsyncJournal)? = store
+    if let journal, configuration.plan.server.mode == .async {
+      guard let j = journal as? any AsyncJournal else {
+        throw CohortError(
+          .invalidConfiguration, "server.mode: async stores its buffer, but the journal given cannot",
+          fix: "give a journal that is an AsyncJournal")
       }
+      asyncJournal = j
     }
-    self.run = run
+    try self.init(
+      configuration: configuration, start: start, store: store, lease: nil, journal: journal ?? store,
+      asyncJournal: asyncJournal, evaluator: evaluator, clock: clock, logger: logger, metrics: metrics)
+  }
+
+  /// A run served from a store other servers may share (PostgreSQL): the run of the plan that
+  /// did not finish is resumed, or a new one created, and this server takes its leader lease
+  /// (named `holder`, renewed while it serves, released when it stops) before it serves; every
+  /// round it commits carries the lease's fencing token, so once another server has taken the
+  /// lease, no late commit of this one lands. Refused while another server holds the lease.
+  public static func open(
+    configuration: Configuration, initial: Weights, shared store: any FederationStore, holder: String,
+    leaseSeconds: Double = 30, evaluator: (any CentralEvaluator)? = nil, clock: any RoundClock = WallClock(),
+    logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory
+  ) async throws(CohortError) -> ServedRun {
+    let plan = configuration.plan
+    guard plan.server.mode == .sync else {
+      throw CohortError(
+        .invalidConfiguration,
+        "server.mode: async keeps its buffer in the SQLite results store only, for now",
+        fix: "give --db a file for this plan, or use server.mode: sync with PostgreSQL")
+    }
+    var start = Start(model: initial)
+    if let existing = try await store.resumableRun(planSHA256: plan.sha256) {
+      start.run = existing.id
+    } else {
+      let scenario = Self.scenario(configuration)
+      start.run = try await store.createRun(
+        name: plan.name, scenario: scenario, createdAt: Date(), labels: RunLabels())
+    }
+    let run = start.run!
+    guard
+      let grant = try await store.acquireLease(run: run, holder: holder, now: Date(), duration: leaseSeconds)
+    else {
+      let current = try await store.lease(run)
+      throw CohortError(
+        .fenced,
+        "run \(run) of plan \(plan.name) is served by another server (\(current?.holder ?? "unknown")), "
+          + "whose lease runs until \(current.map { "\($0.expiresAt)" } ?? "now")",
+        fix: "stop that server, or wait for its lease to run out (\(Int(leaseSeconds)) s after it stopped "
+          + "renewing it), then start this one again: it resumes the run")
+    }
+    if let checkpoint = try await store.latestCheckpoint(run) {
+      start.model = checkpoint.weights
+      start.modelRound = checkpoint.round
+    }
+    let rounds = try await store.rounds(run)
+    start.resumedAfter = rounds.map(\.round).max() ?? 0
+    start.committed = rounds.filter { $0.outcome == .committed }.count
+    try await store.setStatus(run, .running, at: Date())
+    if start.resumedAfter > 0 {
+      logger.info("resuming run", metadata: ["run": "\(run)", "after round": "\(start.resumedAfter)"])
+    }
+    return try ServedRun(
+      configuration: configuration, start: start, store: store, lease: (grant, leaseSeconds),
+      journal: LeasedJournal(store: store, lease: grant), asyncJournal: nil, evaluator: evaluator,
+      clock: clock, logger: logger, metrics: metrics)
+  }
+
+  private init(
+    configuration: Configuration, start: Start, store: (any FederationStore)?,
+    lease: (grant: LeaseGrant, seconds: Double)?, journal: (any RoundJournal)?,
+    asyncJournal: (any AsyncJournal)?,
+    evaluator: (any CentralEvaluator)?, clock: any RoundClock, logger: Logger, metrics: any MetricsFactory
+  ) throws(CohortError) {
+    let plan = configuration.plan
+    self.run = start.run
     self.store = store
+    self.lease = lease
     self.logger = logger
-    resumedAfter = resumed
+    resumedAfter = start.resumedAfter
     selector = Selector()
     if plan.server.mode == .async {
-      // A journal a test injects must take the buffer's writes too: without them nothing
-      // acknowledged would be stored.
-      var asyncJournal: (any AsyncJournal)? = store
-      if let journal {
-        guard let j = journal as? any AsyncJournal else {
-          throw CohortError(
-            .invalidConfiguration, "server.mode: async stores its buffer, but the journal given cannot",
-            fix: "give a journal that is an AsyncJournal")
-        }
-        asyncJournal = j
-      }
       coordinator = try AsyncCoordinator(
         configuration: .init(
-          plan: plan, population: configuration.population, run: run,
+          plan: plan, population: configuration.population, run: start.run,
           populationSize: configuration.populationSize, privacySeed: configuration.privacySeed,
           commitAttempts: configuration.commitAttempts),
-        initial: start, committed: committed, saved: saved, store: asyncJournal, link: selector,
+        initial: start.model, committed: start.committed, saved: start.saved, store: asyncJournal,
+        link: selector,
         evaluator: evaluator, clock: clock, logger: logger, metrics: metrics)
     } else {
       coordinator = Coordinator(
         configuration: .init(
-          plan: plan, population: configuration.population, run: run, autoCommit: true,
+          plan: plan, population: configuration.population, run: start.run, autoCommit: true,
           populationSize: configuration.populationSize, secureAggregation: configuration.secureAggregation,
           privacySeed: configuration.privacySeed, commitAttempts: configuration.commitAttempts,
           commitBackoff: configuration.commitBackoff),
-        initial: start, resumingAfter: resumed, committed: committed, modelRound: modelRound,
-        store: journal ?? store, link: selector,
+        initial: start.model, resumingAfter: start.resumedAfter, committed: start.committed,
+        modelRound: start.modelRound, store: journal, link: selector,
         evaluator: evaluator, clock: clock, logger: logger, metrics: metrics)
     }
     (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+  }
+
+  /// The run a server of this configuration continues in the SQLite `store`, or a new one there.
+  static func start(_ configuration: Configuration, initial: Weights, in store: ResultsStore, logger: Logger)
+    throws(CohortError) -> Start
+  {
+    let plan = configuration.plan
+    var start = Start(model: initial)
+    guard let existing = try Self.resumable(in: store, plan: plan) else {
+      start.run = try store.createRun(
+        name: plan.name, scenario: Self.scenario(configuration), createdAt: Date())
+      return start
+    }
+    start.run = existing.id
+    if let checkpoint = try store.latestCheckpoint(existing.id) {
+      start.model = checkpoint.weights
+      start.modelRound = checkpoint.round
+    }
+    // Round numbers go on after the last round recorded, committed or not.
+    let rounds = try store.rounds(existing.id)
+    start.resumedAfter = rounds.map(\.round).max() ?? 0
+    start.committed = rounds.filter { $0.outcome == .committed }.count
+    if plan.server.mode == .async { start.saved = try Self.asyncState(in: store, run: existing.id) }
+    try store.setStatus(existing.id, .running, at: Date())
+    logger.info("resuming run", metadata: ["run": "\(existing.id)", "after round": "\(start.resumedAfter)"])
+    return start
+  }
+
+  /// What a served run records as its scenario: the plan, its path and the seed (a server has no
+  /// data or population description of its own).
+  static func scenario(_ configuration: Configuration) -> Scenario {
+    Scenario(
+      planPath: configuration.planPath, plan: configuration.plan,
+      data: .syntheticFedProx(DataSource.SyntheticData(alpha: 0, beta: 0, devices: 0)), partition: .natural,
+      devices: PopulationPlan(), seed: configuration.seed)
   }
 
   /// The run of `plan` that a server started on `store` continues: the last one running or
@@ -167,6 +256,16 @@ public final class ServedRun: FederationHandler {
     let version = try store.latestSavedState(run)
     if let buffer = try store.asyncBuffer(run), buffer.version >= version?.round ?? 0 { return buffer.state }
     return version?.state
+  }
+
+  /// The seed a server of `plan` on a shared `store` runs with when the operator gives none: the
+  /// seed of the run it resumes, or a new one from libsodium.
+  public static func seed(inShared store: any FederationStore, plan: Plan) async throws(CohortError) -> UInt64
+  {
+    guard let run = try await store.resumableRun(planSHA256: plan.sha256) else {
+      return SecureRandom.uint64()
+    }
+    return try await store.scenario(run.id).seed
   }
 
   /// The seed a server of `plan` on `store` runs with when the operator gives none: the seed of
@@ -187,7 +286,11 @@ public final class ServedRun: FederationHandler {
     await coordinator.start()
     var iterator = wakeups.makeAsyncIterator()
     var timer: Task<Void, Never>?
-    defer { timer?.cancel() }
+    let renewal = renewingLease(clock: clock)
+    defer {
+      timer?.cancel()
+      renewal?.cancel()
+    }
     while true {
       let status = await coordinator.status
       if let failure = status.failure { return await end(.failed(failure)) }
@@ -206,6 +309,33 @@ public final class ServedRun: FederationHandler {
     }
   }
 
+  /// Renews the leader lease every third of its length while the run is served. A renewal that
+  /// is refused (another server took the lease) is logged; this server's next commit is then
+  /// fenced, and the coordinator stops after its attempts.
+  private func renewingLease<C: Clock>(clock: C) -> Task<Void, Never>? where C.Duration == Duration {
+    guard let lease, let store, let run else { return nil }
+    let logger = self.logger
+    return Task {
+      while !Task.isCancelled {
+        try? await clock.sleep(for: .seconds(lease.seconds / 3))
+        if Task.isCancelled { return }
+        do throws(CohortError) {
+          let renewed = try await store.acquireLease(
+            run: run, holder: lease.grant.holder, now: Date(), duration: lease.seconds)
+          if renewed?.token != lease.grant.token {
+            logger.error(
+              "another server has taken the lease on this run; this server's commits will be refused",
+              metadata: ["run": "\(run)"])
+            return
+          }
+        } catch {
+          logger.warning(
+            "could not renew the lease", metadata: ["run": "\(run)", "error": "\(error.message)"])
+        }
+      }
+    }
+  }
+
   /// Asks `drive` to end: the round in flight is abandoned, committed rounds stay.
   public func stop() {
     stopRequested.withLock { $0 = true }
@@ -217,7 +347,11 @@ public final class ServedRun: FederationHandler {
     // A stopped or failed run is `interrupted`: the same command resumes it. The store may be
     // what failed, so this write is best effort.
     if let store, let run {
-      try? store.setStatus(run, ending == .finished ? .finished : .interrupted, at: Date())
+      try? await store.setStatus(run, ending == .finished ? .finished : .interrupted, at: Date())
+      // Another server may take the run over at once.
+      if let lease {
+        try? await store.releaseLease(run: run, holder: lease.grant.holder, token: lease.grant.token)
+      }
     }
     return ending
   }

@@ -80,11 +80,47 @@ public final class FederationServer: Sendable {
   ///   - journal: where rounds are written, when not `store` itself (tests inject failures).
   ///   - evaluator: central evaluation of each new model, on the rounds the plan's
   ///     `server.evaluation` names (`serve --test-data`).
-  public init(
+  public convenience init(
     configuration: FederationServerConfiguration, store: ResultsStore?, journal: (any RoundJournal)? = nil,
     evaluator: (any CentralEvaluator)? = nil, logger: Logger,
     metrics: any MetricsFactory = MetricsSystem.factory
   ) throws(CohortError) {
+    let parts = try Self.parts(configuration, logger: logger)
+    let served = try ServedRun(
+      configuration: parts.run, initial: parts.initial, store: store, journal: journal, evaluator: evaluator,
+      logger: logger, metrics: metrics)
+    try self.init(
+      configuration: configuration, served: served, parts: parts, logger: logger, metrics: metrics)
+  }
+
+  /// A server of a run kept in a store other servers may share (PostgreSQL), under the run's
+  /// leader lease (`ServedRun.open`): refused while another server holds it.
+  public static func open(
+    configuration: FederationServerConfiguration, shared store: any FederationStore, holder: String,
+    leaseSeconds: Double = 30, evaluator: (any CentralEvaluator)? = nil, logger: Logger,
+    metrics: any MetricsFactory = MetricsSystem.factory
+  ) async throws(CohortError) -> FederationServer {
+    let parts = try Self.parts(configuration, logger: logger)
+    let served = try await ServedRun.open(
+      configuration: parts.run, initial: parts.initial, shared: store, holder: holder,
+      leaseSeconds: leaseSeconds,
+      evaluator: evaluator, logger: logger, metrics: metrics)
+    return try FederationServer(
+      configuration: configuration, served: served, parts: parts, logger: logger, metrics: metrics)
+  }
+
+  /// What a server of `configuration` is built from, whatever its store: the run's
+  /// configuration, the initial model and the secure-aggregation driver.
+  private struct Parts {
+    var run: ServedRun.Configuration
+    var initial: Weights
+    var secure: NetworkSecureAggregation?
+  }
+
+  private static func parts(_ configuration: FederationServerConfiguration, logger: Logger)
+    throws(CohortError)
+    -> Parts
+  {
     let plan = configuration.plan
     if plan.server.strategy.kind == .scaffold, (configuration.populationSize ?? 0) < 1 {
       throw CohortError(
@@ -92,7 +128,6 @@ public final class FederationServer: Sendable {
         "server.strategy.kind scaffold needs the population size N (its control update is scaled by |S|/N)",
         fix: "give cohort serve --population-size N, the number of devices in the population")
     }
-    self.configuration = configuration
     // The initial model comes from the seed (or the plan's `model.initial` file), so a resumed
     // run that committed nothing yet starts from the same model.
     let initial = try Network(plan: plan.model).initialWeights(plan: plan.model, seed: configuration.seed)
@@ -101,19 +136,26 @@ public final class FederationServer: Sendable {
       ? NetworkSecureAggregation(
         plan: plan, dimension: initial.count, runSeed: configuration.seed,
         stepTimeout: configuration.secureAggregationStepTimeout, logger: logger) : nil
-    served = try ServedRun(
-      configuration: .init(
+    return Parts(
+      run: .init(
         plan: plan, planPath: configuration.planPath, population: configuration.population,
         seed: configuration.seed, privacySeed: configuration.privacySeed,
         populationSize: configuration.populationSize, secureAggregation: secure),
-      initial: initial, store: store, journal: journal, evaluator: evaluator, logger: logger, metrics: metrics
-    )
+      initial: initial, secure: secure)
+  }
+
+  private init(
+    configuration: FederationServerConfiguration, served: ServedRun, parts: Parts, logger: Logger,
+    metrics: any MetricsFactory
+  ) throws(CohortError) {
+    self.configuration = configuration
+    self.served = served
     endpoint = try FederationEndpoint(
       configuration: .init(
-        plan: plan, host: configuration.host, port: configuration.port, security: configuration.security,
-        limits: configuration.limits, taskWait: configuration.taskWait, seed: configuration.seed,
-        connections: configuration.connections),
-      handler: served, modelParameters: initial.count, secureAggregation: secure, logger: logger,
+        plan: configuration.plan, host: configuration.host, port: configuration.port,
+        security: configuration.security, limits: configuration.limits, taskWait: configuration.taskWait,
+        seed: configuration.seed, connections: configuration.connections),
+      handler: served, modelParameters: parts.initial.count, secureAggregation: parts.secure, logger: logger,
       metrics: metrics)
   }
 

@@ -62,7 +62,12 @@ struct ServeCommand: AsyncParsableCommand {
   @Flag(help: "Serve plaintext without TLS; allowed only on a loopback address.")
   var insecure = false
 
-  @Option(help: ArgumentHelp("The results database (SQLite).", valueName: "PATH"))
+  @Option(
+    help: ArgumentHelp(
+      "The results database: a SQLite file, or a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DB), "
+        + "where the server takes the run's leader lease and another server of the same run is refused "
+        + "until it is released or runs out (synchronous plans only).",
+      valueName: "PATH|URL"))
   var db: String = "cohort-server.sqlite"
 
   @Option(help: ArgumentHelp("Serve Prometheus metrics over HTTP here.", valueName: "HOST:PORT"))
@@ -160,24 +165,46 @@ struct ServeCommand: AsyncParsableCommand {
     }
     let endpoint = MetricsEndpoint()
     let server: FederationServer
-    let store: ResultsStore
+    // A SQLite file, or a PostgreSQL database other servers may share.
+    var store: ResultsStore?
+    var shared: PostgresStore?
     do throws(CohortError) {
       let evaluator = try testData.map { path throws(CohortError) in
         try Self.evaluator(testData: path, plan: loadedPlan)
       }
-      store = try ResultsStore(path: db, exclusiveWriter: DatabaseOption.commandLine)
       var runSeed = seed ?? 0
-      if seed == nil { runSeed = try ServedRun.seed(in: store, plan: loadedPlan) }
-      server = try FederationServer(
-        configuration: .init(
-          plan: loadedPlan, planPath: plan, host: address.host, port: address.port, security: security,
-          population: population, seed: runSeed, populationSize: populationSize,
-          connections: ConnectionLimits(
-            maximumConnections: maxConnections
-              ?? ConnectionLimits.fitting(descriptorLimit: descriptors),
-            tls13Only: tls13Only)),
-        store: store, evaluator: evaluator, logger: logger, metrics: endpoint.metricsFactory)
+      if Self.isPostgres(db) {
+        guard keepCheckpoints == .all else {
+          throw CohortError(
+            .invalidConfiguration, "--keep-checkpoints is carried out on a SQLite --db only, for now",
+            fix: "leave --keep-checkpoints out (all checkpoints are kept) or give --db a file")
+        }
+        let postgres = try await PostgresStore(url: db, logger: logger)
+        shared = postgres
+        if seed == nil { runSeed = try await ServedRun.seed(inShared: postgres, plan: loadedPlan) }
+      } else {
+        let file = try ResultsStore(path: db, exclusiveWriter: DatabaseOption.commandLine)
+        store = file
+        if seed == nil { runSeed = try ServedRun.seed(in: file, plan: loadedPlan) }
+      }
+      let configuration = FederationServerConfiguration(
+        plan: loadedPlan, planPath: plan, host: address.host, port: address.port, security: security,
+        population: population, seed: runSeed, populationSize: populationSize,
+        connections: ConnectionLimits(
+          maximumConnections: maxConnections
+            ?? ConnectionLimits.fitting(descriptorLimit: descriptors),
+          tls13Only: tls13Only))
+      if let shared {
+        server = try await FederationServer.open(
+          configuration: configuration, shared: shared, holder: Self.leaseHolder(), evaluator: evaluator,
+          logger: logger, metrics: endpoint.metricsFactory)
+      } else {
+        server = try FederationServer(
+          configuration: configuration, store: store, evaluator: evaluator, logger: logger,
+          metrics: endpoint.metricsFactory)
+      }
     } catch {
+      await shared?.close()
       throw error.exit()
     }
     if let metrics {
@@ -194,6 +221,7 @@ struct ServeCommand: AsyncParsableCommand {
     let run = server.run
     let retention = keepCheckpoints
     let log = logger
+    let file = store
     await server.coordinator.observeRounds { record in
       // One line per round, for people and scripts following the run.
       let accuracy = record.evalAccuracy.map { ", test accuracy \(Format.fixed($0, 4))" } ?? ""
@@ -208,9 +236,9 @@ struct ServeCommand: AsyncParsableCommand {
       say("\(unit) \(record.round) \(detail)")
       // The round is written before observers hear of it; a restart resumes from the latest
       // checkpoint only, so older ones may go at once.
-      if record.outcome == .committed, let run {
+      if record.outcome == .committed, let run, let file {
         do throws(CohortError) {
-          try store.pruneCheckpoints(run, keeping: retention)
+          try file.pruneCheckpoints(run, keeping: retention)
         } catch {
           log.warning("could not delete old checkpoints", metadata: ["error": "\(error.message)"])
         }
@@ -227,7 +255,8 @@ struct ServeCommand: AsyncParsableCommand {
     try await group.run()
     try? await endpoint.stop()
     // One self-contained file once the server is done: the write-ahead log folded in.
-    try? store.close()
+    try? store?.close()
+    await shared?.close()
     if let failure = await server.coordinator.failure {
       Console.error("\(failure)")
       throw ExitCode.failure
@@ -244,6 +273,19 @@ struct ServeCommand: AsyncParsableCommand {
 }
 
 extension ServeCommand {
+  /// Whether `--db` names a PostgreSQL database rather than a SQLite file.
+  static func isPostgres(_ db: String) -> Bool {
+    let lower = db.lowercased()
+    return lower.hasPrefix("postgres://") || lower.hasPrefix("postgresql://")
+  }
+
+  /// This server process's name on a shared run's lease: host, process and a random part, so a
+  /// restarted server never passes for its predecessor.
+  static func leaseHolder() -> String {
+    let host = ProcessInfo.processInfo.hostName.prefix(64)
+    return "\(host):\(getpid()):\(String(SecureRandom.uint64(), radix: 16))"
+  }
+
   /// Central evaluation on `--test-data`: its features must be the plan's model inputs.
   static func evaluator(testData path: String, plan: Plan) throws(CohortError) -> CentralTestEvaluator {
     // A `device` column, if there is one, is read as such (not as a feature) and otherwise ignored.

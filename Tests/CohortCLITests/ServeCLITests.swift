@@ -87,12 +87,17 @@ let cohortBinary: URL = {
     return planPath
   }
 
-  func serve(_ dir: TemporaryDirectory, plan: String, listen: String) throws -> ChildProcess {
-    try ChildProcess(
-      [
-        "serve", "--plan", plan, "--listen", listen, "--tls-cert", "certs/server.pem", "--tls-key",
-        "certs/server-key.pem", "--client-ca", "certs/ca.pem", "--db", "server.sqlite",
-      ], in: dir.url)
+  func serve(_ dir: TemporaryDirectory, plan: String, listen: String, db: String = "server.sqlite") throws
+    -> ChildProcess
+  {
+    try ChildProcess(serveArguments(plan: plan, listen: listen, db: db), in: dir.url)
+  }
+
+  func serveArguments(plan: String, listen: String, db: String) -> [String] {
+    [
+      "serve", "--plan", plan, "--listen", listen, "--tls-cert", "certs/server.pem", "--tls-key",
+      "certs/server-key.pem", "--client-ca", "certs/ca.pem", "--db", db,
+    ]
   }
 
   /// Devices 1…3; with `signing`, each with its signing key (the active secure-aggregation variant).
@@ -243,6 +248,37 @@ let cohortBinary: URL = {
       let folded = folds.first { $0.device == device }?.reports ?? 0
       #expect(versions.count <= folded, "device \(device): \(versions) acknowledged, \(folded) folded")
     }
+  }
+
+  /// `--db postgres://…`: the server takes the run's leader lease and commits its rounds to
+  /// PostgreSQL, then exits; a second server of the same plan on the same database is refused
+  /// while the lease is held, and says by whom and what to do.
+  @Test(
+    .enabled(
+      if: ProcessInfo.processInfo.environment["COHORT_TEST_POSTGRES_URL"] != nil
+        || ProcessInfo.processInfo.environment["CI"] == "true",
+      "COHORT_TEST_POSTGRES_URL is not set (scripts/test starts a throwaway cluster)"))
+  func aServerOnPostgreSQLServesTheRunAndASecondIsRefused() throws {
+    let url = try #require(ProcessInfo.processInfo.environment["COHORT_TEST_POSTGRES_URL"])
+    let dir = TemporaryDirectory()
+    let demo = try String(contentsOfFile: try federation(in: dir, rounds: 2), encoding: .utf8)
+    // A plan of its own, so a run left by another test on the same database is not resumed.
+    let plan = dir.write(
+      "plan.yaml", demo.replacingOccurrences(of: "name: network-demo", with: "name: pg-\(UUID())"))
+    let first = try serve(dir, plan: plan, listen: "127.0.0.1:0", db: url)
+    guard let listening = first.waitForLine(containing: "listening on") else {
+      Issue.record("the server did not start: \(first.transcript)")
+      return
+    }
+    let second = try cohort(serveArguments(plan: plan, listen: "127.0.0.1:0", db: url), in: dir.url)
+    #expect(second.status != 0)
+    #expect(second.stderr.contains("is served by another server"), "\(second.stderr)")
+    let port = String(listening.split(separator: ":").last!)
+    let devices = try devices(dir, port: port)
+    defer { for d in devices { d.stop() } }
+    #expect(first.waitForLine(containing: "run finished after round 2") != nil, "\(first.transcript)")
+    first.process.waitUntilExit()
+    #expect(first.process.terminationStatus == 0)
   }
 
   /// SIGTERM stops the server gracefully after round 2; the run is `interrupted`, and the same

@@ -123,3 +123,67 @@ import Testing
     #expect(try store.run(run.run!).status == .interrupted)
   }
 }
+
+/// A journal whose commits wait at a gate, as a remote store's do.
+final class GatedJournal: RoundJournal, @unchecked Sendable {
+  let store: ResultsStore
+  let entered: AsyncStream<Void>.Continuation
+  let gate: AsyncStream<Void>
+
+  init(store: ResultsStore, entered: AsyncStream<Void>.Continuation, gate: AsyncStream<Void>) {
+    self.store = store
+    self.entered = entered
+    self.gate = gate
+  }
+
+  func commitRound(
+    _ run: RunID, _ record: RoundRecord, checkpoint: Weights?, devices: [DeviceParticipation],
+    lateReports: [Int: Int], resumeState: Data?, secureAggregation: [SecureAggregationStepRecord]
+  ) async throws(CohortError) {
+    entered.yield()
+    var iterator = gate.makeAsyncIterator()
+    _ = await iterator.next()
+    try store.commitRound(
+      run, record, checkpoint: checkpoint, devices: devices, lateReports: lateReports,
+      resumeState: resumeState,
+      secureAggregation: secureAggregation)
+  }
+}
+
+@Suite(.timeLimit(.minutes(1))) struct AsynchronousCommitTests {
+  /// While the last round's commit is in flight (a remote store), another event can move the
+  /// deadline first (a device's stream ends: no deadline is left); when the commit then lands
+  /// and the run finishes, the loop must still be woken, or it waits for ever.
+  @Test func theLoopIsWokenWhenTheLastCommitLandsAfterTheDeadlineWent() async throws {
+    let store = try ResultsStore.inMemory()
+    let (entered, enter) = AsyncStream.makeStream(of: Void.self)
+    let (gate, open) = AsyncStream.makeStream(of: Void.self)
+    let run = try ServedRun(
+      configuration: .init(plan: makePlan(rounds: 1)), initial: Weights(layout: layout, values: [0, 0]),
+      store: store, journal: GatedJournal(store: store, entered: enter, gate: gate), clock: ManualClock(),
+      logger: Logger(label: "test"))
+    let wakes = Mutex(0)
+    await run.coordinator.observeDeadlines { wakes.withLock { $0 += 1 } }
+    await run.coordinator.start()
+    for d in 1...3 { _ = await run.checkIn(CheckIn(device: d, population: "default")) }
+    let reports = Task {
+      for d in 1...2 {
+        _ = await run.report(
+          UpdateReport(
+            device: d, round: 1, update: Weights(layout: layout, values: [1, 1]), examples: 1, trainLoss: 0.5,
+            bytes: 8))
+      }
+    }
+    var commits = entered.makeAsyncIterator()
+    _ = await commits.next()
+    // The commit is in flight; device 3's stream ends, which wakes the loop (the round's
+    // reporting deadline is gone), and the loop finds the run not finished yet.
+    await run.dropped(device: 3, round: 1)
+    #expect(await run.coordinator.status.isFinished == false)
+    let before = wakes.withLock { $0 }
+    open.yield()
+    await reports.value
+    #expect(await run.coordinator.status.isFinished)
+    #expect(wakes.withLock { $0 } > before, "the loop was not woken when the run finished")
+  }
+}
