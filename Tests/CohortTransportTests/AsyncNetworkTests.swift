@@ -86,16 +86,9 @@ import Testing
             host: "127.0.0.1", port: port,
             security: .tls(
               caPEM: pki.caCertificatePEM, certificatePEM: own.certificatePEM, privateKeyPEM: own.keyPEM))
-          let local = data.data(device: device)
-          let runtime = DeviceRuntime(
-            configuration: .init(
-              device: device, seed: scenario.seed, initialBackoff: 0.05, maximumBackoff: 0.5),
-            connection: connection,
-            examples: { LocalExamples(train: local.train, indices: local.trainIndices, test: local.test) },
-            observe: { outcome, _, _ in
-              if case .finished(_, true, _) = outcome { acknowledge.yield() }
-            },
-            logger: Logger(label: "test-device-\(device)"))
+          let runtime = testDevice(device, of: scenario, data: data, over: connection) { outcome, _, _ in
+            if case .finished(_, true, _) = outcome { acknowledge.yield() }
+          }
           group.addTask {
             await runtime.run()
             connection.close()
@@ -151,13 +144,7 @@ import Testing
             try FederationConnection(host: "127.0.0.1", port: 1, security: .insecure),
             try FederationConnection(host: "127.0.0.1", port: port, security: .insecure),
           ])
-          let local = data.data(device: device)
-          let runtime = DeviceRuntime(
-            configuration: .init(
-              device: device, seed: scenario.seed, initialBackoff: 0.05, maximumBackoff: 0.5),
-            connection: channel,
-            examples: { LocalExamples(train: local.train, indices: local.trainIndices, test: local.test) },
-            logger: Logger(label: "test-device-\(device)"))
+          let runtime = testDevice(device, of: scenario, data: data, over: channel)
           group.addTask {
             await runtime.run(participations: 1)
             for server in channel.servers { (server as? FederationConnection)?.close() }

@@ -1,5 +1,6 @@
 import CohortCore
 import CohortDevice
+import CohortProtocol
 import CohortServer
 import CohortServing
 import CohortSimulator
@@ -111,4 +112,18 @@ func withServer<T: Sendable>(
     }
     return result!
   }
+}
+
+/// A device runtime of `scenario` for `device`, training on its part of `data` and backing off
+/// briefly between attempts, as the network tests' devices do.
+func testDevice(
+  _ device: Int, of scenario: Scenario, data: DeviceDataProvider, over channel: any ParticipationChannel,
+  observe: @escaping @Sendable (ParticipationResult, Double, Double) -> Void = { _, _, _ in }
+) -> DeviceRuntime {
+  let local = data.data(device: device)
+  return DeviceRuntime(
+    configuration: .init(device: device, seed: scenario.seed, initialBackoff: 0.05, maximumBackoff: 0.5),
+    connection: channel,
+    examples: { LocalExamples(train: local.train, indices: local.trainIndices, test: local.test) },
+    observe: observe, logger: Logger(label: "test-device-\(device)"))
 }

@@ -55,13 +55,7 @@ struct SharedStoreServeTests {
       try await withThrowingTaskGroup(of: Void.self) { group in
         for device in 0..<3 {
           let connection = try FederationConnection(host: "127.0.0.1", port: port, security: .insecure)
-          let local = data.data(device: device)
-          let runtime = DeviceRuntime(
-            configuration: .init(
-              device: device, seed: scenario.seed, initialBackoff: 0.05, maximumBackoff: 0.5),
-            connection: connection,
-            examples: { LocalExamples(train: local.train, indices: local.trainIndices, test: local.test) },
-            logger: Logger(label: "test-device-\(device)"))
+          let runtime = testDevice(device, of: scenario, data: data, over: connection)
           group.addTask {
             await runtime.run(participations: 2)
             connection.close()
