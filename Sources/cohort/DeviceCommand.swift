@@ -91,10 +91,19 @@ struct DeviceRunCommand: AsyncParsableCommand {
         + "downloaded or allocated).", valueName: "MB"))
   var maxModelMB: Int = 512
 
+  @Option(
+    help: ArgumentHelp(
+      "The longest wait, in seconds, between attempts after failures (lost connections, refusals); "
+        + "the wait starts at 1 s and doubles up to this, with jitter.", valueName: "SECONDS"))
+  var maxBackoff: Double = 300
+
   @Option(help: "Log level: trace, debug, info, notice, warning, error.")
   var logLevel: String = "info"
 
   func validate() throws {
+    guard (1...86_400).contains(maxBackoff) else {
+      throw ValidationError("--max-backoff is between 1 and 86400 seconds, not \(maxBackoff)")
+    }
     guard (1...65_536).contains(maxModelMB) else {
       throw ValidationError("--max-model-mb is between 1 and 65536, not \(maxModelMB)")
     }
@@ -137,7 +146,9 @@ struct DeviceRunCommand: AsyncParsableCommand {
       let runtime = DeviceRuntime(
         configuration: .init(
           device: Int(identity.device), population: population, seed: rootSeed,
-          maxCheckpointBytes: maxModelMB << 20, identity: signing),
+          initialBackoff: min(1, maxBackoff), maximumBackoff: maxBackoff,
+          maxCheckpointBytes: maxModelMB << 20,
+          identity: signing),
         connection: channel,
         examples: {
           LocalExamples(train: try store.examples(now: Date().timeIntervalSince1970))

@@ -59,6 +59,20 @@ struct ServeCommand: AsyncParsableCommand {
   @Option(help: ArgumentHelp("Require device certificates signed by this CA (mutual TLS).", valueName: "CA"))
   var clientCa: String?
 
+  @Option(
+    help: ArgumentHelp(
+      "With a PostgreSQL --db: how long the run's leader lease lasts without renewal (renewed every "
+        + "third of it); a server that dies is taken over that long after.",
+      valueName: "SECONDS"))
+  var leaseSeconds: Double = 30
+
+  @Flag(
+    help: ArgumentHelp(
+      "With a PostgreSQL --db: if another server holds the run's lease, wait for it (a standby) and "
+        + "take the run over when the lease runs out, instead of refusing; exits when the run finishes "
+        + "under the other server."))
+  var standby = false
+
   @Flag(help: "Serve plaintext without TLS; allowed only on a loopback address.")
   var insecure = false
 
@@ -174,6 +188,11 @@ struct ServeCommand: AsyncParsableCommand {
       }
       var runSeed = seed ?? 0
       if Self.isPostgres(db) {
+        guard leaseSeconds.isFinite, (1...86_400).contains(leaseSeconds) else {
+          throw CohortError(
+            .invalidConfiguration, "--lease-seconds is \(leaseSeconds); give 1 to 86400",
+            fix: "a lease of a few seconds to a minute: a dead server is taken over that long after")
+        }
         guard keepCheckpoints == .all else {
           throw CohortError(
             .invalidConfiguration, "--keep-checkpoints is carried out on a SQLite --db only, for now",
@@ -183,6 +202,12 @@ struct ServeCommand: AsyncParsableCommand {
         shared = postgres
         if seed == nil { runSeed = try await ServedRun.seed(inShared: postgres, plan: loadedPlan) }
       } else {
+        guard !standby else {
+          throw CohortError(
+            .invalidConfiguration,
+            "--standby waits for another server's lease, which only a PostgreSQL --db has",
+            fix: "give --db a postgres:// URL shared with the leading server, or leave --standby out")
+        }
         let file = try ResultsStore(path: db, exclusiveWriter: DatabaseOption.commandLine)
         store = file
         if seed == nil { runSeed = try ServedRun.seed(in: file, plan: loadedPlan) }
@@ -195,9 +220,28 @@ struct ServeCommand: AsyncParsableCommand {
             ?? ConnectionLimits.fitting(descriptorLimit: descriptors),
           tls13Only: tls13Only))
       if let shared {
-        server = try await FederationServer.open(
-          configuration: configuration, shared: shared, holder: Self.leaseHolder(), evaluator: evaluator,
-          logger: logger, metrics: endpoint.metricsFactory)
+        let holder = Self.leaseHolder()
+        var waited: RunID?
+        while true {
+          do throws(CohortError) {
+            server = try await FederationServer.open(
+              configuration: configuration, shared: shared, holder: holder, leaseSeconds: leaseSeconds,
+              evaluator: evaluator, logger: logger, metrics: endpoint.metricsFactory)
+            break
+          } catch  where standby && error.code == .fenced {
+            // A standby: wait for the leader's lease to run out, unless its run finishes first.
+            if waited == nil {
+              waited = try await shared.resumableRun(planSHA256: loadedPlan.sha256)?.id
+              say("standing by: \(error.message)")
+            }
+            if let waited, try await shared.run(waited).status == .finished {
+              say("run \(waited) finished under the other server")
+              await shared.close()
+              return
+            }
+            try? await Task.sleep(for: .seconds(leaseSeconds / 3))
+          }
+        }
       } else {
         server = try FederationServer(
           configuration: configuration, store: store, evaluator: evaluator, logger: logger,

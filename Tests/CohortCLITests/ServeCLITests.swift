@@ -101,14 +101,16 @@ let cohortBinary: URL = {
   }
 
   /// Devices 1…3; with `signing`, each with its signing key (the active secure-aggregation variant).
-  func devices(_ dir: TemporaryDirectory, port: String, signing: Bool = false) throws -> [ChildProcess] {
+  func devices(_ dir: TemporaryDirectory, port: String, signing: Bool = false, extra: [String] = []) throws
+    -> [ChildProcess]
+  {
     try (1...3).map { i in
       try ChildProcess(
         [
           "device", "--server", "127.0.0.1:\(port)", "--ca", "certs/ca.pem", "--cert",
           "certs/device-\(i).pem",
           "--key", "certs/device-\(i)-key.pem", "--examples", "device-\(i).sqlite", "--id", "\(i)",
-        ] + (signing ? ["--signing-key", "certs/device-\(i)-signing.key"] : []), in: dir.url)
+        ] + (signing ? ["--signing-key", "certs/device-\(i)-signing.key"] : []) + extra, in: dir.url)
     }
   }
 
@@ -281,6 +283,60 @@ let cohortBinary: URL = {
     #expect(first.process.terminationStatus == 0)
   }
 
+  /// Failover on PostgreSQL: a leader and a standby (`--standby`) of the same run, and devices
+  /// that know both (`--server A,B`). The leader is killed with SIGKILL after round 2; once its
+  /// 2-second lease runs out the standby takes the run over, resumes after the last committed
+  /// round and commits the rest. Every round is committed exactly once.
+  @Test(
+    .enabled(
+      if: ProcessInfo.processInfo.environment["COHORT_TEST_POSTGRES_URL"] != nil
+        || ProcessInfo.processInfo.environment["CI"] == "true",
+      "COHORT_TEST_POSTGRES_URL is not set (scripts/test starts a throwaway cluster)"))
+  func aStandbyTakesOverFromAKilledLeader() async throws {
+    let url = try #require(ProcessInfo.processInfo.environment["COHORT_TEST_POSTGRES_URL"])
+    let dir = TemporaryDirectory()
+    let demo = try String(contentsOfFile: try federation(in: dir, rounds: 4), encoding: .utf8)
+    let name = "pg-\(UUID())"
+    let plan = dir.write(
+      "plan.yaml", demo.replacingOccurrences(of: "name: network-demo", with: "name: \(name)"))
+    let lease = ["--lease-seconds", "2"]
+    let leader = try ChildProcess(
+      serveArguments(plan: plan, listen: "127.0.0.1:0", db: url) + lease, in: dir.url)
+    guard let listening = leader.waitForLine(containing: "listening on") else {
+      Issue.record("the leader did not start: \(leader.transcript)")
+      return
+    }
+    let leaderPort = String(listening.split(separator: ":").last!)
+    let standbyPort = try freeLoopbackPort()
+    let standby = try ChildProcess(
+      serveArguments(plan: plan, listen: "127.0.0.1:\(standbyPort)", db: url) + lease + ["--standby"],
+      in: dir.url)
+    #expect(standby.waitForLine(containing: "standing by") != nil, "\(standby.transcript)")
+    // Short back-offs: the devices find the standby soon after the leader is gone.
+    let devices = try devices(
+      dir, port: "\(leaderPort),127.0.0.1:\(standbyPort)", extra: ["--max-backoff", "1"])
+    defer { for d in devices { d.stop() } }
+    guard leader.waitForLine(containing: "round 2 committed") != nil else {
+      leader.stop()
+      standby.stop()
+      Issue.record("round 2 never committed: \(leader.transcript)")
+      return
+    }
+    leader.kill()
+    let resumed = standby.waitForLine(containing: "resuming run")
+    #expect(resumed?.contains("after round") == true, "\(standby.transcript)")
+    #expect(standby.waitForLine(containing: "4 rounds committed") != nil, "\(standby.transcript)")
+    standby.process.waitUntilExit()
+    #expect(standby.process.terminationStatus == 0)
+    // Every round once, in order, with no gap: the standby went on after the leader's last commit.
+    let store = try await PostgresStore(url: url)
+    let run = try #require(try await store.runs().first { $0.planName == name })
+    let rounds = try await store.rounds(run.id)
+    await store.close()
+    #expect(rounds.filter { $0.outcome == .committed }.count == 4, "\(rounds)")
+    #expect(rounds.map(\.round) == Array(1...rounds.count), "\(rounds)")
+  }
+
   /// SIGTERM stops the server gracefully after round 2; the run is `interrupted`, and the same
   /// command resumes it under the same run id until every round is committed.
   @Test func terminatedServerResumesTheSameRun() throws {
@@ -330,4 +386,24 @@ let cohortBinary: URL = {
     #expect(open.status != 0)
     #expect(open.stderr.contains("loopback"), "\(open.stderr)")
   }
+}
+
+/// A loopback port nobody listens on now (the OS picks it), for a server that starts later.
+func freeLoopbackPort() throws -> Int {
+  let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+  guard fd >= 0 else { throw CohortError(.io, "no socket for a free port") }
+  defer { close(fd) }
+  var address = sockaddr_in()
+  address.sin_family = sa_family_t(AF_INET)
+  address.sin_addr.s_addr = inet_addr("127.0.0.1")
+  address.sin_port = 0
+  var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+  let bound = withUnsafePointer(to: &address) {
+    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+  }
+  guard bound == 0 else { throw CohortError(.io, "could not bind a loopback socket") }
+  _ = withUnsafeMutablePointer(to: &address) {
+    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+  }
+  return Int(UInt16(bigEndian: address.sin_port))
 }
