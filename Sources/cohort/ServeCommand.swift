@@ -231,7 +231,13 @@ struct ServeCommand: AsyncParsableCommand {
           } catch  where standby && error.code == .fenced {
             // A standby: wait for the leader's lease to run out, unless its run finishes first.
             if waited == nil {
+              // The run the leader serves; none left means it finished in the meantime.
               waited = try await shared.resumableRun(planSHA256: loadedPlan.sha256)?.id
+              if waited == nil {
+                say("the run finished under the other server")
+                await shared.close()
+                return
+              }
               say("standing by: \(error.message)")
             }
             if let waited, try await shared.run(waited).status == .finished {
