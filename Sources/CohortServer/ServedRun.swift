@@ -120,11 +120,14 @@ public final class ServedRun: FederationHandler {
   /// did not finish is resumed, or a new one created, and this server takes its leader lease
   /// (named `holder`, renewed while it serves, released when it stops) before it serves; every
   /// round it commits carries the lease's fencing token, so once another server has taken the
-  /// lease, no late commit of this one lands. Refused while another server holds the lease.
+  /// lease, no late commit of this one lands. Refused (`fenced`) while another server holds the
+  /// lease.
+  /// - Parameter run: only this run (a standby's, which must not start a new one): refused
+  ///   (`notFound`) once it has finished.
   public static func open(
     configuration: Configuration, initial: Weights, shared store: any FederationStore, holder: String,
-    leaseSeconds: Double = 30, evaluator: (any CentralEvaluator)? = nil, clock: any RoundClock = WallClock(),
-    logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory
+    run requested: RunID? = nil, leaseSeconds: Double = 30, evaluator: (any CentralEvaluator)? = nil,
+    clock: any RoundClock = WallClock(), logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory
   ) async throws(CohortError) -> ServedRun {
     let plan = configuration.plan
     guard plan.server.mode == .sync else {
@@ -134,7 +137,14 @@ public final class ServedRun: FederationHandler {
         fix: "give --db a file for this plan, or use server.mode: sync with PostgreSQL")
     }
     var start = Start(model: initial)
-    if let existing = try await store.resumableRun(planSHA256: plan.sha256) {
+    if let requested {
+      guard try await store.run(requested).status != .finished else {
+        throw CohortError(
+          .notFound, "run \(requested) of plan \(plan.name) has finished",
+          fix: "nothing is left to serve; start the server without --standby to begin a new run")
+      }
+      start.run = requested
+    } else if let existing = try await store.resumableRun(planSHA256: plan.sha256) {
       start.run = existing.id
     } else {
       let scenario = Self.scenario(configuration)
@@ -293,9 +303,10 @@ public final class ServedRun: FederationHandler {
     }
     while true {
       let status = await coordinator.status
-      if let failure = status.failure { return await end(.failed(failure)) }
-      if status.isFinished { return await end(.finished) }
-      if stopRequested.withLock({ $0 }) { return await end(.stopped) }
+      // The lease is released in `end`: no renewal may land after it.
+      if let failure = status.failure { return await end(.failed(failure), renewal: renewal) }
+      if status.isFinished { return await end(.finished, renewal: renewal) }
+      if stopRequested.withLock({ $0 }) { return await end(.stopped, renewal: renewal) }
       timer?.cancel()
       timer = status.nextDeadline.map { deadline in
         let delay = Duration.seconds(max(0, deadline - now.now))
@@ -323,9 +334,10 @@ public final class ServedRun: FederationHandler {
           let renewed = try await store.acquireLease(
             run: run, holder: lease.grant.holder, now: Date(), duration: lease.seconds)
           if renewed?.token != lease.grant.token {
+            // Its commits would be refused: stop serving, so devices move to the new leader.
             logger.error(
-              "another server has taken the lease on this run; this server's commits will be refused",
-              metadata: ["run": "\(run)"])
+              "another server has taken the lease on this run; stopping", metadata: ["run": "\(run)"])
+            self.stop()
             return
           }
         } catch {
@@ -342,14 +354,22 @@ public final class ServedRun: FederationHandler {
     wake.yield()
   }
 
-  private func end(_ ending: Ending) async -> Ending {
+  private func end(_ ending: Ending, renewal: Task<Void, Never>?) async -> Ending {
+    renewal?.cancel()
+    await renewal?.value
     if ending == .stopped { await coordinator.shutdown() }
     // A stopped or failed run is `interrupted`: the same command resumes it. The store may be
     // what failed, so this write is best effort.
     if let store, let run {
-      try? await store.setStatus(run, ending == .finished ? .finished : .interrupted, at: Date())
+      // On a shared store, only a server that still holds the lease speaks for the run: a deposed
+      // one must not mark the new leader's run interrupted (or finished).
+      var leads = true
+      if let lease { leads = (try? await store.lease(run))??.token == lease.grant.token }
+      if leads {
+        try? await store.setStatus(run, ending == .finished ? .finished : .interrupted, at: Date())
+      }
       // Another server may take the run over at once.
-      if let lease {
+      if let lease, leads {
         try? await store.releaseLease(run: run, holder: lease.grant.holder, token: lease.grant.token)
       }
     }

@@ -94,15 +94,16 @@ public final class FederationServer: Sendable {
   }
 
   /// A server of a run kept in a store other servers may share (PostgreSQL), under the run's
-  /// leader lease (`ServedRun.open`): refused while another server holds it.
+  /// leader lease (`ServedRun.open`): refused while another server holds it; with `run`, only
+  /// that run.
   public static func open(
     configuration: FederationServerConfiguration, shared store: any FederationStore, holder: String,
-    leaseSeconds: Double = 30, evaluator: (any CentralEvaluator)? = nil, logger: Logger,
+    run: RunID? = nil, leaseSeconds: Double = 30, evaluator: (any CentralEvaluator)? = nil, logger: Logger,
     metrics: any MetricsFactory = MetricsSystem.factory
   ) async throws(CohortError) -> FederationServer {
     let parts = try Self.parts(configuration, logger: logger)
     let served = try await ServedRun.open(
-      configuration: parts.run, initial: parts.initial, shared: store, holder: holder,
+      configuration: parts.run, initial: parts.initial, shared: store, holder: holder, run: run,
       leaseSeconds: leaseSeconds,
       evaluator: evaluator, logger: logger, metrics: metrics)
     return try FederationServer(

@@ -555,7 +555,8 @@ public final class ResultsStore: Sendable {
           let row = try Row.fetchOne(
             db, sql: "SELECT version, state FROM async_buffers WHERE run_id = ?", arguments: [run.rawValue])
         else { return nil }
-        return (row["version"], row["state"])
+        // Decoded, not subscripted: a damaged row is an error, not a trap.
+        return (try row.decode(forColumn: "version"), try row.decode(forColumn: "state"))
       }
     }
   }

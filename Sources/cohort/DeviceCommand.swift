@@ -146,7 +146,7 @@ struct DeviceRunCommand: AsyncParsableCommand {
       let runtime = DeviceRuntime(
         configuration: .init(
           device: Int(identity.device), population: population, seed: rootSeed,
-          initialBackoff: min(1, maxBackoff), maximumBackoff: maxBackoff,
+          initialBackoff: 1, maximumBackoff: maxBackoff,
           maxCheckpointBytes: maxModelMB << 20,
           identity: signing),
         connection: channel,

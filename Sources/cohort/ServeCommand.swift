@@ -202,6 +202,12 @@ struct ServeCommand: AsyncParsableCommand {
         shared = postgres
         if seed == nil { runSeed = try await ServedRun.seed(inShared: postgres, plan: loadedPlan) }
       } else {
+        guard leaseSeconds == 30 else {
+          throw CohortError(
+            .invalidConfiguration,
+            "--lease-seconds sets the leader lease of a PostgreSQL --db; a SQLite file has none",
+            fix: "leave --lease-seconds out, or give --db a postgres:// URL")
+        }
         guard !standby else {
           throw CohortError(
             .invalidConfiguration,
@@ -221,31 +227,31 @@ struct ServeCommand: AsyncParsableCommand {
           tls13Only: tls13Only))
       if let shared {
         let holder = Self.leaseHolder()
+        // A standby serves only the run it waited for, never a new one.
         var waited: RunID?
         while true {
           do throws(CohortError) {
             server = try await FederationServer.open(
-              configuration: configuration, shared: shared, holder: holder, leaseSeconds: leaseSeconds,
-              evaluator: evaluator, logger: logger, metrics: endpoint.metricsFactory)
+              configuration: configuration, shared: shared, holder: holder, run: waited,
+              leaseSeconds: leaseSeconds, evaluator: evaluator, logger: logger,
+              metrics: endpoint.metricsFactory)
             break
           } catch  where standby && error.code == .fenced {
-            // A standby: wait for the leader's lease to run out, unless its run finishes first.
             if waited == nil {
               // The run the leader serves; none left means it finished in the meantime.
               waited = try await shared.resumableRun(planSHA256: loadedPlan.sha256)?.id
-              if waited == nil {
+              guard waited != nil else {
                 say("the run finished under the other server")
                 await shared.close()
                 return
               }
               say("standing by: \(error.message)")
             }
-            if let waited, try await shared.run(waited).status == .finished {
-              say("run \(waited) finished under the other server")
-              await shared.close()
-              return
-            }
             try? await Task.sleep(for: .seconds(leaseSeconds / 3))
+          } catch  where standby && waited != nil && error.code == .notFound {
+            say("run \(waited!) finished under the other server")
+            await shared.close()
+            return
           }
         }
       } else {

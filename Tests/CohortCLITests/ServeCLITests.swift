@@ -337,6 +337,42 @@ let cohortBinary: URL = {
     #expect(rounds.map(\.round) == Array(1...rounds.count), "\(rounds)")
   }
 
+  /// A standby whose leader finishes the run exits, and starts no run of its own: the plan has
+  /// one run in the database, finished.
+  @Test(
+    .enabled(
+      if: ProcessInfo.processInfo.environment["COHORT_TEST_POSTGRES_URL"] != nil
+        || ProcessInfo.processInfo.environment["CI"] == "true",
+      "COHORT_TEST_POSTGRES_URL is not set (scripts/test starts a throwaway cluster)"))
+  func aStandbyExitsWhenItsLeaderFinishesTheRun() async throws {
+    let url = try #require(ProcessInfo.processInfo.environment["COHORT_TEST_POSTGRES_URL"])
+    let dir = TemporaryDirectory()
+    let demo = try String(contentsOfFile: try federation(in: dir, rounds: 2), encoding: .utf8)
+    let name = "pg-\(UUID())"
+    let plan = dir.write(
+      "plan.yaml", demo.replacingOccurrences(of: "name: network-demo", with: "name: \(name)"))
+    let leader = try serve(dir, plan: plan, listen: "127.0.0.1:0", db: url)
+    guard let listening = leader.waitForLine(containing: "listening on") else {
+      Issue.record("the leader did not start: \(leader.transcript)")
+      return
+    }
+    let standby = try ChildProcess(
+      serveArguments(plan: plan, listen: "127.0.0.1:0", db: url) + ["--lease-seconds", "3", "--standby"],
+      in: dir.url)
+    #expect(standby.waitForLine(containing: "standing by") != nil, "\(standby.transcript)")
+    let devices = try devices(dir, port: String(listening.split(separator: ":").last!))
+    defer { for d in devices { d.stop() } }
+    #expect(leader.waitForLine(containing: "run finished after round 2") != nil, "\(leader.transcript)")
+    #expect(
+      standby.waitForLine(containing: "finished under the other server") != nil, "\(standby.transcript)")
+    standby.process.waitUntilExit()
+    #expect(standby.process.terminationStatus == 0)
+    let store = try await PostgresStore(url: url)
+    let runs = try await store.runs().filter { $0.planName == name }
+    await store.close()
+    #expect(runs.count == 1 && runs.first?.status == .finished, "\(runs)")
+  }
+
   /// SIGTERM stops the server gracefully after round 2; the run is `interrupted`, and the same
   /// command resumes it under the same run id until every round is committed.
   @Test func terminatedServerResumesTheSameRun() throws {

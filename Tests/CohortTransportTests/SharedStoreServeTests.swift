@@ -36,6 +36,35 @@ struct SharedStoreServeTests {
     await store.close()
   }
 
+  /// A server whose lease another has taken (its own ran out) does not speak for the run any
+  /// more: stopping, it leaves the new leader's status alone and does not release its lease.
+  @Test func aDeposedServerLeavesTheNewLeadersRunAlone() async throws {
+    let url = try #require(ProcessInfo.processInfo.environment["COHORT_TEST_POSTGRES_URL"])
+    let schema = "t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
+    let store = try await PostgresStore(url: url, schema: schema)
+    defer {
+      Task {
+        try? await store.dropSchema()
+        await store.close()
+      }
+    }
+    let scenario = try networkScenario(devices: 3, rounds: 2)
+    let old = try await FederationServer.open(
+      configuration: .init(plan: scenario.plan, security: .insecureLoopback, seed: scenario.seed),
+      shared: store,
+      holder: "old", leaseSeconds: 5, logger: Logger(label: "test-server"))
+    let run = try #require(old.run)
+    // An hour later the old server's lease has long run out: another takes the run and finishes it.
+    let later = Date().addingTimeInterval(3600)
+    let new = try #require(try await store.acquireLease(run: run, holder: "new", now: later, duration: 60))
+    try await store.setStatus(run, .finished, at: later)
+    old.served.stop()
+    #expect(await old.served.drive(clock: ContinuousClock()) == .stopped)
+    #expect(try await store.run(run).status == .finished)
+    #expect(try await store.lease(run)?.token == new.token)
+    #expect(try await store.lease(run)?.holder == "new")
+  }
+
   func serveAndCheck(_ store: PostgresStore) async throws {
     let scenario = try networkScenario(devices: 3, rounds: 2)
     let configuration = FederationServerConfiguration(
