@@ -212,7 +212,11 @@ let package = Package(
     // Runs the built `cohort` binary end to end, as a user would.
     .testTarget(
       name: "CohortCLITests",
-      dependencies: ["cohort", "CohortTesting", "CohortStore", "CohortReport", "CohortCore"],
+      dependencies: [
+        "cohort", "CohortTesting", "CohortStore", "CohortReport", "CohortCore", "CohortDevice",
+        "CohortSimulator",
+        "CohortTransport", "CohortProtocol",
+      ],
       swiftSettings: swiftSettings),
     .testTarget(
       name: "CohortAggregationTests",

@@ -280,3 +280,80 @@ extension UpdateAccumulator {
     return sum.map { $0 * scale }
   }
 }
+
+// MARK: - Replicas
+
+extension RoundAggregate {
+  /// Adds another replica's aggregate of the same round: every sum adds (in Double, so the order
+  /// of replicas changes the result only by reassociation). Robust strategies' updates would
+  /// have to travel one by one; serving them from replicas is refused before a round starts.
+  public mutating func merge(_ other: RoundAggregate) {
+    precondition(
+      updates.isEmpty && other.updates.isEmpty, "robust strategies do not combine partial aggregates")
+    sum.add(
+      sum: other.sum.sum, totalWeight: other.sum.totalWeight, count: other.sum.count,
+      examples: other.sum.examples)
+    if let o = other.controlSum {
+      controlSum?.add(sum: o.sum, totalWeight: o.totalWeight, count: o.count, examples: o.examples)
+    }
+    if let o = other.qNumerator, qNumerator != nil {
+      for i in 0..<min(o.count, qNumerator!.count) { qNumerator![i] += o[i] }
+    }
+    qDenominator += other.qDenominator
+    counted(devices: other.count, examples: other.examples)
+  }
+
+  public func save(into w: inout SnapshotWriter) {
+    func accumulator(_ a: UpdateAccumulator?) {
+      w.write(a != nil)
+      guard let a else { return }
+      w.write(a.sum)
+      w.write(a.totalWeight)
+      w.write(a.count)
+      w.write(a.examples)
+    }
+    accumulator(sum)
+    accumulator(controlSum)
+    w.write(qNumerator != nil)
+    if let qNumerator { w.write(qNumerator) }
+    w.write(qDenominator)
+    w.write(count)
+    w.write(examples)
+  }
+
+  /// Reads an aggregate `save` wrote for `strategy`'s rounds; a vector of another length, a
+  /// negative count or a weight that is not finite is refused.
+  public init(restoring r: inout SnapshotReader, strategy: ServerStrategy) throws(CohortError) {
+    self = strategy.makeRound()
+    let n = strategy.layout.count
+    func accumulator(into a: inout UpdateAccumulator?) throws(CohortError) {
+      guard try r.bool() else { return }
+      let values = try r.doubles()
+      let weight = try r.double()
+      let count = try r.int()
+      let examples = try r.int()
+      guard values.count == n, weight >= 0, weight.isFinite, count >= 0, examples >= 0, a != nil else {
+        throw SnapshotReader.corrupt("a partial aggregate that does not fit the plan's model")
+      }
+      a!.add(sum: values, totalWeight: weight, count: count, examples: examples)
+    }
+    var s: UpdateAccumulator? = sum
+    try accumulator(into: &s)
+    sum = s!
+    try accumulator(into: &controlSum)
+    if try r.bool() {
+      let q = try r.doubles()
+      guard q.count == n, qNumerator != nil else {
+        throw SnapshotReader.corrupt("a q-FedAvg sum of the wrong size")
+      }
+      qNumerator = q
+    }
+    qDenominator = try r.double()
+    let count = try r.int()
+    let examples = try r.int()
+    guard count >= 0, examples >= 0, qDenominator.isFinite else {
+      throw SnapshotReader.corrupt("a partial aggregate with a negative count")
+    }
+    counted(devices: count, examples: examples)
+  }
+}

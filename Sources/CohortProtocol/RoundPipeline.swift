@@ -174,6 +174,70 @@ public struct RoundPipeline: Sendable {
     return (reply, translate(actions, now: now))
   }
 
+  // MARK: Replicas
+
+  /// Shared cohort (`RoundStateMachine.Configuration.sharedCohort`): see the machine's methods.
+  public func openPlace(for device: DeviceID) -> Int? { machine.openPlace(for: device) }
+
+  public mutating func cohortFilledElsewhere(round: Int, now: Double) -> [Action] {
+    translate(machine.cohortFilledElsewhere(round: round, now: now), now: now)
+  }
+
+  public mutating func goalMetElsewhere(round: Int, now: Double) -> [Action] {
+    translate(machine.goalMetElsewhere(round: round, now: now), now: now)
+  }
+
+  public mutating func setOtherCheckInRate(_ rate: Double) {
+    machine.otherCheckInRate = rate.isFinite ? max(0, rate) : 0
+  }
+
+  public func checkInRate(now: Double) -> Double { machine.checkInRate(now: now) }
+
+  /// The round currently gathering devices, and the one training.
+  public var selectingRound: Int? { machine.selectingRound }
+  public var reportingRound: Int? { machine.reportingRound }
+
+  /// What this replica saw of `round` (an aggregated round's book), for the leader to combine.
+  public func tally(round: Int) -> RoundTally {
+    guard let book = books[round] else { return RoundTally() }
+    var t = RoundTally()
+    t.counts = book.counts
+    t.bytesDown = book.bytesDown
+    t.bytesUp = book.bytesUp
+    t.trainLossSum = book.trainLossSum
+    t.trainExamples = book.trainExamples
+    t.evaluationLossSum = book.evaluationLossSum
+    t.evaluationCorrect = book.evaluationCorrect
+    t.evaluationExamples = book.evaluationExamples
+    t.participants = book.selected.map {
+      DeviceParticipation(
+        device: $0, reported: book.reported.contains($0), dropped: book.dropped.contains($0),
+        evaluation: book.evaluations[$0])
+    }
+    return t
+  }
+
+  /// The leader: the round's book becomes the whole cohort's (every replica's tally combined), so
+  /// the record it writes counts every device, loss and byte of the round.
+  public mutating func adopt(_ tally: RoundTally, round: Int) {
+    guard var book = books[round] else { return }
+    book.counts = tally.counts
+    book.bytesDown = tally.bytesDown
+    book.bytesUp = tally.bytesUp
+    book.trainLossSum = tally.trainLossSum
+    book.trainExamples = tally.trainExamples
+    book.evaluationLossSum = tally.evaluationLossSum
+    book.evaluationCorrect = tally.evaluationCorrect
+    book.evaluationExamples = tally.evaluationExamples
+    book.selected = tally.participants.map(\.device)
+    book.reported = Set(tally.participants.filter(\.reported).map(\.device))
+    book.dropped = Set(tally.participants.filter(\.dropped).map(\.device))
+    book.evaluations = Dictionary(
+      tally.participants.compactMap { p in p.evaluation.map { (p.device, $0) } },
+      uniquingKeysWith: { a, _ in a })
+    books[round] = book
+  }
+
   public mutating func dropped(device: DeviceID, round: Int, now: Double) -> [Action] {
     if books[round]?.selected.contains(device) == true { books[round]?.dropped.insert(device) }
     return translate(machine.dropped(device: device, round: round, now: now), now: now)
@@ -346,5 +410,84 @@ extension RoundPipeline {
       lateReports[round] = try r.int()
     }
     clipNorm = try r.double()
+  }
+}
+
+/// One replica's view of a round: its devices, counts, bytes and the sums behind the round's
+/// losses. Tallies of every replica add up to the round's record.
+public struct RoundTally: Sendable, Hashable {
+  public var counts = RoundCounts()
+  public var bytesDown = 0
+  public var bytesUp = 0
+  public var trainLossSum = 0.0
+  public var trainExamples = 0
+  public var evaluationLossSum = 0.0
+  public var evaluationCorrect = 0.0
+  public var evaluationExamples = 0
+  public var participants: [DeviceParticipation] = []
+
+  public init() {}
+
+  /// Adds another replica's tally of the same round. A device counted by two replicas (it moved
+  /// between them) is kept once, as the first tally has it.
+  public mutating func add(_ other: RoundTally) {
+    counts.selected += other.counts.selected
+    counts.reported += other.counts.reported
+    counts.dropped += other.counts.dropped
+    counts.rejected += other.counts.rejected
+    bytesDown += other.bytesDown
+    bytesUp += other.bytesUp
+    trainLossSum += other.trainLossSum
+    trainExamples += other.trainExamples
+    evaluationLossSum += other.evaluationLossSum
+    evaluationCorrect += other.evaluationCorrect
+    evaluationExamples += other.evaluationExamples
+    let known = Set(participants.map(\.device))
+    participants += other.participants.filter { !known.contains($0.device) }
+  }
+
+  public func save(into w: inout SnapshotWriter) {
+    counts.save(into: &w)
+    for v in [bytesDown, bytesUp, trainExamples, evaluationExamples] { w.write(v) }
+    for v in [trainLossSum, evaluationLossSum, evaluationCorrect] { w.write(v) }
+    w.write(participants.count)
+    for p in participants {
+      w.write(p.device)
+      w.write(p.reported)
+      w.write(p.dropped)
+      w.write(p.evaluation != nil)
+      if let e = p.evaluation {
+        w.write(e.loss)
+        w.write(e.accuracy)
+        w.write(e.examples)
+      }
+    }
+  }
+
+  public init(restoring r: inout SnapshotReader) throws(CohortError) {
+    counts = try RoundCounts(restoring: &r)
+    bytesDown = try r.int()
+    bytesUp = try r.int()
+    trainExamples = try r.int()
+    evaluationExamples = try r.int()
+    trainLossSum = try r.double()
+    evaluationLossSum = try r.double()
+    evaluationCorrect = try r.double()
+    let n = try r.count()
+    for _ in 0..<n {
+      let device = try r.int()
+      let reported = try r.bool()
+      let dropped = try r.bool()
+      let evaluation =
+        try r.bool() ? Evaluation(loss: try r.double(), accuracy: try r.double(), examples: try r.int()) : nil
+      participants.append(
+        DeviceParticipation(device: device, reported: reported, dropped: dropped, evaluation: evaluation))
+    }
+    let values =
+      [counts.selected, counts.reported, counts.dropped, counts.rejected, bytesDown, bytesUp]
+      + [trainExamples, evaluationExamples]
+    guard values.allSatisfy({ $0 >= 0 && $0 < 1 << 48 }),
+      [trainLossSum, evaluationLossSum, evaluationCorrect].allSatisfy(\.isFinite)
+    else { throw SnapshotReader.corrupt("a replica's tally has a negative or absurd count") }
   }
 }

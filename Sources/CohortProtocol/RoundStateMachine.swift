@@ -68,6 +68,14 @@ public struct RoundStateMachine: Sendable {
     /// between them (doubling, at most a minute).
     public var commitAttempts: Int
     public var commitBackoff: Double
+    /// A replica of a run served by several servers: the cohort is shared. Places are claimed
+    /// by the shell before a check-in comes here, the shell says when the other replicas filled
+    /// the cohort or met the goal, and the minimum of reports is the leader's to apply to the
+    /// whole cohort, so this machine closes a round with whatever it gathered, even nothing.
+    public var sharedCohort = false
+    /// With `sharedCohort`, a replica whose part of the cohort is smaller than this sends its
+    /// devices away instead (secure aggregation among too few devices would not hide them).
+    public var minimumGroup = 0
 
     /// - Parameters:
     ///   - sampling: used when the plan does not say (`server.cohort.sampling`).
@@ -129,6 +137,8 @@ public struct RoundStateMachine: Sendable {
     /// whether the driver was already asked for devices.
     var candidates = 0
     var invited = false
+    /// Shared cohort: the other replicas took the remaining places.
+    var filledElsewhere = false
   }
 
   struct Reporting: Sendable {
@@ -220,6 +230,7 @@ public struct RoundStateMachine: Sendable {
       return (.retry(window: retryWindow(now: now)), [])
     }
     if selection!.members.contains(checkIn.device) { return (.waitForTask(round: round), []) }
+    if selection!.filledElsewhere { return (.retry(window: retryWindow(now: now)), []) }
     var actions: [Action] = []
     if selection!.devices.count >= configuration.selectionTarget {
       // Uniform sampling keeps a uniform sample of every device offered (reservoir sampling):
@@ -285,6 +296,38 @@ public struct RoundStateMachine: Sendable {
     }
     return (.accepted(round: round), actions)
   }
+
+  /// Shared cohort: the round `checkIn` would give `device` a place in, if any; the shell claims
+  /// that place from the other replicas first.
+  public func openPlace(for device: DeviceID) -> Int? {
+    guard configuration.sharedCohort, let s = selection, !s.filledElsewhere, !isRetryingCommit,
+      s.devices.count < configuration.selectionTarget, !s.members.contains(device)
+    else { return nil }
+    if let r = reporting, r.selected.contains(device), !r.reported.contains(device) { return nil }
+    return s.round
+  }
+
+  /// Shared cohort: the other replicas took the last places of `round`, so its selection ends with
+  /// the devices gathered here (as soon as the previous round has closed).
+  public mutating func cohortFilledElsewhere(round: Int, now: Double) -> [Action] {
+    guard selection?.round == round, !selection!.filledElsewhere else { return [] }
+    selection!.filledElsewhere = true
+    return closeSelectionIfPossible(now: now)
+  }
+
+  /// Shared cohort: the replicas together received the goal's reports for `round`: it closes here
+  /// without waiting for the rest of this replica's devices.
+  public mutating func goalMetElsewhere(round: Int, now: Double) -> [Action] {
+    guard reporting?.round == round else { return [] }
+    return closeReporting(now: now)
+  }
+
+  /// Shared cohort: the check-in rate at the other replicas, which pace steering adds to this one's
+  /// so that retry windows steer the whole population.
+  public var otherCheckInRate = 0.0
+
+  /// Check-ins per second arriving here (the rate a replica tells the others).
+  public func checkInRate(now: Double) -> Double { rate.perSecond(now: now) }
 
   /// A device in the round gave up or lost its connection.
   public mutating func dropped(device: DeviceID, round: Int, now: Double) -> [Action] {
@@ -375,10 +418,17 @@ public struct RoundStateMachine: Sendable {
 
   private func retryWindow(now: Double) -> ClosedRange<Double> {
     if let retryAt = closing?.retryAt {
-      return pace.retryWindow(now: now, nextSelectionOpens: retryAt, checkInRate: rate.perSecond(now: now))
+      return pace.retryWindow(now: now, nextSelectionOpens: retryAt, checkInRate: populationRate(now: now))
     }
     let nextOpens = selection == nil ? (nextDeadline ?? now) : now
-    return pace.retryWindow(now: now, nextSelectionOpens: nextOpens, checkInRate: rate.perSecond(now: now))
+    return pace.retryWindow(now: now, nextSelectionOpens: nextOpens, checkInRate: populationRate(now: now))
+  }
+
+  private func populationRate(now: Double) -> Double { rate.perSecond(now: now) + otherCheckInRate }
+
+  /// The reports a round needs to aggregate here: a replica's part of a shared cohort may be empty.
+  private var minimumHere: Int {
+    configuration.sharedCohort ? 0 : configuration.minimumReports
   }
 
   /// Rounds that may still commit without another attempt: the one reporting and the one closing.
@@ -406,7 +456,7 @@ public struct RoundStateMachine: Sendable {
   private mutating func closeSelectionIfPossible(now: Double) -> [Action] {
     guard let s = selection else { return [] }
     guard reporting == nil, closing == nil else { return [] }
-    let full = s.devices.count >= configuration.selectionTarget
+    let full = s.devices.count >= configuration.selectionTarget || s.filledElsewhere
     if configuration.sampling == .uniform, !s.invited, !full {
       // The invited devices get a whole selection window from now: the window that passed
       // while the previous round still reported could not be used.
@@ -416,7 +466,7 @@ public struct RoundStateMachine: Sendable {
     }
     guard full || now >= s.deadline else { return [] }
     selection = nil
-    if s.devices.count < configuration.minimumReports {
+    if s.devices.count < minimumHere {
       lastClosedRound = s.round
       var counts = RoundCounts()
       counts.selected = s.devices.count
@@ -435,12 +485,21 @@ public struct RoundStateMachine: Sendable {
       }
       return actions
     }
+    var devices = s.devices
+    var released: [Action] = []
+    if configuration.sharedCohort, !devices.isEmpty, devices.count < configuration.minimumGroup {
+      let window = retryWindow(now: now)
+      released = devices.map { .release(device: $0, window: window) }
+      devices = []
+    }
     var counts = RoundCounts()
-    counts.selected = s.devices.count
+    counts.selected = devices.count
     let deadline = now + configuration.reportingWindow
-    reporting = Reporting(round: s.round, deadline: deadline, selected: Set(s.devices), counts: counts)
-    return [.configure(round: s.round, devices: s.devices, reportingDeadline: deadline)]
-      + openSelection(now: now)
+    reporting = Reporting(round: s.round, deadline: deadline, selected: Set(devices), counts: counts)
+    var actions = released + [.configure(round: s.round, devices: devices, reportingDeadline: deadline)]
+    // A replica with no part in the round has nothing to wait for.
+    if configuration.sharedCohort, devices.isEmpty { actions += closeReporting(now: now) }
+    return actions + openSelection(now: now)
   }
 
   private func finalCounts(_ r: Reporting) -> RoundCounts {
@@ -453,7 +512,7 @@ public struct RoundStateMachine: Sendable {
     guard let r = reporting else { return [] }
     reporting = nil
     let counts = finalCounts(r)
-    if r.reported.count >= configuration.minimumReports {
+    if r.reported.count >= minimumHere {
       closing = Closing(round: r.round)
       return [.aggregate(round: r.round, counts: counts)]
     }

@@ -5,6 +5,18 @@ public import CohortCore
 /// devices; a network service drives the same state machines over device streams.
 public protocol SecureAggregationDriver: Sendable {
   func secureSum(round: Int, devices: [DeviceID]) async -> SecureSum
+
+  /// Decodes a sum in the ring of `round` over `devices` inputs (replicas' ring sums added), as
+  /// the protocol decodes its own; nil when this driver cannot.
+  func decode(ringSum: [UInt32], devices: Int, round: Int) async -> (
+    weightedSum: [Double], totalWeight: Double
+  )?
+}
+
+extension SecureAggregationDriver {
+  public func decode(ringSum: [UInt32], devices: Int, round: Int) async -> (
+    weightedSum: [Double], totalWeight: Double
+  )? { nil }
 }
 
 /// What secure aggregation gave the server for one round.
@@ -23,6 +35,10 @@ public struct SecureSum: Sendable {
   public var steps: [SecureAggregationStepRecord]
   /// Protocol messages the server refused (malformed, replayed, …).
   public var rejectedMessages: Int
+  /// The sum in the ring before decoding, and the ring's width: replicas add their sums here,
+  /// exactly, and the leader decodes the total once.
+  public var ringSum: [UInt32]?
+  public var ringBits: Int?
 
   public init(
     weightedSum: [Double]?, totalWeight: Double, survivors: [DeviceID], examples: Int, failure: String?,

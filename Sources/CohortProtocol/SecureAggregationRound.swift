@@ -64,6 +64,8 @@ public struct SecureAggregationRound: Sendable {
   /// Set when the round ends.
   private var failure: String?
   private var decoded: (weightedSum: [Double], totalWeight: Double, survivors: [DeviceID])?
+  /// The survivors' sum in the ring, before decoding: replicas' sums add in the ring exactly.
+  private var ringSum: [UInt32]?
   private var survivorSet: Set<DeviceID> = []
 
   /// - Parameters:
@@ -212,6 +214,7 @@ public struct SecureAggregationRound: Sendable {
         let survivors = survivorIndices.map { members[Int($0) - 1].device }
         let d = encoding.decodeSum(sum, devices: survivors.count)
         decoded = (d.weightedSum, d.totalWeight, survivors)
+        ringSum = sum
         survivorSet = Set(survivors)
       } else {
         failure = "secure aggregation gave no sum"
@@ -249,9 +252,12 @@ public struct SecureAggregationRound: Sendable {
         failure: failure ?? "secure aggregation gave no sum", steps: steps, rejectedMessages: rejected)
     }
     let examples = decoded.survivors.reduce(0) { $0 + members[Int(indexOf[$1]!) - 1].examples }
-    return SecureSum(
+    var sum = SecureSum(
       weightedSum: decoded.weightedSum, totalWeight: decoded.totalWeight, survivors: decoded.survivors,
       examples: examples, failure: nil, steps: steps, rejectedMessages: rejected)
+    sum.ringSum = ringSum
+    sum.ringBits = encoding?.ringBits
+    return sum
   }
 
   /// What `device` is told: accepted when its input is in the sum (and it was never refused),

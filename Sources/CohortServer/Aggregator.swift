@@ -42,6 +42,33 @@ public actor Aggregator {
     for u in updates { strategy.fold(u, into: &aggregate) }
   }
 
+  /// A replica's part of the round: the updates folded here, taken out unstepped for the leader
+  /// to combine with the other replicas' (`finish(round:combined:…)`).
+  public func partial(round: Int, last: [ClientUpdate]) -> RoundAggregate {
+    fold(last, round: round)
+    defer {
+      aggregate = strategy.makeRound()
+      self.round = nil
+    }
+    return aggregate
+  }
+
+  /// The leader ends a round from the replicas' combined aggregate, as `finish` does from its own.
+  public func finish(
+    round: Int, combined: RoundAggregate, secureSum: SecureSum?, global: Weights,
+    privacy: CentralGaussianMechanism?,
+    clip: Double
+  ) -> Result {
+    self.round = round
+    aggregate = combined
+    return finish(round: round, last: [], secureSum: secureSum, global: global, privacy: privacy, clip: clip)
+  }
+
+  /// Takes the strategy's state the leader committed with a round (a replica that followed it).
+  public func adopt(_ state: StrategyState) {
+    strategyState = state
+  }
+
   /// Ends the round: folds the `last` updates and the round's secure sum, if any, adds central
   /// DP noise (`privacy`, for updates clipped to `clip`) and steps the strategy from `global`.
   public func finish(

@@ -1,4 +1,4 @@
-import CohortAggregation
+public import CohortAggregation
 public import CohortCore
 import CohortPrivacy
 public import CohortProtocol
@@ -35,12 +35,14 @@ extension Coordinator {
     /// first wait between them in seconds (it doubles).
     public var commitAttempts: Int
     public var commitBackoff: Double
+    /// This coordinator is one replica of a run served by several (`ReplicaLink`).
+    public var replica: ReplicaLink?
 
     public init(
       plan: Plan, population: String = "default", run: RunID? = nil, autoCommit: Bool = true,
       populationSize: Int? = nil, secureAggregation: (any SecureAggregationDriver)? = nil,
       privacySeed: UInt64? = nil, sampling: CohortSampling = .checkIn, samplingSeed: UInt64 = 0,
-      commitAttempts: Int = 6, commitBackoff: Double = 1
+      commitAttempts: Int = 6, commitBackoff: Double = 1, replica: ReplicaLink? = nil
     ) {
       self.plan = plan
       self.population = population
@@ -53,6 +55,7 @@ extension Coordinator {
       self.samplingSeed = samplingSeed
       self.commitAttempts = commitAttempts
       self.commitBackoff = commitBackoff
+      self.replica = replica
     }
 
     /// Central or distributed DP as the plan asks, nil without it.
@@ -73,10 +76,15 @@ extension Coordinator {
     public var pipeline: RoundPipeline.Configuration {
       var server = plan.server
       server.rounds = roundLimit.rounds
+      var machine = RoundStateMachine.Configuration(
+        plan: server, population: population, sampling: sampling, populationSize: populationSize,
+        seed: samplingSeed, commitAttempts: commitAttempts, commitBackoff: commitBackoff)
+      if replica != nil {
+        machine.sharedCohort = true
+        machine.minimumGroup = plan.secureAggregation.enabled ? plan.secureAggregation.minimumGroup : 0
+      }
       return RoundPipeline.Configuration(
-        machine: RoundStateMachine.Configuration(
-          plan: server, population: population, sampling: sampling, populationSize: populationSize,
-          seed: samplingSeed, commitAttempts: commitAttempts, commitBackoff: commitBackoff),
+        machine: machine,
         evaluationEvery: plan.server.evaluation.every, privacy: privacy)
     }
   }
@@ -92,22 +100,14 @@ extension Coordinator {
     public func save(into w: inout SnapshotWriter) {
       pipeline.save(into: &w)
       w.write(pendingRound)
-      for vector in [strategyState.velocity, strategyState.firstMoment, strategyState.secondMoment] {
-        w.write(vector != nil)
-        if let vector { w.write(vector) }
-      }
-      w.write(strategyState.control != nil)
-      if let control = strategyState.control { w.write(control) }
+      strategyState.save(into: &w)
     }
 
     /// The snapshot `save` wrote, for a coordinator of `configuration`.
     public init(configuration: Configuration, restoring r: inout SnapshotReader) throws(CohortError) {
       pipeline = try RoundPipeline(configuration: configuration.pipeline, restoring: &r)
       pendingRound = try r.optionalInt()
-      func vector() throws(CohortError) -> [Double]? { try r.bool() ? try r.doubles() : nil }
-      strategyState = StrategyState(
-        velocity: try vector(), firstMoment: try vector(), secondMoment: try vector(),
-        control: try r.bool() ? try r.floats() : nil)
+      strategyState = try StrategyState(restoring: &r)
     }
 
     init(pipeline: RoundPipeline, pendingRound: Int?, strategyState: StrategyState) {
@@ -136,5 +136,25 @@ extension Coordinator {
     public var nextDeadline: Double?
     /// Set once the coordinator has stopped working (see `Coordinator.failure`).
     public var failure: CohortError?
+  }
+}
+
+extension StrategyState {
+  /// Writes the state a round leaves for the next (stored with each snapshot, and with each round
+  /// a replica leads, for the replicas that follow it).
+  public func save(into w: inout SnapshotWriter) {
+    for vector in [velocity, firstMoment, secondMoment] {
+      w.write(vector != nil)
+      if let vector { w.write(vector) }
+    }
+    w.write(control != nil)
+    if let control { w.write(control) }
+  }
+
+  public init(restoring r: inout SnapshotReader) throws(CohortError) {
+    func vector() throws(CohortError) -> [Double]? { try r.bool() ? try r.doubles() : nil }
+    self.init(
+      velocity: try vector(), firstMoment: try vector(), secondMoment: try vector(),
+      control: try r.bool() ? try r.floats() : nil)
   }
 }

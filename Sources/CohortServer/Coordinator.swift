@@ -13,24 +13,24 @@ public import Metrics
 public actor Coordinator {
   public nonisolated let configuration: Configuration
   var pipeline: RoundPipeline
-  private let aggregator: Aggregator
+  let aggregator: Aggregator
   /// Decodes updates that travel encoded (the plan compresses, without secure aggregation).
   private let codec: UpdateCodec?
   /// What a report may say (`server.reports`); under secure aggregation it carries no update.
   private let rules: ReportRules
   /// What the strategy carries between rounds (momentum, moments, SCAFFOLD's control variate), as
   /// the Aggregator last reported it.
-  public private(set) var strategyState: StrategyState
+  public internal(set) var strategyState: StrategyState
   let store: (any RoundJournal)?
   private let link: any DeviceLink
-  private let evaluator: (any CentralEvaluator)?
+  let evaluator: (any CentralEvaluator)?
   let clock: any RoundClock
   let logger: Logger
   let metrics: CoordinatorMetrics
   /// Why the run ends before the plan's last round (its privacy budget), if it does.
   public nonisolated let stopReason: String?
   /// Why the coordinator stopped working (a round it could not commit); nil while it works.
-  public private(set) var failure: CohortError?
+  public internal(set) var failure: CohortError?
 
   /// The current global model and the round that produced it (0 for the initial model).
   public private(set) var global: Weights
@@ -131,6 +131,18 @@ public actor Coordinator {
   /// A device checks in: it joins the cohort being gathered, or is told when to come back.
   public func checkIn(_ checkIn: CheckIn) async -> ServerReply {
     metrics.checkIns.increment()
+    // A replica claims the place from the others first: the cohort's target is the run's.
+    if let link = configuration.replica, checkIn.protocolVersion == protocolVersion,
+      checkIn.population == configuration.population, let round = pipeline.openPlace(for: checkIn.device)
+    {
+      if await link.claimPlace(round: round) {
+        let (reply, actions) = pipeline.checkIn(checkIn, now: clock.now)
+        if case .waitForTask(round) = reply {} else { await link.releasePlace(round: round) }
+        await perform(actions)
+        return reply
+      }
+      await perform(pipeline.cohortFilledElsewhere(round: round, now: clock.now))
+    }
     let (reply, actions) = pipeline.checkIn(checkIn, now: clock.now)
     await perform(actions)
     return reply
@@ -149,6 +161,11 @@ public actor Coordinator {
           lossAtGlobal: report.lossAtGlobal, controlDelta: report.controlDelta))
     {
       await aggregator.fold(full, round: report.round)
+    }
+    // Counted toward the shared goal only once the update is in the batch: a report that waited
+    // here before would let another close the round without it.
+    if case .accepted = reply, let link = configuration.replica {
+      await link.countReport(round: report.round)
     }
     await perform(actions)
     return reply
@@ -196,7 +213,13 @@ public actor Coordinator {
             serverControl: strategyState.serverControl(layout: global.layout), clipNorm: start.clipNorm),
           to: start.devices)
       case .aggregate(let round):
-        await aggregate(round: round)
+        if let link = configuration.replica {
+          // The round's decision may wait for the other replicas: the device whose report closed
+          // the round, and the server loop, must not.
+          Task { await self.aggregateAsReplica(round: round, link: link) }
+        } else {
+          await aggregate(round: round)
+        }
       case .closed(let closed):
         logger.info(
           "round abandoned",
@@ -219,6 +242,16 @@ public actor Coordinator {
         logger.info("run finished", metadata: ["rounds committed": "\(pipeline.committedRounds)"])
       }
     }
+  }
+
+  /// Accepted updates not yet folded, taken out of the batch.
+  func takeBatch() -> [ClientUpdate] { batch.take() }
+
+  /// The model `round` produced becomes the global model.
+  func adoptGlobal(_ model: Weights, round: Int) {
+    global = model
+    globalRound = round
+    globalSHA256 = model.sha256
   }
 
   /// Has the Aggregator turn the round's updates (or secure sum) into the next global model.

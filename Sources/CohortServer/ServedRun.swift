@@ -1,3 +1,4 @@
+import CohortAggregation
 public import CohortCore
 public import CohortProtocol
 public import CohortStore
@@ -70,6 +71,8 @@ public final class ServedRun: FederationHandler {
   let store: (any FederationStore)?
   /// The leader lease this server holds on a shared store, and how long each grant lasts.
   let lease: (grant: LeaseGrant, seconds: Double)?
+  /// This server is one replica of the run (`openReplica`).
+  public let replica: ReplicaLink?
   let logger: Logger
   /// Wakes the deadline loop: a deadline changed, its timer fired, or a stop was asked for.
   private let wake: AsyncStream<Void>.Continuation
@@ -85,6 +88,7 @@ public final class ServedRun: FederationHandler {
     var modelRound = 0
     /// An asynchronous run's stored buffer.
     var saved: Data?
+    var replica: ReplicaLink?
   }
 
   /// - Parameters:
@@ -180,6 +184,50 @@ public final class ServedRun: FederationHandler {
       clock: clock, logger: logger, metrics: metrics)
   }
 
+  /// Opens `run` as one replica of it: every replica of the run accepts devices, shares each
+  /// round's cohort through the store, and the one holding the run's lease leads the round
+  /// (`ReplicaLink`). Resumes after the run's last decided round with its committed model and
+  /// strategy state.
+  public static func openReplica(
+    configuration: Configuration, initial: Weights, store: any ReplicaStore, replica: String, run: RunID,
+    leaseSeconds: Double = 30, syncInterval: Double = 0.2, evaluator: (any CentralEvaluator)? = nil,
+    clock: any RoundClock = WallClock(), logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory
+  ) async throws(CohortError) -> ServedRun {
+    let plan = configuration.plan
+    if let refusal = ReplicaRules.refusal(plan) { throw refusal }
+    guard try await store.run(run).status != .finished else {
+      throw CohortError(
+        .notFound, "run \(run) of plan \(plan.name) has finished",
+        fix: "start the replicas again to begin a new run")
+    }
+    var start = Start(run: run, model: initial)
+    if let checkpoint = try await store.latestCheckpoint(run) {
+      start.model = checkpoint.weights
+      start.modelRound = checkpoint.round
+    }
+    let rounds = try await store.rounds(run)
+    start.resumedAfter = rounds.map(\.round).max() ?? 0
+    start.committed = rounds.filter { $0.outcome == .committed }.count
+    start.replica = ReplicaLink(
+      configuration: .init(
+        run: run, replica: replica, leaseSeconds: leaseSeconds, syncInterval: syncInterval, plan: plan),
+      store: store, logger: logger, metrics: metrics)
+    let served = try ServedRun(
+      configuration: configuration, start: start, store: store, lease: nil, journal: nil, asyncJournal: nil,
+      evaluator: evaluator, clock: clock, logger: logger, metrics: metrics)
+    if let last = rounds.last(where: { $0.outcome == .committed }),
+      let saved = try await store.resumeState(run, round: last.round),
+      let coordinator = served.coordinator as? Coordinator
+    {
+      var r = SnapshotReader([UInt8](saved))
+      if let state = try? StrategyState(restoring: &r) { await coordinator.resumeStrategy(state) }
+    }
+    if start.resumedAfter > 0 {
+      logger.info("joining run", metadata: ["run": "\(run)", "after round": "\(start.resumedAfter)"])
+    }
+    return served
+  }
+
   private init(
     configuration: Configuration, start: Start, store: (any FederationStore)?,
     lease: (grant: LeaseGrant, seconds: Double)?, journal: (any RoundJournal)?,
@@ -190,6 +238,7 @@ public final class ServedRun: FederationHandler {
     self.run = start.run
     self.store = store
     self.lease = lease
+    self.replica = start.replica
     self.logger = logger
     resumedAfter = start.resumedAfter
     selector = Selector()
@@ -208,7 +257,7 @@ public final class ServedRun: FederationHandler {
           plan: plan, population: configuration.population, run: start.run, autoCommit: true,
           populationSize: configuration.populationSize, secureAggregation: configuration.secureAggregation,
           privacySeed: configuration.privacySeed, commitAttempts: configuration.commitAttempts,
-          commitBackoff: configuration.commitBackoff),
+          commitBackoff: configuration.commitBackoff, replica: start.replica),
         initial: start.model, resumingAfter: start.resumedAfter, committed: start.committed,
         modelRound: start.modelRound, store: journal, link: selector,
         evaluator: evaluator, clock: clock, logger: logger, metrics: metrics)
@@ -244,7 +293,7 @@ public final class ServedRun: FederationHandler {
 
   /// What a served run records as its scenario: the plan, its path and the seed (a server has no
   /// data or population description of its own).
-  static func scenario(_ configuration: Configuration) -> Scenario {
+  public static func scenario(_ configuration: Configuration) -> Scenario {
     Scenario(
       planPath: configuration.planPath, plan: configuration.plan,
       data: .syntheticFedProx(DataSource.SyntheticData(alpha: 0, beta: 0, devices: 0)), partition: .natural,
@@ -293,6 +342,8 @@ public final class ServedRun: FederationHandler {
   where C.Duration == Duration {
     let wake = self.wake
     await coordinator.observeDeadlines { wake.yield() }
+    let replication = await maintainingReplica(clock: clock)
+    defer { replication?.cancel() }
     await coordinator.start()
     var iterator = wakeups.makeAsyncIterator()
     var timer: Task<Void, Never>?
@@ -349,6 +400,36 @@ public final class ServedRun: FederationHandler {
   }
 
   /// Asks `drive` to end: the round in flight is abandoned, committed rounds stay.
+  /// A replica's look at the others, every sync interval: the lease and heartbeat (a third of the
+  /// lease), the other replicas' check-in rate, and whether they filled the cohort gathering here
+  /// or met the goal of the round training here.
+  private func maintainingReplica<C: Clock>(clock: C) async -> Task<Void, Never>?
+  where C.Duration == Duration {
+    guard let replica, let coordinator = coordinator as? Coordinator else { return nil }
+    let interval = replica.configuration.syncInterval
+    let beats = max(1, Int((replica.configuration.leaseSeconds / 3 / interval).rounded(.down)))
+    // The first beat before the first round: the lease is taken (or its holder known) at once.
+    await coordinator.setOtherCheckInRate(await replica.beat(checkInRate: 0))
+    return Task {
+      var tick = 0
+      while !Task.isCancelled {
+        try? await clock.sleep(for: .seconds(interval))
+        tick += 1
+        if tick % beats == 0 {
+          await coordinator.setOtherCheckInRate(
+            await replica.beat(checkInRate: await coordinator.checkInRate))
+        }
+        let (selecting, reporting) = await coordinator.replicaRounds
+        if let round = selecting, await replica.cohortState(round: round).filled {
+          await coordinator.cohortFilledElsewhere(round: round)
+        }
+        if let round = reporting, await replica.cohortState(round: round).goalMet {
+          await coordinator.goalMetElsewhere(round: round)
+        }
+      }
+    }
+  }
+
   public func stop() {
     stopRequested.withLock { $0 = true }
     wake.yield()
@@ -365,6 +446,14 @@ public final class ServedRun: FederationHandler {
       // one must not mark the new leader's run interrupted (or finished).
       var leads = true
       if let lease { leads = (try? await store.lease(run))??.token == lease.grant.token }
+      if let replica {
+        // A replica speaks for the run only to say it finished, and only while it leads: the
+        // others go on serving it when this one stops.
+        let grant = await replica.grant
+        let current = try? await store.lease(run)
+        leads = ending == .finished && grant != nil && current?.token == grant!.token
+        await replica.resign()
+      }
       if leads {
         try? await store.setStatus(run, ending == .finished ? .finished : .interrupted, at: Date())
       }

@@ -112,6 +112,33 @@ public final class FederationServer: Sendable {
 
   /// What a server of `configuration` is built from, whatever its store: the run's
   /// configuration, the initial model and the secure-aggregation driver.
+  /// Opens the plan's run as one replica (`ServedRun.openReplica`): finds the run other replicas
+  /// serve, or creates it, in one locked transaction, and takes the run's seed from it.
+  public static func openReplica(
+    configuration: FederationServerConfiguration, store: any ReplicaStore, replica: String,
+    leaseSeconds: Double = 30, syncInterval: Double = 0.2, evaluator: (any CentralEvaluator)? = nil,
+    logger: Logger, metrics: any MetricsFactory = MetricsSystem.factory
+  ) async throws(CohortError) -> FederationServer {
+    if let refusal = ReplicaRules.refusal(configuration.plan) { throw refusal }
+    let plan = configuration.plan
+    let opened = try await store.openRun(
+      planSHA256: plan.sha256, name: plan.name,
+      scenario: ServedRun.scenario(
+        .init(plan: plan, planPath: configuration.planPath, seed: configuration.seed)),
+      createdAt: Date())
+    var configuration = configuration
+    // Every replica uses the run's seed: the initial model and secure aggregation's rotations
+    // must be the same on all of them.
+    configuration.seed = try await store.scenario(opened.run).seed
+    let parts = try Self.parts(configuration, logger: logger)
+    let served = try await ServedRun.openReplica(
+      configuration: parts.run, initial: parts.initial, store: store, replica: replica, run: opened.run,
+      leaseSeconds: leaseSeconds, syncInterval: syncInterval, evaluator: evaluator, logger: logger,
+      metrics: metrics)
+    return try FederationServer(
+      configuration: configuration, served: served, parts: parts, logger: logger, metrics: metrics)
+  }
+
   private struct Parts {
     var run: ServedRun.Configuration
     var initial: Weights

@@ -164,5 +164,37 @@ enum PostgresSchema {
         )
         """
       ]),
+    Migration(
+      identifier: "v10: replicas",
+      statements: [
+        """
+        CREATE TABLE replicas (
+          run_id BIGINT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+          replica TEXT NOT NULL,
+          check_in_rate DOUBLE PRECISION NOT NULL,
+          seen_at TIMESTAMPTZ NOT NULL,
+          PRIMARY KEY (run_id, replica)
+        )
+        """,
+        """
+        CREATE TABLE cohort_places (
+          run_id BIGINT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+          round BIGINT NOT NULL,
+          replica TEXT NOT NULL,
+          selected BIGINT NOT NULL,
+          reported BIGINT NOT NULL,
+          PRIMARY KEY (run_id, round, replica)
+        )
+        """,
+        """
+        CREATE TABLE partial_aggregates (
+          run_id BIGINT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+          round BIGINT NOT NULL,
+          replica TEXT NOT NULL,
+          contribution BYTEA NOT NULL,
+          PRIMARY KEY (run_id, round, replica)
+        )
+        """,
+      ]),
   ]
 }

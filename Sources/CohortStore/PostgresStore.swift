@@ -18,7 +18,7 @@ public final class PostgresStore: FederationStore {
   public let schema: String?
   private let client: PostgresClient
   private let runner: Task<Void, Never>
-  private let logger: Logger
+  let logger: Logger
 
   /// Connects to `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=MODE]`, MODE one
   /// of libpq's disable, prefer (the default: TLS when the server offers it), require (TLS, the
@@ -176,30 +176,38 @@ public final class PostgresStore: FederationStore {
   public func createRun(name: String, scenario: Scenario, createdAt: Date, labels: RunLabels)
     async throws(CohortError) -> RunID
   {
+    try await transaction("creating the run \"\(name)\"") { c in
+      try await self.insertRun(c, name: name, scenario: scenario, createdAt: createdAt, labels: labels)
+    }
+  }
+
+  func insertRun(
+    _ c: PostgresConnection, name: String, scenario: Scenario, createdAt: Date, labels: RunLabels
+  )
+    async throws -> RunID
+  {
     let planJSON = String(decoding: scenario.plan.canonicalJSON, as: UTF8.self)
     let planSHA = SHA256.hex(scenario.plan.canonicalJSON)
     let scenarioJSON = try StoreJSON.encode(scenario, what: "the scenario of run \"\(name)\"")
     let seed = Int64(bitPattern: scenario.seed)
     let planName = scenario.plan.name
-    return try await transaction("creating the run \"\(name)\"") { c in
-      try await c.query(
-        """
-        INSERT INTO plans (sha256, name, canonical_json) VALUES (\(planSHA), \(planName), \(planJSON))
-        ON CONFLICT (sha256) DO NOTHING
-        """, logger: self.logger
-      ).allRows()
-      let rows = try await c.query(
-        """
-        INSERT INTO runs (
-          name, created_at, scenario_json, plan_sha256, seed, status, experiment, scenario, variant)
-        VALUES (\(name), \(createdAt), \(scenarioJSON), \(planSHA), \(seed), \(RunStatus.running.rawValue),
-          \(labels.experiment), \(labels.scenario), \(labels.variant))
-        RETURNING id
-        """, logger: self.logger
-      ).allRows()
-      guard let row = rows.first else { throw CohortError(.storage, "the new run's id was not returned") }
-      return RunID(try row.makeRandomAccess()["id"].decode(Int64.self))
-    }
+    try await c.query(
+      """
+      INSERT INTO plans (sha256, name, canonical_json) VALUES (\(planSHA), \(planName), \(planJSON))
+      ON CONFLICT (sha256) DO NOTHING
+      """, logger: self.logger
+    ).allRows()
+    let rows = try await c.query(
+      """
+      INSERT INTO runs (
+        name, created_at, scenario_json, plan_sha256, seed, status, experiment, scenario, variant)
+      VALUES (\(name), \(createdAt), \(scenarioJSON), \(planSHA), \(seed), \(RunStatus.running.rawValue),
+        \(labels.experiment), \(labels.scenario), \(labels.variant))
+      RETURNING id
+      """, logger: self.logger
+    ).allRows()
+    guard let row = rows.first else { throw CohortError(.storage, "the new run's id was not returned") }
+    return RunID(try row.makeRandomAccess()["id"].decode(Int64.self))
   }
 
   public func setStatus(_ run: RunID, _ status: RunStatus, at: Date) async throws(CohortError) {
@@ -510,11 +518,20 @@ public final class PostgresStore: FederationStore {
   }
 
   public func latestCheckpoint(_ run: RunID) async throws(CohortError) -> (round: Int, weights: Weights)? {
+    try await checkpoint(run, through: Int.max)
+  }
+
+  /// The checkpoint of the latest round up to `round` that has one.
+  public func checkpoint(_ run: RunID, through round: Int) async throws(CohortError) -> (
+    round: Int, weights: Weights
+  )? {
+    let last = Int64(clamping: round)
     let stored = try await transaction("reading a checkpoint of run \(run)") { c in
       try await self.requireRun(c, run)
       return try await c.query(
         """
-        SELECT round, sha256, layout_json, weights FROM checkpoints WHERE run_id = \(run.rawValue)
+        SELECT round, sha256, layout_json, weights FROM checkpoints
+        WHERE run_id = \(run.rawValue) AND round <= \(last)
         ORDER BY round DESC LIMIT 1
         """, logger: self.logger
       ).allRows().first.map { row in
@@ -593,7 +610,7 @@ public final class PostgresStore: FederationStore {
   /// Runs `body` in one transaction on one pooled connection: committed when it returns, rolled
   /// back when it throws. Every failure becomes a `CohortError` that names the store.
   @discardableResult
-  private func transaction<T: Sendable>(
+  func transaction<T: Sendable>(
     _ doing: String, _ body: (PostgresConnection) async throws -> T
   ) async throws(CohortError) -> T {
     do {
@@ -660,14 +677,14 @@ public final class PostgresStore: FederationStore {
       fix: "run `cohort runs list` to see the runs it holds")
   }
 
-  private func requireRun(_ c: PostgresConnection, _ run: RunID) async throws {
+  func requireRun(_ c: PostgresConnection, _ run: RunID) async throws {
     if try await c.query("SELECT 1 FROM runs WHERE id = \(run.rawValue)", logger: logger).allRows().isEmpty {
       throw missingRun(run)
     }
   }
 
   /// Locks the run's row until the transaction ends; throws when there is no such run.
-  private func lockRun(_ c: PostgresConnection, _ run: RunID) async throws {
+  func lockRun(_ c: PostgresConnection, _ run: RunID) async throws {
     if try await c.query("SELECT 1 FROM runs WHERE id = \(run.rawValue) FOR UPDATE", logger: logger).allRows()
       .isEmpty
     {
@@ -700,7 +717,7 @@ public final class PostgresStore: FederationStore {
     return summary
   }
 
-  private static func roundRecord(_ r: PostgresRandomAccessRow) throws -> RoundRecord {
+  static func roundRecord(_ r: PostgresRandomAccessRow) throws -> RoundRecord {
     let round = try r["round"].decode(Int.self)
     let outcomeText = try r["outcome"].decode(String.self)
     guard let outcome = RoundOutcome(rawValue: outcomeText) else {
@@ -731,7 +748,7 @@ extension PostgresRowSequence {
   /// Every row, after the statement has finished; statements whose rows nobody needs call it
   /// too, so that they have run before the next one starts.
   @discardableResult
-  fileprivate func allRows() async throws -> [PostgresRow] { try await collect() }
+  func allRows() async throws -> [PostgresRow] { try await collect() }
 }
 
 /// A `postgres://` URL, checked: every part the store does not use is refused, not ignored.

@@ -182,6 +182,38 @@ enum Schema {
           );
           """)
     }
+    migrator.registerMigration("v10: replicas") { db in
+      // Replicas of one run on a shared store (PostgreSQL; SQLite carries the same tables so both
+      // schemas stay one). `replicas`: each live replica's last word and check-in rate, which pace
+      // steering sums. `cohort_places`: the places each replica claimed in a round's shared cohort
+      // and the reports it accepted. `partial_aggregates`: each replica's contribution to a round,
+      // which the leader combines.
+      try db.execute(
+        sql: """
+          CREATE TABLE replicas (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            replica TEXT NOT NULL,
+            check_in_rate REAL NOT NULL,
+            seen_at TEXT NOT NULL,
+            PRIMARY KEY (run_id, replica)
+          );
+          CREATE TABLE cohort_places (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            round INTEGER NOT NULL,
+            replica TEXT NOT NULL,
+            selected INTEGER NOT NULL,
+            reported INTEGER NOT NULL,
+            PRIMARY KEY (run_id, round, replica)
+          );
+          CREATE TABLE partial_aggregates (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            round INTEGER NOT NULL,
+            replica TEXT NOT NULL,
+            contribution BLOB NOT NULL,
+            PRIMARY KEY (run_id, round, replica)
+          );
+          """)
+    }
     return migrator
   }
 }

@@ -44,6 +44,18 @@ public actor NetworkSecureAggregation: SecureAggregationDriver {
 
   var isActive: Bool { plan.secureAggregation.variant == .active }
 
+  public func decode(ringSum: [UInt32], devices: Int, round: Int) -> (
+    weightedSum: [Double], totalWeight: Double
+  )? {
+    let seed = SecureAggregationEncoding.rotationSeed(runSeed: runSeed, round: round, plan: plan)
+    guard
+      case .success(let encoding) = SecureAggregationEncoding.make(
+        plan: plan, round: round, dimension: dimension, rotationSeed: seed),
+      ringSum.count == encoding.vectorLength
+    else { return nil }
+    return encoding.decodeSum(ringSum, devices: devices)
+  }
+
   func enrol(
     round: Int, device: DeviceID, examples: Int, mailbox: DeviceMailbox,
     certificate: VerifiedDeviceCertificate? = nil

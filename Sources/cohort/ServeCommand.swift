@@ -73,6 +73,15 @@ struct ServeCommand: AsyncParsableCommand {
         + "under the other server."))
   var standby = false
 
+  @Flag(
+    help: ArgumentHelp(
+      "With a PostgreSQL --db: serve the run as one of several replicas. Every replica accepts "
+        + "devices and shares each round's cohort through the database; the replica holding the "
+        + "run's lease leads the round (combines the replicas' partial aggregates and commits it), "
+        + "and another takes over within --lease-seconds when it dies. Start the same command on "
+        + "each server."))
+  var replica = false
+
   @Flag(help: "Serve plaintext without TLS; allowed only on a loopback address.")
   var insecure = false
 
@@ -214,6 +223,12 @@ struct ServeCommand: AsyncParsableCommand {
             "--standby waits for another server's lease, which only a PostgreSQL --db has",
             fix: "give --db a postgres:// URL shared with the leading server, or leave --standby out")
         }
+        guard !replica else {
+          throw CohortError(
+            .invalidConfiguration,
+            "--replica shares a run through a PostgreSQL --db; a SQLite file is one server's",
+            fix: "give --db a postgres:// URL that every replica shares, or leave --replica out")
+        }
         let file = try ResultsStore(path: db, exclusiveWriter: DatabaseOption.commandLine)
         store = file
         if seed == nil { runSeed = try ServedRun.seed(in: file, plan: loadedPlan) }
@@ -225,7 +240,17 @@ struct ServeCommand: AsyncParsableCommand {
           maximumConnections: maxConnections
             ?? ConnectionLimits.fitting(descriptorLimit: descriptors),
           tls13Only: tls13Only))
-      if let shared {
+      if let shared, replica {
+        guard !standby else {
+          throw CohortError(
+            .invalidConfiguration, "--standby and --replica do not go together: every replica serves devices",
+            fix: "leave --standby out; a replica takes the lead when the leader dies")
+        }
+        server = try await FederationServer.openReplica(
+          configuration: configuration, store: shared, replica: Self.leaseHolder(),
+          leaseSeconds: leaseSeconds,
+          evaluator: evaluator, logger: logger, metrics: endpoint.metricsFactory)
+      } else if let shared {
         let holder = Self.leaseHolder()
         // A standby serves only the run it waited for, never a new one.
         var waited: RunID?

@@ -815,6 +815,12 @@ public struct SecureAggregationPlan: Codable, Sendable, Hashable {
   public var degree: Int? = nil
   /// Explicit Shamir threshold t (≥ 2, ≤ `degree` when that is given); nil chooses it.
   public var threshold: Int? = nil
+  /// Replicas (`minimum_group`): the fewest devices one replica runs the protocol among; a
+  /// replica whose part of a round's cohort is smaller sends those devices away, since a sum of
+  /// two or three would say too much about each. Nil: `defaultMinimumGroup`.
+  public var minimumGroupSize: Int? = nil
+  public static let defaultMinimumGroup = 5
+  public var minimumGroup: Int { minimumGroupSize ?? max(Self.defaultMinimumGroup, threshold ?? 2) }
   /// The protocol's failure probability target is 2^−securityBits; 20...128.
   public var securityBits: Int = 40
   /// Largest |value| of one update coordinate before fixed-point encoding (> 0, finite).
@@ -866,6 +872,7 @@ public struct SecureAggregationPlan: Codable, Sendable, Hashable {
 extension SecureAggregationPlan {
   private enum CodingKeys: String, CodingKey {
     case enabled, variant, graph, dropoutRate, corruptFraction, degree, threshold, securityBits, clip
+    case minimumGroupSize = "minimumGroup"
     case encodingBits, weightCap
   }
 
@@ -881,6 +888,7 @@ extension SecureAggregationPlan {
     corruptFraction = try c.decodeIfPresent(Double.self, forKey: .corruptFraction) ?? d.corruptFraction
     degree = try c.decodeIfPresent(Int.self, forKey: .degree)
     threshold = try c.decodeIfPresent(Int.self, forKey: .threshold)
+    minimumGroupSize = try c.decodeIfPresent(Int.self, forKey: .minimumGroupSize)
     securityBits = try c.decodeIfPresent(Int.self, forKey: .securityBits) ?? d.securityBits
     clip = try c.decodeIfPresent(Double.self, forKey: .clip) ?? d.clip
     encodingBits = try c.decodeIfPresent(Int.self, forKey: .encodingBits) ?? d.encodingBits
@@ -900,6 +908,7 @@ extension SecureAggregationPlan {
     try c.encode(corruptFraction, forKey: .corruptFraction)
     try c.encodeIfPresent(degree, forKey: .degree)
     try c.encodeIfPresent(threshold, forKey: .threshold)
+    try c.encodeIfPresent(minimumGroupSize, forKey: .minimumGroupSize)
     try c.encode(securityBits, forKey: .securityBits)
     try c.encode(clip, forKey: .clip)
     try c.encode(encodingBits, forKey: .encodingBits)
@@ -1727,7 +1736,7 @@ extension StrategyPlan {
 extension SecureAggregationPlan {
   static let keys = [
     "enabled", "variant", "graph", "dropout_rate", "corrupt_fraction", "degree", "threshold", "security_bits",
-    "clip", "encoding_bits", "weight_cap",
+    "clip", "encoding_bits", "weight_cap", "minimum_group",
   ]
 
   /// Whether the plan asks for secure aggregation, read from the YAML even when the section has
@@ -1763,6 +1772,7 @@ extension SecureAggregationPlan {
       "corrupt_fraction", plan.corruptFraction, "devices colluding with the server")
     plan.degree = m.optional("degree") { $0.int(2...10_000_000) }
     plan.threshold = m.optional("threshold") { $0.int(2...10_000_000) }
+    plan.minimumGroupSize = m.optional("minimum_group") { $0.int(2...10_000_000) }
     plan.securityBits = m.optional("security_bits", default: plan.securityBits) { $0.int(20...128) }
     plan.clip = m.optional("clip", default: plan.clip) {
       $0.double(0...Double.greatestFiniteMagnitude, above: true)
