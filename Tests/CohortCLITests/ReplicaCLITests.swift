@@ -22,19 +22,27 @@ struct ReplicaCLITests {
   static let rounds = 3
   static let seed: UInt64 = 7
 
+  /// Waits for a line off the test's threads (the devices run on them meanwhile).
+  func line(_ process: ChildProcess, containing text: String) async -> String? {
+    await withCheckedContinuation { done in
+      DispatchQueue.global().async { done.resume(returning: process.waitForLine(containing: text)) }
+    }
+  }
+
   /// The plan (a unique name per test, so runs in the shared database never mix) and the
   /// scenario whose data the devices train on.
-  func scenario(name: String, extra: String = "") throws -> (plan: String, scenario: Scenario) {
+  func scenario(name: String, rounds: Int = Self.rounds, minimum: Double = 1, selection: String = "1h") throws -> (
+    plan: String, scenario: Scenario
+  ) {
     let plan = """
       name: \(name)
       model: {kind: logistic_regression, inputs: 60, classes: 10}
       device: {epochs: 1, batch_size: 10, optimizer: {kind: sgd, learning_rate: 0.05}}
       server:
-        rounds: \(Self.rounds)
-        cohort: {goal: \(Self.devices), over_selection: 1.0, minimum_fraction: 1.0}
-        windows: {selection: 1h, reporting: 1h}
+        rounds: \(rounds)
+        cohort: {goal: \(Self.devices), over_selection: 1.0, minimum_fraction: \(minimum)}
+        windows: {selection: \(selection), reporting: 1h}
         strategy: {kind: fedavg}
-      \(extra)
       """
     let yaml = """
       plan:
@@ -65,7 +73,7 @@ struct ReplicaCLITests {
 
   /// Every device takes part in every round, device i first at server i mod n (the others after
   /// it, in order, should it fail).
-  func runDevices(_ scenario: Scenario, ports: [Int]) async throws -> [Int] {
+  func runDevices(_ scenario: Scenario, ports: [Int], participations: Int = Self.rounds) async throws -> [Int] {
     let data = try DeviceDataProvider(scenario: scenario)
     return try await withThrowingTaskGroup(of: (Int, Int).self) { group in
       for device in 0..<Self.devices {
@@ -82,7 +90,7 @@ struct ReplicaCLITests {
           examples: { LocalExamples(train: local.train, indices: local.trainIndices, test: local.test) },
           logger: Logger(label: "test-device-\(device)"))
         group.addTask {
-          await runtime.run(participations: Self.rounds)
+          await runtime.run(participations: participations)
           for c in connections { c.close() }
           return (device, ports.count > 1 ? (device + channel.currentServer) % ports.count : 0)
         }
@@ -148,5 +156,46 @@ struct ReplicaCLITests {
         largest <= 1e-6, "round \(round): one server's model and the replicas' differ by up to \(largest)")
     }
     await pg.close()
+  }
+
+  /// The leader is killed (SIGKILL) once round 1 is committed, with round 2 under way: another
+  /// replica takes the lease when it runs out and commits the remaining rounds, each round once
+  /// and none skipped; the new leader's fencing token is larger (the old one's late commit would
+  /// be refused: `PostgresFederationStoreTests`).
+  @Test func anotherReplicaLeadsWhenTheLeaderIsKilled() async throws {
+    let url = try #require(ProcessInfo.processInfo.environment["COHORT_TEST_POSTGRES_URL"])
+    let dir = TemporaryDirectory()
+    let name = "replicas-kill-\(UUID())"
+    let rounds = 4
+    let (planText, scenario) = try scenario(name: name, rounds: rounds, minimum: 0.5, selection: "3s")
+    let plan = dir.write("plan.yaml", planText)
+    var replicas: [(ChildProcess, Int)] = []
+    defer { for (r, _) in replicas { r.stop() } }
+    for _ in 0..<3 { replicas.append(try start(dir, plan: plan, db: url, replica: true)) }
+    let ports = replicas.map(\.1)
+    let devices = Task { try await runDevices(scenario, ports: ports, participations: rounds) }
+    defer { devices.cancel() }
+
+    guard await line(replicas[0].0, containing: "round 1 committed") != nil else {
+      Issue.record("round 1 was never committed: \(replicas[0].0.transcript)")
+      return
+    }
+    let store = try await PostgresStore(url: url)
+    let run = try #require(try await store.runs().first { $0.planName == name })
+    let first = try #require(try await store.lease(run.id))
+    let leader = try #require(
+      replicas.firstIndex { first.holder.split(separator: ":").dropFirst().first == "\($0.0.process.processIdentifier)" },
+      "the lease holder \(first.holder) is none of the replicas")
+    replicas[leader].0.kill()
+    for (i, (replica, _)) in replicas.enumerated() where i != leader {
+      #expect(await line(replica, containing: "run finished") != nil, "\(replica.transcript)")
+    }
+    let records = try await store.rounds(run.id)
+    let next = try await store.lease(run.id)
+    #expect(try await store.run(run.id).status == .finished)
+    await store.close()
+    #expect(records.filter { $0.outcome == .committed }.count == rounds, "\(records)")
+    #expect(records.map(\.round) == Array(1...records.count), "\(records)")
+    #expect((next?.token ?? 0) > first.token, "the lease never changed hands: \(String(describing: next))")
   }
 }
