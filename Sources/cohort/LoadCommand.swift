@@ -19,6 +19,10 @@ struct LoadCommand: AsyncParsableCommand {
       answer. It reports sessions held, check-ins per second, latency percentiles and errors, \
       and with --server-pid (a server on this machine) the server's memory per idle session.
 
+      With several --server addresses (replicas of one federation, comma-separated), device i \
+      and check-in i go to server i mod n, and the report adds each server's part; --server-pid \
+      then takes one pid per server, in the same order.
+
       Serve a plan whose cohort is larger than all the load devices (Plans/load-test.yaml), so \
       every session waits for a task instead of starting a round:
 
@@ -29,7 +33,10 @@ struct LoadCommand: AsyncParsableCommand {
           --server-pid $!
       """)
 
-  @Option(help: ArgumentHelp("The server to load.", valueName: "HOST:PORT"))
+  @Option(
+    help: ArgumentHelp(
+      "The server to load; several, comma-separated, for replicas of one federation (devices spread "
+        + "over them in turn).", valueName: "HOST:PORT[,HOST:PORT…]"))
   var server: String
 
   @OptionGroup var tls: ClientTLSOptions
@@ -49,8 +56,11 @@ struct LoadCommand: AsyncParsableCommand {
   @Option(help: "The population to join.")
   var population: String = "default"
 
-  @Option(help: "The server's process id, to measure its memory per idle session (same machine).")
-  var serverPid: Int32?
+  @Option(
+    help: ArgumentHelp(
+      "The server's process id, to measure its memory per idle session (same machine); with several "
+        + "servers, one per server, comma-separated, in --server's order.", valueName: "PID[,PID…]"))
+  var serverPid: String?
 
   @Flag(help: "Print the report as JSON.")
   var json = false
@@ -59,23 +69,77 @@ struct LoadCommand: AsyncParsableCommand {
     if devices < 0 || rate <= 0 || duration < 0 {
       throw ValidationError("--devices must be ≥ 0, --rate > 0 and --duration ≥ 0")
     }
-    _ = try HostPort(server, option: "--server")
+    let addresses = try servers()
+    let pids = try serverPIDs()
+    if !pids.isEmpty, pids.count != addresses.count {
+      throw ValidationError(
+        "--server-pid gives \(pids.count) pids for \(addresses.count) servers: give one pid per "
+          + "--server address, in the same order (e.g. --server-pid 4711,4712)")
+    }
+  }
+
+  /// `--server`'s addresses, in order: one, or a comma-separated list.
+  func servers() throws -> [HostPort] {
+    let entries = server.split(separator: ",", omittingEmptySubsequences: false).map {
+      $0.trimmingCharacters(in: .whitespaces)
+    }
+    // One address keeps the message it always had.
+    if entries.count == 1 { return [try HostPort(server, option: "--server")] }
+    var addresses: [HostPort] = []
+    for (index, entry) in entries.enumerated() {
+      guard !entry.isEmpty else {
+        throw ValidationError(
+          "--server \(server): entry \(index + 1) of \(entries.count) is empty; separate the servers with "
+            + "single commas and no trailing comma (e.g. 127.0.0.1:7070,127.0.0.1:7071)")
+      }
+      guard let address = try? HostPort(entry, option: "--server") else {
+        throw ValidationError(
+          "--server \(server): entry \(index + 1), '\(entry)', is not HOST:PORT; write each server as "
+            + "HOST:PORT, comma-separated (e.g. 127.0.0.1:7070,127.0.0.1:7071)")
+      }
+      if let earlier = addresses.firstIndex(where: { $0.host == address.host && $0.port == address.port }) {
+        throw ValidationError(
+          "--server \(server): entries \(earlier + 1) and \(index + 1) are the same server, '\(entry)'; "
+            + "list each server once")
+      }
+      addresses.append(address)
+    }
+    return addresses
+  }
+
+  /// `--server-pid`'s pids, in order; none when it is not given.
+  func serverPIDs() throws -> [Int32] {
+    guard let serverPid else { return [] }
+    let entries = serverPid.split(separator: ",", omittingEmptySubsequences: false).map {
+      $0.trimmingCharacters(in: .whitespaces)
+    }
+    return try entries.enumerated().map { index, entry in
+      guard let pid = Int32(entry), pid > 0 else {
+        let which = entries.count == 1 ? "'\(entry)'" : "entry \(index + 1), '\(entry)',"
+        throw ValidationError(
+          "--server-pid \(serverPid): \(which) is not a process id; give the server's pid (e.g. $! after "
+            + "starting it), or one per server, comma-separated (e.g. 4711,4712)")
+      }
+      return pid
+    }
   }
 
   func run() async throws {
-    let address = try HostPort(server, option: "--server")
+    let addresses = try servers()
+    let pids = try serverPIDs()
     let security = try tls.security()
     raiseOpenFileLimit()
     var logger = Logger(label: "cohort.load") { StreamLogHandler.standardError(label: $0) }
     logger.logLevel = .warning
     let generator = LoadGenerator(
       configuration: .init(
-        host: address.host, port: address.port, security: security, population: population, sessions: devices,
+        servers: addresses.map { LoadServer(host: $0.host, port: $0.port) }, security: security,
+        population: population, sessions: devices,
         checkInsPerSecond: rate, duration: duration, connections: connections),
       logger: logger)
     let report: LoadReport
     do throws(CohortError) {
-      report = try await generator.run(serverPID: serverPid) { Console.error($0) }
+      report = try await generator.run(serverPIDs: pids) { Console.error($0) }
     } catch {
       throw error.exit()
     }
@@ -99,6 +163,29 @@ struct LoadCommand: AsyncParsableCommand {
     }
     for (kind, count) in report.errors.sorted(by: { $0.key < $1.key }) {
       print("error              \(kind): \(count)")
+    }
+    guard let parts = report.servers else { return }
+    // Each server's part; the lines above are the totals.
+    let width = max(6, parts.map(\.server.count).max() ?? 0)
+    func pad(_ text: String, _ n: Int) -> String {
+      text + String(repeating: " ", count: max(0, n - text.count))
+    }
+    func right(_ text: String, _ n: Int) -> String {
+      String(repeating: " ", count: max(0, n - text.count)) + text
+    }
+    print("")
+    print(
+      pad("server", width) + right("held", 9) + right("of", 8) + right("check-ins", 11) + right("failed", 8)
+        + right("p50", 10) + right("p99", 10) + right("KiB/session", 13))
+    for part in parts {
+      let memory = part.bytesPerIdleSession.map { String(format: "%.1f", $0 / 1024) } ?? "-"
+      print(
+        pad(part.server, width) + right("\(part.sessionsHeld)", 9) + right("\(part.sessionsRequested)", 8)
+          + right("\(part.checkIns)", 11) + right("\(part.checkInErrors)", 8) + right(ms(part.latencyP50), 10)
+          + right(ms(part.latencyP99), 10) + right(memory, 13))
+      for (kind, count) in part.errors.sorted(by: { $0.key < $1.key }) {
+        print(pad("", width) + "  error \(kind): \(count)")
+      }
     }
   }
 }

@@ -241,5 +241,55 @@ struct Feature: Sendable, CustomTestStringConvertible {
     #expect(report.errors.isEmpty, "\(report.errors)")
     #expect(report.latencyP50 <= report.latencyP99 && report.latencyP99 <= report.latencyMax)
     #expect(report.serverResidentBytesHeld != nil)
+    // One server: the totals alone, no per-server part (the JSON has no "servers" key, as before).
+    #expect(report.servers == nil)
+  }
+
+  /// Two servers: the sessions and check-ins are spread over both, round-robin, and each
+  /// server's part of the report adds up to the totals.
+  @Test func spreadsTheLoadOverSeveralServers() async throws {
+    let scenario = try networkScenario(devices: 1000, rounds: 1)
+    let directory = try temporaryDirectory("load-replicas")
+    func server(_ name: String) throws -> FederationServer {
+      try FederationServer(
+        configuration: .init(plan: scenario.plan, security: .insecureLoopback, seed: scenario.seed),
+        store: try ResultsStore(path: directory + "/\(name).sqlite"), logger: Logger(label: "test-\(name)"))
+    }
+    let first = try server("first")
+    let second = try server("second")
+    let (report, ports) = try await withServer(first) { firstPort in
+      let result = try await withServer(second) { secondPort in
+        let generator = LoadGenerator(
+          configuration: .init(
+            servers: [.init(host: "127.0.0.1", port: firstPort), .init(host: "127.0.0.1", port: secondPort)],
+            security: .insecure, sessions: 21, checkInsPerSecond: 100, duration: 0.25),
+          logger: Logger(label: "test-load"))
+        let report = try await generator.run(serverPIDs: [getpid(), getpid()])
+        second.shutdown()
+        return (report, [firstPort, secondPort])
+      }
+      first.shutdown()
+      return result
+    }
+    let parts = try #require(report.servers)
+    #expect(parts.count == 2)
+    #expect(parts.map(\.sessionsRequested) == [11, 10])
+    #expect(parts.map(\.sessionsHeld) == [11, 10], "\(report.errors)")
+    #expect(report.sessionsHeld == 21)
+    #expect(parts.map(\.sessionsHeld).reduce(0, +) == report.sessionsHeld)
+    // 25 check-ins: 13 to the first server, 12 to the second.
+    #expect(report.checkIns == 25, "\(report.errors)")
+    #expect(parts.map(\.checkIns) == [13, 12])
+    #expect(parts.map(\.checkIns).reduce(0, +) == report.checkIns)
+    #expect(parts.map(\.checkInErrors).reduce(0, +) == report.checkInErrors)
+    #expect(report.errors.isEmpty, "\(report.errors)")
+    #expect(parts.map(\.latencyMax).max() == report.latencyMax)
+    for part in parts {
+      #expect(part.latencyP50 <= part.latencyP99 && part.latencyP99 <= part.latencyMax)
+      #expect(part.serverResidentBytesHeld != nil)
+    }
+    #expect(parts.map(\.server) == ports.map { "127.0.0.1:\($0)" })
+    // Both pids are this process: the total is the sum of the two readings.
+    #expect(report.serverResidentBytesHeld == parts.compactMap(\.serverResidentBytesHeld).reduce(0, +))
   }
 }
