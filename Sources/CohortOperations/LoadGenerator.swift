@@ -182,6 +182,9 @@ public struct LoadGenerator: Sendable {
   {
     let c = configuration
     let n = c.servers.count
+    guard n > 0 else {
+      throw CohortError(.invalidConfiguration, "a load without a server", fix: "give at least one server")
+    }
     guard serverPIDs.isEmpty || serverPIDs.count == n else {
       throw CohortError(
         .invalidConfiguration, "\(serverPIDs.count) server pids for \(n) servers",
