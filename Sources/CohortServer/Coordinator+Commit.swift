@@ -63,6 +63,13 @@ extension Coordinator {
       commitError = nil
     } catch {
       metrics.commitFailures.increment()
+      if error.code == .fenced {
+        // Another server leads the run now: no retry can land, and its devices must move to it.
+        failure = error
+        logger.critical("stopping: \(error.message)")
+        await perform([])
+        return
+      }
       commitError = error
       logger.error(
         "could not commit round", metadata: ["round": "\(p.record.round)", "error": "\(error.message)"])

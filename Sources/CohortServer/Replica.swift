@@ -238,6 +238,11 @@ public actor ReplicaLink {
   /// The lease as this replica last took or renewed it; nil while another replica leads.
   public private(set) var grant: LeaseGrant?
   private let metrics: ReplicaMetrics
+  /// Check-ins waiting for a place, by round, and the rounds whose claim is in flight.
+  private var placeWaiters: [Int: [CheckedContinuation<Bool, Never>]] = [:]
+  private var claiming: Set<Int> = []
+  /// Reports accepted here and not yet counted in the store, by round.
+  private var unsentReports: [Int: Int] = [:]
 
   public init(
     configuration: Configuration, store: any ReplicaStore, logger: Logger,
@@ -300,35 +305,62 @@ public actor ReplicaLink {
   // MARK: Shared cohort
 
   /// Claims a place in `round`'s cohort; false when the replicas filled it (or the store is
-  /// unreachable: the device is told to come back rather than selected twice over).
+  /// unreachable: the device is told to come back rather than selected twice over). Check-ins
+  /// that arrive while a claim is in flight wait for the next one, which claims exactly as many
+  /// places as they need: one transaction per batch, not per device, and no place claimed that
+  /// no device asked for.
   public func claimPlace(round: Int) async -> Bool {
-    do throws(CohortError) {
-      let claimed = try await store.claimPlace(
-        run: run, round: round, replica: replica, target: configuration.selectionTarget)
-      if claimed { metrics.placesClaimed.increment() }
-      return claimed
-    } catch {
-      logger.warning("could not claim a place", metadata: ["round": "\(round)", "error": "\(error.message)"])
-      return false
+    await withCheckedContinuation { waiter in
+      placeWaiters[round, default: []].append(waiter)
+      if claiming.insert(round).inserted {
+        Task { await self.claimForWaiters(round: round) }
+      }
     }
+  }
+
+  private func claimForWaiters(round: Int) async {
+    while let batch = placeWaiters.removeValue(forKey: round), !batch.isEmpty {
+      var granted = 0
+      do throws(CohortError) {
+        granted = try await store.claimPlaces(
+          run: run, round: round, replica: replica, count: batch.count, target: configuration.selectionTarget)
+        metrics.placesClaimed.increment(by: granted)
+      } catch {
+        logger.warning(
+          "could not claim places", metadata: ["round": "\(round)", "error": "\(error.message)"])
+      }
+      for (i, waiter) in batch.enumerated() { waiter.resume(returning: i < granted) }
+    }
+    claiming.remove(round)
   }
 
   public func releasePlace(round: Int) async {
     try? await store.releasePlace(run: run, round: round, replica: replica)
   }
 
-  public func countReport(round: Int) async {
-    do throws(CohortError) {
-      try await store.countReport(run: run, round: round, replica: replica)
-    } catch {
-      logger.warning(
-        "could not count a report", metadata: ["round": "\(round)", "error": "\(error.message)"])
+  /// Counts a report toward the shared goal; the counts go to the store with the next look at
+  /// the others (`cohortState`), one write per round per sync interval.
+  public func countReport(round: Int) {
+    unsentReports[round, default: 0] += 1
+  }
+
+  private func sendReports() async {
+    for (round, count) in unsentReports.sorted(by: { $0.key < $1.key }) {
+      do throws(CohortError) {
+        try await store.countReports(run: run, round: round, replica: replica, count: count)
+        unsentReports[round, default: 0] -= count
+        if unsentReports[round] == 0 { unsentReports[round] = nil }
+      } catch {
+        logger.warning(
+          "could not count reports", metadata: ["round": "\(round)", "error": "\(error.message)"])
+      }
     }
   }
 
   /// Whether the replicas together filled `round`'s cohort (or it was decided already), and
   /// whether they met its goal of reports.
   public func cohortState(round: Int) async -> (filled: Bool, goalMet: Bool) {
+    await sendReports()
     do throws(CohortError) {
       if try await store.round(run: run, round: round) != nil { return (true, true) }
       let tally = try await store.cohortTally(run: run, round: round).values

@@ -430,6 +430,16 @@ public final class ServedRun: FederationHandler {
     }
   }
 
+  /// Gives the run's lease back when the server fails before it serves (its port is taken, say),
+  /// so that another server need not wait for the lease to run out. Harmless once another server
+  /// holds the lease: a release names this server's holder and token.
+  public func releaseWithoutServing() async {
+    if let lease, let store, let run {
+      try? await store.releaseLease(run: run, holder: lease.grant.holder, token: lease.grant.token)
+    }
+    await replica?.resign()
+  }
+
   public func stop() {
     stopRequested.withLock { $0 = true }
     wake.yield()
@@ -446,13 +456,11 @@ public final class ServedRun: FederationHandler {
       // one must not mark the new leader's run interrupted (or finished).
       var leads = true
       if let lease { leads = (try? await store.lease(run))??.token == lease.grant.token }
-      if let replica {
-        // A replica speaks for the run only to say it finished, and only while it leads: the
-        // others go on serving it when this one stops.
-        let grant = await replica.grant
-        let current = try? await store.lease(run)
-        leads = ending == .finished && grant != nil && current?.token == grant!.token
-        await replica.resign()
+      if replica != nil {
+        // A replica speaks for the run only to say it finished (every round is committed, which
+        // is true whoever says it): the others go on serving it when this one stops.
+        leads = ending == .finished
+        await replica?.resign()
       }
       if leads {
         try? await store.setStatus(run, ending == .finished ? .finished : .interrupted, at: Date())

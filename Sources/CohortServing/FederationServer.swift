@@ -193,9 +193,15 @@ public final class FederationServer: Sendable {
   public func run(onListening: @Sendable (Int) -> Void = { _ in }) async throws {
     let served = self.served
     let ending = Mutex<ServedRun.Ending?>(nil)
-    try await endpoint.serve(onListening: onListening) {
-      let end = await served.drive(clock: ContinuousClock())
-      ending.withLock { $0 = end }
+    do {
+      try await endpoint.serve(onListening: onListening) {
+        let end = await served.drive(clock: ContinuousClock())
+        ending.withLock { $0 = end }
+      }
+    } catch {
+      // The endpoint failed before the run was driven (the port is taken): its lease goes back.
+      if ending.withLock({ $0 }) == nil { await served.releaseWithoutServing() }
+      throw error
     }
     if case .failed(let failure) = ending.withLock({ $0 }) { throw failure }
   }

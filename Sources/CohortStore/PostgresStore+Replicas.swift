@@ -55,10 +55,11 @@ extension PostgresStore: ReplicaStore {
     }
   }
 
-  public func claimPlace(run: RunID, round: Int, replica: String, target: Int) async throws(CohortError)
-    -> Bool
+  public func claimPlaces(run: RunID, round: Int, replica: String, count: Int, target: Int)
+    async throws(CohortError) -> Int
   {
-    try await transaction("claiming a place in round \(round) of run \(run)") { c in
+    guard count > 0 else { return 0 }
+    return try await transaction("claiming places in round \(round) of run \(run)") { c in
       try await self.lockRun(c, run)
       let taken =
         try await c.query(
@@ -67,15 +68,16 @@ extension PostgresStore: ReplicaStore {
           WHERE run_id = \(run.rawValue) AND round = \(round)
           """, logger: self.logger
         ).allRows().first.map { try $0.makeRandomAccess()["taken"].decode(Int.self) } ?? 0
-      guard taken < target else { return false }
+      let granted = max(0, min(count, target - taken))
+      guard granted > 0 else { return 0 }
       try await c.query(
         """
         INSERT INTO cohort_places (run_id, round, replica, selected, reported)
-        VALUES (\(run.rawValue), \(round), \(replica), 1, 0)
-        ON CONFLICT (run_id, round, replica) DO UPDATE SET selected = cohort_places.selected + 1
+        VALUES (\(run.rawValue), \(round), \(replica), \(granted), 0)
+        ON CONFLICT (run_id, round, replica) DO UPDATE SET selected = cohort_places.selected + \(granted)
         """, logger: self.logger
       ).allRows()
-      return true
+      return granted
     }
   }
 
@@ -90,13 +92,14 @@ extension PostgresStore: ReplicaStore {
     }
   }
 
-  public func countReport(run: RunID, round: Int, replica: String) async throws(CohortError) {
-    try await transaction("counting a report of round \(round) of run \(run)") { c in
+  public func countReports(run: RunID, round: Int, replica: String, count: Int) async throws(CohortError) {
+    guard count > 0 else { return }
+    try await transaction("counting reports of round \(round) of run \(run)") { c in
       try await c.query(
         """
         INSERT INTO cohort_places (run_id, round, replica, selected, reported)
-        VALUES (\(run.rawValue), \(round), \(replica), 0, 1)
-        ON CONFLICT (run_id, round, replica) DO UPDATE SET reported = cohort_places.reported + 1
+        VALUES (\(run.rawValue), \(round), \(replica), 0, \(count))
+        ON CONFLICT (run_id, round, replica) DO UPDATE SET reported = cohort_places.reported + \(count)
         """, logger: self.logger
       ).allRows()
     }

@@ -18,15 +18,17 @@ public protocol ReplicaStore: FederationStore {
   /// Every replica that ever served the run, with its last heartbeat.
   func replicas(_ run: RunID) async throws(CohortError) -> [ReplicaHeartbeat]
 
-  /// Claims one place in `round`'s cohort for `replica`: false when the replicas together have
-  /// claimed `target` places already. Claims of one run are serialised by the run's row lock.
-  func claimPlace(run: RunID, round: Int, replica: String, target: Int) async throws(CohortError) -> Bool
+  /// Claims up to `count` places in `round`'s cohort for `replica`, and returns how many it got:
+  /// fewer (even none) when the replicas together have claimed `target` places. Claims of one run
+  /// are serialised by the run's row lock.
+  func claimPlaces(run: RunID, round: Int, replica: String, count: Int, target: Int) async throws(CohortError)
+    -> Int
 
   /// Gives back a place `replica` claimed in `round` (its device left before the round started).
   func releasePlace(run: RunID, round: Int, replica: String) async throws(CohortError)
 
-  /// Counts one report `replica` accepted in `round`, toward the shared goal.
-  func countReport(run: RunID, round: Int, replica: String) async throws(CohortError)
+  /// Counts `count` reports `replica` accepted in `round`, toward the shared goal.
+  func countReports(run: RunID, round: Int, replica: String, count: Int) async throws(CohortError)
 
   /// The places claimed and the reports accepted in `round`, by replica.
   func cohortTally(run: RunID, round: Int) async throws(CohortError) -> [String: CohortTally]

@@ -273,6 +273,10 @@ struct ServeCommand: AsyncParsableCommand {
               say("standing by: \(error.message)")
             }
             try? await Task.sleep(for: .seconds(leaseSeconds / 3))
+          } catch  where standby && waited != nil && error.code == .storage {
+            // A passing database error (a restart, a network blip) does not end a standby.
+            say("standing by: \(error.message); trying again")
+            try? await Task.sleep(for: .seconds(leaseSeconds / 3))
           } catch  where standby && waited != nil && error.code == .notFound {
             say("run \(waited!) finished under the other server")
             await shared.close()
@@ -289,9 +293,16 @@ struct ServeCommand: AsyncParsableCommand {
       throw error.exit()
     }
     if let metrics {
-      let m = try HostPort(metrics, option: "--metrics")
-      let port = try await endpoint.start(host: m.host, port: m.port)
-      say("metrics on http://\(m.host):\(port)/metrics")
+      do {
+        let m = try HostPort(metrics, option: "--metrics")
+        let port = try await endpoint.start(host: m.host, port: m.port)
+        say("metrics on http://\(m.host):\(port)/metrics")
+      } catch {
+        // Not served: a lease taken on a shared run goes back at once.
+        await server.served.releaseWithoutServing()
+        await shared?.close()
+        throw error
+      }
     }
     // In async mode a row is a model version (one buffer applied), not a round.
     let asynchronous = loadedPlan.server.mode == .async

@@ -31,7 +31,10 @@ struct ReplicaCLITests {
 
   /// The plan (a unique name per test, so runs in the shared database never mix) and the
   /// scenario whose data the devices train on.
-  func scenario(name: String, rounds: Int = Self.rounds, minimum: Double = 1, selection: String = "1h") throws -> (
+  func scenario(
+    name: String, rounds: Int = Self.rounds, minimum: Double = 1, selection: String = "1h",
+    secure: Bool = false
+  ) throws -> (
     plan: String, scenario: Scenario
   ) {
     let plan = """
@@ -43,6 +46,7 @@ struct ReplicaCLITests {
         cohort: {goal: \(Self.devices), over_selection: 1.0, minimum_fraction: \(minimum)}
         windows: {selection: \(selection), reporting: 1h}
         strategy: {kind: fedavg}
+      secure_aggregation: {enabled: \(secure)}
       """
     let yaml = """
       plan:
@@ -73,7 +77,8 @@ struct ReplicaCLITests {
 
   /// Every device takes part in every round, device i first at server i mod n (the others after
   /// it, in order, should it fail).
-  func runDevices(_ scenario: Scenario, ports: [Int], participations: Int = Self.rounds) async throws -> [Int] {
+  func runDevices(_ scenario: Scenario, ports: [Int], participations: Int = Self.rounds) async throws -> [Int]
+  {
     let data = try DeviceDataProvider(scenario: scenario)
     return try await withThrowingTaskGroup(of: (Int, Int).self) { group in
       for device in 0..<Self.devices {
@@ -101,16 +106,17 @@ struct ReplicaCLITests {
     }
   }
 
-  /// Rounds commit with the devices spread over three replicas, each round once, and the final
-  /// checkpoint equals a single server's for the same plan and seed within floating-point
-  /// reassociation: the replicas' partial sums are added in another order than one server adds
-  /// thirty updates, which moves a Float32 weight by at most a few ulps (bound: 1e-6 absolute on
-  /// weights of magnitude below 1).
-  @Test func threeReplicasCommitTheSameModelAsOneServer() async throws {
+  /// Rounds commit with the devices spread over three replicas, each round once, and every
+  /// round's checkpoint equals a single server's for the same plan and seed: exactly under secure
+  /// aggregation (each replica's ring sum adds in the ring, decoded once), and otherwise within
+  /// floating-point reassociation: the replicas' partial sums are added in another order than one
+  /// server adds thirty updates, which moves a Float32 weight by at most a few ulps (bound: 1e-6
+  /// absolute on weights of magnitude below 1).
+  @Test(arguments: [false, true]) func threeReplicasCommitTheSameModelAsOneServer(secure: Bool) async throws {
     let url = try #require(ProcessInfo.processInfo.environment["COHORT_TEST_POSTGRES_URL"])
     let dir = TemporaryDirectory()
     let name = "replicas-\(UUID())"
-    let (planText, scenario) = try scenario(name: name)
+    let (planText, scenario) = try scenario(name: name, secure: secure)
     let plan = dir.write("plan.yaml", planText)
 
     var replicas: [(ChildProcess, Int)] = []
@@ -153,7 +159,8 @@ struct ReplicaCLITests {
       let largest =
         zip(one.values, three.values).map { (a: Float, b: Float) in abs(a - b) }.max() ?? .infinity
       #expect(
-        largest <= 1e-6, "round \(round): one server's model and the replicas' differ by up to \(largest)")
+        secure ? largest == 0 : largest <= 1e-6,
+        "round \(round): one server's model and the replicas' differ by up to \(largest)")
     }
     await pg.close()
   }
@@ -184,7 +191,9 @@ struct ReplicaCLITests {
     let run = try #require(try await store.runs().first { $0.planName == name })
     let first = try #require(try await store.lease(run.id))
     let leader = try #require(
-      replicas.firstIndex { first.holder.split(separator: ":").dropFirst().first == "\($0.0.process.processIdentifier)" },
+      replicas.firstIndex {
+        first.holder.split(separator: ":").dropFirst().first == "\($0.0.process.processIdentifier)"
+      },
       "the lease holder \(first.holder) is none of the replicas")
     replicas[leader].0.kill()
     for (i, (replica, _)) in replicas.enumerated() where i != leader {

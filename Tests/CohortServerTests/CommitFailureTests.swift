@@ -14,9 +14,12 @@ final class FailingJournal: RoundJournal {
   let store: ResultsStore
   let failures: Mutex<Int>
 
-  init(store: ResultsStore, failures: Int) {
+  let code: CohortError.Code
+
+  init(store: ResultsStore, failures: Int, code: CohortError.Code = .storage) {
     self.store = store
     self.failures = Mutex(failures)
+    self.code = code
   }
 
   func commitRound(
@@ -27,7 +30,11 @@ final class FailingJournal: RoundJournal {
       defer { n -= 1 }
       return n > 0
     }
-    if fail { throw CohortError(.storage, "database or disk is full (injected)") }
+    if fail {
+      throw CohortError(
+        code,
+        code == .fenced ? "another server leads the run (injected)" : "database or disk is full (injected)")
+    }
     try store.commitRound(
       run, record, checkpoint: checkpoint, devices: devices, lateReports: lateReports,
       resumeState: resumeState,
@@ -43,7 +50,7 @@ final class FailingJournal: RoundJournal {
     let run: RunID
     let coordinator: Coordinator
 
-    init(failures: Int) throws {
+    init(failures: Int, code: CohortError.Code = .storage) throws {
       store = try ResultsStore.inMemory()
       let plan = makePlan(rounds: 2)
       let scenario = Scenario(
@@ -53,7 +60,8 @@ final class FailingJournal: RoundJournal {
       coordinator = Coordinator(
         configuration: .init(plan: plan, run: run, commitAttempts: 3, commitBackoff: 1),
         initial: Weights(layout: layout, values: [1, 1]),
-        store: FailingJournal(store: store, failures: failures), link: RecordingLink(), evaluator: nil,
+        store: FailingJournal(store: store, failures: failures, code: code), link: RecordingLink(),
+        evaluator: nil,
         clock: clock, logger: Logger(label: "test"), metrics: metrics)
     }
 
@@ -112,5 +120,16 @@ final class FailingJournal: RoundJournal {
     #expect(await s.coordinator.status.failure != nil)
     #expect(try s.store.rounds(s.run).isEmpty)
     #expect(try s.committedCount() == 0)
+  }
+
+  /// A commit refused because another server took the lease is not retried: nothing this server
+  /// writes can land any more, and its devices must move to the new leader.
+  @Test func aFencedCommitStopsTheCoordinatorAtOnce() async throws {
+    let s = try Setup(failures: 1, code: .fenced)
+    await s.closeRoundOne()
+    let failure = try #require(await s.coordinator.failure)
+    #expect(failure.code == .fenced)
+    #expect(try s.store.rounds(s.run).isEmpty)
+    #expect(try s.metrics.expectCounter("cohort_commit_failures_total").totalValue == 1)
   }
 }
