@@ -238,6 +238,7 @@ let package = Package(
       name: "CohortServerTests",
       dependencies: [
         "CohortServer", "CohortProtocol", "CohortStore", "CohortCore", "CohortTesting", "CohortPrivacy",
+        "CohortAggregation",
         .product(name: "MetricsTestKit", package: "swift-metrics"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ],
