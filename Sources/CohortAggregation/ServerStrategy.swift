@@ -326,13 +326,17 @@ extension RoundAggregate {
   public init(restoring r: inout SnapshotReader, strategy: ServerStrategy) throws(CohortError) {
     self = strategy.makeRound()
     let n = strategy.layout.count
+    // Far above any round, far below overflow when the leader adds every replica's counts.
+    let limit = 1 << 48
     func accumulator(into a: inout UpdateAccumulator?) throws(CohortError) {
       guard try r.bool() else { return }
       let values = try r.doubles()
       let weight = try r.double()
       let count = try r.int()
       let examples = try r.int()
-      guard values.count == n, weight >= 0, weight.isFinite, count >= 0, examples >= 0, a != nil else {
+      guard values.count == n, weight >= 0, weight.isFinite, (0..<limit).contains(count),
+        (0..<limit).contains(examples), a != nil
+      else {
         throw SnapshotReader.corrupt("a partial aggregate that does not fit the plan's model")
       }
       a!.add(sum: values, totalWeight: weight, count: count, examples: examples)
@@ -351,8 +355,8 @@ extension RoundAggregate {
     qDenominator = try r.double()
     let count = try r.int()
     let examples = try r.int()
-    guard count >= 0, examples >= 0, qDenominator.isFinite else {
-      throw SnapshotReader.corrupt("a partial aggregate with a negative count")
+    guard (0..<limit).contains(count), (0..<limit).contains(examples), qDenominator.isFinite else {
+      throw SnapshotReader.corrupt("a partial aggregate with a negative or absurd count")
     }
     counted(devices: count, examples: examples)
   }

@@ -118,17 +118,25 @@ public struct ReplicaContribution: Sendable {
     ringBits = try r.int()
     ringExamples = try r.int()
     secureRejected = try r.int()
-    guard (0...32).contains(ringBits), ringExamples >= 0, secureRejected >= 0 else {
+    // Counts the leader adds across replicas: bounded far below overflow.
+    let limit = 1 << 48
+    guard (0...32).contains(ringBits), (0..<limit).contains(ringExamples),
+      (0..<limit).contains(secureRejected)
+    else {
       throw SnapshotReader.corrupt("secure aggregation counts out of range")
     }
     let steps = try r.count()
     for _ in 0..<steps {
       let name = try text()
       let (entered, dropped, up, down) = (try r.int(), try r.int(), try r.int(), try r.int())
+      let seconds = try r.double()
+      guard [entered, dropped, up, down].allSatisfy({ (0..<limit).contains($0) }), seconds >= 0,
+        seconds.isFinite
+      else { throw SnapshotReader.corrupt("a secure aggregation step with a negative or absurd count") }
       secureSteps.append(
         SecureAggregationStepRecord(
-          step: name, entered: entered, dropped: dropped, bytesUp: up, bytesDown: down,
-          serverSeconds: try r.double()))
+          step: name, entered: entered, dropped: dropped, bytesUp: up, bytesDown: down, serverSeconds: seconds
+        ))
     }
     if try r.bool() { secureFailure = try text() }
     guard r.isAtEnd else { throw SnapshotReader.corrupt("bytes after the contribution") }

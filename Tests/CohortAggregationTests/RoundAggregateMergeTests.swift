@@ -148,6 +148,15 @@ import Testing
     #expect(Self.refusal(Self.crafted(values: [1, 2, 3, 4], total: (1, -1)))?.code == .storage)
   }
 
+  /// Counts no round can have: merging them into another replica's would overflow (and trap the
+  /// leader, and then every replica that takes the lease after it).
+  @Test func absurdCountsAreRefused() {
+    #expect(Self.refusal(Self.crafted(values: [1, 2, 3, 4], count: Int.max))?.code == .storage)
+    #expect(Self.refusal(Self.crafted(values: [1, 2, 3, 4], examples: Int.max))?.code == .storage)
+    #expect(Self.refusal(Self.crafted(values: [1, 2, 3, 4], total: (Int.max, 1)))?.code == .storage)
+    #expect(Self.refusal(Self.crafted(values: [1, 2, 3, 4], total: (1, Int.max)))?.code == .storage)
+  }
+
   @Test func aWeightThatIsNotFiniteOrIsNegativeIsRefused() {
     #expect(Self.refusal(Self.crafted(values: [1, 2, 3, 4], weight: .infinity))?.code == .storage)
     #expect(Self.refusal(Self.crafted(values: [1, 2, 3, 4], weight: .nan))?.code == .storage)

@@ -207,6 +207,15 @@ import Testing
     #expect(Self.refusal(Self.craft(rejected: -5))?.code == .storage)
   }
 
+  /// Counts the leader would add up across replicas: one that cannot be real would overflow.
+  @Test func absurdSecureCountsAreRefused() {
+    #expect(Self.refusal(Self.craft(examples: Int.max))?.code == .storage)
+    #expect(Self.refusal(Self.craft(rejected: Int.max))?.code == .storage)
+    #expect(Self.refusal(Self.craft(steps: [[0x61]], stepValue: Int.max))?.code == .storage)
+    #expect(Self.refusal(Self.craft(steps: [[0x61]], stepValue: -1))?.code == .storage)
+    #expect(Self.refusal(Self.craft(steps: [[0x61]], stepSeconds: .infinity))?.code == .storage)
+  }
+
   @Test func anAbsurdStepCountIsRefusedWithoutAllocating() {
     #expect(Self.refusal(Self.craft(stepCount: Int.max))?.code == .storage)
     #expect(Self.refusal(Self.craft(stepCount: -1))?.code == .storage)
