@@ -171,10 +171,12 @@ public struct ReplicaContribution: Sendable {
       }
       if let ring = c.ringSum {
         let mask: UInt32 = c.ringBits >= 32 || c.ringBits <= 0 ? .max : (1 << UInt32(c.ringBits)) - 1
-        if var total = out.ringSum, total.count == ring.count {
+        if var total = out.ringSum {
+          // A sum of another length is damaged: neither it nor its devices count.
+          guard total.count == ring.count else { continue }
           for i in 0..<total.count { total[i] = (total[i] &+ ring[i]) & mask }
           out.ringSum = total
-        } else if out.ringSum == nil {
+        } else {
           out.ringSum = ring.map { $0 & mask }
         }
         out.ringDevices += c.ringDevices

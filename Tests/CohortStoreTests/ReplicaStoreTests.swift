@@ -98,6 +98,21 @@ struct PostgresReplicaStoreTests {
     }
   }
 
+  /// A batch claim gets what is left of the target, no more, and counts add in batches too.
+  @Test func aBatchClaimGetsWhatIsLeft() async throws {
+    try await withTwoStores { a, b in
+      let run = try await open(a).run
+      #expect(try await a.claimPlaces(run: run, round: 1, replica: "r1", count: 3, target: 5) == 3)
+      #expect(try await b.claimPlaces(run: run, round: 1, replica: "r2", count: 4, target: 5) == 2)
+      #expect(try await b.claimPlaces(run: run, round: 1, replica: "r2", count: 4, target: 5) == 0)
+      #expect(try await a.claimPlaces(run: run, round: 1, replica: "r1", count: 0, target: 5) == 0)
+      try await b.countReports(run: run, round: 1, replica: "r2", count: 2)
+      #expect(
+        try await a.cohortTally(run: run, round: 1)
+          == ["r1": CohortTally(selected: 3, reported: 0), "r2": CohortTally(selected: 2, reported: 2)])
+    }
+  }
+
   @Test func releasingAPlaceNeverGoesBelowZero() async throws {
     try await withTwoStores { a, _ in
       let run = try await open(a).run
@@ -224,5 +239,18 @@ struct PostgresReplicaStoreTests {
       #expect(upTo9.round == 3 && bits(upTo9.weights) == bits(third))
       #expect(try await b.checkpoint(run, through: 0) == nil)
     }
+  }
+}
+
+extension ReplicaStore {
+  /// One place, as a replica's single check-in claims it.
+  fileprivate func claimPlace(run: RunID, round: Int, replica: String, target: Int) async throws(CohortError)
+    -> Bool
+  {
+    try await claimPlaces(run: run, round: round, replica: replica, count: 1, target: target) == 1
+  }
+
+  fileprivate func countReport(run: RunID, round: Int, replica: String) async throws(CohortError) {
+    try await countReports(run: run, round: round, replica: replica, count: 1)
   }
 }
