@@ -253,6 +253,8 @@ public actor ReplicaLink {
   private var claiming: Set<Int> = []
   /// Reports accepted here and not yet counted in the store, by round.
   private var unsentReports: [Int: Int] = [:]
+  /// The replica stopped serving: nothing waits for decisions any more.
+  private var stopped = false
 
   public init(
     configuration: Configuration, store: any ReplicaStore, logger: Logger,
@@ -304,8 +306,10 @@ public actor ReplicaLink {
     }
   }
 
-  /// Gives the lease back (the replica stops), so another may lead at once.
+  /// Gives the lease back (the replica stops), so another may lead at once; a round waiting
+  /// for its decision here stops waiting.
   public func resign() async {
+    stopped = true
     guard let grant else { return }
     self.grant = nil
     metrics.leader.record(0)
@@ -402,7 +406,7 @@ public actor ReplicaLink {
   /// replica that claimed places in it has contributed (or the wait is over). Polls the store.
   public func decide(round: Int) async -> ReplicaDecision? {
     let started = Date()
-    while !Task.isCancelled {
+    while !Task.isCancelled && !stopped {
       do throws(CohortError) {
         if let record = try await store.round(run: run, round: round) {
           let model =

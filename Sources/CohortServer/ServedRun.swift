@@ -195,11 +195,14 @@ public final class ServedRun: FederationHandler {
   ) async throws(CohortError) -> ServedRun {
     let plan = configuration.plan
     if let refusal = ReplicaRules.refusal(plan) { throw refusal }
-    guard try await store.run(run).status != .finished else {
+    let status = try await store.run(run).status
+    guard status != .finished else {
       throw CohortError(
         .notFound, "run \(run) of plan \(plan.name) has finished",
         fix: "start the replicas again to begin a new run")
     }
+    // A run every replica had left (interrupted) is served again.
+    if status != .running { try await store.setStatus(run, .running, at: Date()) }
     var start = Start(run: run, model: initial)
     if let checkpoint = try await store.latestCheckpoint(run) {
       start.model = checkpoint.weights
