@@ -190,7 +190,8 @@ public enum MetricHelp {
     "cohort_bytes_received_total": "Payload bytes received from devices.",
     "cohort_bytes_sent_total": "Payload bytes sent to devices.",
     "cohort_streams_inactive_total": "Device streams closed for inactivity (a stalled or vanished device).",
-    "cohort_replica_leader": "Replicas: 1 while this replica holds the run's lease and leads its rounds, else 0.",
+    "cohort_replica_leader":
+      "Replicas: 1 while this replica holds the run's lease and leads its rounds, else 0.",
     "cohort_replicas_live": "Replicas: the replicas of the run this one saw alive at its last heartbeat.",
     "cohort_replica_places_claimed_total": "Replicas: places this replica claimed in rounds' shared cohorts.",
     "cohort_replica_contributions_total": "Replicas: partial aggregates this replica stored for the leader.",
