@@ -193,6 +193,12 @@ public struct RoundPipeline: Sendable {
 
   public func checkInRate(now: Double) -> Double { machine.checkInRate(now: now) }
 
+  /// Whether `device` waits in `round`'s selection (it has a place, the round has not started).
+  public func isWaiting(_ device: DeviceID, round: Int) -> Bool { machine.isWaiting(device, round: round) }
+
+  /// When a device turned away now should come back (pace steering).
+  public func retryWindow(now: Double) -> ClosedRange<Double> { machine.retryWindow(now: now) }
+
   /// The round currently gathering devices, and the one training.
   public var selectingRound: Int? { machine.selectingRound }
   public var reportingRound: Int? { machine.reportingRound }
@@ -442,8 +448,8 @@ public struct RoundTally: Sendable, Hashable {
     evaluationLossSum += other.evaluationLossSum
     evaluationCorrect += other.evaluationCorrect
     evaluationExamples += other.evaluationExamples
-    let known = Set(participants.map(\.device))
-    participants += other.participants.filter { !known.contains($0.device) }
+    var known = Set(participants.map(\.device))
+    for p in other.participants where known.insert(p.device).inserted { participants.append(p) }
   }
 
   public func save(into w: inout SnapshotWriter) {

@@ -326,6 +326,11 @@ public struct RoundStateMachine: Sendable {
   /// so that retry windows steer the whole population.
   public var otherCheckInRate = 0.0
 
+  /// Whether `device` waits in `round`'s selection.
+  public func isWaiting(_ device: DeviceID, round: Int) -> Bool {
+    selection?.round == round && selection!.members.contains(device)
+  }
+
   /// Check-ins per second arriving here (the rate a replica tells the others).
   public func checkInRate(now: Double) -> Double { rate.perSecond(now: now) }
 
@@ -416,7 +421,8 @@ public struct RoundStateMachine: Sendable {
 
   // MARK: Transitions
 
-  private func retryWindow(now: Double) -> ClosedRange<Double> {
+  /// When a device turned away now should come back.
+  public func retryWindow(now: Double) -> ClosedRange<Double> {
     if let retryAt = closing?.retryAt {
       return pace.retryWindow(now: now, nextSelectionOpens: retryAt, checkInRate: populationRate(now: now))
     }

@@ -53,12 +53,16 @@ public actor Aggregator {
     return aggregate
   }
 
-  /// The leader ends a round from the replicas' combined aggregate, as `finish` does from its own.
-  public func finish(
+  /// The leader's step from the replicas' combined aggregate, as `finish` steps from its own,
+  /// but without keeping the strategy's new state: that is adopted (`adopt`) only once the round
+  /// is committed, since another replica may decide it instead.
+  public func step(
     round: Int, combined: RoundAggregate, secureSum: SecureSum?, global: Weights,
     privacy: CentralGaussianMechanism?,
     clip: Double
   ) -> Result {
+    let kept = strategyState
+    defer { strategyState = kept }
     self.round = round
     aggregate = combined
     return finish(round: round, last: [], secureSum: secureSum, global: global, privacy: privacy, clip: clip)

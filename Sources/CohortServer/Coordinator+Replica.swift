@@ -38,8 +38,9 @@ extension Coordinator {
       round: round, devices: pipeline.reported(round: round))
     let partial = await aggregator.partial(round: round, last: takeBatch())
     let mine = ReplicaContribution(aggregate: partial, tally: pipeline.tally(round: round), secure: secure)
-    await link.contribute(round: round, mine)
-    while let decision = await link.decide(round: round) {
+    // Nothing changes here until the store has the round's decision: a leader whose commit is
+    // fenced (or lost) follows the decision like any other replica.
+    while let decision = await link.decide(round: round, contribution: mine) {
       switch decision {
       case .decided(let record, let model, let state):
         await follow(round: round, record: record, model: model, state: state)
@@ -50,7 +51,7 @@ extension Coordinator {
     }
   }
 
-  /// Takes the round as another replica decided it.
+  /// Takes the round as the store has it.
   private func follow(round: Int, record: RoundRecord, model: Weights?, state: Data?) async {
     let committed = record.outcome == .committed && model != nil
     if committed, let model {
@@ -73,8 +74,9 @@ extension Coordinator {
     await perform(actions)
   }
 
-  /// Leads the round: combines every contribution, steps the strategy and commits. False when
-  /// another replica took the lease meanwhile (its decision is to be waited for).
+  /// Leads the round: combines every contribution, steps the strategy and commits. False when the
+  /// commit did not land as this replica's (another took the lease, or the round was decided
+  /// meanwhile): the store's decision is to be waited for and followed.
   private func lead(round: Int, stored: [String: Data], mine: ReplicaContribution, link: ReplicaLink) async
     -> Bool
   {
@@ -94,13 +96,20 @@ extension Coordinator {
       }
     }
     let combined = ReplicaContribution.combine(contributions, strategy: aggregator.strategy)
-    pipeline.adopt(combined.tally, round: round)
     var secure: SecureSum?
     if let driver = configuration.secureAggregation {
-      let decoded: (weightedSum: [Double], totalWeight: Double)? =
-        if let ring = combined.ringSum {
-          await driver.decode(ringSum: ring, devices: combined.ringDevices.count, round: round)
-        } else { nil }
+      var decoded: (weightedSum: [Double], totalWeight: Double)?
+      if let ring = combined.ringSum {
+        decoded = await driver.decode(ringSum: ring, devices: combined.ringDevices.count, round: round)
+      }
+      // A sum that decodes to a negative or infinite weight, or of the wrong length, is damaged
+      // (a corrupt row): the round fails like a failed protocol instead of trapping every leader.
+      if let d = decoded,
+        !(d.totalWeight.isFinite && d.totalWeight >= 0 && d.weightedSum.count == global.count
+          && d.weightedSum.allSatisfy(\.isFinite))
+      {
+        decoded = nil
+      }
       secure = SecureSum(
         weightedSum: decoded?.weightedSum, totalWeight: decoded?.totalWeight ?? 0,
         survivors: decoded == nil ? [] : combined.ringDevices, examples: combined.ringExamples,
@@ -110,7 +119,7 @@ extension Coordinator {
     }
     let result: Aggregator.Result
     if combined.tally.counts.reported >= configuration.plan.server.cohort.minimumReports {
-      result = await aggregator.finish(
+      result = await aggregator.step(
         round: round, combined: combined.aggregate, secureSum: secure, global: global,
         privacy: pipeline.configuration.privacy, clip: pipeline.clipNorm)
     } else {
@@ -118,7 +127,11 @@ extension Coordinator {
         model: nil, strategyState: strategyState,
         aggregation: RoundPipeline.Aggregation(producedModel: false))
     }
-    let (closed, actions) = pipeline.aggregated(round: round, result.aggregation, now: clock.now)
+    // The record from a copy of the pipeline: the pipeline itself moves on only once the round
+    // is this replica's in the store.
+    var preview = pipeline
+    preview.adopt(combined.tally, round: round)
+    let closed = preview.aggregated(round: round, result.aggregation, now: clock.now).closed
     var record = closed.record
     if let model = result.model, let evaluator, closed.evaluate {
       let e = await evaluator.evaluate(model)
@@ -135,9 +148,7 @@ extension Coordinator {
     } catch {
       switch error {
       case .fenced:
-        logger.warning("another replica took the lead before round \(round) was committed; following it")
-        // A round without a model has closed here already; one with a model waits for the decision.
-        if result.model == nil { break }
+        logger.warning("round \(round) was decided by another replica; following its decision")
         return false
       case .failed(let cause):
         failure = .commitAbandoned(round: round, attempts: configuration.commitAttempts, cause: cause)
@@ -147,7 +158,10 @@ extension Coordinator {
       }
     }
     strategyState = result.strategyState
+    await aggregator.adopt(result.strategyState)
     if let model = result.model { adoptGlobal(model, round: round) }
+    pipeline.adopt(combined.tally, round: round)
+    let actions = pipeline.aggregated(round: round, result.aggregation, now: clock.now).actions
     pending = ClosedRound(
       record: record, model: result.model, participants: closed.participants, lateReports: [:],
       secureAggregation: result.aggregation.secureSteps)

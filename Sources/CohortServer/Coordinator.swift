@@ -131,17 +131,27 @@ public actor Coordinator {
   /// A device checks in: it joins the cohort being gathered, or is told when to come back.
   public func checkIn(_ checkIn: CheckIn) async -> ServerReply {
     metrics.checkIns.increment()
-    // A replica claims the place from the others first: the cohort's target is the run's.
+    // A replica claims the place from the others first: the cohort's target is the run's. The
+    // selection may move on while the claim is in flight; a device only ever gets a place in
+    // the round whose place it holds.
     if let link = configuration.replica, checkIn.protocolVersion == protocolVersion,
-      checkIn.population == configuration.population, let round = pipeline.openPlace(for: checkIn.device)
+      checkIn.population == configuration.population
     {
-      if await link.claimPlace(round: round) {
-        let (reply, actions) = pipeline.checkIn(checkIn, now: clock.now)
-        if case .waitForTask(round) = reply {} else { await link.releasePlace(round: round) }
-        await perform(actions)
-        return reply
+      while let round = pipeline.openPlace(for: checkIn.device) {
+        switch await link.claimPlace(round: round) {
+        case .granted:
+          if pipeline.openPlace(for: checkIn.device) == round {
+            let (reply, actions) = pipeline.checkIn(checkIn, now: clock.now)
+            await perform(actions)
+            return reply
+          }
+          await link.releasePlace(round: round)
+        case .full:
+          await perform(pipeline.cohortFilledElsewhere(round: round, now: clock.now))
+        case .unavailable:
+          return .retry(window: pipeline.retryWindow(now: clock.now))
+        }
       }
-      await perform(pipeline.cohortFilledElsewhere(round: round, now: clock.now))
     }
     let (reply, actions) = pipeline.checkIn(checkIn, now: clock.now)
     await perform(actions)
@@ -173,7 +183,10 @@ public actor Coordinator {
 
   /// A device of a round gave up or its connection was lost.
   public func dropped(device: DeviceID, round: Int) async {
+    // A replica gives back the place of a device that leaves before its round starts.
+    let waiting = configuration.replica != nil && pipeline.isWaiting(device, round: round)
     await perform(pipeline.dropped(device: device, round: round, now: clock.now))
+    if waiting { await configuration.replica?.releasePlace(round: round) }
   }
 
   /// Time passed: closes whatever window is due, and retries a failed commit when its time comes.

@@ -35,6 +35,15 @@ public enum ReplicaRules {
         "server.cohort.sampling: uniform draws one sample of every device offered, which replicas do not share",
         fix: fix + " to sampling: check_in")
     }
+    if plan.secureAggregation.enabled,
+      plan.secureAggregation.minimumGroup > plan.server.cohort.selectionTarget
+    {
+      return CohortError(
+        .invalidConfiguration,
+        "secure_aggregation.minimum_group is \(plan.secureAggregation.minimumGroup), more than the "
+          + "\(plan.server.cohort.selectionTarget) devices a round selects: every replica would send its devices away",
+        fix: "lower secure_aggregation.minimum_group (at least 2), or raise server.cohort.goal")
+    }
     if plan.privacy.adaptiveClipping != nil {
       return CohortError(
         .invalidConfiguration,
@@ -96,10 +105,28 @@ public struct ReplicaContribution: Sendable {
   /// Reads a contribution another replica stored; anything that does not fit `strategy`'s model
   /// or is out of range is refused.
   public init(decoding data: Data, strategy: ServerStrategy) throws(CohortError) {
+    do throws(CohortError) {
+      self = try Self.parse(data, strategy: strategy)
+    } catch {
+      let detail = error.message.replacingOccurrences(of: "the saved simulation state is damaged: ", with: "")
+      throw CohortError(
+        .storage, "a replica's stored contribution is damaged: \(detail)",
+        fix: "the round goes on without that replica's devices; if it recurs, check that every replica runs "
+          + "the same version of Cohort and the same plan")
+    }
+  }
+
+  private init(aggregate: RoundAggregate, tally: RoundTally) {
+    self.aggregate = aggregate
+    self.tally = tally
+  }
+
+  private static func parse(_ data: Data, strategy: ServerStrategy) throws(CohortError) -> ReplicaContribution
+  {
     var r = SnapshotReader([UInt8](data))
     guard try r.byte() == 1 else { throw SnapshotReader.corrupt("a contribution of an unknown version") }
-    aggregate = try RoundAggregate(restoring: &r, strategy: strategy)
-    tally = try RoundTally(restoring: &r)
+    var c = ReplicaContribution(
+      aggregate: try RoundAggregate(restoring: &r, strategy: strategy), tally: try RoundTally(restoring: &r))
     func text() throws(CohortError) -> String {
       let bytes = try r.ints()
       guard bytes.allSatisfy({ (0...255).contains($0) }) else {
@@ -112,16 +139,16 @@ public struct ReplicaContribution: Sendable {
       guard values.allSatisfy({ (0...Int(UInt32.max)).contains($0) }) else {
         throw SnapshotReader.corrupt("a ring sum outside 32 bits")
       }
-      ringSum = values.map { UInt32($0) }
+      c.ringSum = values.map { UInt32($0) }
     }
-    ringDevices = try r.ints()
-    ringBits = try r.int()
-    ringExamples = try r.int()
-    secureRejected = try r.int()
+    c.ringDevices = try r.ints()
+    c.ringBits = try r.int()
+    c.ringExamples = try r.int()
+    c.secureRejected = try r.int()
     // Counts the leader adds across replicas: bounded far below overflow.
     let limit = 1 << 48
-    guard (0...32).contains(ringBits), (0..<limit).contains(ringExamples),
-      (0..<limit).contains(secureRejected)
+    guard (0...32).contains(c.ringBits), (0..<limit).contains(c.ringExamples),
+      (0..<limit).contains(c.secureRejected)
     else {
       throw SnapshotReader.corrupt("secure aggregation counts out of range")
     }
@@ -133,13 +160,14 @@ public struct ReplicaContribution: Sendable {
       guard [entered, dropped, up, down].allSatisfy({ (0..<limit).contains($0) }), seconds >= 0,
         seconds.isFinite
       else { throw SnapshotReader.corrupt("a secure aggregation step with a negative or absurd count") }
-      secureSteps.append(
+      c.secureSteps.append(
         SecureAggregationStepRecord(
           step: name, entered: entered, dropped: dropped, bytesUp: up, bytesDown: down, serverSeconds: seconds
         ))
     }
-    if try r.bool() { secureFailure = try text() }
+    if try r.bool() { c.secureFailure = try text() }
     guard r.isAtEnd else { throw SnapshotReader.corrupt("bytes after the contribution") }
+    return c
   }
 
   /// Every replica's contribution to a round combined, in replica order.
@@ -201,6 +229,15 @@ public struct ReplicaContribution: Sendable {
   }
 }
 
+/// What a check-in's claim of a place in the shared cohort gave.
+public enum PlaceClaim: Sendable, Hashable {
+  case granted
+  /// The replicas together filled the cohort.
+  case full
+  /// The store could not be asked: the device comes back later, the cohort stays open.
+  case unavailable
+}
+
 /// What happened to a round this replica closed.
 public enum ReplicaDecision: Sendable {
   /// Another replica led it: its record, the model it committed (nil when abandoned), and the
@@ -249,7 +286,7 @@ public actor ReplicaLink {
   public private(set) var grant: LeaseGrant?
   private let metrics: ReplicaMetrics
   /// Check-ins waiting for a place, by round, and the rounds whose claim is in flight.
-  private var placeWaiters: [Int: [CheckedContinuation<Bool, Never>]] = [:]
+  private var placeWaiters: [Int: [CheckedContinuation<PlaceClaim, Never>]] = [:]
   private var claiming: Set<Int> = []
   /// Reports accepted here and not yet counted in the store, by round.
   private var unsentReports: [Int: Int] = [:]
@@ -281,10 +318,16 @@ public actor ReplicaLink {
   /// check in here; returns the other live replicas' check-in rate.
   @discardableResult
   public func beat(checkInRate: Double) async -> Double {
+    guard !stopped else { return 0 }
     let now = Date()
     do throws(CohortError) {
       let taken = try await store.acquireLease(
         run: run, holder: replica, now: now, duration: configuration.leaseSeconds)
+      if stopped, let taken {
+        // The replica stopped while the lease was being renewed: it goes back at once.
+        try? await store.releaseLease(run: run, holder: replica, token: taken.token)
+        return 0
+      }
       if taken?.token != grant?.token {
         if let taken {
           logger.notice("this replica leads the run", metadata: ["run": "\(run)", "token": "\(taken.token)"])
@@ -306,6 +349,13 @@ public actor ReplicaLink {
     }
   }
 
+  /// Whether another replica of the run was alive at its last heartbeat (within a lease).
+  public func othersAlive() async -> Bool {
+    let fresh = Date().addingTimeInterval(-configuration.leaseSeconds)
+    let all = (try? await store.replicas(run)) ?? []
+    return all.contains { $0.replica != replica && $0.seenAt >= fresh }
+  }
+
   /// Gives the lease back (the replica stops), so another may lead at once; a round waiting
   /// for its decision here stops waiting.
   public func resign() async {
@@ -323,7 +373,7 @@ public actor ReplicaLink {
   /// that arrive while a claim is in flight wait for the next one, which claims exactly as many
   /// places as they need: one transaction per batch, not per device, and no place claimed that
   /// no device asked for.
-  public func claimPlace(round: Int) async -> Bool {
+  public func claimPlace(round: Int) async -> PlaceClaim {
     await withCheckedContinuation { waiter in
       placeWaiters[round, default: []].append(waiter)
       if claiming.insert(round).inserted {
@@ -334,16 +384,16 @@ public actor ReplicaLink {
 
   private func claimForWaiters(round: Int) async {
     while let batch = placeWaiters.removeValue(forKey: round), !batch.isEmpty {
-      var granted = 0
       do throws(CohortError) {
-        granted = try await store.claimPlaces(
+        let granted = try await store.claimPlaces(
           run: run, round: round, replica: replica, count: batch.count, target: configuration.selectionTarget)
         metrics.placesClaimed.increment(by: granted)
+        for (i, waiter) in batch.enumerated() { waiter.resume(returning: i < granted ? .granted : .full) }
       } catch {
         logger.warning(
           "could not claim places", metadata: ["round": "\(round)", "error": "\(error.message)"])
+        for waiter in batch { waiter.resume(returning: .unavailable) }
       }
-      for (i, waiter) in batch.enumerated() { waiter.resume(returning: i < granted) }
     }
     claiming.remove(round)
   }
@@ -389,23 +439,27 @@ public actor ReplicaLink {
 
   // MARK: Contributions and decisions
 
-  public func contribute(round: Int, _ contribution: ReplicaContribution) async {
+  /// Stores this replica's contribution to `round`; false when the store could not take it.
+  private func contribute(round: Int, _ contribution: ReplicaContribution) async -> Bool {
     do throws(CohortError) {
       try await store.contribute(
         run: run, round: round, replica: replica, contribution: contribution.encoded())
       metrics.contributions.increment()
+      return true
     } catch {
-      // The leader goes on without it once it has waited: the devices' updates are lost.
       logger.error(
-        "could not store this replica's contribution",
+        "could not store this replica's contribution; trying again",
         metadata: ["round": "\(round)", "error": "\(error.message)"])
+      return false
     }
   }
 
-  /// Waits until `round` is decided by another replica, or this replica leads it and every
-  /// replica that claimed places in it has contributed (or the wait is over). Polls the store.
-  public func decide(round: Int) async -> ReplicaDecision? {
+  /// Stores `contribution` (again and again until the store takes it or the round is decided),
+  /// then waits until `round` is decided, or this replica leads it and every live replica that
+  /// claimed places in it has contributed (or the wait is over). Polls the store.
+  public func decide(round: Int, contribution: ReplicaContribution) async -> ReplicaDecision? {
     let started = Date()
+    var stored = false
     while !Task.isCancelled && !stopped {
       do throws(CohortError) {
         if let record = try await store.round(run: run, round: round) {
@@ -415,10 +469,12 @@ public actor ReplicaLink {
           let state = record.outcome == .committed ? try await store.resumeState(run, round: round) : nil
           return .decided(record, model: model, strategyState: state)
         }
+        if !stored { stored = await contribute(round: round, contribution) }
         if isLeader {
           let contributions = try await store.contributions(run: run, round: round)
           let waited = Date().timeIntervalSince(started)
-          if try await awaited(round: round, contributed: Set(contributions.keys))
+          // The leader has its own contribution in hand, stored or not.
+          if try await awaited(round: round, contributed: Set(contributions.keys).union([replica]))
             || waited >= configuration.contributionWait
           {
             return .lead(contributions)
@@ -440,9 +496,10 @@ public actor ReplicaLink {
     return claimed.allSatisfy { contributed.contains($0) || !live.contains($0) }
   }
 
-  /// Why a leader's commit did not land.
+  /// Why a leader's commit did not land as its own.
   public enum CommitRefusal: Error {
-    /// Another replica took the lease: it decides the round.
+    /// Another replica took the lease, or the round is in the store already (decided by another,
+    /// or this commit landed and its answer was lost): the store's decision is to be followed.
     case fenced
     /// The store refused every attempt.
     case failed(CohortError)
@@ -470,6 +527,9 @@ public actor ReplicaLink {
           metrics.leader.record(0)
           throw .fenced
         }
+        // A commit whose answer was lost may have landed; another replica may have decided the
+        // round meanwhile. Either way the store has it, and it is followed.
+        if (try? await store.round(run: run, round: record.round)) != nil { throw .fenced }
         failures += 1
         logger.error("could not commit round \(record.round)", metadata: ["error": "\(error.message)"])
         if failures >= attempts { throw .failed(error) }

@@ -78,6 +78,8 @@ public final class ServedRun: FederationHandler {
   private let wake: AsyncStream<Void>.Continuation
   private let wakeups: AsyncStream<Void>
   private let stopRequested = Mutex(false)
+  /// A replica's lease, heartbeat and look at the others, while it serves.
+  private let replication = Mutex<Task<Void, Never>?>(nil)
 
   /// Where a run stands when a server starts on it: found in the store, or new.
   struct Start {
@@ -203,14 +205,26 @@ public final class ServedRun: FederationHandler {
     }
     // A run every replica had left (interrupted) is served again.
     if status != .running { try await store.setStatus(run, .running, at: Date()) }
-    var start = Start(run: run, model: initial)
-    if let checkpoint = try await store.latestCheckpoint(run) {
-      start.model = checkpoint.weights
-      start.modelRound = checkpoint.round
+    if let lease = try await store.lease(run), lease.expiresAt > Date(),
+      !(try await store.replicas(run)).contains(where: { $0.replica == lease.holder })
+    {
+      throw CohortError(
+        .fenced,
+        "run \(run) of plan \(plan.name) is served by a server that is not a replica (\(lease.holder))",
+        fix: "stop that server and start every server of the run with --replica, or serve without --replica")
     }
+    var start = Start(run: run, model: initial)
+    // The rounds first, then the model of the last committed one: a round committed between
+    // the two reads is then played again here, not skipped with an older model.
     let rounds = try await store.rounds(run)
     start.resumedAfter = rounds.map(\.round).max() ?? 0
     start.committed = rounds.filter { $0.outcome == .committed }.count
+    if let last = rounds.last(where: { $0.outcome == .committed })?.round,
+      let checkpoint = try await store.checkpoint(run, through: last)
+    {
+      start.model = checkpoint.weights
+      start.modelRound = checkpoint.round
+    }
     start.replica = ReplicaLink(
       configuration: .init(
         run: run, replica: replica, leaseSeconds: leaseSeconds, syncInterval: syncInterval, plan: plan),
@@ -345,8 +359,9 @@ public final class ServedRun: FederationHandler {
   where C.Duration == Duration {
     let wake = self.wake
     await coordinator.observeDeadlines { wake.yield() }
-    let replication = await maintainingReplica(clock: clock)
-    defer { replication?.cancel() }
+    let replicating = await maintainingReplica(clock: clock)
+    replication.withLock { $0 = replicating }
+    defer { replicating?.cancel() }
     await coordinator.start()
     var iterator = wakeups.makeAsyncIterator()
     var timer: Task<Void, Never>?
@@ -410,24 +425,31 @@ public final class ServedRun: FederationHandler {
   where C.Duration == Duration {
     guard let replica, let coordinator = coordinator as? Coordinator else { return nil }
     let interval = replica.configuration.syncInterval
-    let beats = max(1, Int((replica.configuration.leaseSeconds / 3 / interval).rounded(.down)))
+    let beat = replica.configuration.leaseSeconds / 3
     // The first beat before the first round: the lease is taken (or its holder known) at once.
     await coordinator.setOtherCheckInRate(await replica.beat(checkInRate: 0))
     return Task {
-      var tick = 0
-      while !Task.isCancelled {
-        try? await clock.sleep(for: .seconds(interval))
-        tick += 1
-        if tick % beats == 0 {
-          await coordinator.setOtherCheckInRate(
-            await replica.beat(checkInRate: await coordinator.checkInRate))
+      await withDiscardingTaskGroup { group in
+        // The lease and heartbeat on their own: a slow look at the cohort never delays a renewal.
+        group.addTask {
+          while !Task.isCancelled {
+            try? await clock.sleep(for: .seconds(beat))
+            if Task.isCancelled { return }
+            await coordinator.setOtherCheckInRate(
+              await replica.beat(checkInRate: await coordinator.checkInRate))
+          }
         }
-        let (selecting, reporting) = await coordinator.replicaRounds
-        if let round = selecting, await replica.cohortState(round: round).filled {
-          await coordinator.cohortFilledElsewhere(round: round)
-        }
-        if let round = reporting, await replica.cohortState(round: round).goalMet {
-          await coordinator.goalMetElsewhere(round: round)
+        group.addTask {
+          while !Task.isCancelled {
+            try? await clock.sleep(for: .seconds(interval))
+            let (selecting, reporting) = await coordinator.replicaRounds
+            if let round = selecting, await replica.cohortState(round: round).filled {
+              await coordinator.cohortFilledElsewhere(round: round)
+            }
+            if let round = reporting, await replica.cohortState(round: round).goalMet {
+              await coordinator.goalMetElsewhere(round: round)
+            }
+          }
         }
       }
     }
@@ -459,11 +481,16 @@ public final class ServedRun: FederationHandler {
       // one must not mark the new leader's run interrupted (or finished).
       var leads = true
       if let lease { leads = (try? await store.lease(run))??.token == lease.grant.token }
-      if replica != nil {
-        // A replica speaks for the run only to say it finished (every round is committed, which
-        // is true whoever says it): the others go on serving it when this one stops.
-        leads = ending == .finished
-        await replica?.resign()
+      if let replica {
+        // Stopped first, so that no renewal lands after the release.
+        let replicating = replication.withLock { $0 }
+        replicating?.cancel()
+        await replicating?.value
+        // A replica says the run finished (true whoever says it), or that it stopped when it is
+        // the last replica alive; while others serve it, the run stays theirs.
+        let alone = await !replica.othersAlive()
+        leads = ending == .finished || alone
+        await replica.resign()
       }
       if leads {
         try? await store.setStatus(run, ending == .finished ? .finished : .interrupted, at: Date())

@@ -59,8 +59,15 @@ extension PostgresStore: ReplicaStore {
     async throws(CohortError) -> Int
   {
     guard count > 0 else { return 0 }
+    // Claims of one round queue on their own lock, not the run's row, which a commit holds while
+    // it writes a checkpoint; a round already decided has no places left.
+    let key = "cohort-places:\(run.rawValue):\(round)"
     return try await transaction("claiming places in round \(round) of run \(run)") { c in
-      try await self.lockRun(c, run)
+      try await c.query("SELECT pg_advisory_xact_lock(hashtext(\(key)))", logger: self.logger).allRows()
+      let decided = try await c.query(
+        "SELECT 1 FROM rounds WHERE run_id = \(run.rawValue) AND round = \(round)", logger: self.logger
+      ).allRows()
+      guard decided.isEmpty else { return 0 }
       let taken =
         try await c.query(
           """
@@ -131,7 +138,8 @@ extension PostgresStore: ReplicaStore {
       try await c.query(
         """
         INSERT INTO partial_aggregates (run_id, round, replica, contribution)
-        VALUES (\(run.rawValue), \(round), \(replica), \(contribution))
+        SELECT \(run.rawValue), \(round), \(replica), \(contribution)
+        WHERE NOT EXISTS (SELECT 1 FROM rounds WHERE run_id = \(run.rawValue) AND round = \(round))
         ON CONFLICT (run_id, round, replica) DO NOTHING
         """, logger: self.logger
       ).allRows()

@@ -685,7 +685,10 @@ public final class PostgresStore: FederationStore {
 
   /// Locks the run's row until the transaction ends; throws when there is no such run.
   func lockRun(_ c: PostgresConnection, _ run: RunID) async throws {
-    if try await c.query("SELECT 1 FROM runs WHERE id = \(run.rawValue) FOR UPDATE", logger: logger).allRows()
+    // NO KEY UPDATE: it serialises commits and leases as FOR UPDATE would, without blocking the
+    // key-share locks that inserts referencing the run take (replicas' places and contributions).
+    if try await c.query("SELECT 1 FROM runs WHERE id = \(run.rawValue) FOR NO KEY UPDATE", logger: logger)
+      .allRows()
       .isEmpty
     {
       throw missingRun(run)

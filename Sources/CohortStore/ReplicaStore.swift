@@ -19,8 +19,8 @@ public protocol ReplicaStore: FederationStore {
   func replicas(_ run: RunID) async throws(CohortError) -> [ReplicaHeartbeat]
 
   /// Claims up to `count` places in `round`'s cohort for `replica`, and returns how many it got:
-  /// fewer (even none) when the replicas together have claimed `target` places. Claims of one run
-  /// are serialised by the run's row lock.
+  /// fewer (even none) when the replicas together have claimed `target` places, none once the
+  /// round is decided. Claims of one round are serialised by a lock of their own.
   func claimPlaces(run: RunID, round: Int, replica: String, count: Int, target: Int) async throws(CohortError)
     -> Int
 
@@ -34,7 +34,7 @@ public protocol ReplicaStore: FederationStore {
   func cohortTally(run: RunID, round: Int) async throws(CohortError) -> [String: CohortTally]
 
   /// Stores `replica`'s contribution to `round`; a second contribution of the same replica to
-  /// the same round is ignored (the first one counts).
+  /// the same round is ignored (the first one counts), and so is one to a round already decided.
   func contribute(run: RunID, round: Int, replica: String, contribution: Data) async throws(CohortError)
 
   /// The contributions to `round`, by replica.

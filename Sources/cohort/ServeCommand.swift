@@ -254,6 +254,7 @@ struct ServeCommand: AsyncParsableCommand {
         let holder = Self.leaseHolder()
         // A standby serves only the run it waited for, never a new one.
         var waited: RunID?
+        var storageErrors = 0
         while true {
           do throws(CohortError) {
             server = try await FederationServer.open(
@@ -273,8 +274,10 @@ struct ServeCommand: AsyncParsableCommand {
               say("standing by: \(error.message)")
             }
             try? await Task.sleep(for: .seconds(leaseSeconds / 3))
-          } catch  where standby && waited != nil && error.code == .storage {
-            // A passing database error (a restart, a network blip) does not end a standby.
+          } catch  where standby && waited != nil && error.code == .storage && storageErrors < 10 {
+            // A passing database error (a restart, a network blip) does not end a standby; ten in
+            // a row are not passing.
+            storageErrors += 1
             say("standing by: \(error.message); trying again")
             try? await Task.sleep(for: .seconds(leaseSeconds / 3))
           } catch  where standby && waited != nil && error.code == .notFound {

@@ -75,7 +75,7 @@ import Testing
     #expect(text.stdout.contains("sessions held      4 of 4"), "\(text.stdout)")
     for address in addresses {
       #expect(
-        text.stdout.split(separator: "\n").contains { $0.hasPrefix(address) && $0.contains(" 2 ") },
+        text.stdout.split(separator: "\n").contains { $0.hasPrefix(address + " ") && $0.contains(" 2 ") },
         "\(text.stdout)")
     }
   }

@@ -367,6 +367,34 @@ import Testing
     #expect(error?.message.contains("adaptive_clipping") == true)
   }
 
+  /// A minimum group larger than the cohort a round selects would send every replica's devices
+  /// away every round.
+  @Test func aMinimumGroupLargerThanTheCohortIsRefused() throws {
+    let error = ReplicaRules.refusal(
+      try Self.plan("server: {cohort: {goal: 2}}\nsecure_aggregation: {enabled: true, minimum_group: 6}\n"))
+    #expect(error?.code == .invalidConfiguration)
+    #expect(error?.message.contains("minimum_group") == true)
+    #expect(
+      ReplicaRules.refusal(
+        try Self.plan("server: {cohort: {goal: 10}}\nsecure_aggregation: {enabled: true, minimum_group: 6}\n")
+      )
+        == nil)
+  }
+
+  /// A group below the Shamir threshold could never unmask: refused when the plan is read.
+  @Test func aMinimumGroupBelowTheThresholdIsRefusedByThePlan() throws {
+    #expect(throws: ConfigurationError.self) {
+      _ = try Self.plan("secure_aggregation: {enabled: true, threshold: 4, minimum_group: 3}\n")
+    }
+    let plan = try Self.plan("secure_aggregation: {enabled: true, threshold: 4}\n")
+    #expect(plan.secureAggregation.minimumGroup == 5)
+    // Absent from the canonical JSON unless set: existing plans keep their hash.
+    #expect(!String(decoding: plan.canonicalJSON, as: UTF8.self).contains("minimumGroup"))
+    let set = try Self.plan("secure_aggregation: {enabled: true, minimum_group: 7}\n")
+    #expect(set.secureAggregation.minimumGroup == 7)
+    #expect(String(decoding: set.canonicalJSON, as: UTF8.self).contains("minimumGroup"))
+  }
+
   @Test func asyncModeIsRefused() throws {
     let error = ReplicaRules.refusal(try Self.plan("server: {mode: async}\n"))
     #expect(error?.code == .invalidConfiguration)

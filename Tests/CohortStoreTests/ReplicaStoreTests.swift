@@ -113,6 +113,24 @@ struct PostgresReplicaStoreTests {
     }
   }
 
+  /// Once a round is in `rounds`, nobody claims a place in it or contributes to it any more: a
+  /// replica that has not yet seen the decision cannot select devices for a finished round.
+  @Test func aDecidedRoundTakesNoClaimsAndNoContributions() async throws {
+    try await withTwoStores { a, b in
+      let run = try await open(a).run
+      #expect(try await a.claimPlaces(run: run, round: 1, replica: "r1", count: 2, target: 5) == 2)
+      var record = RoundRecord(round: 1, startedAt: 0, endedAt: 1)
+      record.outcome = .abandoned
+      record.abandonReason = "too_few_reports"
+      try await a.commitRound(
+        run, record, checkpoint: nil, devices: [], lateReports: [:], resumeState: nil, secureAggregation: [],
+        fencingToken: nil)
+      #expect(try await b.claimPlaces(run: run, round: 1, replica: "r2", count: 3, target: 5) == 0)
+      try await b.contribute(run: run, round: 1, replica: "r2", contribution: Data([1, 2, 3]))
+      #expect(try await a.contributions(run: run, round: 1).isEmpty)
+    }
+  }
+
   @Test func releasingAPlaceNeverGoesBelowZero() async throws {
     try await withTwoStores { a, _ in
       let run = try await open(a).run

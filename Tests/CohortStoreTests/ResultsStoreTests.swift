@@ -25,11 +25,11 @@ import Testing
           db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
         for t in [
           "checkpoints", "devices", "plans", "rounds", "runs", "secure_aggregation_steps",
-          "device_evaluations", "async_buffers", "leases",
+          "device_evaluations", "async_buffers", "leases", "replicas", "cohort_places", "partial_aggregates",
         ] {
           #expect(tables.contains(t), "\(tables)")
         }
-        #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").count == 9)
+        #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").count == 10)
         #expect(try String.fetchOne(db, sql: "PRAGMA journal_mode") == "wal")
         let roundColumns = try db.columns(in: "rounds").map(\.name)
         #expect(

@@ -1773,6 +1773,13 @@ extension SecureAggregationPlan {
     plan.degree = m.optional("degree") { $0.int(2...10_000_000) }
     plan.threshold = m.optional("threshold") { $0.int(2...10_000_000) }
     plan.minimumGroupSize = m.optional("minimum_group") { $0.int(2...10_000_000) }
+    if let group = plan.minimumGroupSize, let threshold = plan.threshold, group < threshold,
+      let f = m["minimum_group"]
+    {
+      f.fail(
+        "is \(group), below the threshold \(threshold): a group that small could never unmask its sum; "
+          + "give at least \(threshold)")
+    }
     plan.securityBits = m.optional("security_bits", default: plan.securityBits) { $0.int(20...128) }
     plan.clip = m.optional("clip", default: plan.clip) {
       $0.double(0...Double.greatestFiniteMagnitude, above: true)
