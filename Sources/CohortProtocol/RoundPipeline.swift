@@ -435,7 +435,7 @@ public struct RoundTally: Sendable, Hashable {
   public init() {}
 
   /// Adds another replica's tally of the same round. A device counted by two replicas (it moved
-  /// between them) is kept once, as the first tally has it.
+  /// between them) is kept once: as the tally that accepted its report has it, else the first.
   public mutating func add(_ other: RoundTally) {
     counts.selected += other.counts.selected
     counts.reported += other.counts.reported
@@ -448,8 +448,17 @@ public struct RoundTally: Sendable, Hashable {
     evaluationLossSum += other.evaluationLossSum
     evaluationCorrect += other.evaluationCorrect
     evaluationExamples += other.evaluationExamples
-    var known = Set(participants.map(\.device))
-    for p in other.participants where known.insert(p.device).inserted { participants.append(p) }
+    var index = Dictionary(participants.enumerated().map { ($1.device, $0) }, uniquingKeysWith: { a, _ in a })
+    for p in other.participants {
+      if let i = index[p.device] {
+        // A device two replicas list (it moved between them) is recorded as reported if either
+        // accepted its report.
+        if p.reported && !participants[i].reported { participants[i] = p }
+      } else {
+        index[p.device] = participants.count
+        participants.append(p)
+      }
+    }
   }
 
   public func save(into w: inout SnapshotWriter) {

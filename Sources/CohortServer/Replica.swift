@@ -190,6 +190,13 @@ public struct ReplicaContribution: Sendable {
     var out = Combined(aggregate: strategy.makeRound())
     var steps: [String: SecureAggregationStepRecord] = [:]
     var order: [String] = []
+    // The ring's length is the one most devices' sums have: a damaged sum of another length is
+    // left out, whichever replica comes first.
+    var devicesByLength: [Int: Int] = [:]
+    for c in contributions {
+      if let ring = c.ringSum { devicesByLength[ring.count, default: 0] += c.ringDevices.count }
+    }
+    let ringLength = devicesByLength.max { ($0.value, -$0.key) < ($1.value, -$1.key) }?.key
     for c in contributions {
       out.aggregate.merge(c.aggregate)
       out.tally.add(c.tally)
@@ -198,10 +205,10 @@ public struct ReplicaContribution: Sendable {
         out.secureFailures.append(failure)
       }
       if let ring = c.ringSum {
+        // A sum of another length is damaged: neither it nor its devices count.
+        guard ring.count == ringLength else { continue }
         let mask: UInt32 = c.ringBits >= 32 || c.ringBits <= 0 ? .max : (1 << UInt32(c.ringBits)) - 1
         if var total = out.ringSum {
-          // A sum of another length is damaged: neither it nor its devices count.
-          guard total.count == ring.count else { continue }
           for i in 0..<total.count { total[i] = (total[i] &+ ring[i]) & mask }
           out.ringSum = total
         } else {
@@ -321,6 +328,9 @@ public actor ReplicaLink {
     guard !stopped else { return 0 }
     let now = Date()
     do throws(CohortError) {
+      // The heartbeat first: a replica opening the run reads a lease holder it can find among
+      // the replicas.
+      try await store.heartbeat(run: run, replica: replica, checkInRate: checkInRate, now: now)
       let taken = try await store.acquireLease(
         run: run, holder: replica, now: now, duration: configuration.leaseSeconds)
       if stopped, let taken {
@@ -337,7 +347,6 @@ public actor ReplicaLink {
       }
       grant = taken
       metrics.leader.record(taken == nil ? 0 : 1)
-      try await store.heartbeat(run: run, replica: replica, checkInRate: checkInRate, now: now)
       let fresh = now.addingTimeInterval(-configuration.leaseSeconds)
       let others = try await store.replicas(run).filter { $0.replica != replica && $0.seenAt >= fresh }
       metrics.replicas.record(others.count + 1)
@@ -352,7 +361,9 @@ public actor ReplicaLink {
   /// Whether another replica of the run was alive at its last heartbeat (within a lease).
   public func othersAlive() async -> Bool {
     let fresh = Date().addingTimeInterval(-configuration.leaseSeconds)
-    let all = (try? await store.replicas(run)) ?? []
+    // Unknown counts as alive: a stopping replica must not mark a run interrupted that others
+    // may still serve.
+    guard let all = try? await store.replicas(run) else { return true }
     return all.contains { $0.replica != replica && $0.seenAt >= fresh }
   }
 

@@ -20,7 +20,9 @@ public protocol ReplicaStore: FederationStore {
 
   /// Claims up to `count` places in `round`'s cohort for `replica`, and returns how many it got:
   /// fewer (even none) when the replicas together have claimed `target` places, none once the
-  /// round is decided. Claims of one round are serialised by a lock of their own.
+  /// round is decided (read in the claim's transaction: a claim racing the round's commit may
+  /// still land, for a round nobody waits for any more). Claims of one round are serialised by a
+  /// lock of their own.
   func claimPlaces(run: RunID, round: Int, replica: String, count: Int, target: Int) async throws(CohortError)
     -> Int
 
@@ -34,7 +36,8 @@ public protocol ReplicaStore: FederationStore {
   func cohortTally(run: RunID, round: Int) async throws(CohortError) -> [String: CohortTally]
 
   /// Stores `replica`'s contribution to `round`; a second contribution of the same replica to
-  /// the same round is ignored (the first one counts), and so is one to a round already decided.
+  /// the same round is ignored (the first one counts), and so is one to a round already decided
+  /// (one racing the commit may land; it is deleted with the round's other rows).
   func contribute(run: RunID, round: Int, replica: String, contribution: Data) async throws(CohortError)
 
   /// The contributions to `round`, by replica.

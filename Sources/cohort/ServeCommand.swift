@@ -263,6 +263,7 @@ struct ServeCommand: AsyncParsableCommand {
               metrics: endpoint.metricsFactory)
             break
           } catch  where standby && error.code == .fenced {
+            storageErrors = 0
             if waited == nil {
               // The run the leader serves; none left means it finished in the meantime.
               waited = try await shared.resumableRun(planSHA256: loadedPlan.sha256)?.id
@@ -276,7 +277,7 @@ struct ServeCommand: AsyncParsableCommand {
             try? await Task.sleep(for: .seconds(leaseSeconds / 3))
           } catch  where standby && waited != nil && error.code == .storage && storageErrors < 10 {
             // A passing database error (a restart, a network blip) does not end a standby; ten in
-            // a row are not passing.
+            // a row (with no answer from the store between them) are not passing.
             storageErrors += 1
             say("standing by: \(error.message); trying again")
             try? await Task.sleep(for: .seconds(leaseSeconds / 3))

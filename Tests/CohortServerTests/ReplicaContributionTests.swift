@@ -304,6 +304,32 @@ import Testing
     #expect(t.participants[3].evaluation != nil)
   }
 
+  /// A device one replica saw drop and another accepted a report from (it moved between them) is
+  /// recorded as reported, whichever tally comes first.
+  @Test func aDeviceReportedAtEitherReplicaIsRecordedAsReported() {
+    // Device 7 drops at the first replica (it is the first of its list) and reports at the second.
+    let a = ReplicaContribution(aggregate: Self.strategy.makeRound(), tally: Self.tally(devices: [7, 1]))
+    let b = ReplicaContribution(aggregate: Self.strategy.makeRound(), tally: Self.tally(devices: [9, 7]))
+    for order in [[a, b], [b, a]] {
+      let t = ReplicaContribution.combine(order, strategy: Self.strategy).tally
+      #expect(t.participants.filter { $0.device == 7 }.map(\.reported) == [true])
+    }
+  }
+
+  /// A damaged ring sum of another length is left out even when it comes first: the length most
+  /// devices' sums have is the ring's.
+  @Test func aDamagedRingSumFirstDoesNotDiscardTheOthers() {
+    let empty = Self.strategy.makeRound()
+    let damaged = ReplicaContribution(
+      aggregate: empty, tally: RoundTally(), secure: Self.secure(ring: [1, 2, 3, 4], bits: 8, survivors: [1]))
+    let b = ReplicaContribution(
+      aggregate: empty, tally: RoundTally(), secure: Self.secure(ring: [9, 9], bits: 8, survivors: [5, 6]))
+    let c = ReplicaContribution(
+      aggregate: empty, tally: RoundTally(), secure: Self.secure(ring: [1, 2], bits: 8, survivors: [7]))
+    let combined = ReplicaContribution.combine([damaged, b, c], strategy: Self.strategy)
+    #expect(combined.ringSum == [10, 11] && combined.ringDevices == [5, 6, 7])
+  }
+
   @Test func secureStepsAddByName() {
     let empty = Self.strategy.makeRound()
     let a = ReplicaContribution(
