@@ -88,18 +88,12 @@ public struct RoundPipeline: Sendable {
     var selected: [DeviceID]
     var reported: Set<DeviceID> = []
     var dropped: Set<DeviceID> = []
-    var bytesDown = 0
-    var bytesUp = 0
-    var trainLossSum = 0.0
-    var trainExamples = 0
-    var evaluationLossSum = 0.0
-    var evaluationCorrect = 0.0
-    var evaluationExamples = 0
+    /// Counts, bytes and the sums behind the round's losses (what a replica's tally carries).
+    var sums = RoundSums()
     /// Each accepted report's evaluation (with examples), by device: the sums above, one by one.
     var evaluations: [DeviceID: Evaluation] = [:]
     /// Adaptive clipping: accepted reports whose update was within the clip.
     var withinClip = 0
-    var counts = RoundCounts()
   }
 
   public let configuration: Configuration
@@ -151,18 +145,18 @@ public struct RoundPipeline: Sendable {
   ) {
     let (reply, actions) = machine.report(
       device: report.device, round: report.round, refusal: refusal, now: now)
-    books[report.round]?.bytesUp += report.bytes
+    books[report.round]?.sums.bytesUp += report.bytes
     switch reply {
     case .accepted:
       guard var book = books[report.round] else { break }
       book.reported.insert(report.device)
       if report.withinClip == true { book.withinClip += 1 }
-      book.trainLossSum += report.trainLoss * Double(report.examples)
-      book.trainExamples += report.examples
+      book.sums.trainLossSum += report.trainLoss * Double(report.examples)
+      book.sums.trainExamples += report.examples
       if let e = report.evaluation, e.examples > 0 {
-        book.evaluationLossSum += e.loss * Double(e.examples)
-        book.evaluationCorrect += e.accuracy * Double(e.examples)
-        book.evaluationExamples += e.examples
+        book.sums.evaluationLossSum += e.loss * Double(e.examples)
+        book.sums.evaluationCorrect += e.accuracy * Double(e.examples)
+        book.sums.evaluationExamples += e.examples
         book.evaluations[report.device] = e
       }
       books[report.round] = book
@@ -207,14 +201,7 @@ public struct RoundPipeline: Sendable {
   public func tally(round: Int) -> RoundTally {
     guard let book = books[round] else { return RoundTally() }
     var t = RoundTally()
-    t.counts = book.counts
-    t.bytesDown = book.bytesDown
-    t.bytesUp = book.bytesUp
-    t.trainLossSum = book.trainLossSum
-    t.trainExamples = book.trainExamples
-    t.evaluationLossSum = book.evaluationLossSum
-    t.evaluationCorrect = book.evaluationCorrect
-    t.evaluationExamples = book.evaluationExamples
+    t.sums = book.sums
     t.participants = book.selected.map {
       DeviceParticipation(
         device: $0, reported: book.reported.contains($0), dropped: book.dropped.contains($0),
@@ -227,14 +214,7 @@ public struct RoundPipeline: Sendable {
   /// the record it writes counts every device, loss and byte of the round.
   public mutating func adopt(_ tally: RoundTally, round: Int) {
     guard var book = books[round] else { return }
-    book.counts = tally.counts
-    book.bytesDown = tally.bytesDown
-    book.bytesUp = tally.bytesUp
-    book.trainLossSum = tally.trainLossSum
-    book.trainExamples = tally.trainExamples
-    book.evaluationLossSum = tally.evaluationLossSum
-    book.evaluationCorrect = tally.evaluationCorrect
-    book.evaluationExamples = tally.evaluationExamples
+    book.sums = tally.sums
     book.selected = tally.participants.map(\.device)
     book.reported = Set(tally.participants.filter(\.reported).map(\.device))
     book.dropped = Set(tally.participants.filter(\.dropped).map(\.device))
@@ -258,7 +238,7 @@ public struct RoundPipeline: Sendable {
   public mutating func aggregated(round: Int, _ aggregation: Aggregation, now: Double) -> (
     closed: ClosedRound, actions: [Action]
   ) {
-    let counts = books[round]?.counts ?? RoundCounts()
+    let counts = books[round]?.sums.counts ?? RoundCounts()
     let withinClip = books[round]?.withinClip ?? 0
     var closed = close(round: round, counts: counts, abandoned: nil, now: now)
     closed.record.bytesUp += aggregation.secureSteps.reduce(0) { $0 + $1.bytesUp }
@@ -307,8 +287,8 @@ public struct RoundPipeline: Sendable {
       switch action {
       case .configure(let round, let devices, let deadline):
         var book = RoundBook(startedAt: now, selected: devices)
-        book.bytesDown = devices.count * (modelParameters + controlParameters) * MemoryLayout<Float>.size
-        book.counts.selected = devices.count
+        book.sums.bytesDown = devices.count * (modelParameters + controlParameters) * MemoryLayout<Float>.size
+        book.sums.counts.selected = devices.count
         books[round] = book
         return .configure(
           RoundStart(
@@ -316,7 +296,7 @@ public struct RoundPipeline: Sendable {
             evaluate: round % configuration.evaluationEvery == 0,
             clipNorm: configuration.privacy.map { _ in clipNorm }))
       case .aggregate(let round, let counts):
-        books[round]?.counts = counts
+        books[round]?.sums.counts = counts
         return .aggregate(round: round)
       case .abandon(let round, let reason, let counts):
         return .closed(close(round: round, counts: counts, abandoned: reason, now: now))
@@ -340,13 +320,15 @@ public struct RoundPipeline: Sendable {
     record.dropped = counts.dropped
     record.rejected = counts.rejected
     record.late = lateReports.removeValue(forKey: round) ?? 0
-    record.bytesDown = book?.bytesDown ?? 0
-    record.bytesUp = book?.bytesUp ?? 0
-    if let book, book.trainExamples > 0 { record.trainLoss = book.trainLossSum / Double(book.trainExamples) }
-    if let book, book.evaluationExamples > 0 {
-      record.federatedEvalLoss = book.evaluationLossSum / Double(book.evaluationExamples)
-      record.federatedEvalAccuracy = book.evaluationCorrect / Double(book.evaluationExamples)
-      record.federatedEvalExamples = book.evaluationExamples
+    record.bytesDown = book?.sums.bytesDown ?? 0
+    record.bytesUp = book?.sums.bytesUp ?? 0
+    if let book, book.sums.trainExamples > 0 {
+      record.trainLoss = book.sums.trainLossSum / Double(book.sums.trainExamples)
+    }
+    if let book, book.sums.evaluationExamples > 0 {
+      record.federatedEvalLoss = book.sums.evaluationLossSum / Double(book.sums.evaluationExamples)
+      record.federatedEvalAccuracy = book.sums.evaluationCorrect / Double(book.sums.evaluationExamples)
+      record.federatedEvalExamples = book.sums.evaluationExamples
     }
     record.durationSeconds = now - record.startedAt
     if let abandoned {
@@ -380,9 +362,11 @@ extension RoundPipeline {
       w.write(b.selected)
       w.write(b.reported.sorted())
       w.write(b.dropped.sorted())
-      for v in [b.bytesDown, b.bytesUp, b.trainExamples, b.evaluationExamples, b.withinClip] { w.write(v) }
-      for v in [b.trainLossSum, b.evaluationLossSum, b.evaluationCorrect] { w.write(v) }
-      b.counts.save(into: &w)
+      for v in [
+        b.sums.bytesDown, b.sums.bytesUp, b.sums.trainExamples, b.sums.evaluationExamples, b.withinClip,
+      ] { w.write(v) }
+      for v in [b.sums.trainLossSum, b.sums.evaluationLossSum, b.sums.evaluationCorrect] { w.write(v) }
+      b.sums.counts.save(into: &w)
     }
     w.write(lateReports.count)
     for (round, n) in lateReports.sorted(by: { $0.key < $1.key }) {
@@ -400,15 +384,15 @@ extension RoundPipeline {
       var b = RoundBook(startedAt: try r.double(), selected: try r.ints())
       b.reported = Set(try r.ints())
       b.dropped = Set(try r.ints())
-      b.bytesDown = try r.int()
-      b.bytesUp = try r.int()
-      b.trainExamples = try r.int()
-      b.evaluationExamples = try r.int()
+      b.sums.bytesDown = try r.int()
+      b.sums.bytesUp = try r.int()
+      b.sums.trainExamples = try r.int()
+      b.sums.evaluationExamples = try r.int()
       b.withinClip = try r.int()
-      b.trainLossSum = try r.double()
-      b.evaluationLossSum = try r.double()
-      b.evaluationCorrect = try r.double()
-      b.counts = try RoundCounts(restoring: &r)
+      b.sums.trainLossSum = try r.double()
+      b.sums.evaluationLossSum = try r.double()
+      b.sums.evaluationCorrect = try r.double()
+      b.sums.counts = try RoundCounts(restoring: &r)
       books[round] = b
     }
     for _ in 0..<(try r.count()) {
@@ -419,9 +403,9 @@ extension RoundPipeline {
   }
 }
 
-/// One replica's view of a round: its devices, counts, bytes and the sums behind the round's
-/// losses. Tallies of every replica add up to the round's record.
-public struct RoundTally: Sendable, Hashable {
+/// A round's counts, bytes and the sums behind its losses: what the pipeline's book of a round
+/// keeps, and what replicas' tallies add up.
+public struct RoundSums: Sendable, Hashable {
   public var counts = RoundCounts()
   public var bytesDown = 0
   public var bytesUp = 0
@@ -430,13 +414,10 @@ public struct RoundTally: Sendable, Hashable {
   public var evaluationLossSum = 0.0
   public var evaluationCorrect = 0.0
   public var evaluationExamples = 0
-  public var participants: [DeviceParticipation] = []
 
   public init() {}
 
-  /// Adds another replica's tally of the same round. A device counted by two replicas (it moved
-  /// between them) is kept once: as the tally that accepted its report has it, else the first.
-  public mutating func add(_ other: RoundTally) {
+  public mutating func add(_ other: RoundSums) {
     counts.selected += other.counts.selected
     counts.reported += other.counts.reported
     counts.dropped += other.counts.dropped
@@ -448,6 +429,27 @@ public struct RoundTally: Sendable, Hashable {
     evaluationLossSum += other.evaluationLossSum
     evaluationCorrect += other.evaluationCorrect
     evaluationExamples += other.evaluationExamples
+  }
+}
+
+/// One replica's view of a round: its devices and the round's sums as it saw them (`t.bytesUp`
+/// reads `t.sums.bytesUp`). Tallies of every replica add up to the round's record.
+@dynamicMemberLookup
+public struct RoundTally: Sendable, Hashable {
+  public var sums = RoundSums()
+  public var participants: [DeviceParticipation] = []
+
+  public init() {}
+
+  public subscript<Value>(dynamicMember path: WritableKeyPath<RoundSums, Value>) -> Value {
+    get { sums[keyPath: path] }
+    set { sums[keyPath: path] = newValue }
+  }
+
+  /// Adds another replica's tally of the same round. A device counted by two replicas (it moved
+  /// between them) is kept once: as the tally that accepted its report has it, else the first.
+  public mutating func add(_ other: RoundTally) {
+    sums.add(other.sums)
     var index = Dictionary(participants.enumerated().map { ($1.device, $0) }, uniquingKeysWith: { a, _ in a })
     for p in other.participants {
       if let i = index[p.device] {
@@ -462,9 +464,9 @@ public struct RoundTally: Sendable, Hashable {
   }
 
   public func save(into w: inout SnapshotWriter) {
-    counts.save(into: &w)
-    for v in [bytesDown, bytesUp, trainExamples, evaluationExamples] { w.write(v) }
-    for v in [trainLossSum, evaluationLossSum, evaluationCorrect] { w.write(v) }
+    sums.counts.save(into: &w)
+    for v in [sums.bytesDown, sums.bytesUp, sums.trainExamples, sums.evaluationExamples] { w.write(v) }
+    for v in [sums.trainLossSum, sums.evaluationLossSum, sums.evaluationCorrect] { w.write(v) }
     w.write(participants.count)
     for p in participants {
       w.write(p.device)
@@ -480,14 +482,14 @@ public struct RoundTally: Sendable, Hashable {
   }
 
   public init(restoring r: inout SnapshotReader) throws(CohortError) {
-    counts = try RoundCounts(restoring: &r)
-    bytesDown = try r.int()
-    bytesUp = try r.int()
-    trainExamples = try r.int()
-    evaluationExamples = try r.int()
-    trainLossSum = try r.double()
-    evaluationLossSum = try r.double()
-    evaluationCorrect = try r.double()
+    sums.counts = try RoundCounts(restoring: &r)
+    sums.bytesDown = try r.int()
+    sums.bytesUp = try r.int()
+    sums.trainExamples = try r.int()
+    sums.evaluationExamples = try r.int()
+    sums.trainLossSum = try r.double()
+    sums.evaluationLossSum = try r.double()
+    sums.evaluationCorrect = try r.double()
     let n = try r.count()
     for _ in 0..<n {
       let device = try r.int()
@@ -499,10 +501,13 @@ public struct RoundTally: Sendable, Hashable {
         DeviceParticipation(device: device, reported: reported, dropped: dropped, evaluation: evaluation))
     }
     let values =
-      [counts.selected, counts.reported, counts.dropped, counts.rejected, bytesDown, bytesUp]
-      + [trainExamples, evaluationExamples]
+      [
+        sums.counts.selected, sums.counts.reported, sums.counts.dropped, sums.counts.rejected, sums.bytesDown,
+        sums.bytesUp,
+      ]
+      + [sums.trainExamples, sums.evaluationExamples]
     guard values.allSatisfy({ $0 >= 0 && $0 < 1 << 48 }),
-      [trainLossSum, evaluationLossSum, evaluationCorrect].allSatisfy(\.isFinite)
+      [sums.trainLossSum, sums.evaluationLossSum, sums.evaluationCorrect].allSatisfy(\.isFinite)
     else { throw SnapshotReader.corrupt("a replica's tally has a negative or absurd count") }
   }
 }
