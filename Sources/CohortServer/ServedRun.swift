@@ -91,6 +91,17 @@ public final class ServedRun: FederationHandler {
     /// An asynchronous run's stored buffer.
     var saved: Data?
     var replica: ReplicaLink?
+
+    /// Goes on after the run's last recorded round (committed or not: round numbers are never
+    /// reused), from `checkpoint`'s model when there is one.
+    mutating func resume(after rounds: [RoundRecord], from checkpoint: (round: Int, weights: Weights)?) {
+      resumedAfter = rounds.map(\.round).max() ?? 0
+      committed = rounds.filter { $0.outcome == .committed }.count
+      if let checkpoint {
+        model = checkpoint.weights
+        modelRound = checkpoint.round
+      }
+    }
   }
 
   /// - Parameters:
@@ -169,13 +180,7 @@ public final class ServedRun: FederationHandler {
         fix: "stop that server, or wait for its lease to run out (\(Int(leaseSeconds)) s after it stopped "
           + "renewing it), then start this one again: it resumes the run")
     }
-    if let checkpoint = try await store.latestCheckpoint(run) {
-      start.model = checkpoint.weights
-      start.modelRound = checkpoint.round
-    }
-    let rounds = try await store.rounds(run)
-    start.resumedAfter = rounds.map(\.round).max() ?? 0
-    start.committed = rounds.filter { $0.outcome == .committed }.count
+    start.resume(after: try await store.rounds(run), from: try await store.latestCheckpoint(run))
     try await store.setStatus(run, .running, at: Date())
     if start.resumedAfter > 0 {
       logger.info("resuming run", metadata: ["run": "\(run)", "after round": "\(start.resumedAfter)"])
@@ -217,14 +222,11 @@ public final class ServedRun: FederationHandler {
     // The rounds first, then the model of the last committed one: a round committed between
     // the two reads is then played again here, not skipped with an older model.
     let rounds = try await store.rounds(run)
-    start.resumedAfter = rounds.map(\.round).max() ?? 0
-    start.committed = rounds.filter { $0.outcome == .committed }.count
-    if let last = rounds.last(where: { $0.outcome == .committed })?.round,
-      let checkpoint = try await store.checkpoint(run, through: last)
-    {
-      start.model = checkpoint.weights
-      start.modelRound = checkpoint.round
+    var checkpoint: (round: Int, weights: Weights)?
+    if let last = rounds.last(where: { $0.outcome == .committed })?.round {
+      checkpoint = try await store.checkpoint(run, through: last)
     }
+    start.resume(after: rounds, from: checkpoint)
     start.replica = ReplicaLink(
       configuration: .init(
         run: run, replica: replica, leaseSeconds: leaseSeconds, syncInterval: syncInterval, plan: plan),
@@ -294,14 +296,7 @@ public final class ServedRun: FederationHandler {
       return start
     }
     start.run = existing.id
-    if let checkpoint = try store.latestCheckpoint(existing.id) {
-      start.model = checkpoint.weights
-      start.modelRound = checkpoint.round
-    }
-    // Round numbers go on after the last round recorded, committed or not.
-    let rounds = try store.rounds(existing.id)
-    start.resumedAfter = rounds.map(\.round).max() ?? 0
-    start.committed = rounds.filter { $0.outcome == .committed }.count
+    start.resume(after: try store.rounds(existing.id), from: try store.latestCheckpoint(existing.id))
     if plan.server.mode == .async { start.saved = try Self.asyncState(in: store, run: existing.id) }
     try store.setStatus(existing.id, .running, at: Date())
     logger.info("resuming run", metadata: ["run": "\(existing.id)", "after round": "\(start.resumedAfter)"])
